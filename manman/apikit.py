@@ -1,0 +1,253 @@
+"""What the host and worker APIs share: routes that document themselves (OpenAPI), bodies
+validated once at the edge, the SPEC's error JSON for every failure, and serving on trio."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from manman.models import validation_message
+
+log = logging.getLogger("manman.api")
+
+MAX_BODY = 1 << 20
+_encode = msgspec.json.Encoder().encode
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 410: "gone",
+                 413: "body_too_large", 415: "unsupported_media_type", 422: "invalid",
+                 429: "rate_limited", 503: "unavailable"}
+
+
+class ApiError(Exception):
+    """An answer with the SPEC's error JSON: {"error": {"code", "message"}}."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or _STATUS_CODES.get(status, "error")
+        self.message = message
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, f"{what} not found", "not_found")
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    return Response(_encode({"error": {"code": code, "message": message}}), status=status,
+                    content_type="application/json")
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(_encode(obj), status=status, content_type="application/json")
+
+
+def bearer_token() -> str | None:
+    """The token from `Authorization: Bearer …`, or `?token=` (websockets from browsers)."""
+    from quart import has_websocket_context, websocket
+
+    req = websocket if has_websocket_context() else request
+    header = req.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    if has_websocket_context():
+        return req.args.get("token") or None
+    return None
+
+
+def same_secret(given: str | None, expected: str | None) -> bool:
+    """Constant-time comparison; an empty expected secret never matches."""
+    if not given or not expected:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def query_int(name: str, default: int | None, *, lo: int = 0, hi: int = 1 << 62) -> int | None:
+    from quart import has_websocket_context, websocket
+
+    args = (websocket if has_websocket_context() else request).args
+    raw = args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise ApiError(422, f"query parameter {name} must be an integer", "invalid") from None
+    if not lo <= value <= hi:
+        raise ApiError(422, f"query parameter {name} must be between {lo} and {hi}", "invalid")
+    return value
+
+
+def query_bool(name: str) -> bool:
+    raw = request.args.get(name, "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ApiError(422, f"query parameter {name} must be true or false", "invalid")
+
+
+async def read_body(model: type[Any]) -> Any:
+    data = await request.get_data(cache=False)
+    if not data.strip():
+        raise ApiError(400, "a JSON body is required", "bad_request")
+    try:
+        return msgspec.json.decode(data, type=model)
+    except msgspec.ValidationError as e:
+        raise ApiError(422, validation_message(e), "invalid") from None
+    except msgspec.DecodeError as e:
+        raise ApiError(400, f"body is not valid JSON: {e}", "bad_request") from None
+
+
+@dataclass
+class RouteDoc:
+    method: str
+    path: str
+    summary: str
+    auth: str
+    body: type[Any] | None
+    response: Any
+    status: int
+    query: dict[str, str] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    websocket: bool = False
+
+
+Authenticator = Callable[[str, dict[str, str]], Awaitable[Any]]
+
+
+class Api:
+    """A Quart-trio app whose routes are declared once for both serving and OpenAPI."""
+
+    def __init__(self, name: str, title: str, version: str) -> None:
+        self.app = QuartTrio(name)
+        self.app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+        self.app.config["BODY_TIMEOUT"] = 30
+        self.app.config["RESPONSE_TIMEOUT"] = None
+        self.title = title
+        self.version = version
+        self.docs: list[RouteDoc] = []
+        self.authenticate: Authenticator | None = None
+        self.on_request: Callable[[str, str, int, float], None] | None = None
+        self.app.register_error_handler(ApiError, self._api_error)
+        self.app.register_error_handler(HTTPException, self._http_error)
+        self.app.register_error_handler(Exception, self._crash)
+        self.route("GET", "/openapi.json", auth="none", response=dict,
+                   summary="This API's OpenAPI description")(self._openapi)
+
+    async def _openapi(self) -> Response:
+        return json_response(self.openapi())
+
+    @staticmethod
+    async def _api_error(e: ApiError) -> Response:
+        return error_response(e.status, e.code, e.message)
+
+    @staticmethod
+    async def _http_error(e: HTTPException) -> Response:
+        status = e.code or 500
+        resp = error_response(status, _STATUS_CODES.get(status, "error"),
+                              e.description or e.name)
+        if status == 413:
+            # the rest of that body is never read: the connection cannot carry another request
+            resp.headers["Connection"] = "close"
+        return resp
+
+    @staticmethod
+    async def _crash(e: Exception) -> Response:
+        log.exception("request failed: %s", e)
+        return error_response(500, "internal", "internal error (see the manman log)")
+
+    def route(self, method: str, path: str, *, auth: str = "admin", body: type[Any] | None = None,
+              response: Any = None, status: int = 200, summary: str = "",
+              query: dict[str, str] | None = None, errors: tuple[int, ...] = ()
+              ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Any]]]:
+        doc = RouteDoc(method, path, summary, auth, body, response, status, query or {}, errors)
+        self.docs.append(doc)
+
+        def decorate(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Any]]:
+            @functools.wraps(fn)
+            async def handler(**params: str) -> Response:
+                started = time.perf_counter()
+                status_code = 500
+                try:
+                    if auth != "none":
+                        assert self.authenticate is not None
+                        params["who"] = await self.authenticate(auth, params)
+                    if body is not None:
+                        params["body"] = await read_body(body)
+                    resp = await fn(**params)
+                    status_code = resp.status_code
+                    return resp
+                except ApiError as e:
+                    status_code = e.status
+                    raise
+                finally:
+                    if self.on_request is not None:
+                        self.on_request(method, path, status_code, time.perf_counter() - started)
+
+            self.app.add_url_rule(_quart_path(path), endpoint=f"{method} {path}",
+                                  view_func=handler, methods=[method])
+            return handler
+
+        return decorate
+
+    def websocket(self, path: str, *, auth: str, summary: str,
+                  query: dict[str, str] | None = None
+                  ) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+        self.docs.append(RouteDoc("GET", path, summary, auth, None, None, 101, query or {},
+                                  (401, 403, 404), websocket=True))
+
+        def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+            @functools.wraps(fn)
+            async def handler(**params: str) -> None:
+                assert self.authenticate is not None
+                params["who"] = await self.authenticate(auth, params)
+                await fn(**params)
+
+            self.app.add_websocket(_quart_path(path), endpoint=f"WS {path}", view_func=handler)
+            return handler
+
+        return decorate
+
+    def openapi(self) -> dict[str, Any]:
+        from manman.openapi import build_openapi
+
+        return build_openapi(self.title, self.version, self.docs)
+
+
+def _quart_path(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", r"<\1>", path)
+
+
+async def serve(app: QuartTrio, listen: str, shutdown: trio.Event,
+                task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `app` on `listen` (port 0: any) until `shutdown` is set; reports the base URL."""
+    cfg = HypercornConfig()
+    cfg.bind = [listen]
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("hypercorn.error")
+    cfg.websocket_max_message_size = 1 << 20
+    cfg.h11_max_incomplete_size = 64 * 1024
+    cfg.keep_alive_timeout = 75
+    cfg.graceful_timeout = 3
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        await hypercorn_serve(app, cfg, shutdown_trigger=shutdown.wait, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(run)
+        task_status.started(binds[0])
+

@@ -1,0 +1,79 @@
+"""Tokens: generated secrets kept in files (mode 0600), hashed storage, constant-time checks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256 random bits: a plain SHA-256 cannot be reversed or guessed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_or_create_token(path: Path) -> str:
+    """The token in `path`, or a new one written there with mode 0600 (reused later)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = new_token()
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)  # never a half-written token file
+    return token
+
+
+# -- console tokens: short-lived JWTs the host signs and a worker checks on its own ----------
+
+CONSOLE_AUDIENCE = "manman-console"
+READ, WRITE = "console:read", "console:write"
+
+
+class TokenRejected(Exception):
+    """A console token that is expired, tampered with or malformed."""
+
+    def __init__(self, message: str, code: str = "unauthorized") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def console_key(worker_secret: str) -> bytes:
+    """The signing key for one worker's console tokens, derived from the secret the host and
+    that worker share, so the worker verifies without calling the host."""
+    return hashlib.sha256(b"manman-console-v1\0" + worker_secret.encode()).digest()
+
+
+def sign_console_token(key: bytes, server_id: str, scopes: list[str], ttl: float,
+                       now: float) -> str:
+    import jwt
+
+    claims = {"sub": server_id, "scope": " ".join(scopes), "aud": CONSOLE_AUDIENCE,
+              "iat": int(now), "exp": int(now + ttl)}
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+def verify_console_token(key: bytes, token: str) -> dict[str, object]:
+    import jwt
+
+    try:
+        claims = jwt.decode(token, key, algorithms=["HS256"], audience=CONSOLE_AUDIENCE,
+                            options={"require": ["exp", "sub", "scope"]})
+    except jwt.ExpiredSignatureError:
+        raise TokenRejected("the console token expired", "token_expired") from None
+    except jwt.PyJWTError:
+        raise TokenRejected("invalid token") from None
+    if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("scope"), str):
+        raise TokenRejected("invalid token")
+    return claims

@@ -1,0 +1,93 @@
+"""Bytes from a process → console lines (pure: no I/O, no clock)."""
+
+from __future__ import annotations
+
+MAX_LINE_BYTES = 64 * 1024
+
+
+class LineFramer:
+    """Splits a byte stream on b'\\n' into UTF-8 text lines.
+
+    `\\r` at a line's end is stripped (with `cr_breaks`, a lone `\\r` also ends a line, as
+    steamcmd's progress output does); invalid UTF-8 is replaced; a line longer than
+    MAX_LINE_BYTES is cut into pieces of at most that many bytes.
+    """
+
+    __slots__ = ("_buf", "_cr_breaks", "_max")
+
+    def __init__(self, *, cr_breaks: bool = False, max_line: int = MAX_LINE_BYTES) -> None:
+        self._buf = b""
+        self._cr_breaks = cr_breaks
+        self._max = max_line
+
+    def feed(self, data: bytes) -> list[str]:
+        """Lines completed by `data`, in order."""
+        if self._cr_breaks:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buf = self._buf + data if self._buf else data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            self._buf = buf
+            return self._cut_long() if len(buf) > self._max else []
+        self._buf = buf[cut + 1:]
+        # one decode per read: b'\n' cannot fall inside a multi-byte UTF-8 sequence
+        text = buf[:cut].decode("utf-8", "replace")
+        lines = text.split("\n")
+        if "\r" in text:  # one scan per read keeps plain '\n' output free of the per-line check
+            lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+        if cut > self._max and any(len(line) > self._max // 4 for line in lines):
+            lines = _split_long(lines, self._max)
+        if len(self._buf) > self._max:
+            lines.extend(self._cut_long())
+        return lines
+
+    def flush(self) -> list[str]:
+        """The unterminated rest, at end of stream."""
+        rest, self._buf = self._buf, b""
+        if not rest:
+            return []
+        text = rest.decode("utf-8", "replace")
+        if text.endswith("\r"):
+            text = text[:-1]
+        return _split_long([text], self._max)
+
+    def _cut_long(self) -> list[str]:
+        """Emit full pieces of an over-long unterminated line, keep the remainder."""
+        out: list[str] = []
+        buf = self._buf
+        while len(buf) > self._max:
+            cut = _utf8_boundary(buf, self._max)
+            out.append(buf[:cut].decode("utf-8", "replace"))
+            buf = buf[cut:]
+        self._buf = buf
+        return out
+
+
+def _utf8_boundary(data: bytes, limit: int) -> int:
+    """The largest cut ≤ limit that does not split a UTF-8 sequence (when avoidable)."""
+    cut = limit
+    # back up over continuation bytes (10xxxxxx), at most 3
+    for _ in range(3):
+        if cut > 0 and (data[cut] & 0xC0) == 0x80:
+            cut -= 1
+        else:
+            break
+    return cut if cut > 0 else limit
+
+
+def _split_long(lines: list[str], max_bytes: int) -> list[str]:
+    out: list[str] = []
+    for line in lines:
+        if len(line) * 4 <= max_bytes:
+            out.append(line)
+            continue
+        raw = line.encode("utf-8", "surrogatepass")
+        if len(raw) <= max_bytes:
+            out.append(line)
+            continue
+        while len(raw) > max_bytes:
+            cut = _utf8_boundary(raw, max_bytes)
+            out.append(raw[:cut].decode("utf-8", "replace"))
+            raw = raw[cut:]
+        out.append(raw.decode("utf-8", "replace"))
+    return out

@@ -1,0 +1,175 @@
+"""A server's console on disk: append-only segment files rotated by size, keep N.
+
+Each file line is one batch of console lines as a JSON array, written with a single
+`os.write` on an O_APPEND descriptor, so a worker killed with SIGKILL loses nothing that a
+viewer has seen. A segment is named after its first seq, which makes `since` lookups a
+directory listing and `seq` recovery after a restart a read of the newest file's tail.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from manman.models import Line
+
+_PREFIX, _SUFFIX = "console-", ".jsonl"
+_decode_batch = msgspec.json.Decoder(list[Line]).decode
+
+
+def _batch_first_seq(raw: bytes) -> int:
+    """The seq of a batch line's first entry without decoding it (we write `[{"seq":N,`)."""
+    return int(raw[8:raw.index(b",", 8)])
+
+
+class LogFiles:
+    """Rotating, append-only console segments in one directory."""
+
+    def __init__(self, directory: Path, *, max_bytes: int = 8 << 20, keep: int = 5) -> None:
+        self.dir = directory
+        self.max_bytes = max_bytes
+        self.keep = max(1, keep)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = None
+        self._size = 0
+        self.next_seq = self._recover()
+
+    # -- segments -------------------------------------------------------------------------
+
+    def segments(self) -> list[tuple[int, Path]]:
+        """(first_seq, path) of every segment, oldest first."""
+        out = []
+        for p in self.dir.iterdir():
+            n = p.name
+            if n.startswith(_PREFIX) and n.endswith(_SUFFIX):
+                try:
+                    out.append((int(n[len(_PREFIX):-len(_SUFFIX)]), p))
+                except ValueError:
+                    continue
+        out.sort()
+        return out
+
+    def first_seq(self) -> int:
+        """The oldest seq still stored (next_seq when nothing is)."""
+        segs = self.segments()
+        return segs[0][0] if segs else self.next_seq
+
+    def _recover(self) -> int:
+        """Find the next seq after a restart; cut a torn last write from a crash."""
+        segs = self.segments()
+        while segs:
+            first, path = segs[-1]
+            last = _last_seq_in(path)
+            if last is not None:
+                return last + 1
+            if path.stat().st_size == 0:
+                return first
+            # nothing readable in the newest segment: it is garbage from a crash
+            path.unlink()
+            segs.pop()
+        return 0
+
+    # -- writing --------------------------------------------------------------------------
+
+    def append(self, first_seq: int, batch: bytes, next_seq: int) -> None:
+        """Write one JSON-array batch starting at `first_seq`; next_seq follows it."""
+        if self._fd is None or self._size >= self.max_bytes:
+            self._open_segment(first_seq)
+        assert self._fd is not None
+        data = batch + b"\n"
+        os.write(self._fd, data)
+        self._size += len(data)
+        self.next_seq = next_seq
+
+    def _open_segment(self, first_seq: int) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        segs = self.segments()
+        if segs and self._size == 0 and segs[-1][1].stat().st_size < self.max_bytes:
+            path = segs[-1][1]  # reopen the newest segment after a restart
+        else:
+            path = self.dir / f"{_PREFIX}{first_seq:020d}{_SUFFIX}"
+            segs.append((first_seq, path))
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._size = os.fstat(self._fd).st_size
+        for _, old in segs[:-self.keep]:
+            old.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- reading (blocking: call from a thread) --------------------------------------------
+
+    def read(self, since: int, limit: int) -> list[Line]:
+        """Up to `limit` stored lines with seq ≥ since, oldest first."""
+        out: list[Line] = []
+        segs = self.segments()
+        start = 0
+        for i, (first, _) in enumerate(segs):
+            if first <= since:
+                start = i
+        for _, path in segs[start:]:
+            try:
+                with path.open("rb") as f:
+                    pending: bytes | None = None  # the last batch that may hold `since`
+                    for raw in f:
+                        if not raw.endswith(b"\n"):
+                            break  # a batch being written right now
+                        if not out and _batch_first_seq(raw) <= since:
+                            pending = raw  # batches are contiguous: the one before is older
+                            continue
+                        for batch in (pending, raw) if pending is not None else (raw,):
+                            if _collect(batch, since, limit, out):
+                                return out
+                        pending = None
+                    if pending is not None and _collect(pending, since, limit, out):
+                        return out
+            except FileNotFoundError:
+                continue  # rotated away while we read
+        return out
+
+
+def _collect(raw: bytes, since: int, limit: int, out: list[Line]) -> bool:
+    """Append the batch's lines with seq ≥ since; True when `out` is full."""
+    for line in _decode_batch(raw):
+        if line.seq >= since:
+            out.append(line)
+            if len(out) >= limit:
+                return True
+    return False
+
+
+def _last_seq_in(path: Path) -> int | None:
+    """The last seq of the last complete batch; truncates a torn final write."""
+    size = path.stat().st_size
+    if size == 0:
+        return None
+    with path.open("r+b") as f:
+        window = 1 << 16
+        while True:
+            start = max(0, size - window)
+            f.seek(start)
+            tail = f.read(size - start)
+            end = tail.rfind(b"\n")
+            if end >= 0:
+                begin = tail.rfind(b"\n", 0, end) + 1
+                if begin > 0 or start == 0:
+                    if start + end + 1 != size:
+                        f.truncate(start + end + 1)
+                    try:
+                        return _decode_batch(tail[begin:end + 1])[-1].seq
+                    except (msgspec.DecodeError, IndexError):
+                        f.truncate(start + begin)
+                        size = start + begin
+                        if size == 0:
+                            return None
+                        continue
+            elif start == 0:
+                f.truncate(0)
+                return None
+            window *= 4

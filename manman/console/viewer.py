@@ -1,0 +1,189 @@
+"""One live console viewer: the SPEC's websocket protocol over any send/receive pair.
+
+The sender follows the broker from its own cursor (replay from the files first, then the
+ring); the receiver answers pings and passes commands on, within the frame-size and rate
+limits. Both run in one nursery: when either ends, the viewer ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+import trio
+
+from manman.console.broker import LogBroker, gap_frame, iter_frames
+
+MAX_CLIENT_FRAME = 32 * 1024
+REPLAY_PAGE = 2000
+_encode = msgspec.json.Encoder().encode
+
+
+class ClientFrame(msgspec.Struct):
+    type: str
+    data: str | None = None
+
+
+_decode_client = msgspec.json.Decoder(ClientFrame).decode
+
+
+def error_frame(code: str, message: str) -> str:
+    return _encode({"type": "error", "code": code, "message": message}).decode()
+
+
+class TokenBucket:
+    """`rate` per second with bursts up to `burst` (pure apart from the clock passed in)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.stamp is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass
+class ViewerLimits:
+    command_rate: float = 10.0
+    command_burst: float = 20.0
+    max_violations: int = 20  # errors before a misbehaving client is disconnected
+
+
+class Disconnect(Exception):
+    """Close the websocket (a client that keeps breaking the rules)."""
+
+
+class CommandRefused(Exception):
+    """A console command that cannot be delivered; the client gets an `error` frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Send = Callable[[str], Awaitable[None]]
+Receive = Callable[[], Awaitable[str | bytes]]
+
+
+async def run_viewer(broker: LogBroker, send: Send, receive: Receive, *, server_id: str,
+                     state: Callable[[], str], since: int | None, tail: int,
+                     on_command: Callable[[str], Awaitable[None]] | None,
+                     limits: ViewerLimits | None = None,
+                     expires_at: float | None = None) -> None:
+    """Serve one viewer until it disconnects (or breaks the rules: Disconnect)."""
+    limits = limits or ViewerLimits()
+    first = broker.first_seq
+    await send(_encode({"type": "hello", "server_id": server_id, "state": state(),
+                        "first_seq": first, "next_seq": broker.next_seq}).decode())
+    if since is not None:
+        cursor = min(since, broker.next_seq)
+    else:
+        cursor = max(first, broker.next_seq - tail)
+    broker.viewers += 1
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_sender, broker, send, cursor, nursery.cancel_scope)
+            if expires_at is not None:
+                nursery.start_soon(_expire, send, expires_at, nursery.cancel_scope)
+            await _receiver(send, receive, on_command, limits)
+            nursery.cancel_scope.cancel()
+    finally:
+        broker.viewers -= 1
+
+
+async def _expire(send: Send, expires_at: float, scope: trio.CancelScope) -> None:
+    await trio.sleep(max(0.0, expires_at - time.time()))
+    await send(error_frame("token_expired", "the console token expired; get a new one"))
+    scope.cancel()
+
+
+async def _sender(broker: LogBroker, send: Send, cursor: int, scope: trio.CancelScope) -> None:
+    try:
+        first = broker.first_seq
+        if cursor < first:
+            broker.gaps += 1
+            await send(gap_frame(cursor, first - 1, "expired"))
+            cursor = first
+        # replay from the files what the ring no longer holds
+        while cursor < broker.ring_first_seq:
+            lines = await broker.history(cursor, REPLAY_PAGE)
+            if not lines:
+                break
+            if lines[0].seq > cursor:
+                broker.gaps += 1
+                await send(gap_frame(cursor, lines[0].seq - 1, "expired"))
+            for frame in iter_frames(lines):
+                await send(frame)
+            cursor = lines[-1].seq + 1
+        await send(broker.state_frame)
+        version = broker.state_version
+        while True:
+            await broker.wait(cursor, version)
+            if broker.state_version != version:
+                version = broker.state_version
+                await send(broker.state_frame)
+            if cursor < broker.ring_first_seq:
+                # it fell behind the ring: skip it forward, it never holds anyone back
+                ring_first = broker.ring_first_seq
+                broker.gaps += 1
+                await send(gap_frame(cursor, ring_first - 1, "slow_consumer"))
+                cursor = ring_first
+            frame, cursor = broker.take(cursor)
+            if frame is not None:
+                await send(frame)
+    finally:
+        scope.cancel()
+
+
+async def _receiver(send: Send, receive: Receive,
+                    on_command: Callable[[str], Awaitable[None]] | None,
+                    limits: ViewerLimits) -> None:
+    bucket = TokenBucket(limits.command_rate, limits.command_burst)
+    violations = 0
+
+    async def refuse(code: str, message: str) -> None:
+        nonlocal violations
+        violations += 1
+        await send(error_frame(code, message))
+        if violations >= limits.max_violations:
+            raise Disconnect(f"too many rejected frames ({violations})")
+
+    while True:
+        raw = await receive()
+        if len(raw) > MAX_CLIENT_FRAME:
+            await refuse("frame_too_large", f"frames are limited to {MAX_CLIENT_FRAME} bytes")
+            continue
+        try:
+            msg = _decode_client(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            await refuse("bad_frame", "expected a JSON object with a string `type`")
+            continue
+        if msg.type == "ping":
+            await send('{"type":"pong"}')
+        elif msg.type == "command":
+            if on_command is None:
+                await refuse("forbidden", "this token does not allow console input")
+                continue
+            if not bucket.take(time.monotonic()):
+                await refuse("rate_limited", "too many commands; the limit is "
+                             f"{limits.command_rate:g}/s (burst {limits.command_burst:g})")
+                continue
+            if not isinstance(msg.data, str) or not msg.data:
+                await refuse("bad_frame", "a command needs a string `data`")
+                continue
+            try:
+                await on_command(msg.data)
+            except CommandRefused as e:
+                await send(error_frame(e.code, str(e)))
+        else:
+            await refuse("bad_frame", f"unknown frame type {msg.type[:40]!r}")

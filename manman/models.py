@@ -1,0 +1,365 @@
+"""The wire types of SPEC.md, validated once at the edge (msgspec)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+# a docker reference as `docker pull` takes it; never starts with '-' (it goes into argv)
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_ARGS_BYTES = 64 * 1024
+MAX_ENV_BYTES = 64 * 1024
+MAX_LINE = 4096
+
+Seconds = Annotated[float, Meta(ge=0, le=86400 * 7)]
+PositiveSeconds = Annotated[float, Meta(gt=0, le=86400)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Executable = Annotated[str, Meta(min_length=1, max_length=4096)]
+ConsoleLine = Annotated[str, Meta(max_length=MAX_LINE)]
+
+STATES = ("created", "installing", "stopped", "starting", "running", "stopping", "crashed",
+          "failed", "unknown")
+ServerState = Literal["created", "installing", "stopped", "starting", "running", "stopping",
+                      "crashed", "failed", "unknown"]
+WorkerStatus = Literal["alive", "frozen", "shutdown", "unknown"]
+
+
+def _no_nul(value: str, what: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain a NUL byte")
+
+
+class RestartSpec(Struct, forbid_unknown_fields=True, omit_defaults=False):
+    policy: Literal["never", "on-failure", "always"] = "on-failure"
+    max_restarts: Annotated[int, Meta(ge=0, le=10000)] = 5
+    backoff_initial: Seconds = 1.0
+    backoff_max: Seconds = 300.0
+    reset_after: Seconds = 600.0
+
+
+class HealthSpec(Struct, forbid_unknown_fields=True):
+    tcp_port: Port | None = None
+    interval: PositiveSeconds = 5.0
+    timeout: PositiveSeconds = 2.0
+    failures: Annotated[int, Meta(ge=1, le=1000)] = 3
+
+
+class PortSpec(Struct, forbid_unknown_fields=True):
+    port: Port
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+def split_game_id(game_id: str) -> tuple[str, str]:
+    method, _, ident = game_id.partition(":")
+    return method, ident
+
+
+class ServerSpec(Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a user gives to create a server."""
+
+    name: Annotated[str, Meta(pattern=NAME_PATTERN)]
+    game_id: Annotated[str, Meta(min_length=3, max_length=4096)]
+    worker_id: Annotated[str, Meta(max_length=64)] | None = None
+    executable: Executable | None = None
+    args: Annotated[list[Annotated[str, Meta(max_length=MAX_ARGS_BYTES)]],
+                    Meta(max_length=1024)] = msgspec.field(default_factory=list)
+    env: dict[str, Annotated[str, Meta(max_length=MAX_ENV_BYTES)]] = msgspec.field(
+        default_factory=dict)
+    stop_command: ConsoleLine | None = None
+    stop_timeout: Seconds = 30.0
+    ready_pattern: Annotated[str, Meta(max_length=1024)] | None = None
+    restart: RestartSpec = msgspec.field(default_factory=RestartSpec)
+    health: HealthSpec = msgspec.field(default_factory=HealthSpec)
+    ports: Annotated[list[PortSpec], Meta(max_length=64)] = msgspec.field(default_factory=list)
+    desired_state: Literal["running", "stopped"] = "stopped"
+
+    def __post_init__(self) -> None:
+        validate_spec(self)
+
+    @property
+    def install_method(self) -> str:
+        return split_game_id(self.game_id)[0]
+
+    @property
+    def install_identifier(self) -> str:
+        return split_game_id(self.game_id)[1]
+
+
+def validate_spec(spec: ServerSpec) -> None:
+    """Checks msgspec's declarative constraints cannot express; raises ValueError."""
+    method, ident = split_game_id(spec.game_id)
+    if method == "steamcmd":
+        if not ident.isascii() or not ident.isdigit() or len(ident) > 12:
+            raise ValueError("game_id: steamcmd app id must be digits, e.g. steamcmd:896660")
+    elif method == "docker":
+        if not _IMAGE_RE.match(ident):
+            raise ValueError("game_id: docker image reference is not valid")
+    elif method == "exec":
+        if not ident or ident.startswith("-"):
+            raise ValueError("game_id: exec needs a path or program name, e.g. exec:/usr/bin/srv")
+        _no_nul(ident, "game_id")
+    else:
+        raise ValueError("game_id must start with steamcmd:, docker: or exec:")
+    if spec.executable is not None:
+        _no_nul(spec.executable, "executable")
+        if method == "steamcmd":
+            parts = spec.executable.split("/")
+            if spec.executable.startswith("/") or ".." in parts:
+                raise ValueError("executable: must be a path inside the install directory")
+        if method == "exec" and spec.executable.startswith("-"):
+            raise ValueError("executable must not start with '-'")
+    total = 0
+    for a in spec.args:
+        _no_nul(a, "args")
+        total += len(a.encode("utf-8", "surrogatepass"))
+    if total > MAX_ARGS_BYTES:
+        raise ValueError(f"args: more than {MAX_ARGS_BYTES} bytes in all")
+    total = 0
+    for k, v in spec.env.items():
+        if not _ENV_KEY_RE.match(k):
+            raise ValueError(f"env: {k[:64]!r} is not a valid variable name")
+        if k.startswith("MANMAN_"):
+            raise ValueError("env: names starting with MANMAN_ are reserved")
+        _no_nul(v, "env")
+        total += len(k) + len(v.encode("utf-8", "surrogatepass"))
+    if total > MAX_ENV_BYTES:
+        raise ValueError(f"env: more than {MAX_ENV_BYTES} bytes in all")
+    if spec.stop_command is not None:
+        _no_nul(spec.stop_command, "stop_command")
+        if "\n" in spec.stop_command or "\r" in spec.stop_command:
+            raise ValueError("stop_command must be one line")
+    if spec.ready_pattern is not None:
+        try:
+            re.compile(spec.ready_pattern)
+        except re.error as e:
+            raise ValueError(f"ready_pattern is not a valid regular expression: {e}") from None
+
+
+# PUT /server/{id}: every field optional; what is given replaces the stored value
+_UPDATABLE = ("name", "executable", "args", "env", "stop_command", "stop_timeout",
+              "ready_pattern", "restart", "health", "ports", "desired_state")
+
+
+class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, Meta(pattern=NAME_PATTERN)] | msgspec.UnsetType = msgspec.UNSET
+    worker_id: str | msgspec.UnsetType | None = msgspec.UNSET
+    game_id: str | msgspec.UnsetType = msgspec.UNSET
+    executable: Executable | msgspec.UnsetType | None = msgspec.UNSET
+    args: Annotated[list[Annotated[str, Meta(max_length=MAX_ARGS_BYTES)]],
+                    Meta(max_length=1024)] | msgspec.UnsetType = msgspec.UNSET
+    env: dict[str, Annotated[str, Meta(max_length=MAX_ENV_BYTES)]] | \
+        msgspec.UnsetType = msgspec.UNSET
+    stop_command: ConsoleLine | msgspec.UnsetType | None = msgspec.UNSET
+    stop_timeout: Seconds | msgspec.UnsetType = msgspec.UNSET
+    ready_pattern: Annotated[str, Meta(max_length=1024)] | msgspec.UnsetType | None = msgspec.UNSET
+    restart: RestartSpec | msgspec.UnsetType = msgspec.UNSET
+    health: HealthSpec | msgspec.UnsetType = msgspec.UNSET
+    ports: Annotated[list[PortSpec], Meta(max_length=64)] | msgspec.UnsetType = msgspec.UNSET
+    desired_state: Literal["running", "stopped"] | msgspec.UnsetType = msgspec.UNSET
+    restart_on_change: bool = False
+
+
+def apply_update(spec: ServerSpec, update: ServerUpdate) -> ServerSpec:
+    """The spec after `update`; raises ValueError for a field that cannot change."""
+    for fixed in ("worker_id", "game_id"):
+        value = getattr(update, fixed)
+        if value is not msgspec.UNSET and value != getattr(spec, fixed):
+            raise ValueError(f"{fixed} cannot change; create a new server instead")
+    changes = {k: getattr(update, k) for k in _UPDATABLE if getattr(update, k) is not msgspec.UNSET}
+    new = msgspec.structs.replace(spec, **changes)
+    validate_spec(new)
+    return new
+
+
+class ServerStatus(Struct, kw_only=True):
+    """What a worker observes of one server."""
+
+    state: ServerState = "created"
+    ready: bool = False
+    pid: int | None = None
+    exit_code: int | None = None
+    restarts: int = 0
+    error: str | None = None
+    install_progress: float | None = None
+    started_at: float | None = None
+    updated_at: float = 0.0
+
+
+class Server(Struct, kw_only=True):
+    """A server as the APIs return it: its spec plus what is observed."""
+
+    id: str
+    name: str
+    worker_id: str | None
+    game_id: str
+    executable: str | None
+    args: list[str]
+    env: dict[str, str]
+    stop_command: str | None
+    stop_timeout: float
+    ready_pattern: str | None
+    restart: RestartSpec
+    health: HealthSpec
+    ports: list[PortSpec]
+    desired_state: Literal["running", "stopped"]
+    state: ServerState
+    ready: bool
+    pid: int | None
+    exit_code: int | None
+    restarts: int
+    error: str | None
+    install_progress: float | None
+    started_at: float | None
+    updated_at: float
+    generation: int
+    observed_generation: int
+    worker_status: WorkerStatus
+    log_url: str
+
+
+def server_view(server_id: str, spec: ServerSpec, status: ServerStatus, *, generation: int,
+                observed_generation: int, worker_status: str, log_url: str) -> Server:
+    return Server(
+        id=server_id, **{f: getattr(spec, f) for f in spec.__struct_fields__},
+        **{f: getattr(status, f) for f in status.__struct_fields__},
+        generation=generation, observed_generation=observed_generation,
+        worker_status=worker_status, log_url=log_url)  # type: ignore[arg-type]
+
+
+CommandType = Literal["start", "stop", "restart", "kill", "install", "health", "command"]
+
+
+class Command(Struct, forbid_unknown_fields=True):
+    type: CommandType
+    data: Annotated[str, Meta(max_length=MAX_LINE)] | None = None
+
+
+class ConsoleInput(Struct, forbid_unknown_fields=True):
+    data: Annotated[str, Meta(max_length=MAX_LINE)]
+
+
+def check_console_line(data: str) -> None:
+    _no_nul(data, "data")
+    if "\n" in data or "\r" in data:
+        raise ValueError("data must be one line")
+
+
+class CommandAccepted(Struct):
+    command_id: str
+    delivered: bool
+
+
+class ErrorBody(Struct):
+    code: str
+    message: str
+
+
+class ErrorReply(Struct):
+    error: ErrorBody
+
+
+class Line(Struct):
+    """One console line: the unit of the console protocol."""
+
+    seq: int
+    ts: float
+    stream: str
+    text: str
+
+
+class LogPage(Struct, omit_defaults=True):
+    lines: list[Line]
+    next_seq: int
+    first_seq: int
+    websocket_url: str | None = None
+    token: str | None = None
+
+
+class WorkerRuntimeStatus(Struct):
+    status: WorkerStatus
+    servers: int
+    resources: dict[str, Any]
+
+
+class WorkerJoin(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=253)] | None = None
+
+
+class WorkerCredentials(Struct):
+    worker_id: str
+    token: str
+
+
+class WorkerRegister(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=253)]
+    api_url: Annotated[str, Meta(max_length=2048)]
+    address: Annotated[str, Meta(max_length=253)] = ""
+    version: Annotated[str, Meta(max_length=64)] = ""
+    capacity: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class WorkerUpdate(Struct, forbid_unknown_fields=True):
+    status: Literal["alive", "frozen"] | msgspec.UnsetType = msgspec.UNSET
+    name: Annotated[str, Meta(min_length=1, max_length=253)] | msgspec.UnsetType = msgspec.UNSET
+
+
+class Worker(Struct, kw_only=True):
+    id: str
+    name: str
+    status: WorkerStatus
+    api_url: str
+    address: str
+    version: str
+    capacity: dict[str, Any]
+    servers: int
+    last_heartbeat: float | None
+    created_at: float
+
+
+class ObservedServer(Struct, forbid_unknown_fields=True, kw_only=True):
+    """One server's status in a worker's report to its host."""
+
+    id: Annotated[str, Meta(max_length=64)]
+    observed_generation: Annotated[int, Meta(ge=0)] = 0
+    state: ServerState
+    ready: bool = False
+    pid: int | None = None
+    exit_code: int | None = None
+    restarts: Annotated[int, Meta(ge=0)] = 0
+    error: Annotated[str, Meta(max_length=4096)] | None = None
+    install_progress: Annotated[float, Meta(ge=0, le=100)] | None = None
+    started_at: float | None = None
+    updated_at: float = 0.0
+
+
+class Heartbeat(Struct, forbid_unknown_fields=True, kw_only=True):
+    status: Literal["alive", "frozen", "shutdown"] = "alive"
+    servers: Annotated[list[ObservedServer], Meta(max_length=10000)] = msgspec.field(
+        default_factory=list)
+    # the generations the worker holds, so the host can answer with only what is missing
+    generations: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class DesiredServer(Struct, kw_only=True):
+    id: str
+    generation: int
+    spec: ServerSpec
+
+
+class HeartbeatReply(Struct, kw_only=True):
+    status: WorkerStatus
+    servers: list[DesiredServer]
+    remove: list[str]
+
+
+def validation_message(e: msgspec.ValidationError | msgspec.DecodeError) -> str:
+    return str(e)
+
+
+def to_builtins(obj: Any) -> Any:
+    return msgspec.to_builtins(obj)

@@ -1,0 +1,82 @@
+"""How a game process runs, apart from what a server is: the interface the actor uses.
+
+The actor never knows which runner it has. A runner spawns a `GameProcess`, can re-adopt
+one left by an earlier worker (docker) or remove it (exec).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from manman.models import ServerSpec
+
+
+class SpawnError(Exception):
+    """The game could not be started (missing executable, docker error…)."""
+
+
+@dataclass
+class LaunchContext:
+    server_id: str
+    spec: ServerSpec
+    files_dir: Path  # the server's own directory for game files (cwd of the process)
+    instance: str  # a token unique to this run, in the process's environment
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    """What the worker remembers of a run, to find it again after a restart."""
+
+    server_id: str
+    pid: int | None
+    pid_start: int | None
+    instance: str | None
+
+
+class GameProcess(Protocol):
+    pid: int | None
+    stdout: trio.abc.ReceiveStream
+    stderr: trio.abc.ReceiveStream | None
+
+    async def write_line(self, line: str) -> None:
+        """One console line to stdin; raises trio.BrokenResourceError when it is closed."""
+
+    def terminate(self, timeout: float) -> None:
+        """Begin a graceful stop (SIGTERM to the group / `docker stop -t timeout`)."""
+
+    def kill(self) -> None:
+        """Kill now (SIGKILL to the group / `docker kill`)."""
+
+    async def wait(self) -> int:
+        """The exit code (negative: killed by that signal)."""
+
+    async def cleanup(self) -> None:
+        """After exit: remove whatever the game left (its group, its container)."""
+
+    def abandon(self) -> None:
+        """The actor is going away without a stop (worker restart or actor fault)."""
+
+
+class Runner(Protocol):
+    name: str
+
+    async def spawn(self, ctx: LaunchContext) -> GameProcess: ...
+
+    async def adopt(self, record: RunRecord, spec: ServerSpec) -> GameProcess | None:
+        """A process of an earlier worker to keep running, or None."""
+
+    async def remove_leftover(self, record: RunRecord) -> list[int]:
+        """Kill what an earlier worker left of this server; the pids or ids removed."""
+
+
+def base_env(extra: dict[str, str]) -> dict[str, str]:
+    """The worker's environment minus manman's own settings (they hold secrets)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MANMAN_")}
+    env.update(extra)
+    return env

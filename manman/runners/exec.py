@@ -1,0 +1,107 @@
+"""The exec runner: the game is a local program in its own process group and session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import trio
+
+from manman import procs
+from manman.models import ServerSpec
+from manman.runners.base import GameProcess, LaunchContext, RunRecord, SpawnError, base_env
+
+
+def resolve_executable(spec: ServerSpec, files_dir: Path, path_env: str | None) -> str:
+    """The program to run: absolute, relative to the install directory, or found on PATH."""
+    method, ident = spec.install_method, spec.install_identifier
+    exe = spec.executable or (ident if method == "exec" else None)
+    if not exe:
+        raise SpawnError("no executable given")
+    if method == "steamcmd" or ("/" in exe and not exe.startswith("/")):
+        candidate = files_dir / exe
+    elif exe.startswith("/"):
+        candidate = Path(exe)
+    else:
+        found = shutil.which(exe, path=path_env)
+        if not found:
+            raise SpawnError(f"executable not found on PATH: {exe}")
+        candidate = Path(found)
+    if not candidate.is_file():
+        raise SpawnError(f"executable not found: {candidate}")
+    if not os.access(candidate, os.X_OK):
+        raise SpawnError(f"executable is not executable: {candidate}")
+    return str(candidate)
+
+
+class ExecProcess:
+    """A running local program, the leader of its own process group."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        self._proc = proc
+        self.pid: int | None = proc.pid
+        assert proc.stdout is not None and proc.stdin is not None
+        self.stdout: trio.abc.ReceiveStream = proc.stdout
+        self.stderr: trio.abc.ReceiveStream | None = proc.stderr
+        self._stdin = proc.stdin
+        self._write_lock = trio.Lock()
+        self._exited = False
+
+    async def write_line(self, line: str) -> None:
+        async with self._write_lock:  # the stop command and console input never interleave
+            await self._stdin.send_all(line.encode("utf-8", "replace") + b"\n")
+
+    def _signal(self, sig: int) -> None:
+        if not self._exited:
+            procs.signal_group(self._proc.pid, sig)
+
+    def terminate(self, timeout: float) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        code = await self._proc.wait()
+        self._exited = True
+        return code
+
+    async def cleanup(self) -> None:
+        # children of the game that outlive it: the whole group goes with the server
+        procs.signal_group(self._proc.pid, signal.SIGKILL)
+        for stream in (self._stdin,):
+            with trio.move_on_after(1):
+                await stream.aclose()
+
+    def abandon(self) -> None:
+        procs.signal_group(self._proc.pid, signal.SIGKILL)
+
+
+class ExecRunner:
+    name = "exec"
+
+    async def spawn(self, ctx: LaunchContext) -> GameProcess:
+        env = base_env(ctx.spec.env)
+        env.update(ctx.extra_env)
+        env[procs.INSTANCE_ENV] = ctx.instance
+        env["MANMAN_SERVER_ID"] = ctx.server_id
+        exe = resolve_executable(ctx.spec, ctx.files_dir, env.get("PATH"))
+        ctx.files_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            proc = await trio.lowlevel.open_process(
+                [exe, *ctx.spec.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, cwd=str(ctx.files_dir), env=env,
+                start_new_session=True)
+        except OSError as e:
+            raise SpawnError(f"cannot start {exe}: {e.strerror or e}") from None
+        return ExecProcess(proc)
+
+    async def adopt(self, record: RunRecord, spec: ServerSpec) -> GameProcess | None:
+        return None  # a local process cannot be re-attached: its pipes died with the worker
+
+    async def remove_leftover(self, record: RunRecord) -> list[int]:
+        return await trio.to_thread.run_sync(
+            procs.kill_leftover, record.pid, record.pid_start, record.instance)

@@ -1,0 +1,295 @@
+"""The worker: supervises one ServerActor per server, persists their state in batches, and
+comes back after a crash or SIGKILL with the same servers and no orphaned game process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from manman.actor import ActorHooks, ServerActor
+from manman.config import WorkerConfig
+from manman.console.broker import LogBroker
+from manman.installers.base import Installer, NoInstall
+from manman.lifecycle import Conflict
+from manman.models import ServerSpec, ServerStatus
+from manman.runners.base import Runner, RunRecord
+from manman.runners.exec import ExecRunner
+from manman.worker.store import StoredServer, WorkerStore
+
+log = logging.getLogger("manman.worker")
+
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+class NotFound(Exception):
+    pass
+
+
+class Frozen(Conflict):
+    def __init__(self) -> None:
+        super().__init__("the worker is frozen: it accepts no changes until unfrozen", "frozen")
+
+
+def new_server_id() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass
+class Runtime:
+    runner: Runner
+    installer: Installer
+
+
+class WorkerAgent:
+    """All the servers of one machine."""
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.data_dir = Path(cfg.data_dir)
+        self.actors: dict[str, ServerActor] = {}
+        self.status = "alive"
+        self.store: WorkerStore | None = None
+        self.shutdown_requested = trio.Event()  # graceful: stop every server, then exit
+        self.stopped = trio.Event()
+        self.exec_runner = ExecRunner()
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._dirty: set[str] = set()
+        self._dirty_wake = trio.Event()
+        self._store_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self.on_change: list[object] = []  # callables(actor) run on every state change
+        self.started_at = time.time()
+
+    # -- runtimes by install method ----------------------------------------------------------
+
+    def runtime_for(self, spec: ServerSpec) -> Runtime:
+        method = spec.install_method
+        if method == "exec":
+            return Runtime(self.exec_runner, NoInstall())
+        if method == "steamcmd":
+            from manman.installers.steamcmd import SteamcmdInstaller
+
+            return Runtime(self.exec_runner,
+                           SteamcmdInstaller(self.cfg.steamcmd, self.cfg.install_timeout,
+                                             self.data_dir / "steamcmd-locks"))
+        if method == "docker":
+            from manman.installers.docker import DockerPull
+            from manman.runners.docker import DockerRunner
+
+            return Runtime(DockerRunner(self.cfg.docker, self.data_dir),
+                           DockerPull(self.cfg.docker, self.cfg.install_timeout))
+        raise ValueError(f"unknown install method {method!r}")
+
+    # -- the worker's life -------------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[WorkerAgent] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await WorkerStore.open(self.data_dir / "worker.sqlite3")
+        try:
+            frozen = await self.store.get_meta("frozen")
+            self.status = "frozen" if frozen == "1" else "alive"
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._persister)
+                for stored in await self.store.load():
+                    await self._add_actor(stored, recovering=True)
+                task_status.started(self)
+                await self.shutdown_requested.wait()
+                await self._stop_all()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush()
+                for actor in self.actors.values():
+                    actor.broker.close()
+                await self.store.close()
+            self.stopped.set()
+
+    async def _stop_all(self) -> None:
+        """Every server stops gracefully (at once, each within its stop_timeout)."""
+        self.status = "shutdown"
+        async with trio.open_nursery() as nursery:
+            for actor in list(self.actors.values()):
+                nursery.start_soon(actor.shutdown)
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested.set()
+
+    # -- servers -----------------------------------------------------------------------------
+
+    def get(self, key: str) -> ServerActor:
+        actor = self.actors.get(key)
+        if actor is None:
+            for a in self.actors.values():
+                if a.spec.name == key:
+                    return a
+            raise NotFound(key)
+        return actor
+
+    def check_writable(self) -> None:
+        if self.status == "frozen":
+            raise Frozen()
+        if self.status == "shutdown":
+            raise Conflict("the worker is shutting down", "shutting_down")
+
+    async def create(self, spec: ServerSpec, server_id: str | None = None,
+                     generation: int = 1) -> ServerActor:
+        self.check_writable()
+        if server_id is not None:
+            if not _ID_RE.match(server_id):
+                raise ValueError("id must be lowercase letters, digits and '-' (≤ 64)")
+            if server_id in self.actors:
+                raise Conflict(f"a server with id {server_id} exists", "exists")
+        if any(a.spec.name == spec.name for a in self.actors.values()):
+            raise Conflict(f"a server named {spec.name} exists", "exists")
+        self.runtime_for(spec)  # refuse an install method this worker cannot run, first
+        stored = StoredServer(
+            id=server_id or new_server_id(), spec=spec, generation=generation,
+            desired_state=spec.desired_state, status=ServerStatus(updated_at=time.time()),
+            installed=False, crash_times=(), run_pid=None, run_pid_start=None,
+            run_instance=None)
+        assert self.store is not None
+        async with self._store_lock:
+            await self.store.save([stored])
+        return await self._add_actor(stored, recovering=False)
+
+    async def _add_actor(self, stored: StoredServer, recovering: bool) -> ServerActor:
+        actor = self._build_actor(stored)
+        if recovering and (stored.run_pid or stored.run_instance):
+            actor.leftover = RunRecord(stored.id, stored.run_pid, stored.run_pid_start,
+                                       stored.run_instance)
+        self.actors[actor.id] = actor
+        assert self._nursery is not None
+        await self._nursery.start(self._keep_running, actor)
+        return actor
+
+    def _build_actor(self, stored: StoredServer, broker: LogBroker | None = None) -> ServerActor:
+        runtime = self.runtime_for(stored.spec)
+        server_dir = self.data_dir / "servers" / stored.id
+        broker = broker or LogBroker(server_dir / "logs", ring_lines=self.cfg.console_ring_lines,
+                                     file_bytes=self.cfg.log_file_bytes,
+                                     files_keep=self.cfg.log_files_keep)
+        actor = ServerActor(
+            stored.id, stored.spec, generation=stored.generation, server_dir=server_dir,
+            runner=runtime.runner, installer=runtime.installer, broker=broker,
+            hooks=ActorHooks(changed=self._changed, persist_now=self._persist_now),
+            status=stored.status, installed=stored.installed, crash_times=stored.crash_times)
+        actor.desired_state = stored.desired_state  # type: ignore[assignment]
+        return actor
+
+    async def _keep_running(self, actor: ServerActor,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Supervise one actor: a fault inside it is logged and the actor started again; it
+        never takes the worker or another server down."""
+        with trio.CancelScope() as scope:
+            self._scopes[actor.id] = scope
+            delay = 0.5
+            while True:
+                try:
+                    await actor.serve(task_status=task_status)
+                    return
+                except Exception:
+                    log.exception("server %s: actor fault; restarting it", actor.id)
+                    if actor.started.is_set():
+                        task_status = trio.TASK_STATUS_IGNORED
+                    record = actor.record()
+                    actor.broker.note("manman internal error; the server's supervisor restarts")
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 30)
+                    actor = self._rebuild(actor, record)
+
+    def _rebuild(self, old: ServerActor, record: RunRecord) -> ServerActor:
+        stored = self._stored(old)
+        new = self._build_actor(stored, broker=old.broker)
+        new.leftover = record if (record.pid or record.instance) else None
+        self.actors[new.id] = new
+        return new
+
+    async def delete(self, actor: ServerActor, *, stop: bool = False, purge: bool = False
+                     ) -> None:
+        self.check_writable()
+        if stop:
+            await actor.shutdown()
+        actor.check_deletable()
+        scope = self._scopes.pop(actor.id, None)
+        if scope is not None:
+            scope.cancel()
+        self.actors.pop(actor.id, None)
+        self._dirty.discard(actor.id)
+        actor.broker.close()
+        assert self.store is not None
+        async with self._store_lock:
+            await self.store.delete(actor.id)
+        if purge:
+            await trio.to_thread.run_sync(shutil.rmtree, actor.server_dir, True)
+        for hook in self.on_change:
+            hook(actor)  # type: ignore[operator]
+
+    async def set_frozen(self, frozen: bool) -> None:
+        if self.status == "shutdown":
+            raise Conflict("the worker is shutting down", "shutting_down")
+        self.status = "frozen" if frozen else "alive"
+        assert self.store is not None
+        async with self._store_lock:
+            await self.store.set_meta({"frozen": "1" if frozen else None})
+
+    # -- persistence: batched on state changes, never per console line -----------------------
+
+    def _stored(self, actor: ServerActor) -> StoredServer:
+        rec = actor.record()
+        return StoredServer(
+            id=actor.id, spec=actor.spec, generation=actor.generation,
+            desired_state=actor.desired_state, status=actor.status, installed=actor.installed,
+            crash_times=actor.crash_times, run_pid=rec.pid, run_pid_start=rec.pid_start,
+            run_instance=rec.instance)
+
+    def _changed(self, actor: ServerActor) -> None:
+        self._dirty.add(actor.id)
+        self._dirty_wake.set()
+        for hook in self.on_change:
+            hook(actor)  # type: ignore[operator]
+
+    async def _persist_now(self, actor: ServerActor) -> None:
+        self._dirty.discard(actor.id)
+        assert self.store is not None
+        async with self._store_lock:
+            await self.store.save([self._stored(actor)])
+
+    async def _persister(self) -> None:
+        while True:
+            await self._dirty_wake.wait()
+            self._dirty_wake = trio.Event()
+            await trio.sleep(0.05)  # a burst of changes becomes one transaction
+            await self._flush()
+
+    async def _flush(self) -> None:
+        ids, self._dirty = self._dirty, set()
+        rows = [self._stored(self.actors[i]) for i in ids if i in self.actors]
+        if rows and self.store is not None:
+            async with self._store_lock:
+                await self.store.save(rows)
+
+    # -- facts -----------------------------------------------------------------------------------
+
+    def resources(self) -> dict[str, object]:
+        load1, load5, load15 = os.getloadavg()
+        mem: dict[str, int] = {}
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    mem[key] = int(rest.split()[0]) * 1024
+        except OSError:
+            pass
+        return {"cpus": os.cpu_count(), "load": [load1, load5, load15],
+                "memory_total": mem.get("MemTotal"), "memory_available": mem.get("MemAvailable"),
+                "disk_free": shutil.disk_usage(self.data_dir).free}

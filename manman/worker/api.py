@@ -1,0 +1,309 @@
+"""The worker API of SPEC.md: for its host (worker token), or for people when standalone
+(its api_token), and for console viewers with a host-signed console token."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+import trio
+from quart import Response, websocket
+
+from manman import auth, models
+from manman.actor import Busy, ServerActor
+from manman.apikit import (
+    Api,
+    ApiError,
+    bearer_token,
+    json_response,
+    query_bool,
+    query_int,
+    same_secret,
+)
+from manman.console.viewer import CommandRefused, Disconnect, run_viewer
+from manman.lifecycle import Conflict
+from manman.worker.agent import NotFound, WorkerAgent
+
+
+class WorkerServerCreate(models.ServerSpec, kw_only=True):
+    """A create on the worker: a spec, and from a host also its id and generation."""
+
+    id: str | None = None
+    generation: int = 1
+
+
+class WorkerServerUpdate(models.ServerUpdate, kw_only=True):
+    generation: int | msgspec.UnsetType = msgspec.UNSET
+
+
+class ServerList(msgspec.Struct):
+    servers: list[models.Server]
+
+
+class Deleted(msgspec.Struct):
+    id: str
+    deleted: bool
+
+
+class StatusReply(msgspec.Struct):
+    status: str
+
+
+@dataclass
+class Principal:
+    admin: bool
+    server_id: str | None = None  # a console token's server
+    scopes: frozenset[str] = frozenset()
+    expires_at: float | None = None
+
+    def can_write(self) -> bool:
+        return self.admin or auth.WRITE in self.scopes
+
+
+class WorkerSecrets:
+    """Who may call this worker: one admin secret (its host's worker token, or its own
+    api_token when standalone); console tokens are signed with a key derived from it."""
+
+    def __init__(self, admin_secret: str) -> None:
+        self.admin_secret = admin_secret
+        self.console_key = auth.console_key(admin_secret)
+
+
+def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets) -> Api:
+    api = Api("manman.worker", "manman worker API", "1")
+
+    async def authenticate(role: str, params: dict[str, str]) -> Principal:
+        token = bearer_token()
+        if same_secret(token, secrets.admin_secret):
+            return Principal(admin=True)
+        if token and token.count(".") == 2:  # a console token (JWT)
+            try:
+                claims = auth.verify_console_token(secrets.console_key, token)
+            except auth.TokenRejected as e:
+                raise ApiError(401, str(e), e.code) from None
+            if role != "console":
+                raise ApiError(403, "this token does not allow that", "forbidden")
+            scopes = frozenset(str(claims["scope"]).split())
+            server = params.get("server_id")
+            try:
+                actor_id = agent.get(server).id if server else None
+            except NotFound:
+                actor_id = None
+            if auth.READ not in scopes or claims["sub"] not in (server, actor_id):
+                raise ApiError(403, "this token does not allow that", "forbidden")
+            return Principal(admin=False, server_id=str(claims["sub"]), scopes=scopes,
+                             expires_at=float(claims["exp"]))  # type: ignore[arg-type]
+        raise ApiError(401, "a valid token is required", "unauthorized")
+
+    api.authenticate = authenticate
+    app = api.app
+
+    @app.errorhandler(NotFound)
+    async def _not_found(e: NotFound) -> Response:
+        return _error(404, "not_found", f"server {str(e)[:100]} not found")
+
+    @app.errorhandler(Conflict)
+    async def _conflict(e: Conflict) -> Response:
+        return _error(409, e.code, str(e))
+
+    @app.errorhandler(Busy)
+    async def _busy(e: Busy) -> Response:
+        return _error(503, "busy", str(e))
+
+    def view(actor: ServerActor) -> models.Server:
+        server = models.server_view(actor.id, actor.spec, actor.status,
+                                    generation=actor.generation,
+                                    observed_generation=actor.generation,
+                                    worker_status=agent.status,
+                                    log_url=f"/server/{actor.id}/log/ws")
+        server.desired_state = actor.desired_state  # a clean exit or a stop changes it locally
+        return server
+
+    # -- the worker itself ---------------------------------------------------------------
+
+    @api.route("GET", "/status", response=models.WorkerRuntimeStatus,
+               summary="The worker's status, server count and resources")
+    async def status(who: Principal) -> Response:
+        return json_response(models.WorkerRuntimeStatus(
+            status=agent.status, servers=len(agent.actors),  # type: ignore[arg-type]
+            resources=agent.resources()))
+
+    @api.route("GET", "/healthz", auth="none", response=dict, summary="Liveness")
+    async def healthz() -> Response:
+        return json_response({"ok": True})
+
+    @api.route("POST", "/freeze", response=StatusReply, summary="Stop applying changes")
+    async def freeze(who: Principal) -> Response:
+        await agent.set_frozen(True)
+        return json_response(StatusReply(agent.status))
+
+    @api.route("POST", "/unfreeze", response=StatusReply, summary="Resume applying changes")
+    async def unfreeze(who: Principal) -> Response:
+        await agent.set_frozen(False)
+        return json_response(StatusReply(agent.status))
+
+    @api.route("POST", "/shutdown", response=StatusReply, status=202,
+               summary="Stop every server gracefully, then exit")
+    async def shutdown(who: Principal) -> Response:
+        agent.request_shutdown()
+        return json_response(StatusReply("shutdown"), 202)
+
+    # -- servers -------------------------------------------------------------------------
+
+    @api.route("GET", "/server", response=ServerList, summary="List servers",
+               query={"game_id": "string", "state": "string"})
+    async def list_servers(who: Principal) -> Response:
+        from quart import request
+
+        game_id, state = request.args.get("game_id"), request.args.get("state")
+        out = [view(a) for a in agent.actors.values()
+               if (not game_id or a.spec.game_id == game_id)
+               and (not state or a.status.state == state)]
+        return json_response(ServerList(out))
+
+    @api.route("POST", "/server", body=WorkerServerCreate, response=models.Server, status=201,
+               errors=(409,), summary="Create a server (a host passes its own id)")
+    async def create(who: Principal, body: WorkerServerCreate) -> Response:
+        spec = models.ServerSpec(**{f: getattr(body, f)
+                                    for f in models.ServerSpec.__struct_fields__})
+        try:
+            actor = await agent.create(spec, body.id, body.generation)
+        except ValueError as e:
+            raise ApiError(422, str(e), "invalid") from None
+        return json_response(view(actor), 201)
+
+    @api.route("GET", "/server/{server_id}", response=models.Server, summary="One server")
+    async def get_server(who: Principal, server_id: str) -> Response:
+        return json_response(view(agent.get(server_id)))
+
+    @api.route("PUT", "/server/{server_id}", body=WorkerServerUpdate, response=models.Server,
+               errors=(409,), summary="Change a server's spec")
+    async def update(who: Principal, server_id: str, body: WorkerServerUpdate) -> Response:
+        actor = agent.get(server_id)
+        agent.check_writable()
+        if body.name is not msgspec.UNSET and body.name != actor.spec.name and any(
+                a.spec.name == body.name for a in agent.actors.values()):
+            raise ApiError(409, f"a server named {body.name} exists", "exists")
+        try:
+            spec = models.apply_update(actor.spec, body)
+        except ValueError as e:
+            raise ApiError(422, str(e), "invalid") from None
+        generation = body.generation if body.generation is not msgspec.UNSET \
+            else actor.generation + 1
+        actor.update_spec(spec, generation, body.restart_on_change)
+        return json_response(view(actor))
+
+    @api.route("DELETE", "/server/{server_id}", response=Deleted, errors=(409,),
+               query={"purge": "boolean", "stop": "boolean"},
+               summary="Remove a stopped server (?stop=true stops it first; ?purge=true "
+                       "also deletes its files)")
+    async def delete(who: Principal, server_id: str) -> Response:
+        actor = agent.get(server_id)
+        await agent.delete(actor, stop=query_bool("stop"), purge=query_bool("purge"))
+        return json_response(Deleted(actor.id, True))
+
+    def power(action: str, summary: str) -> None:
+        @api.route("POST", f"/server/{{server_id}}/{action}", response=models.Server,
+                   status=202, errors=(409,), summary=summary)
+        async def handler(who: Principal, server_id: str) -> Response:
+            actor = agent.get(server_id)
+            agent.check_writable()
+            {"start": actor.start, "shutdown": actor.stop, "kill": actor.kill,
+             "restart": actor.restart, "install": actor.install}[action]()
+            return json_response(view(actor), 202)
+
+        handler.__name__ = f"power_{action}"
+
+    power("start", "Start the server")
+    power("shutdown", "Stop the server gracefully")
+    power("kill", "Kill the server's processes now")
+    power("restart", "Stop, then start the server")
+    power("install", "Install or update the game (stops and restarts a running server)")
+
+    @api.route("POST", "/server/{server_id}/command", body=models.ConsoleInput,
+               response=models.CommandAccepted, status=202, errors=(409, 503),
+               summary="One console line to the game's stdin")
+    async def command(who: Principal, server_id: str, body: models.ConsoleInput) -> Response:
+        actor = agent.get(server_id)
+        try:
+            models.check_console_line(body.data)
+        except ValueError as e:
+            raise ApiError(422, str(e), "invalid") from None
+        actor.send_console(body.data)
+        return json_response(models.CommandAccepted(uuid.uuid4().hex, True), 202)
+
+    @api.route("GET", "/server/{server_id}/health", response=dict,
+               summary="Probe the server now (process alive; tcp port when configured)")
+    async def health(who: Principal, server_id: str) -> Response:
+        return json_response(await agent.get(server_id).probe())
+
+    @api.route("GET", "/server/{server_id}/log", auth="console", response=models.LogPage,
+               query={"since": "integer", "limit": "integer"},
+               summary="Stored console lines")
+    async def log_history(who: Principal, server_id: str) -> Response:
+        actor = agent.get(server_id)
+        limit = query_int("limit", 100, lo=1, hi=10000)
+        assert limit is not None
+        since = query_int("since", None)
+        broker = actor.broker
+        if since is None:
+            lines = await broker.tail(limit)
+        else:
+            lines = await broker.history(since, limit)
+        if lines:
+            next_seq = lines[-1].seq + 1
+        elif since is None:
+            next_seq = broker.next_seq
+        else:
+            next_seq = min(max(since, broker.first_seq), broker.next_seq)
+        return json_response(models.LogPage(lines=lines, next_seq=next_seq,
+                                            first_seq=broker.first_seq))
+
+    @api.websocket("/server/{server_id}/log/ws", auth="console",
+                   query={"since": "integer", "tail": "integer", "token": "string"},
+                   summary="The live console (SPEC's console websocket protocol)")
+    async def log_ws(who: Principal, server_id: str) -> None:
+        actor = agent.get(server_id)
+        since = query_int("since", None)
+        tail = query_int("tail", 100, lo=0, hi=100000)
+        assert tail is not None
+        await websocket.accept()
+
+        async def on_command(line: str) -> None:
+            try:
+                models.check_console_line(line)
+                actor.send_console(line)
+            except ValueError as e:
+                raise CommandRefused("invalid", str(e)) from None
+            except Conflict as e:
+                raise CommandRefused(e.code, str(e)) from None
+            except Busy as e:
+                raise CommandRefused("busy", str(e)) from None
+
+        try:
+            await run_viewer(actor.broker, websocket.send, websocket.receive,
+                             server_id=actor.id, state=lambda: actor.status.state,
+                             since=since, tail=tail,
+                             on_command=on_command if who.can_write() else None,
+                             expires_at=who.expires_at)
+        except Disconnect as e:
+            await websocket.close(1008, str(e)[:120])
+        else:
+            with trio.move_on_after(1):
+                await websocket.close(1000)
+
+    return api
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    from manman.apikit import error_response
+
+    return error_response(status, code, message)
+
+
+def issue_console_token(secrets: WorkerSecrets, server_id: str, write: bool,
+                        ttl: float = 600) -> str:
+    scopes = [auth.READ, auth.WRITE] if write else [auth.READ]
+    return auth.sign_console_token(secrets.console_key, server_id, scopes, ttl, time.time())

@@ -1,0 +1,87 @@
+"""`manman worker`: the agent, its API, and (with a host_url) its link to the host."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+
+import msgspec
+import trio
+
+from manman import auth
+from manman.apikit import serve
+from manman.config import Config
+from manman.lifecycle import Conflict
+from manman.models import ServerSpec
+from manman.worker.agent import WorkerAgent
+from manman.worker.api import WorkerSecrets, build_worker_api
+
+log = logging.getLogger("manman.worker")
+
+
+@dataclass
+class WorkerHandle:
+    """A running worker, for `manman up` and tests."""
+
+    agent: WorkerAgent
+    url: str
+    secrets: WorkerSecrets
+    link: object | None = None
+
+
+async def run_worker(cfg: Config, *, handle_signals: bool = False,
+                     task_status: trio.TaskStatus[WorkerHandle] = trio.TASK_STATUS_IGNORED
+                     ) -> None:
+    """Run a worker until it is shut down (POST /shutdown, SIGINT/SIGTERM, or its host).
+    Needs the asyncio bridge loop open (manman.aio.open_loop)."""
+    wcfg = cfg.worker
+    agent = WorkerAgent(wcfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        link = None
+        if wcfg.standalone:
+            admin_secret = wcfg.api_token or auth.load_or_create_token(
+                wcfg.data_dir / "api-token")
+        else:
+            from manman.worker.hostlink import HostLink
+
+            link = HostLink(agent, wcfg)
+            admin_secret = await link.identity()
+        secrets = WorkerSecrets(admin_secret)
+        api = build_worker_api(agent, secrets)
+        stop_api = trio.Event()
+        url = await nursery.start(serve, api.app, wcfg.listen, stop_api)
+        if wcfg.standalone:
+            await _seed(agent, cfg)
+        else:
+            assert link is not None
+            await nursery.start(link.run, wcfg.effective_advertise_url(url))
+        if handle_signals:
+            nursery.start_soon(_on_signals, agent)
+        log.info("worker %s listening on %s", wcfg.effective_name(), url)
+        task_status.started(WorkerHandle(agent, url, secrets, link))
+        await agent.stopped.wait()
+        stop_api.set()
+        if link is not None:
+            await link.closing()
+        nursery.cancel_scope.cancel()
+
+
+async def _on_signals(agent: WorkerAgent) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            log.info("signal received: stopping servers, then exiting")
+            agent.request_shutdown()
+
+
+async def _seed(agent: WorkerAgent, cfg: Config) -> None:
+    """Create the config's [[server]] entries that do not exist yet (by name)."""
+    for raw in cfg.servers:
+        spec = msgspec.convert(raw, ServerSpec)
+        if any(a.spec.name == spec.name for a in agent.actors.values()):
+            continue
+        try:
+            await agent.create(spec)
+        except (Conflict, ValueError) as e:
+            log.warning("config server %s not created: %s", spec.name, e)

@@ -1,0 +1,123 @@
+"""The worker's own state in SQLite (aiosqlite, through the asyncio bridge).
+
+Written on state changes, in batches, never per console line: its identity, the specs it
+runs, each server's last observed status, and what it needs to find a game process again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+import msgspec
+
+from manman import aio
+from manman.models import ServerSpec, ServerStatus
+
+SCHEMA = """
+PRAGMA journal_mode=WAL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS servers (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    desired_state TEXT NOT NULL,
+    status TEXT NOT NULL,
+    installed INTEGER NOT NULL,
+    crash_times TEXT NOT NULL,
+    run_pid INTEGER,
+    run_pid_start INTEGER,
+    run_instance TEXT
+);
+"""
+
+_UPSERT = """
+INSERT INTO servers (id, spec, generation, desired_state, status, installed, crash_times,
+                     run_pid, run_pid_start, run_instance)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET spec=excluded.spec, generation=excluded.generation,
+    desired_state=excluded.desired_state, status=excluded.status, installed=excluded.installed,
+    crash_times=excluded.crash_times, run_pid=excluded.run_pid,
+    run_pid_start=excluded.run_pid_start, run_instance=excluded.run_instance
+"""
+
+_enc = msgspec.json.encode
+
+
+@dataclass
+class StoredServer:
+    id: str
+    spec: ServerSpec
+    generation: int
+    desired_state: str
+    status: ServerStatus
+    installed: bool
+    crash_times: tuple[float, ...]
+    run_pid: int | None
+    run_pid_start: int | None
+    run_instance: str | None
+
+    def row(self) -> tuple[object, ...]:
+        return (self.id, _enc(self.spec).decode(), self.generation, self.desired_state,
+                _enc(self.status).decode(), int(self.installed), _enc(self.crash_times).decode(),
+                self.run_pid, self.run_pid_start, self.run_instance)
+
+
+class WorkerStore:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, path: Path) -> WorkerStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aio.call(aiosqlite.connect, str(path))
+        await aio.call(conn.executescript, SCHEMA)
+        await aio.call(conn.execute, "PRAGMA synchronous=NORMAL")
+        await aio.call(conn.commit)
+        return cls(conn)
+
+    async def close(self) -> None:
+        await aio.call(self._conn.close)
+
+    async def get_meta(self, key: str) -> str | None:
+        cur = await aio.call(self._conn.execute, "SELECT value FROM meta WHERE key = ?", (key,))
+        row = await aio.call(cur.fetchone)
+        return row[0] if row else None
+
+    async def set_meta(self, values: dict[str, str | None]) -> None:
+        for key, value in values.items():
+            if value is None:
+                await aio.call(self._conn.execute, "DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                await aio.call(self._conn.execute,
+                               "INSERT INTO meta (key, value) VALUES (?, ?) "
+                               "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                               (key, value))
+        await aio.call(self._conn.commit)
+
+    async def save(self, servers: list[StoredServer]) -> None:
+        """Upsert many servers in one transaction."""
+        if not servers:
+            return
+        await aio.call(self._conn.executemany, _UPSERT, [s.row() for s in servers])
+        await aio.call(self._conn.commit)
+
+    async def delete(self, server_id: str) -> None:
+        await aio.call(self._conn.execute, "DELETE FROM servers WHERE id = ?", (server_id,))
+        await aio.call(self._conn.commit)
+
+    async def load(self) -> list[StoredServer]:
+        cur = await aio.call(self._conn.execute,
+                             "SELECT id, spec, generation, desired_state, status, installed, "
+                             "crash_times, run_pid, run_pid_start, run_instance FROM servers")
+        rows = await aio.call(cur.fetchall)
+        out = []
+        for r in rows:
+            out.append(StoredServer(
+                id=r[0], spec=msgspec.json.decode(r[1], type=ServerSpec), generation=r[2],
+                desired_state=r[3], status=msgspec.json.decode(r[4], type=ServerStatus),
+                installed=bool(r[5]),
+                crash_times=tuple(msgspec.json.decode(r[6], type=list[float])),
+                run_pid=r[7], run_pid_start=r[8], run_instance=r[9]))
+        return out

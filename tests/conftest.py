@@ -1,0 +1,130 @@
+"""Shared fixtures: the asyncio bridge loop, real workers on 127.0.0.1:0, API clients."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from manman import aio
+from manman.config import Config, WorkerConfig
+
+HERE = Path(__file__).parent
+FAKEGAME = str(HERE / "fakegame.py")
+PYTHON = sys.executable
+
+
+def fake_spec(name: str, *args: str, **fields: Any) -> dict[str, Any]:
+    """A server spec running the fake game server with `args`."""
+    spec: dict[str, Any] = {"name": name, "game_id": f"exec:{PYTHON}",
+                            "args": ["-u", FAKEGAME, *args], "stop_command": "quit",
+                            "stop_timeout": 5}
+    spec.update(fields)
+    return spec
+
+
+@pytest.fixture(autouse=True)
+async def aio_loop() -> AsyncIterator[object]:
+    async with aio.open_loop() as loop:
+        yield loop
+
+
+@pytest.fixture
+async def bg(aio_loop: object) -> AsyncIterator[trio.Nursery]:
+    """A nursery for background services; its tasks see the asyncio bridge loop (pytest-trio's
+    own `nursery` fixture is opened before it)."""
+    async with trio.open_nursery() as nursery:
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
+class Client:
+    """An HTTP client of one manman API with the SPEC's conventions."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base_url = base_url
+        self.token = token
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=20,
+                                      headers={"Authorization": f"Bearer {token}"})
+
+    async def request(self, method: str, path: str, expect: int | None = None,
+                      **kw: Any) -> httpx.Response:
+        r = await self.http.request(method, path, **kw)
+        if expect is not None:
+            assert r.status_code == expect, (method, path, r.status_code, r.text)
+        return r
+
+    async def get(self, path: str, expect: int | None = 200, **kw: Any) -> Any:
+        return (await self.request("GET", path, expect, **kw)).json()
+
+    async def post(self, path: str, json: Any = None, expect: int | None = None,
+                   **kw: Any) -> Any:
+        return (await self.request("POST", path, expect, json=json, **kw)).json()
+
+    async def wait_for(self, server: str, *, timeout: float = 15, **want: Any) -> dict[str, Any]:
+        """Poll a server until every field in `want` has that value."""
+        last: dict[str, Any] = {}
+        with trio.move_on_after(timeout):
+            while True:
+                last = await self.get(f"/server/{server}")
+                if all(last.get(k) == v for k, v in want.items()):
+                    return last
+                await trio.sleep(0.02)
+        raise AssertionError(f"server {server} never reached {want}; last: {last}")
+
+    async def wait_line(self, server: str, text: str, *, timeout: float = 10,
+                        since: int = 0) -> dict[str, Any]:
+        """Poll the console history until a line with exactly `text` shows up."""
+        with trio.move_on_after(timeout):
+            while True:
+                page = await self.get(f"/server/{server}/log?since={since}&limit=10000")
+                for line in page["lines"]:
+                    if line["text"] == text:
+                        return line
+                await trio.sleep(0.02)
+        raise AssertionError(f"no console line {text!r} in {server}")
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def worker_config(tmp_path: Path, **over: Any) -> Config:
+    fields: dict[str, Any] = {"host_url": "", "listen": "127.0.0.1:0",
+                              "data_dir": tmp_path / "worker", "api_token": "test-worker-token",
+                              "name": "test-worker"}
+    fields.update(over)
+    return Config(worker=WorkerConfig(**fields))
+
+
+class RunningWorker:
+    def __init__(self, handle: Any, client: Client) -> None:
+        self.handle = handle
+        self.agent = handle.agent
+        self.url = handle.url
+        self.api = client
+
+    async def shutdown(self) -> None:
+        self.agent.request_shutdown()
+        with trio.fail_after(30):
+            await self.agent.stopped.wait()
+
+
+@pytest.fixture
+async def worker(tmp_path: Path, bg: trio.Nursery) -> AsyncIterator[RunningWorker]:
+    """A standalone worker, in this process, on 127.0.0.1:0."""
+    from manman.worker.main import run_worker
+
+    cfg = worker_config(tmp_path)
+    handle = await bg.start(run_worker, cfg)
+    client = Client(handle.url, "test-worker-token")
+    w = RunningWorker(handle, client)
+    try:
+        yield w
+    finally:
+        await w.shutdown()
+        await client.aclose()

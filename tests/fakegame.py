@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""A fake game server for the tests: a real process with a game-like console.
+
+stdin commands: `say X` → "said: X"; `echo X` → X; `err X` → X on stderr; `quit` → exits 0
+(unless --ignore-stop); `crash [N]` → exits N (3); `flood N` → N numbered lines at full speed;
+`hang` → stops answering; `spawn` → starts a child that sleeps (tests group kill);
+`pid` → prints its pid and its child's. SIGTERM exits 0 unless --ignore-term.
+"""
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+p = argparse.ArgumentParser()
+p.add_argument("--ready-after", type=float, default=0.0)
+p.add_argument("--ready-line", default="Server ready")
+p.add_argument("--no-ready", action="store_true")
+p.add_argument("--ignore-stop", action="store_true")
+p.add_argument("--ignore-term", action="store_true")
+p.add_argument("--crash-after", type=float, default=None)
+p.add_argument("--exit-code", type=int, default=3)
+p.add_argument("--tcp-port", type=int, default=None)
+p.add_argument("--flood", type=int, default=0)
+p.add_argument("--child", action="store_true")
+p.add_argument("--banner", default="fakegame starting")
+args = p.parse_args()
+
+out = sys.stdout
+children = []
+listener = None
+
+
+def say(text, stream=out):
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def on_term(signum, frame):
+    if args.ignore_term:
+        say("ignoring SIGTERM")
+        return
+    say("got SIGTERM, bye")
+    os._exit(0)
+
+
+signal.signal(signal.SIGTERM, on_term)
+say(args.banner)
+say(f"cwd={os.getcwd()} pid={os.getpid()}")
+if args.tcp_port:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", args.tcp_port))
+    listener.listen(16)
+
+    def accept_loop():
+        while True:
+            try:
+                c, _ = listener.accept()
+                c.close()
+            except OSError:
+                return
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+if args.child:
+    children.append(subprocess.Popen(["sleep", "1000"]))
+if args.flood:
+    out.write("".join(f"flood {i}\n" for i in range(args.flood)))
+    out.flush()
+if args.crash_after is not None:
+    def crash():
+        say(f"crashing with {args.exit_code}")
+        os._exit(args.exit_code)
+
+    threading.Timer(args.crash_after, crash).start()
+if not args.no_ready:
+    if args.ready_after:
+        threading.Timer(args.ready_after, lambda: say(args.ready_line)).start()
+    else:
+        say(args.ready_line)
+
+for raw in sys.stdin:
+    line = raw.rstrip("\n")
+    cmd, _, rest = line.partition(" ")
+    if cmd == "say":
+        say(f"said: {rest}")
+    elif cmd == "echo":
+        say(rest)
+    elif cmd == "err":
+        say(rest, sys.stderr)
+    elif cmd in ("quit", "stop"):
+        if args.ignore_stop:
+            say("ignoring stop")
+            continue
+        say("stopping")
+        sys.exit(0)
+    elif cmd == "crash":
+        say("crashing")
+        os._exit(int(rest or args.exit_code))
+    elif cmd == "flood":
+        n = int(rest)
+        out.write("".join(f"flood {i}\n" for i in range(n)))
+        out.flush()
+    elif cmd == "hang":
+        while True:
+            time.sleep(3600)
+    elif cmd == "spawn":
+        children.append(subprocess.Popen(["sleep", "1000"]))
+        say(f"child {children[-1].pid}")
+    elif cmd == "pid":
+        say(f"pid {os.getpid()} children {' '.join(str(c.pid) for c in children)}")
+    elif cmd == "close-port":
+        if listener:
+            listener.close()
+        say("port closed")
+    else:
+        say(f"unknown command: {line}")
+# stdin closed: keep running like a real server would
+while True:
+    time.sleep(3600)
