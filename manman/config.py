@@ -23,6 +23,8 @@ def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host:
         raise ValueError("expected HOST:PORT")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError("an IPv6 address needs brackets: [::1]:PORT")
     host = host.strip("[]")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("port must be 0-65535")
@@ -56,7 +58,7 @@ class WorkerConfig:
     join_token: str = ""
     api_token: str = ""
     install_timeout: float = 3600.0
-    console_ring_lines: int = 20000
+    console_ring_bytes: int = 8 * 1024 * 1024
     log_file_bytes: int = 8 * 1024 * 1024
     log_files_keep: int = 5
 
@@ -84,7 +86,7 @@ class Config:
 
 
 _POSITIVE = {"heartbeat_interval", "console_token_ttl", "flush_interval", "install_timeout",
-             "console_ring_lines", "log_file_bytes", "log_files_keep"}
+             "console_ring_bytes", "log_file_bytes", "log_files_keep"}
 _NON_NEGATIVE = {"worker_timeout", "worker_expiry"}
 _URLS = {"host_url", "advertise_url"}
 
@@ -103,11 +105,14 @@ def _coerce(section: str, key: str, kind: type, raw: Any, from_env: bool) -> Any
         if from_env or isinstance(raw, str):
             try:
                 raw = float(raw) if kind is float else int(str(raw), 10)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise ConfigError(f"config: {where}: expected a number, got {raw!r}") from None
         if not isinstance(raw, int | float) or (kind is int and isinstance(raw, float)):
             raise ConfigError(f"config: {where}: expected {kind.__name__}, got {raw!r}")
-        value = kind(raw)
+        try:
+            value = kind(raw)
+        except OverflowError:
+            raise ConfigError(f"config: {where}: number out of range, got {raw!r}") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise ConfigError(f"config: {where}: expected a finite number, got {raw!r}")
         if key in _POSITIVE and value <= 0:
@@ -167,7 +172,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
             raise ConfigError(f"config: file not found: {cfg_path}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"config: cannot read {cfg_path}: {e}") from None
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, ValueError) as e:
             raise ConfigError(f"config: {cfg_path} is not valid TOML: {e}") from None
     base = cfg_path.resolve().parent if cfg_path else Path.cwd()
     for key in data:

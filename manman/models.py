@@ -11,6 +11,7 @@ from msgspec import Meta, Struct
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # a docker reference as `docker pull` takes it; never starts with '-' (it goes into argv)
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+_NAME_RE = re.compile(NAME_PATTERN[1:-1])
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ARGS_BYTES = 64 * 1024
 MAX_ENV_BYTES = 64 * 1024
@@ -92,12 +93,15 @@ class ServerSpec(Struct, forbid_unknown_fields=True, kw_only=True):
 
 def validate_spec(spec: ServerSpec) -> None:
     """Checks msgspec's declarative constraints cannot express; raises ValueError."""
+    # msgspec's pattern is re.search, where '$' also matches before a final newline
+    if not _NAME_RE.fullmatch(spec.name):
+        raise ValueError(f"name must match {NAME_PATTERN}")
     method, ident = split_game_id(spec.game_id)
     if method == "steamcmd":
         if not ident.isascii() or not ident.isdigit() or len(ident) > 12:
             raise ValueError("game_id: steamcmd app id must be digits, e.g. steamcmd:896660")
     elif method == "docker":
-        if not _IMAGE_RE.match(ident):
+        if not _IMAGE_RE.fullmatch(ident):
             raise ValueError("game_id: docker image reference is not valid")
     elif method == "exec":
         if not ident or ident.startswith("-"):
@@ -121,7 +125,7 @@ def validate_spec(spec: ServerSpec) -> None:
         raise ValueError(f"args: more than {MAX_ARGS_BYTES} bytes in all")
     total = 0
     for k, v in spec.env.items():
-        if not _ENV_KEY_RE.match(k):
+        if not _ENV_KEY_RE.fullmatch(k):
             raise ValueError(f"env: {k[:64]!r} is not a valid variable name")
         if k.startswith("MANMAN_"):
             raise ValueError("env: names starting with MANMAN_ are reserved")

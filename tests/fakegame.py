@@ -3,8 +3,9 @@
 
 stdin commands: `say X` → "said: X"; `echo X` → X; `err X` → X on stderr; `quit` → exits 0
 (unless --ignore-stop); `crash [N]` → exits N (3); `flood N` → N numbered lines at full speed;
-`hang` → stops answering; `spawn` → starts a child that sleeps (tests group kill);
-`pid` → prints its pid and its child's. SIGTERM exits 0 unless --ignore-term.
+`pace N RATE` → N lines at RATE/s; `hang` → stops answering; `spawn` → starts a child
+that sleeps (tests group kill); `pid` → prints its pid and its child's.
+SIGTERM exits 0 unless --ignore-term.
 """
 
 import argparse
@@ -105,6 +106,16 @@ for raw in sys.stdin:
         n = int(rest)
         out.write("".join(f"flood {i}\n" for i in range(n)))
         out.flush()
+    elif cmd == "pace":  # pace N RATE: N numbered lines at RATE lines/s, in chunks of 1000
+        n, rate = rest.split()
+        n, rate = int(n), float(rate)
+        start = time.monotonic()
+        for i in range(0, n, 1000):
+            out.write("".join(f"paced {j}\n" for j in range(i, min(n, i + 1000))))
+            out.flush()
+            ahead = start + (i + 1000) / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
     elif cmd == "hang":
         while True:
             time.sleep(3600)

@@ -20,23 +20,31 @@ from manman.console.logfiles import LogFiles
 from manman.models import Line
 
 _encode = msgspec.json.Encoder().encode
-MAX_FRAME_CHARS = 1 << 20
+_decode_lines = msgspec.json.Decoder(list[Line]).decode
+# websocket clients commonly refuse messages over 1 MiB (trio-websocket, browsers' proxies)
+MAX_FRAME_CHARS = 512 * 1024
+# a batch's JSON stays well under MAX_FRAME_CHARS even for 64 KiB of tiny or escaped lines
+BATCH_LINES = 2048
 
 
 class Batch:
-    """Consecutive lines stored and sent together."""
+    """Consecutive lines stored and sent together, kept only as their JSON text (the Line
+    objects are dropped after encoding: the ring costs about its JSON size in memory)."""
 
-    __slots__ = ("first_seq", "frame", "lines", "payload")
+    __slots__ = ("count", "first_seq", "frame", "payload")
 
-    def __init__(self, first_seq: int, lines: list[Line], payload: str) -> None:
+    def __init__(self, first_seq: int, count: int, payload: str) -> None:
         self.first_seq = first_seq
-        self.lines = lines
-        self.payload = payload  # the JSON array of `lines`
+        self.count = count
+        self.payload = payload  # the JSON array of the lines
         self.frame: str | None = None  # the whole `lines` frame, made once for all viewers
 
     @property
     def end_seq(self) -> int:
-        return self.first_seq + len(self.lines)
+        return self.first_seq + self.count
+
+    def lines(self) -> list[Line]:
+        return _decode_lines(self.payload)
 
     def lines_frame(self) -> str:
         if self.frame is None:
@@ -56,13 +64,13 @@ def gap_frame(from_seq: int, to_seq: int, reason: str) -> str:
 class LogBroker:
     """Publishes console lines of one server to disk, memory and live viewers."""
 
-    def __init__(self, directory: Path, *, ring_lines: int = 20000, file_bytes: int = 8 << 20,
+    def __init__(self, directory: Path, *, ring_bytes: int = 8 << 20, file_bytes: int = 8 << 20,
                  files_keep: int = 5) -> None:
         self.files = LogFiles(directory, max_bytes=file_bytes, keep=files_keep)
         self.next_seq = self.files.next_seq
         self.ring: deque[Batch] = deque()
-        self.ring_count = 0
-        self.ring_lines = ring_lines
+        self.ring_size = 0  # characters of JSON in the ring
+        self.ring_bytes = ring_bytes
         self.state_frame = '{"type":"state","state":"created"}'
         self.state_version = 0
         self.viewers = 0
@@ -74,20 +82,26 @@ class LogBroker:
     # -- publishing (sync: the readers never wait on viewers) -------------------------------
 
     def publish(self, stream: str, texts: list[str], ts: float | None = None) -> None:
+        """Number, store and announce the lines of one read: one encode per batch, one write."""
         if not texts:
             return
         ts = time.time() if ts is None else ts
         first = self.next_seq
         lines = [Line(seq, ts, stream, text) for seq, text in enumerate(texts, first)]
-        raw = _encode(lines)
+        batches = []
+        for i in range(0, len(lines), BATCH_LINES):
+            part = lines[i:i + BATCH_LINES]
+            batches.append(Batch(part[0].seq, len(part), _encode(part).decode()))
         self.next_seq = first + len(lines)
-        self.files.append(first, raw, self.next_seq)
-        self.ring.append(Batch(first, lines, raw.decode()))
-        self.ring_count += len(lines)
+        self.files.append(first, "\n".join(b.payload for b in batches).encode(), self.next_seq)
+        size = sum(len(b.payload) for b in batches)
+        self.ring.extend(batches)
+        self.ring_size += size
         self.lines_total += len(lines)
-        self.bytes_total += len(raw)
-        while self.ring_count - len(self.ring[0].lines) >= self.ring_lines:
-            self.ring_count -= len(self.ring.popleft().lines)
+        self.bytes_total += size
+        ring = self.ring
+        while self.ring_size - len(ring[0].payload) >= self.ring_bytes:
+            self.ring_size -= len(ring.popleft().payload)
         self._wake()
 
     def note(self, text: str) -> None:
@@ -135,7 +149,7 @@ class LogBroker:
             return head.lines_frame(), head.end_seq  # the common case: shared text, no copy
         # a resume inside a batch re-encodes that part once; whole batches are joined as text
         text = head.payload if head.first_seq == cursor else _encode(
-            head.lines[cursor - head.first_seq:]).decode()
+            head.lines()[cursor - head.first_seq:]).decode()
         parts, size, end = [text[1:-1]], len(text), head.end_seq
         for j in range(i + 1, len(ring)):
             batch = ring[j]
@@ -152,7 +166,7 @@ class LogBroker:
             if batch.end_seq <= since:
                 continue
             start = max(0, since - batch.first_seq)
-            out.extend(batch.lines[start:start + limit - len(out)])
+            out.extend(batch.lines()[start:start + limit - len(out)])
             if len(out) >= limit:
                 break
         return out

@@ -22,23 +22,27 @@ class LineFramer:
 
     def feed(self, data: bytes) -> list[str]:
         """Lines completed by `data`, in order."""
-        if self._cr_breaks:
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buf + data if self._buf else data
+        held = b""
+        if self._cr_breaks:
+            if buf.endswith(b"\r"):  # maybe the first half of a '\r\n' split across reads
+                buf, held = buf[:-1], b"\r"
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         cut = buf.rfind(b"\n")
         if cut < 0:
-            self._buf = buf
-            return self._cut_long() if len(buf) > self._max else []
-        self._buf = buf[cut + 1:]
+            self._buf = buf + held
+            return self._cut_long()
+        self._buf = buf[cut + 1:] + held
         # one decode per read: b'\n' cannot fall inside a multi-byte UTF-8 sequence
         text = buf[:cut].decode("utf-8", "replace")
         lines = text.split("\n")
         if "\r" in text:  # one scan per read keeps plain '\n' output free of the per-line check
             lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-        if cut > self._max and any(len(line) > self._max // 4 for line in lines):
+        # text may take up to 3x the raw bytes (U+FFFD for each bad byte) and a character up
+        # to 4 bytes: only a line that may exceed the limit is measured
+        if cut * 3 > self._max and any(len(line) * 4 > self._max for line in lines):
             lines = _split_long(lines, self._max)
-        if len(self._buf) > self._max:
-            lines.extend(self._cut_long())
+        lines.extend(self._cut_long())
         return lines
 
     def flush(self) -> list[str]:
@@ -55,9 +59,10 @@ class LineFramer:
         """Emit full pieces of an over-long unterminated line, keep the remainder."""
         out: list[str] = []
         buf = self._buf
-        while len(buf) > self._max:
+        # a trailing '\r' is the line's end, not its content
+        while len(buf) > self._max + (buf[-1:] == b"\r"):
             cut = _utf8_boundary(buf, self._max)
-            out.append(buf[:cut].decode("utf-8", "replace"))
+            out.extend(_split_long([buf[:cut].decode("utf-8", "replace")], self._max))
             buf = buf[cut:]
         self._buf = buf
         return out

@@ -108,6 +108,8 @@ class LogFiles:
     def read(self, since: int, limit: int) -> list[Line]:
         """Up to `limit` stored lines with seq ≥ since, oldest first."""
         out: list[Line] = []
+        if limit <= 0:
+            return out
         segs = self.segments()
         start = 0
         for i, (first, _) in enumerate(segs):

@@ -125,24 +125,40 @@ async def _sender(broker: LogBroker, send: Send, cursor: int, scope: trio.Cancel
             for frame in iter_frames(lines):
                 await send(frame)
             cursor = lines[-1].seq + 1
+        # then what the ring holds up to now, so the state frame follows the history
+        while cursor < broker.next_seq:
+            frames, cursor = _next_frames(broker, cursor)
+            for frame in frames:
+                await send(frame)
         await send(broker.state_frame)
         version = broker.state_version
         while True:
             await broker.wait(cursor, version)
+            frames = []
             if broker.state_version != version:
                 version = broker.state_version
-                await send(broker.state_frame)
-            if cursor < broker.ring_first_seq:
-                # it fell behind the ring: skip it forward, it never holds anyone back
-                ring_first = broker.ring_first_seq
-                broker.gaps += 1
-                await send(gap_frame(cursor, ring_first - 1, "slow_consumer"))
-                cursor = ring_first
-            frame, cursor = broker.take(cursor)
-            if frame is not None:
+                frames.append(broker.state_frame)
+            more, cursor = _next_frames(broker, cursor)
+            for frame in frames + more:
                 await send(frame)
     finally:
         scope.cancel()
+
+
+def _next_frames(broker: LogBroker, cursor: int) -> tuple[list[str], int]:
+    """The frames for a viewer at `cursor`, decided at once (no await between the gap check
+    and the take, or the ring could move on in between)."""
+    frames = []
+    ring_first = broker.ring_first_seq
+    if cursor < ring_first:
+        # it fell behind the ring: skip it forward, it never holds anyone back
+        broker.gaps += 1
+        frames.append(gap_frame(cursor, ring_first - 1, "slow_consumer"))
+        cursor = ring_first
+    frame, cursor = broker.take(cursor)
+    if frame is not None:
+        frames.append(frame)
+    return frames, cursor
 
 
 async def _receiver(send: Send, receive: Receive,

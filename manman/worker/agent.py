@@ -175,7 +175,7 @@ class WorkerAgent:
     def _build_actor(self, stored: StoredServer, broker: LogBroker | None = None) -> ServerActor:
         runtime = self.runtime_for(stored.spec)
         server_dir = self.data_dir / "servers" / stored.id
-        broker = broker or LogBroker(server_dir / "logs", ring_lines=self.cfg.console_ring_lines,
+        broker = broker or LogBroker(server_dir / "logs", ring_bytes=self.cfg.console_ring_bytes,
                                      file_bytes=self.cfg.log_file_bytes,
                                      files_keep=self.cfg.log_files_keep)
         actor = ServerActor(
