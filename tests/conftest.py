@@ -28,7 +28,7 @@ def fake_spec(name: str, *args: str, **fields: Any) -> dict[str, Any]:
     return spec
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 async def aio_loop() -> AsyncIterator[object]:
     async with aio.open_loop() as loop:
         yield loop
@@ -128,3 +128,68 @@ async def worker(tmp_path: Path, bg: trio.Nursery) -> AsyncIterator[RunningWorke
     finally:
         await w.shutdown()
         await client.aclose()
+
+
+class ManmanProcess:
+    """`python -m manman …` as a real child process; its log is kept for the test to read."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = env
+        self.proc: trio.Process | None = None
+        self.log: list[str] = []
+        self._ready = trio.Event()
+        self.url: str | None = None
+
+    async def start(self, nursery: trio.Nursery, ready_text: str = "listening on ",
+                    timeout: float = 30) -> str:
+        import os
+        import subprocess
+
+        env = {**os.environ, **(self.env or {})}
+        self.proc = await trio.lowlevel.open_process(
+            [PYTHON, "-m", "manman", *self.args], stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=env, cwd=str(HERE.parent))
+        nursery.start_soon(self._drain, ready_text)
+        with trio.fail_after(timeout):
+            await self._ready.wait()
+        assert self.url is not None, "\n".join(self.log)
+        return self.url
+
+    async def _drain(self, ready_text: str) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        buf = b""
+        while True:
+            data = await self.proc.stderr.receive_some(65536)
+            if not data:
+                self._ready.set()
+                return
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                self.log.append(line)
+                if ready_text in line and self.url is None:
+                    self.url = line.split(ready_text, 1)[1].split()[0]
+                    self._ready.set()
+
+    def kill9(self) -> None:
+        import signal
+
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+
+    async def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        with trio.fail_after(timeout):
+            return await self.proc.wait()
+
+    def stop(self) -> None:
+        """Last resort for a test that failed half-way: nothing may outlive the test."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

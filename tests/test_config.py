@@ -19,11 +19,6 @@ from manman.config import (
 )
 
 
-@pytest.fixture(autouse=True)
-def aio_loop() -> None:
-    """These tests need no asyncio bridge loop (overrides the conftest one)."""
-
-
 def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
     path = tmp_path / "config.toml"
     path.write_text(text, encoding="utf-8")

@@ -19,12 +19,6 @@ from manman.lifecycle import (
 )
 from manman.models import STATES, RestartSpec
 
-
-@pytest.fixture(autouse=True)
-def aio_loop() -> None:
-    """These tests need no asyncio bridge loop (overrides the conftest one)."""
-
-
 # The table as reviewed against SPEC.md; a change to ALLOWED must change this on purpose.
 EXPECTED: dict[str, set[str]] = {
     "start": {"created", "stopped", "crashed", "failed"},

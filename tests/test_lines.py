@@ -11,11 +11,6 @@ from hypothesis import strategies as st
 from manman.console.lines import MAX_LINE_BYTES, LineFramer
 
 
-@pytest.fixture(autouse=True)
-def aio_loop() -> None:
-    """These tests need no asyncio bridge loop (overrides the conftest one)."""
-
-
 def run(chunks: list[bytes], **kw: object) -> list[str]:
     """Every line a framer emits for `chunks`, then EOF."""
     framer = LineFramer(**kw)  # type: ignore[arg-type]

@@ -20,11 +20,6 @@ from manman.console.logfiles import LogFiles
 from manman.models import Line
 
 
-@pytest.fixture(autouse=True)
-def aio_loop() -> None:
-    """These tests need no asyncio bridge loop (overrides the conftest one)."""
-
-
 def batch(first: int, n: int, text: str = "t") -> bytes:
     return msgspec.json.encode([Line(s, 1.0, "stdout", f"{text}{s}") for s in
                                 range(first, first + n)])

@@ -27,12 +27,6 @@ from manman.models import (
     validation_message,
 )
 
-
-@pytest.fixture(autouse=True)
-def aio_loop() -> None:
-    """These tests need no asyncio bridge loop (overrides the conftest one)."""
-
-
 BASE: dict[str, Any] = {"name": "srv", "game_id": "exec:/usr/bin/srv"}
 
 
