@@ -77,3 +77,12 @@ def verify_console_token(key: bytes, token: str) -> dict[str, object]:
     if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("scope"), str):
         raise TokenRejected("invalid token")
     return claims
+
+
+def derive_token(secret: str, label: str) -> str:
+    """A token the host can recompute from its secret instead of storing it."""
+    import base64
+    import hmac
+
+    mac = hmac.new(secret.encode(), label.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()

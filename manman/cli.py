@@ -23,7 +23,8 @@ def _die(message: str, code: int = 1) -> int:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("hypercorn.error", "httpx", "httpcore", "asyncio", "trio-websocket"):
+    for noisy in ("hypercorn.error", "httpx", "httpcore", "asyncio", "trio-websocket",
+                  "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -253,9 +253,10 @@ def check_console_line(data: str) -> None:
         raise ValueError("data must be one line")
 
 
-class CommandAccepted(Struct):
+class CommandAccepted(Struct, omit_defaults=True):
     command_id: str
     delivered: bool
+    result: dict[str, Any] | None = None  # what a `health` command found
 
 
 class ErrorBody(Struct):
@@ -355,10 +356,15 @@ class DesiredServer(Struct, kw_only=True):
     spec: ServerSpec
 
 
+class RemoveServer(Struct):
+    id: str
+    purge: bool = False
+
+
 class HeartbeatReply(Struct, kw_only=True):
     status: WorkerStatus
     servers: list[DesiredServer]
-    remove: list[str]
+    remove: list[RemoveServer]
 
 
 def validation_message(e: msgspec.ValidationError | msgspec.DecodeError) -> str:

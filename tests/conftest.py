@@ -20,10 +20,11 @@ PYTHON = sys.executable
 
 
 def fake_spec(name: str, *args: str, **fields: Any) -> dict[str, Any]:
-    """A server spec running the fake game server with `args`."""
+    """A server spec running the fake game server with `args`; `running` once it printed
+    its ready line (after its start-up: children, listening port)."""
     spec: dict[str, Any] = {"name": name, "game_id": f"exec:{PYTHON}",
                             "args": ["-u", FAKEGAME, *args], "stop_command": "quit",
-                            "stop_timeout": 5}
+                            "stop_timeout": 5, "ready_pattern": "^Server ready$"}
     spec.update(fields)
     return spec
 
@@ -193,3 +194,123 @@ class ManmanProcess:
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# -- PostgreSQL: one embedded server for the session (or MANMAN_TEST_DATABASE_URL), a fresh
+# database per test ------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_base_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import os
+    import warnings
+
+    url = os.environ.get("MANMAN_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data",
+                                     cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+async def database_url(pg_base_url: str, aio_loop: object) -> AsyncIterator[str]:
+    """A new, empty database on the test PostgreSQL."""
+    import secrets
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    name = f"manman_test_{secrets.token_hex(6)}"
+    conn = await aio.call(asyncpg.connect, pg_base_url)
+    try:
+        await aio.call(conn.execute, f'CREATE DATABASE "{name}"')
+    finally:
+        await aio.call(conn.close)
+    parts = urlsplit(pg_base_url)
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    conn = await aio.call(asyncpg.connect, pg_base_url)
+    try:
+        await aio.call(conn.execute, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await aio.call(conn.close)
+
+
+ADMIN = "test-admin-token"
+JOIN = "test-join-token"
+
+
+def host_config(tmp_path: Path, database_url: str, **over: Any) -> Config:
+    from manman.config import HostConfig
+
+    fields: dict[str, Any] = {"listen": "127.0.0.1:0", "database_url": database_url,
+                              "data_dir": tmp_path / "host", "admin_token": ADMIN,
+                              "join_token": JOIN, "worker_timeout": 1.5, "worker_expiry": 0,
+                              "flush_interval": 0.1}
+    fields.update(over)
+    return Config(host=HostConfig(**fields))
+
+
+def hosted_worker_config(tmp_path: Path, host_url: str, name: str, **over: Any) -> Config:
+    fields: dict[str, Any] = {"host_url": host_url, "join_token": JOIN, "name": name,
+                              "listen": "127.0.0.1:0", "data_dir": tmp_path / name,
+                              "heartbeat_interval": 0.2}
+    fields.update(over)
+    return Config(worker=WorkerConfig(**fields))
+
+
+class RunningHost:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.url = handle.url
+        self.api = Client(handle.url, ADMIN)
+        self.control = handle.control
+        self.fleet = handle.control.fleet
+
+
+@pytest.fixture
+async def host(tmp_path: Path, database_url: str, bg: trio.Nursery
+               ) -> AsyncIterator[RunningHost]:
+    from manman.host.main import run_host
+
+    handle = await bg.start(run_host, host_config(tmp_path, database_url))
+    h = RunningHost(handle)
+    try:
+        yield h
+    finally:
+        await h.api.aclose()
+        handle.stop()
+        with trio.fail_after(20):
+            await handle.stopped.wait()
+
+
+async def start_hosted_worker(bg: trio.Nursery, tmp_path: Path, host: RunningHost,
+                              name: str, **over: Any) -> RunningWorker:
+    from manman.worker.main import run_worker
+
+    handle = await bg.start(run_worker, hosted_worker_config(tmp_path, host.url, name, **over))
+    return RunningWorker(handle, Client(handle.url, handle.secrets.admin_secret))
+
+
+@pytest.fixture
+async def hosted(tmp_path: Path, host: RunningHost, bg: trio.Nursery) -> AsyncIterator[Any]:
+    """Start workers joined to `host`; they are shut down before the host stops."""
+    started: list[RunningWorker] = []
+
+    async def start(name: str, **over: Any) -> RunningWorker:
+        w = await start_hosted_worker(bg, tmp_path, host, name, **over)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        if not w.agent.stopped.is_set():
+            await w.shutdown()
+        await w.api.aclose()

@@ -1,0 +1,274 @@
+"""The host API of SPEC.md: admins manage servers and workers, workers join, register and
+heartbeat, console viewers watch through the host's websocket proxy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import msgspec
+import trio
+from quart import Response, request, websocket
+
+from manman import auth, models
+from manman.apikit import (
+    Api,
+    ApiError,
+    bearer_token,
+    json_response,
+    query_bool,
+    query_int,
+    same_secret,
+)
+from manman.console.viewer import error_frame
+from manman.host.control import Control, _worker_error
+from manman.host.fleet import Fleet
+from manman.host.relay import HostSecrets, Relay, Unreachable
+
+
+class ServerList(msgspec.Struct):
+    servers: list[models.Server]
+
+
+class WorkerList(msgspec.Struct):
+    workers: list[models.Worker]
+
+
+class DeleteResult(msgspec.Struct):
+    id: str
+    deleted: bool  # false: the worker removes it when it is reachable again
+
+
+class Ack(msgspec.Struct):
+    ok: bool
+
+
+@dataclass
+class Principal:
+    kind: str  # admin | join | worker | console
+    worker_id: str | None = None
+    server_id: str | None = None
+    scopes: frozenset[str] = frozenset()
+    expires_at: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.kind != "worker" else f"worker:{self.worker_id}"
+
+
+def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -> Api:
+    api = Api("manman.host", "manman host API", "1")
+    fleet: Fleet = control.fleet
+    relay: Relay = control.relay
+
+    def identify(token: str | None, server_key: str | None) -> Principal:
+        """Who holds this token; 401 when nobody."""
+        if same_secret(token, secrets.admin_token):
+            return Principal("admin")
+        if same_secret(token, secrets.join_token):
+            return Principal("join")
+        if token and token.startswith("mmw_"):
+            _, _, rest = token.partition("_")
+            worker_id, _, _ = rest.partition("_")
+            w = fleet.workers.get(worker_id)
+            if w is not None and same_secret(token, secrets.worker_token(w.id, w.token_version)):
+                if w.status == "shutdown":
+                    raise ApiError(410, "this worker was shut down by its host", "gone")
+                return Principal("worker", worker_id=w.id)
+        if token and token.count(".") == 2 and server_key:
+            s = fleet.server(server_key)
+            w = fleet.workers.get(s.worker_id) if s else None
+            if s is not None and w is not None:
+                try:
+                    claims = auth.verify_console_token(secrets.console_key(w), token)
+                except auth.TokenRejected as e:
+                    raise ApiError(401, str(e), e.code) from None
+                if claims["sub"] != s.id:
+                    raise ApiError(403, "this token does not allow that", "forbidden")
+                return Principal("console", server_id=s.id,
+                                 scopes=frozenset(str(claims["scope"]).split()),
+                                 expires_at=float(claims["exp"]))  # type: ignore[arg-type]
+        raise ApiError(401, "a valid token is required", "unauthorized")
+
+    async def authenticate(role: str, params: dict[str, str]) -> Principal:
+        who = identify(bearer_token(), params.get("server_id"))
+        allowed = {
+            "admin": who.kind == "admin",
+            "join": who.kind in ("join", "admin"),
+            "worker": who.kind == "worker" and who.worker_id == params.get("worker_id",
+                                                                           who.worker_id),
+            "console": who.kind in ("admin", "console") and (
+                who.kind == "admin" or auth.READ in who.scopes),
+            "report": who.kind == "worker",
+        }[role]
+        if not allowed:
+            raise ApiError(403, "this token does not allow that", "forbidden")
+        return who
+
+    api.authenticate = authenticate
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    @api.route("GET", "/healthz", auth="none", response=dict, summary="Liveness")
+    async def healthz() -> Response:
+        return json_response({"ok": True})
+
+    # -- servers ---------------------------------------------------------------------------
+
+    @api.route("GET", "/server", response=ServerList, summary="List servers",
+               query={"worker_id": "string", "game_id": "string", "state": "string"})
+    async def list_servers(who: Principal) -> Response:
+        wid, game, state = (request.args.get(k) for k in ("worker_id", "game_id", "state"))
+        out = []
+        for s in fleet.servers.values():
+            if s.deleting or (wid and s.worker_id != wid) or (game and s.spec.game_id != game):
+                continue
+            view = fleet.server_view(s)
+            if state and view.state != state:
+                continue
+            out.append(view)
+        return json_response(ServerList(out))
+
+    @api.route("POST", "/server", body=models.ServerSpec, response=models.Server, status=201,
+               errors=(409,), summary="Create a server; it is pushed to its worker at once")
+    async def create_server(who: Principal, body: models.ServerSpec) -> Response:
+        s = await control.create_server(body)
+        return json_response(fleet.server_view(s), 201)
+
+    @api.route("GET", "/server/{server_id}", response=models.Server,
+               summary="One server (by id or name)")
+    async def get_server(who: Principal, server_id: str) -> Response:
+        return json_response(fleet.server_view(control.server(server_id)))
+
+    @api.route("PUT", "/server/{server_id}", body=models.ServerUpdate, response=models.Server,
+               errors=(409,), summary="Replace the spec fields given (generation + 1)")
+    async def update_server(who: Principal, server_id: str,
+                            body: models.ServerUpdate) -> Response:
+        s = await control.update_server(control.server(server_id), body)
+        return json_response(fleet.server_view(s))
+
+    @api.route("DELETE", "/server/{server_id}", response=DeleteResult, errors=(409,),
+               query={"purge": "boolean"},
+               summary="Stop gracefully, remove from the worker, then delete")
+    async def delete_server(who: Principal, server_id: str) -> Response:
+        s = control.server(server_id)
+        gone = await control.delete_server(s, query_bool("purge"))
+        return json_response(DeleteResult(s.id, gone), 200 if gone else 202)
+
+    @api.route("POST", "/server/{server_id}/command", body=models.Command,
+               response=models.CommandAccepted, status=202, errors=(409, 503),
+               summary="start | stop | restart | kill | install | health | command")
+    async def command(who: Principal, server_id: str, body: models.Command) -> Response:
+        s = control.server(server_id)
+        actor = f"{who.label}@{request.remote_addr or '?'}"
+        return json_response(await control.command(s, body, actor), 202)
+
+    @api.route("GET", "/server/{server_id}/log", auth="console", response=models.LogPage,
+               query={"since": "integer", "limit": "integer"}, errors=(503,),
+               summary="Stored console lines, and a websocket URL and token to watch live")
+    async def log_history(who: Principal, server_id: str) -> Response:
+        s = control.server(server_id)
+        w = control.worker(s.worker_id)
+        params = {k: str(v) for k in ("since", "limit")
+                  if (v := query_int(k, None)) is not None}
+        if not fleet.reachable(w):
+            raise ApiError(503, f"worker {w.name} is {fleet.worker_status(w)}", "unavailable")
+        try:
+            r = await relay.call(w, "GET", f"/server/{s.id}/log", params=params)
+        except Unreachable as e:
+            raise ApiError(503, str(e), "unavailable") from None
+        if r.status_code != 200:
+            raise _worker_error(r)
+        page = msgspec.json.decode(r.content, type=models.LogPage)
+        scopes = [auth.READ, auth.WRITE] if who.kind == "admin" else sorted(who.scopes)
+        page.token = auth.sign_console_token(secrets.console_key(w), s.id, scopes,
+                                             console_ttl, time.time())
+        page.websocket_url = relay.console_url(w, s.id, {})
+        return json_response(page)
+
+    @api.websocket("/server/{server_id}/log/ws", auth="console",
+                   query={"since": "integer", "tail": "integer", "token": "string"},
+                   summary="The live console, proxied from the worker")
+    async def log_ws(who: Principal, server_id: str) -> None:
+        s = control.server(server_id)
+        w = control.worker(s.worker_id)
+        if not fleet.reachable(w):
+            raise ApiError(503, f"worker {w.name} is {fleet.worker_status(w)}", "unavailable")
+        query = {k: query_int(k, None) for k in ("since", "tail")}
+        scopes = [auth.READ, auth.WRITE] if who.kind == "admin" else sorted(who.scopes)
+        ttl = console_ttl if who.expires_at is None else who.expires_at - time.time()
+        token = auth.sign_console_token(secrets.console_key(w), s.id, scopes, ttl, time.time())
+        await websocket.accept()
+        try:
+            await relay.proxy_console(w, s.id, query, token, websocket.send, websocket.receive)
+        except Unreachable as e:
+            await websocket.send(error_frame("unavailable", str(e)))
+        with trio.move_on_after(1):
+            await websocket.close(1000)
+
+    @api.route("POST", "/server/{server_id}/health", auth="report", body=models.ObservedServer,
+               response=Ack, summary="A worker's status report for one of its servers")
+    async def server_report(who: Principal, server_id: str,
+                            body: models.ObservedServer) -> Response:
+        w = control.worker(who.worker_id or "")
+        if body.id != server_id:
+            raise ApiError(422, "the body's id is not the server in the path", "invalid")
+        s = fleet.servers.get(server_id)
+        if s is None:
+            raise ApiError(404, f"server {server_id[:100]} not found", "not_found")
+        if not fleet.observe(w, body):
+            raise ApiError(403, "this server belongs to another worker", "forbidden")
+        fleet.touch(w)
+        return json_response(Ack(True))
+
+    # -- workers ---------------------------------------------------------------------------
+
+    @api.route("GET", "/worker", response=WorkerList, summary="List workers")
+    async def list_workers(who: Principal) -> Response:
+        return json_response(WorkerList([fleet.worker_view(w) for w in fleet.workers.values()]))
+
+    @api.route("POST", "/worker", auth="join", body=models.WorkerJoin,
+               response=models.WorkerCredentials, status=201,
+               summary="Join: a worker id and the token it uses from now on")
+    async def join(who: Principal, body: models.WorkerJoin) -> Response:
+        w = await control.join(body.name)
+        return json_response(models.WorkerCredentials(
+            w.id, secrets.worker_token(w.id, w.token_version)), 201)
+
+    @api.route("POST", "/worker/{worker_id}", auth="worker", body=models.WorkerRegister,
+               response=models.Worker, errors=(410,),
+               summary="Register: where the host reaches the worker, and what it is")
+    async def register(who: Principal, worker_id: str, body: models.WorkerRegister
+                       ) -> Response:
+        w = await control.register(control.worker(worker_id), body)
+        return json_response(fleet.worker_view(w))
+
+    @api.route("GET", "/worker/{worker_id}", response=models.Worker, summary="One worker")
+    async def get_worker(who: Principal, worker_id: str) -> Response:
+        return json_response(fleet.worker_view(control.worker(worker_id)))
+
+    @api.route("PUT", "/worker/{worker_id}", body=models.WorkerUpdate, response=models.Worker,
+               errors=(409,), summary="Update a worker (freeze / unfreeze, rename)")
+    async def update_worker(who: Principal, worker_id: str,
+                            body: models.WorkerUpdate) -> Response:
+        w = await control.update_worker(control.worker(worker_id), body)
+        return json_response(fleet.worker_view(w))
+
+    @api.route("DELETE", "/worker/{worker_id}", response=models.Worker,
+               summary="Ask the worker to shut down (servers stop gracefully); mark it shut down")
+    async def delete_worker(who: Principal, worker_id: str) -> Response:
+        w = control.worker(worker_id)
+        await control.retire_worker(w, "asked by an admin")
+        return json_response(fleet.worker_view(w))
+
+    @api.route("POST", "/worker/{worker_id}/health", auth="worker", body=models.Heartbeat,
+               response=models.HeartbeatReply, errors=(410,),
+               summary="Heartbeat with observed states; the reply carries missing specs")
+    async def heartbeat(who: Principal, worker_id: str, body: models.Heartbeat) -> Response:
+        w = control.worker(worker_id)
+        reply = fleet.heartbeat(w, body)
+        for s in fleet.deleted_on_worker(w, body.generations):
+            control.finished_deletes.append(s.id)
+        return json_response(reply)
+
+    return api

@@ -1,0 +1,224 @@
+"""The host's live picture of its workers and servers: liveness, heartbeats, reconcile answers.
+
+Loaded from PostgreSQL at start and kept in memory; API writes go to the database first and
+then here. Heartbeats and status reports only touch memory and are written in batches
+(`flush`), so the heartbeat path does no database I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from manman import models
+from manman.host.store import HostStore
+
+log = logging.getLogger("manman.host.fleet")
+
+HEARTBEAT_PERSIST_EVERY = 5.0  # seconds between writes of a worker's last_heartbeat
+
+
+@dataclass(eq=False)
+class WorkerRec:
+    id: str
+    name: str
+    status: str  # what the host holds: alive | frozen | shutdown
+    created_at: float
+    api_url: str = ""
+    address: str = ""
+    version: str = ""
+    capacity: dict[str, Any] = field(default_factory=dict)
+    token_version: int = 1
+    registered: bool = False
+    last_heartbeat: float | None = None  # wall clock, survives host restarts
+    reported: str = "alive"  # what the worker said of itself: `shutdown` when it stops
+    seen: float | None = None  # monotonic time of the last contact with this host process
+    persisted_heartbeat: float = 0.0
+
+
+@dataclass(eq=False)
+class ServerRec:
+    id: str
+    name: str
+    worker_id: str
+    spec: models.ServerSpec
+    generation: int
+    created_at: float
+    updated_at: float
+    observed: models.ObservedServer | None = None
+    observed_generation: int = 0
+    deleting: bool = False
+    purge: bool = False
+
+
+class Fleet:
+    def __init__(self, store: HostStore, worker_timeout: float, worker_expiry: float) -> None:
+        self.store = store
+        self.worker_timeout = worker_timeout
+        self.worker_expiry = worker_expiry
+        self.workers: dict[str, WorkerRec] = {}
+        self.servers: dict[str, ServerRec] = {}
+        self._dirty_observed: set[str] = set()
+        self._commands: list[tuple[Any, ...]] = []
+        self.heartbeats_received = 0
+
+    # -- loading ---------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        now_wall, now_mono = time.time(), time.monotonic()
+        for r in await self.store.load_workers():
+            w = WorkerRec(id=r["id"], name=r["name"], status=r["status"],
+                          created_at=r["created_at"], api_url=r["api_url"],
+                          address=r["address"], version=r["version"],
+                          capacity=dict(r["capacity"] or {}), token_version=r["token_version"],
+                          registered=r["registered"], last_heartbeat=r["last_heartbeat"])
+            if w.last_heartbeat is not None:
+                # a worker that heartbeated just before a host restart is not `unknown` now
+                w.seen = now_mono - max(0.0, now_wall - w.last_heartbeat)
+                w.persisted_heartbeat = w.last_heartbeat
+            self.workers[w.id] = w
+        for r in await self.store.load_servers():
+            s = ServerRec(id=r["id"], name=r["name"], worker_id=r["worker_id"],
+                          spec=msgspec.convert(r["spec"], models.ServerSpec),
+                          generation=r["generation"], created_at=r["created_at"],
+                          updated_at=r["updated_at"],
+                          observed=msgspec.convert(r["observed"], models.ObservedServer)
+                          if r["observed"] else None,
+                          observed_generation=r["observed_generation"],
+                          deleting=r["deleting"], purge=r["purge"])
+            self.servers[s.id] = s
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def server(self, key: str) -> ServerRec | None:
+        s = self.servers.get(key)
+        if s is not None:
+            return s
+        for s in self.servers.values():
+            if s.name == key:
+                return s
+        return None
+
+    def name_taken(self, name: str, but: str | None = None) -> bool:
+        return any(s.name == name and s.id != but for s in self.servers.values())
+
+    def servers_of(self, worker_id: str) -> list[ServerRec]:
+        return [s for s in self.servers.values() if s.worker_id == worker_id]
+
+    def worker_status(self, w: WorkerRec) -> str:
+        """What an operator sees: the host's record, or `unknown` without recent heartbeats."""
+        if w.status == "shutdown" or w.reported == "shutdown":
+            return "shutdown"
+        if w.seen is None or time.monotonic() - w.seen > self.worker_timeout:
+            return "unknown"
+        return w.status
+
+    def reachable(self, w: WorkerRec) -> bool:
+        return self.worker_status(w) in ("alive", "frozen") and bool(w.api_url)
+
+    # -- views -----------------------------------------------------------------------------
+
+    def server_view(self, s: ServerRec) -> models.Server:
+        w = self.workers.get(s.worker_id)
+        wstatus = self.worker_status(w) if w else "unknown"
+        obs = s.observed
+        status = models.ServerStatus(updated_at=s.updated_at)
+        if obs is not None:
+            status = models.ServerStatus(
+                state=obs.state, ready=obs.ready, pid=obs.pid, exit_code=obs.exit_code,
+                restarts=obs.restarts, error=obs.error, install_progress=obs.install_progress,
+                started_at=obs.started_at, updated_at=max(obs.updated_at, s.updated_at))
+        if wstatus in ("unknown", "shutdown"):
+            status.state = "unknown"
+        return models.server_view(s.id, s.spec, status, generation=s.generation,
+                                  observed_generation=s.observed_generation,
+                                  worker_status=wstatus, log_url=f"/server/{s.id}/log/ws")
+
+    def worker_view(self, w: WorkerRec) -> models.Worker:
+        return models.Worker(id=w.id, name=w.name, status=self.worker_status(w),  # type: ignore
+                             api_url=w.api_url, address=w.address, version=w.version,
+                             capacity=w.capacity, servers=len(self.servers_of(w.id)),
+                             last_heartbeat=w.last_heartbeat, created_at=w.created_at)
+
+    # -- the hot path: heartbeats and reports (memory only) -----------------------------------
+
+    def touch(self, w: WorkerRec) -> None:
+        if self.worker_status(w) == "unknown" and w.seen is not None:
+            log.info("worker %s (%s) is back", w.name, w.id)
+        w.seen = time.monotonic()
+        w.last_heartbeat = time.time()
+
+    def observe(self, w: WorkerRec, obs: models.ObservedServer) -> bool:
+        """Take one server's reported status; False when it is not this worker's."""
+        s = self.servers.get(obs.id)
+        if s is None or s.worker_id != w.id:
+            return False
+        if s.observed != obs or s.observed_generation != obs.observed_generation:
+            s.observed = obs
+            s.observed_generation = obs.observed_generation
+            self._dirty_observed.add(s.id)
+        return True
+
+    def heartbeat(self, w: WorkerRec, hb: models.Heartbeat) -> models.HeartbeatReply:
+        """Record a heartbeat; answer with the specs the worker lacks and what to remove."""
+        self.heartbeats_received += 1
+        self.touch(w)
+        w.reported = hb.status
+        for obs in hb.servers:
+            self.observe(w, obs)
+        return self.reconcile(w, hb.generations)
+
+    def reconcile(self, w: WorkerRec, held: dict[str, int]) -> models.HeartbeatReply:
+        """Pure on memory: desired specs whose generation the worker does not hold, and
+        servers it holds that are deleted (or were never this host's)."""
+        desired: list[models.DesiredServer] = []
+        remove: list[models.RemoveServer] = []
+        mine = set()
+        for s in self.servers_of(w.id):
+            mine.add(s.id)
+            if s.deleting:
+                if s.id in held:
+                    remove.append(models.RemoveServer(s.id, s.purge))
+                continue
+            if held.get(s.id) != s.generation:
+                desired.append(models.DesiredServer(id=s.id, generation=s.generation,
+                                                    spec=s.spec))
+        for sid in held:
+            if sid not in mine:
+                remove.append(models.RemoveServer(sid))
+        status = "frozen" if w.status == "frozen" else "alive"
+        return models.HeartbeatReply(status=status, servers=desired, remove=remove)  # type: ignore
+
+    def deleted_on_worker(self, w: WorkerRec, held: dict[str, int]) -> list[ServerRec]:
+        """Servers being deleted that the worker no longer holds: ready to forget."""
+        return [s for s in self.servers_of(w.id) if s.deleting and s.id not in held]
+
+    def record_command(self, row: tuple[Any, ...]) -> None:
+        self._commands.append(row)
+
+    async def flush(self) -> None:
+        beats = []
+        for w in self.workers.values():
+            if w.last_heartbeat and w.last_heartbeat - w.persisted_heartbeat >= \
+                    HEARTBEAT_PERSIST_EVERY:
+                beats.append((w.id, w.last_heartbeat))
+                w.persisted_heartbeat = w.last_heartbeat
+        observed = []
+        for sid in self._dirty_observed:
+            s = self.servers.get(sid)
+            if s is not None and s.observed is not None:
+                observed.append((sid, msgspec.to_builtins(s.observed), s.observed_generation))
+        self._dirty_observed = set()
+        commands, self._commands = self._commands, []
+        try:
+            await self.store.flush(beats, observed, commands)
+        except Exception:
+            log.exception("flush to PostgreSQL failed; retrying")
+            self._commands[:0] = commands
+            self._dirty_observed.update(o[0] for o in observed)
+            for w_id, _ in beats:
+                self.workers[w_id].persisted_heartbeat = 0.0

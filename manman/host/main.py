@@ -1,0 +1,191 @@
+"""`manman host` (the control plane) and `manman up` (host + a worker, one process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import msgspec
+import trio
+
+from manman import auth
+from manman.apikit import ApiError, serve
+from manman.config import Config
+from manman.host.api import build_host_api
+from manman.host.control import Control
+from manman.host.embedded import EmbeddedPostgres
+from manman.host.fleet import Fleet
+from manman.host.relay import HostSecrets, Relay
+from manman.host.store import HostStore
+from manman.models import ServerSpec
+
+log = logging.getLogger("manman.host")
+
+
+@dataclass
+class HostHandle:
+    """A running host, for `manman up` and tests."""
+
+    url: str
+    secrets: HostSecrets
+    control: Control
+    stop_event: trio.Event
+    stopped: trio.Event
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def host_secrets(cfg: Config) -> HostSecrets:
+    d = cfg.host.data_dir
+    return HostSecrets(
+        admin_token=cfg.host.admin_token or auth.load_or_create_token(d / "admin-token"),
+        join_token=cfg.host.join_token or auth.load_or_create_token(d / "join-token"),
+        host_secret=auth.load_or_create_token(d / "host-secret"))
+
+
+async def run_host(cfg: Config, *, handle_signals: bool = False,
+                   task_status: trio.TaskStatus[HostHandle] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the host API until stopped (SIGINT/SIGTERM or `HostHandle.stop`). Needs the
+    asyncio bridge loop open."""
+    hcfg = cfg.host
+    hcfg.data_dir.mkdir(parents=True, exist_ok=True)
+    secrets = host_secrets(cfg)
+    embedded = None
+    stopped = trio.Event()
+    store: HostStore | None = None
+    relay = Relay(secrets)
+    try:
+        db_url = hcfg.database_url
+        if not db_url:
+            embedded = EmbeddedPostgres(hcfg.data_dir)
+            db_url = await embedded.start()
+        store = await HostStore.open(db_url)
+        fleet = Fleet(store, hcfg.worker_timeout, hcfg.worker_expiry)
+        await fleet.load()
+        control = Control(store, fleet, relay)
+        api = build_host_api(control, secrets, hcfg.console_token_ttl)
+        stop = trio.Event()
+        async with trio.open_nursery() as loops:
+            loops.start_soon(_flush_loop, control, hcfg.flush_interval)
+            loops.start_soon(_liveness_loop, control)
+            if handle_signals:
+                loops.start_soon(_on_signals, stop)
+            async with trio.open_nursery() as api_nursery:
+                url = await api_nursery.start(serve, api.app, hcfg.listen, stop)
+                log.info("host listening on %s", url)
+                task_status.started(HostHandle(url, secrets, control, stop, stopped))
+            # `stop` was set and the API has drained: the loops go too
+            loops.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await relay.aclose()
+            if store is not None:
+                try:
+                    await control.fleet.flush()
+                finally:
+                    await store.close()
+            if embedded is not None:
+                await embedded.stop()
+            stopped.set()
+
+
+async def _flush_loop(control: Control, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        await control.fleet.flush()
+        done, control.finished_deletes = set(control.finished_deletes), []
+        for sid in done:
+            if sid in control.fleet.servers:
+                await control.forget(sid)
+
+
+async def _liveness_loop(control: Control) -> None:
+    """Workers past worker_expiry without a heartbeat are asked to shut down and retired."""
+    fleet = control.fleet
+    while True:
+        await trio.sleep(0.5)
+        if fleet.worker_expiry <= 0:
+            continue
+        now = time.time()
+        for w in list(fleet.workers.values()):
+            last = w.last_heartbeat or w.created_at
+            if w.status != "shutdown" and now - last > fleet.worker_expiry:
+                await control.retire_worker(w, f"no heartbeat for {fleet.worker_expiry:g}s")
+
+
+async def _on_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            log.info("signal received: stopping")
+            stop.set()
+
+
+async def run_up(cfg: Config, *, handle_signals: bool = False,
+                 task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+    """A host with its embedded PostgreSQL and one worker joined to it, in one process."""
+    from manman.worker.main import run_worker
+
+    async with trio.open_nursery() as nursery:
+        host: HostHandle = await nursery.start(run_host, cfg)
+        wcfg = dataclasses.replace(cfg.worker, host_url=host.url,
+                                   join_token=host.secrets.join_token)
+        worker = await nursery.start(run_worker, dataclasses.replace(cfg, worker=wcfg))
+        await _seed(host.control, worker.link.worker_id, cfg)
+        _banner(cfg, host)
+        task_status.started((host, worker))
+        if handle_signals:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as wait:
+                    wait.start_soon(_first_signal, signals, wait.cancel_scope)
+                    wait.start_soon(_until, worker.agent.stopped, wait.cancel_scope)
+        else:
+            await worker.agent.stopped.wait()
+        worker.agent.request_shutdown()
+        await worker.agent.stopped.wait()
+        host.stop()
+        await host.stopped.wait()
+
+
+async def _first_signal(signals: object, scope: trio.CancelScope) -> None:
+    async for _ in signals:  # type: ignore[attr-defined]
+        log.info("signal received: stopping servers, then the host")
+        break
+    scope.cancel()
+
+
+async def _until(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _seed(control: Control, worker_id: str, cfg: Config) -> None:
+    """The config's [[server]] entries that do not exist yet, on this machine's worker."""
+    for raw in cfg.servers:
+        spec = msgspec.convert({**raw, "worker_id": raw.get("worker_id") or worker_id},
+                               ServerSpec)
+        if control.fleet.name_taken(spec.name):
+            continue
+        try:
+            await control.create_server(spec)
+        except ApiError as e:
+            log.warning("config server %s not created: %s", spec.name, e.message)
+
+
+def _banner(cfg: Config, host: HostHandle) -> None:
+    config = f" --config {cfg.path}" if cfg.path else ""
+    names = [s.get("name") for s in cfg.servers]
+    first = names[0] if names else "<server>"
+    print(f"""
+manman is up.
+  host API     {host.url}   (admin token in {cfg.host.data_dir / 'admin-token'})
+  servers      manman servers{config}
+  console      manman logs {first} -f{config}
+  send a line  manman send {first} "say hello"{config}
+  web console  {host.url}/
+Ctrl-C stops the servers, the worker and the host.
+""", file=sys.stderr, flush=True)

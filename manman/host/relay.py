@@ -1,0 +1,119 @@
+"""Calls from the host to its workers: HTTP (httpx on trio) and the console websocket proxy."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+
+from manman import auth
+from manman.host.fleet import WorkerRec
+
+log = logging.getLogger("manman.host.relay")
+
+CALL_TIMEOUT = 5.0
+
+
+class Unreachable(Exception):
+    """The worker did not answer (down, network, timeout)."""
+
+
+class HostSecrets:
+    """The host's secrets. Worker tokens are derived from `host_secret` and never stored."""
+
+    def __init__(self, admin_token: str, join_token: str, host_secret: str) -> None:
+        self.admin_token = admin_token
+        self.join_token = join_token
+        self.host_secret = host_secret
+
+    def worker_token(self, worker_id: str, version: int) -> str:
+        """`mmw_<worker id>_<mac>`: the id tells the host whose token it is."""
+        mac = auth.derive_token(self.host_secret, f"worker:{worker_id}:{version}")
+        return f"mmw_{worker_id}_{mac}"
+
+    def console_key(self, w: WorkerRec) -> bytes:
+        return auth.console_key(self.worker_token(w.id, w.token_version))
+
+
+class Relay:
+    """One keep-alive HTTP client per worker, authenticated with that worker's token."""
+
+    def __init__(self, secrets: HostSecrets) -> None:
+        self.secrets = secrets
+        self._clients: dict[str, tuple[str, httpx.AsyncClient]] = {}
+
+    def _client(self, w: WorkerRec) -> httpx.AsyncClient:
+        token = self.secrets.worker_token(w.id, w.token_version)
+        key = f"{w.api_url}|{token}"
+        cached = self._clients.get(w.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        client = httpx.AsyncClient(base_url=w.api_url, timeout=CALL_TIMEOUT,
+                                   headers={"Authorization": f"Bearer {token}"})
+        self._clients[w.id] = (key, client)
+        return client
+
+    async def call(self, w: WorkerRec, method: str, path: str, *, json: Any = None,
+                   params: dict[str, str] | None = None, timeout: float = CALL_TIMEOUT
+                   ) -> httpx.Response:
+        if not w.api_url:
+            raise Unreachable(f"worker {w.name} has not registered an API URL")
+        try:
+            return await self._client(w).request(method, path, json=json, params=params,
+                                                 timeout=timeout)
+        except httpx.HTTPError as e:
+            raise Unreachable(f"worker {w.name} unreachable: {type(e).__name__}") from None
+
+    async def aclose(self) -> None:
+        for _, client in self._clients.values():
+            with trio.move_on_after(1):
+                await client.aclose()
+        self._clients.clear()
+
+    def console_url(self, w: WorkerRec, server_id: str, query: dict[str, Any]) -> str:
+        base = w.api_url.replace("https://", "wss://").replace("http://", "ws://")
+        q = "&".join(f"{k}={v}" for k, v in query.items() if v is not None)
+        return f"{base}/server/{server_id}/log/ws" + (f"?{q}" if q else "")
+
+    async def proxy_console(self, w: WorkerRec, server_id: str, query: dict[str, Any],
+                            token: str, send: Any, receive: Any) -> None:
+        """Pass frames both ways between a viewer of the host and the worker's console
+        websocket, unchanged (the worker enforces the protocol's limits). Returns when
+        either side closes."""
+        url = self.console_url(w, server_id, {**query, "token": token})
+        failed: str | None = None
+        try:
+            async with open_websocket_url(url, receive_buffer_size=None,
+                                          max_message_size=4 << 20,
+                                          connect_timeout=CALL_TIMEOUT) as upstream, \
+                    trio.open_nursery() as nursery:
+                nursery.start_soon(_down, upstream, send, nursery.cancel_scope)
+                await _up(upstream, receive)
+                nursery.cancel_scope.cancel()
+        except* (OSError, HandshakeError, trio.TooSlowError) as group:
+            failed = type(group.exceptions[0]).__name__
+        if failed is not None:
+            raise Unreachable(f"worker {w.name} console unreachable: {failed}")
+
+
+async def _down(upstream: Any, send: Any, scope: trio.CancelScope) -> None:
+    """Worker → viewer; the viewer is closed when the worker closes."""
+    try:
+        while True:
+            await send(await upstream.get_message())
+    except ConnectionClosed:
+        pass
+    scope.cancel()
+
+
+async def _up(upstream: Any, receive: Any) -> None:
+    """Viewer → worker, until either closes."""
+    while True:
+        message = await receive()
+        try:
+            await upstream.send_message(message)
+        except ConnectionClosed:
+            return

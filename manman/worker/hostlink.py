@@ -1,0 +1,239 @@
+"""A worker's link to its host: join once, register, heartbeat, report state changes, and
+apply the desired specs the host's replies carry (the pull half of reconciliation)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import httpx
+import msgspec
+import trio
+
+from manman import __version__, models
+from manman.actor import ServerActor
+from manman.config import WorkerConfig
+from manman.lifecycle import Conflict
+from manman.worker.agent import WorkerAgent
+
+log = logging.getLogger("manman.worker.hostlink")
+
+_reply = msgspec.json.Decoder(models.HeartbeatReply).decode
+
+
+class Retired(Exception):
+    """The host answered 410: this worker was shut down for good."""
+
+
+def observed(actor: ServerActor) -> models.ObservedServer:
+    st = actor.status
+    return models.ObservedServer(
+        id=actor.id, observed_generation=actor.generation, state=st.state, ready=st.ready,
+        pid=st.pid, exit_code=st.exit_code, restarts=st.restarts,
+        error=st.error[:4096] if st.error else None, install_progress=st.install_progress,
+        started_at=st.started_at, updated_at=st.updated_at)
+
+
+class HostLink:
+    def __init__(self, agent: WorkerAgent, cfg: WorkerConfig) -> None:
+        self.agent = agent
+        self.cfg = cfg
+        self.http = httpx.AsyncClient(base_url=cfg.host_url.rstrip("/"), timeout=10)
+        self.worker_id = ""
+        self.token = ""
+        self._changed: set[str] = set()
+        self._changed_wake = trio.Event()
+        self._removing: set[str] = set()
+        self.heartbeats_sent = 0
+        self.last_error: str | None = None
+        agent.on_change.append(self._on_change)
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    # -- identity --------------------------------------------------------------------------
+
+    async def identity(self) -> str:
+        """This worker's token: from its SQLite store, or by joining (retried until the host
+        answers)."""
+        store = self.agent.store
+        assert store is not None
+        worker_id, token = await store.get_meta("worker_id"), await store.get_meta("worker_token")
+        if worker_id and token:
+            self.worker_id, self.token = worker_id, token
+            return token
+        if not self.cfg.join_token:
+            raise SystemExit("manman: config: worker.join_token is needed to join a host "
+                             "(or set worker.host_url = \"\" to run standalone)")
+        delay = 0.5
+        while True:
+            try:
+                r = await self.http.post("/worker", json={"name": self.cfg.effective_name()},
+                                         headers={"Authorization":
+                                                  f"Bearer {self.cfg.join_token}"})
+                if r.status_code == 201:
+                    creds = msgspec.json.decode(r.content, type=models.WorkerCredentials)
+                    break
+                if r.status_code in (401, 403):
+                    raise SystemExit(f"manman: the host refused the join token ({r.status_code})")
+                log.warning("join: host answered %s; retrying", r.status_code)
+            except httpx.HTTPError as e:
+                log.warning("join: host %s unreachable (%s); retrying", self.cfg.host_url,
+                            type(e).__name__)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 15)
+        self.worker_id, self.token = creds.worker_id, creds.token
+        await store.set_meta({"worker_id": creds.worker_id, "worker_token": creds.token})
+        log.info("joined host %s as worker %s", self.cfg.host_url, creds.worker_id)
+        return creds.token
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, api_url: str,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._register(api_url)
+                task_status.started()
+                nursery.start_soon(self._reporter)
+                await self._heartbeats(nursery)
+        except* Retired:
+            log.warning("the host retired this worker (410): stopping every server and "
+                        "exiting; a new start joins again")
+            await self._forget_identity()
+            self.agent.request_shutdown()
+
+    async def _register(self, api_url: str) -> None:
+        body = models.WorkerRegister(
+            name=self.cfg.effective_name(), api_url=api_url,
+            address=api_url.split("//", 1)[-1].rsplit(":", 1)[0], version=__version__,
+            capacity={k: v for k, v in self.agent.resources().items()
+                      if k in ("cpus", "memory_total")})
+        delay = 0.5
+        while True:
+            try:
+                r = await self.http.post(f"/worker/{self.worker_id}",
+                                         content=msgspec.json.encode(body),
+                                         headers=self._auth())
+                if r.status_code == 200:
+                    log.info("registered with %s as %s", self.cfg.host_url, api_url)
+                    return
+                if r.status_code == 410:
+                    raise Retired()
+                self._error(f"register: host answered {r.status_code}")
+            except httpx.HTTPError as e:
+                self._error(f"register: host unreachable ({type(e).__name__})")
+            await trio.sleep(delay)
+            delay = min(delay * 2, 15)
+
+    def _error(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("%s; retrying", message)
+        self.last_error = message
+
+    async def _heartbeats(self, nursery: trio.Nursery) -> None:
+        interval = self.cfg.heartbeat_interval
+        while True:
+            started = trio.current_time()
+            await self.heartbeat(nursery)
+            await trio.sleep_until(started + interval)
+
+    def heartbeat_body(self, status: str | None = None) -> models.Heartbeat:
+        actors = list(self.agent.actors.values())
+        st = status or ("frozen" if self.agent.status == "frozen" else "alive")
+        return models.Heartbeat(status=st,  # type: ignore[arg-type]
+                                servers=[observed(a) for a in actors],
+                                generations={a.id: a.generation for a in actors})
+
+    async def heartbeat(self, nursery: trio.Nursery) -> None:
+        try:
+            r = await self.http.post(f"/worker/{self.worker_id}/health",
+                                     content=msgspec.json.encode(self.heartbeat_body()),
+                                     headers=self._auth())
+        except httpx.HTTPError as e:
+            self._error(f"heartbeat: host unreachable ({type(e).__name__})")
+            return
+        if r.status_code == 410:
+            raise Retired()
+        if r.status_code != 200:
+            self._error(f"heartbeat: host answered {r.status_code} {r.text[:200]}")
+            return
+        if self.last_error:
+            log.info("host reachable again")
+            self.last_error = None
+        self.heartbeats_sent += 1
+        await self.apply(_reply(r.content), nursery)
+
+    async def apply(self, reply: models.HeartbeatReply, nursery: trio.Nursery) -> None:
+        """Work towards the host's desired state."""
+        agent = self.agent
+        if reply.status == "frozen" and agent.status == "alive":
+            await agent.set_frozen(True)
+        elif reply.status == "alive" and agent.status == "frozen":
+            await agent.set_frozen(False)
+        if agent.status != "alive":
+            return  # frozen: keeps running, applies nothing
+        for d in reply.servers:
+            actor = agent.actors.get(d.id)
+            try:
+                if actor is None:
+                    await agent.create(d.spec, d.id, d.generation)
+                elif actor.generation != d.generation:
+                    actor.update_spec(d.spec, d.generation, restart_on_change=False)
+            except (Conflict, ValueError) as e:
+                log.warning("cannot apply server %s: %s", d.id, e)
+        for rm in reply.remove:
+            actor = agent.actors.get(rm.id)
+            if actor is not None and actor.id not in self._removing:
+                self._removing.add(actor.id)
+                nursery.start_soon(self._remove, actor, rm.purge)
+
+    async def _remove(self, actor: ServerActor, purge: bool) -> None:
+        try:
+            await self.agent.delete(actor, stop=True, purge=purge)
+            log.info("removed server %s (deleted on the host)", actor.id)
+        except Conflict as e:
+            log.warning("cannot remove server %s now: %s", actor.id, e)
+        finally:
+            self._removing.discard(actor.id)
+
+    # -- state changes reach the host at once -------------------------------------------------
+
+    def _on_change(self, actor: ServerActor) -> None:
+        self._changed.add(actor.id)
+        self._changed_wake.set()
+
+    async def _reporter(self) -> None:
+        while True:
+            await self._changed_wake.wait()
+            self._changed_wake = trio.Event()
+            await trio.sleep(0.01)  # a burst of transitions becomes one report per server
+            ids, self._changed = self._changed, set()
+            for sid in ids:
+                actor = self.agent.actors.get(sid)
+                if actor is None:
+                    continue
+                try:
+                    r = await self.http.post(f"/server/{sid}/health",
+                                             content=msgspec.json.encode(observed(actor)),
+                                             headers=self._auth())
+                    if r.status_code == 410:
+                        return
+                except httpx.HTTPError:
+                    pass  # the next heartbeat carries it
+
+    async def closing(self) -> None:
+        """Tell the host this worker stopped (best effort) and close the client."""
+        with trio.move_on_after(2):
+            with contextlib.suppress(httpx.HTTPError):
+                await self.http.post(f"/worker/{self.worker_id}/health",
+                                     content=msgspec.json.encode(
+                                         self.heartbeat_body("shutdown")),
+                                     headers=self._auth())
+        with trio.move_on_after(1):
+            await self.http.aclose()
+
+    async def _forget_identity(self) -> None:
+        if self.agent.store is not None:
+            await self.agent.store.set_meta({"worker_id": None, "worker_token": None})
+

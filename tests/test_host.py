@@ -1,0 +1,180 @@
+"""The host API end to end: real PostgreSQL, real workers joined over HTTP, real games."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+from trio_websocket import open_websocket_url
+
+from manman import aio
+from tests.conftest import ADMIN, JOIN, RunningHost, fake_spec
+
+
+async def wait_worker(host: RunningHost, worker_id: str, status: str, timeout: float = 10
+                      ) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        while (w := await host.api.get(f"/worker/{worker_id}"))["status"] != status:
+            await trio.sleep(0.05)
+    return w
+
+
+async def test_two_workers_servers_commands_update_delete(host: RunningHost, hosted: Any
+                                                          ) -> None:
+    w1 = await hosted("w1")
+    w2 = await hosted("w2")
+    api = host.api
+    workers = (await api.get("/worker"))["workers"]
+    assert {w["name"] for w in workers} == {"w1", "w2"}
+    assert all(w["status"] == "alive" and w["api_url"].startswith("http://127.0.0.1:")
+               for w in workers)
+    id1, id2 = w1.handle.link.worker_id, w2.handle.link.worker_id
+    s1 = await api.post("/server", fake_spec("one", worker_id=id1, desired_state="running"),
+                        expect=201)
+    s2 = await api.post("/server", fake_spec("two", worker_id=id2), expect=201)
+    assert s1["generation"] == 1 and s1["worker_id"] == id1
+    # pushed at once: the worker has it before any heartbeat
+    assert "one" in [a.spec.name for a in w1.agent.actors.values()]
+    await api.wait_for("one", state="running")
+    await api.wait_for("two", state="stopped")
+    assert [s["name"] for s in (await api.get(f"/server?worker_id={id2}"))["servers"]] == \
+        ["two"]
+    assert [s["name"] for s in (await api.get("/server?state=running"))["servers"]] == ["one"]
+    r = await api.request("POST", "/server", json=fake_spec("one", worker_id=id2))
+    assert r.status_code == 409
+    # commands
+    r = await api.post("/server/two/command", {"type": "start"}, expect=202)
+    assert r["delivered"] is True
+    await api.wait_for("two", state="running")
+    r = await api.post("/server/two/command", {"type": "command", "data": "say via host"},
+                       expect=202)
+    await api.wait_line("two", "said: via host")
+    pid = (await api.get("/server/two"))["pid"]
+    await api.post("/server/two/command", {"type": "restart"}, expect=202)
+    with trio.fail_after(10):
+        while (s := await api.get("/server/two"))["pid"] in (pid, None) or \
+                s["state"] != "running":
+            await trio.sleep(0.05)
+    await api.post("/server/two/command", {"type": "kill"}, expect=202)
+    s = await api.wait_for("two", state="stopped")
+    assert s["desired_state"] == "stopped"
+    r = await api.request("POST", "/server/two/command", json={"type": "kill"})
+    assert r.status_code == 409  # not running
+    r = await api.request("POST", "/server/two/command", json={"type": "command", "data": "x"})
+    assert r.status_code == 409
+    h = await api.post("/server/one/command", {"type": "health"}, expect=202)
+    assert h["result"]["process_alive"] is True
+    # update: generation on the host, observed_generation once the worker applied it
+    r = await api.request("PUT", "/server/one", json={"stop_timeout": 7}, expect=200)
+    assert r.json()["generation"] == 2
+    s = await api.wait_for("one", observed_generation=2)
+    assert s["stop_timeout"] == 7 and w1.agent.get("one").spec.stop_timeout == 7
+    # delete with purge: stopped gracefully, removed from the worker, files gone
+    sdir = w1.agent.data_dir / "servers" / s1["id"]
+    assert sdir.exists()
+    r = await api.request("DELETE", "/server/one?purge=true", expect=200)
+    assert r.json() == {"id": s1["id"], "deleted": True}
+    assert not sdir.exists() and "one" not in [a.spec.name for a in w1.agent.actors.values()]
+    assert (await api.request("GET", "/server/one")).status_code == 404
+    # every accepted command was recorded
+    await trio.sleep(0.3)
+    rows = await host.control.store.fetch(
+        "SELECT type, delivered, actor FROM commands WHERE server_id = $1 ORDER BY at", s2["id"])
+    assert [r["type"] for r in rows] == ["start", "command", "restart", "kill", "kill",
+                                         "command"]
+    assert rows[0]["delivered"] is True and rows[0]["actor"].startswith("admin@")
+
+
+async def test_console_through_the_host_resume_without_loss(host: RunningHost, hosted: Any
+                                                            ) -> None:
+    w = await hosted("wc")
+    api = host.api
+    s = await api.post("/server", fake_spec("con", worker_id=w.handle.link.worker_id,
+                                            desired_state="running"), expect=201)
+    await api.wait_for("con", state="running")
+    page = await api.get("/server/con/log?since=0")
+    assert page["websocket_url"].startswith("ws://127.0.0.1:") and page["token"]
+    # the short-lived token works on the worker directly
+    async with open_websocket_url(page["websocket_url"] + f"?token={page['token']}") as ws:
+        assert json.loads(await ws.get_message())["type"] == "hello"
+    base = host.url.replace("http://", "ws://") + f"/server/{s['id']}/log/ws"
+    seen: list[int] = []
+    async with open_websocket_url(f"{base}?token={ADMIN}&since=0") as ws:
+        hello = json.loads(await ws.get_message())
+        assert hello["type"] == "hello" and hello["server_id"] == s["id"]
+        await ws.send_message(json.dumps({"type": "command", "data": "flood 2000"}))
+        with trio.fail_after(10):
+            while not seen or seen[-1] < 1000:
+                f = json.loads(await ws.get_message())
+                if f["type"] == "lines":
+                    seen.extend(ln["seq"] for ln in f["lines"])
+    # the connection dropped after seq 1000 was shown; resume from the next seq
+    seen = [q for q in seen if q <= 1000]
+    async with open_websocket_url(f"{base}?token={ADMIN}&since={seen[-1] + 1}") as ws:
+        json.loads(await ws.get_message())
+        with trio.fail_after(10):
+            while True:
+                f = json.loads(await ws.get_message())
+                if f["type"] == "lines":
+                    seen.extend(ln["seq"] for ln in f["lines"])
+                    if any(ln["text"] == "flood 1999" for ln in f["lines"]):
+                        break
+        await ws.send_message(json.dumps({"type": "ping"}))
+        with trio.fail_after(5):
+            while json.loads(await ws.get_message())["type"] != "pong":
+                pass
+    assert seen == list(range(seen[0], seen[0] + len(seen)))
+    # a read-only console token cannot send commands through the proxy
+    ro = await api.get("/server/con/log?limit=1",
+                       headers={"Authorization": f"Bearer {page['token']}"})
+    assert ro["token"]
+
+
+async def test_auth_on_the_host(host: RunningHost, hosted: Any) -> None:
+    w1 = await hosted("a1")
+    w2 = await hosted("a2")
+    api = host.api
+    s2 = await api.post("/server", fake_spec("b", worker_id=w2.handle.link.worker_id),
+                        expect=201)
+    t1 = w1.handle.secrets.admin_secret
+    for token, status in (("nope", 401), ("x.y.z", 401), (JOIN, 403), (t1, 403)):
+        r = await api.http.get("/server", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == status, (token, r.text)
+        assert r.json()["error"]["code"] in ("unauthorized", "forbidden")
+    # worker 1 cannot report for worker 2's server, nor heartbeat as worker 2
+    body = {"id": s2["id"], "state": "crashed"}
+    r = await api.http.post(f"/server/{s2['id']}/health", json=body,
+                            headers={"Authorization": f"Bearer {t1}"})
+    assert r.status_code == 403
+    r = await api.http.post(f"/worker/{w2.handle.link.worker_id}/health", json={},
+                            headers={"Authorization": f"Bearer {t1}"})
+    assert r.status_code == 403
+    assert (await api.get("/server/b"))["state"] != "crashed"
+    # the join token only joins
+    r = await api.http.post("/worker", json={"name": "x"},
+                            headers={"Authorization": f"Bearer {JOIN}"})
+    assert r.status_code == 201 and r.json()["token"].startswith("mmw_")
+
+
+async def test_two_hosts_migrate_one_database_at_once(tmp_path: Path, database_url: str,
+                                                      bg: trio.Nursery) -> None:
+    from manman.host.main import run_host
+    from tests.conftest import host_config
+
+    async with trio.open_nursery() as n:
+        handles: list[Any] = []
+
+        async def start(i: int) -> None:
+            handles.append(await bg.start(run_host, host_config(tmp_path / f"h{i}",
+                                                                database_url)))
+
+        n.start_soon(start, 1)
+        n.start_soon(start, 2)
+    rows = await handles[0].control.store.fetch("SELECT version FROM schema_migrations")
+    assert [r["version"] for r in rows] == [1]
+    for h in handles:
+        h.stop()
+        await h.stopped.wait()
+    assert aio is not None

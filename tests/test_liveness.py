@@ -1,0 +1,111 @@
+"""Liveness across real processes: a worker that stops heartbeating is `unknown`, comes back
+`alive` with its servers' real states, converges to what changed meanwhile, and after
+worker_expiry is retired: 410, it stops its servers and exits."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from manman import procs
+from tests.conftest import JOIN, Client, ManmanProcess, RunningHost, fake_spec, write_config
+
+
+def worker_toml(tmp_path: Path, host_url: str, name: str) -> Path:
+    return write_config(tmp_path / f"{name}.toml", f"""
+[worker]
+name = "{name}"
+host_url = "{host_url}"
+join_token = "{JOIN}"
+listen = "127.0.0.1:0"
+data_dir = "{tmp_path / name}"
+heartbeat_interval = 0.2
+""")
+
+
+async def worker_status(api: Client, name: str) -> str:
+    workers = (await api.get("/worker"))["workers"]
+    return next(w["status"] for w in workers if w["name"] == name)
+
+
+async def wait_status(api: Client, name: str, status: str, timeout: float = 15) -> None:
+    with trio.fail_after(timeout):
+        while await worker_status(api, name) != status:
+            await trio.sleep(0.05)
+
+
+async def test_unknown_then_back_and_converges(tmp_path: Path, host: RunningHost,
+                                               bg: trio.Nursery) -> None:
+    api = host.api
+    proc = ManmanProcess(["worker", "--config", str(worker_toml(tmp_path, host.url, "lv"))])
+    try:
+        await proc.start(bg)
+        await wait_status(api, "lv", "alive")
+        wid = (await api.get("/worker"))["workers"][0]["id"]
+        await api.post("/server", fake_spec("s1", worker_id=wid, desired_state="running"),
+                       expect=201)
+        await api.post("/server", fake_spec("s2", worker_id=wid, desired_state="running"),
+                       expect=201)
+        s1 = await api.wait_for("s1", state="running")
+        await api.wait_for("s2", state="running")
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGSTOP)  # no heartbeats, no answers: a partition
+        await wait_status(api, "lv", "unknown")
+        s = await api.get("/server/s1")
+        assert s["state"] == "unknown" and s["worker_status"] == "unknown"
+        # desired state changes while the worker is away
+        r = await api.post("/server/s2/command", {"type": "stop"}, expect=202)
+        assert r["delivered"] is False
+        r = await api.request("POST", "/server/s1/command", json={"type": "command",
+                                                                   "data": "say x"})
+        assert r.status_code == 503
+        gen = (await api.get("/server/s2"))["generation"]
+        proc.proc.send_signal(signal.SIGCONT)
+        await wait_status(api, "lv", "alive")
+        s = await api.wait_for("s1", state="running")
+        assert s["pid"] == s1["pid"]  # the game kept running through it
+        s = await api.wait_for("s2", state="stopped", observed_generation=gen)
+        assert s["desired_state"] == "stopped"
+    finally:
+        if proc.proc is not None and proc.proc.returncode is None:
+            proc.proc.send_signal(signal.SIGCONT)
+            proc.proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+
+
+async def test_expiry_retires_the_worker_which_stops_its_servers(
+        tmp_path: Path, database_url: str, bg: trio.Nursery) -> None:
+    from manman.host.main import run_host
+    from tests.conftest import host_config
+
+    handle: Any = await bg.start(run_host, host_config(tmp_path, database_url,
+                                                       worker_expiry=2))
+    api = Client(handle.url, "test-admin-token")
+    proc = ManmanProcess(["worker", "--config", str(worker_toml(tmp_path, handle.url, "ex"))])
+    try:
+        await proc.start(bg)
+        await wait_status(api, "ex", "alive")
+        wid = (await api.get("/worker"))["workers"][0]["id"]
+        await api.post("/server", fake_spec("e1", "--child", worker_id=wid,
+                                            desired_state="running"), expect=201)
+        pid = (await api.wait_for("e1", state="running"))["pid"]
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGSTOP)
+        await wait_status(api, "ex", "shutdown", timeout=20)
+        proc.proc.send_signal(signal.SIGCONT)
+        assert await proc.wait() == 0  # told to go (410 or /shutdown): servers stop, it exits
+        assert not procs.is_running(pid)
+        # its later calls are answered 410
+        token = handle.secrets.worker_token(wid, 1)
+        r = await api.http.post(f"/worker/{wid}/health", json={},
+                                headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 410
+    finally:
+        proc.stop()
+        await api.aclose()
+        handle.stop()
+        await handle.stopped.wait()
+
