@@ -35,7 +35,7 @@ def _no_nul(value: str, what: str) -> None:
         raise ValueError(f"{what} must not contain a NUL byte")
 
 
-class RestartSpec(Struct, forbid_unknown_fields=True, omit_defaults=False):
+class RestartSpec(Struct, gc=False, forbid_unknown_fields=True, omit_defaults=False):
     policy: Literal["never", "on-failure", "always"] = "on-failure"
     max_restarts: Annotated[int, Meta(ge=0, le=10000)] = 5
     backoff_initial: Seconds = 1.0
@@ -43,14 +43,14 @@ class RestartSpec(Struct, forbid_unknown_fields=True, omit_defaults=False):
     reset_after: Seconds = 600.0
 
 
-class HealthSpec(Struct, forbid_unknown_fields=True):
+class HealthSpec(Struct, gc=False, forbid_unknown_fields=True):
     tcp_port: Port | None = None
     interval: PositiveSeconds = 5.0
     timeout: PositiveSeconds = 2.0
     failures: Annotated[int, Meta(ge=1, le=1000)] = 3
 
 
-class PortSpec(Struct, forbid_unknown_fields=True):
+class PortSpec(Struct, gc=False, forbid_unknown_fields=True):
     port: Port
     protocol: Literal["tcp", "udp"] = "tcp"
 
@@ -60,7 +60,7 @@ def split_game_id(game_id: str) -> tuple[str, str]:
     return method, ident
 
 
-class ServerSpec(Struct, forbid_unknown_fields=True, kw_only=True):
+class ServerSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     """What a user gives to create a server."""
 
     name: Annotated[str, Meta(pattern=NAME_PATTERN)]
@@ -180,7 +180,7 @@ def apply_update(spec: ServerSpec, update: ServerUpdate) -> ServerSpec:
     return new
 
 
-class ServerStatus(Struct, kw_only=True):
+class ServerStatus(Struct, gc=False, kw_only=True):
     """What a worker observes of one server."""
 
     state: ServerState = "created"
@@ -268,7 +268,7 @@ class ErrorReply(Struct):
     error: ErrorBody
 
 
-class Line(Struct):
+class Line(Struct, gc=False):
     """One console line: the unit of the console protocol."""
 
     seq: int
@@ -326,7 +326,7 @@ class Worker(Struct, kw_only=True):
     created_at: float
 
 
-class ObservedServer(Struct, forbid_unknown_fields=True, kw_only=True):
+class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     """One server's status in a worker's report to its host."""
 
     id: Annotated[str, Meta(max_length=64)]
@@ -350,13 +350,13 @@ class Heartbeat(Struct, forbid_unknown_fields=True, kw_only=True):
     generations: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-class DesiredServer(Struct, kw_only=True):
+class DesiredServer(Struct, gc=False, kw_only=True):
     id: str
     generation: int
     spec: ServerSpec
 
 
-class RemoveServer(Struct):
+class RemoveServer(Struct, gc=False):
     id: str
     purge: bool = False
 

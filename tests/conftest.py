@@ -72,9 +72,12 @@ class Client:
         last: dict[str, Any] = {}
         with trio.move_on_after(timeout):
             while True:
-                last = await self.get(f"/server/{server}")
-                if all(last.get(k) == v for k, v in want.items()):
-                    return last
+                r = await self.request("GET", f"/server/{server}")
+                if r.status_code != 404:  # 404: not created yet (a seed, a push)
+                    assert r.status_code == 200, r.text
+                    last = r.json()
+                    if all(last.get(k) == v for k, v in want.items()):
+                        return last
                 await trio.sleep(0.02)
         raise AssertionError(f"server {server} never reached {want}; last: {last}")
 

@@ -105,7 +105,7 @@ class Control:
             if "unique" in str(e).lower():
                 raise ApiError(409, f"a server named {spec.name} exists", "exists") from None
             raise
-        self.fleet.servers[s.id] = s
+        self.fleet.add_server(s)
         body = msgspec.to_builtins(spec)
         body.update(id=s.id, generation=s.generation)
         await self._push(w, "POST", "/server", json=body)
@@ -129,7 +129,9 @@ class Control:
     async def _save_spec(self, s: ServerRec, spec: models.ServerSpec) -> None:
         now = time.time()
         await self.store.update_server_spec(s.id, spec.name, spec, s.generation + 1, now)
-        s.spec, s.name, s.generation, s.updated_at = spec, spec.name, s.generation + 1, now
+        if spec.name != s.name:
+            self.fleet.rename(s, spec.name)
+        s.spec, s.generation, s.updated_at = spec, s.generation + 1, now
 
     async def set_desired(self, s: ServerRec, desired: str) -> bool:
         """start/stop: a new generation with that desired state, pushed to the worker."""
@@ -160,7 +162,7 @@ class Control:
 
     async def forget(self, server_id: str) -> None:
         await self.store.delete_server(server_id)
-        self.fleet.servers.pop(server_id, None)
+        self.fleet.remove_server(server_id)
 
     async def command(self, s: ServerRec, cmd: models.Command, actor: str
                       ) -> models.CommandAccepted:

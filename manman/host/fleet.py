@@ -62,6 +62,8 @@ class Fleet:
         self.worker_expiry = worker_expiry
         self.workers: dict[str, WorkerRec] = {}
         self.servers: dict[str, ServerRec] = {}
+        self._by_worker: dict[str, dict[str, ServerRec]] = {}  # the heartbeat's index
+        self._by_name: dict[str, str] = {}
         self._dirty_observed: set[str] = set()
         self._commands: list[tuple[Any, ...]] = []
         self.heartbeats_received = 0
@@ -90,24 +92,41 @@ class Fleet:
                           if r["observed"] else None,
                           observed_generation=r["observed_generation"],
                           deleting=r["deleting"], purge=r["purge"])
-            self.servers[s.id] = s
+            self.add_server(s)
 
     # -- lookups ---------------------------------------------------------------------------
 
     def server(self, key: str) -> ServerRec | None:
+        """By id, else by name."""
         s = self.servers.get(key)
-        if s is not None:
-            return s
-        for s in self.servers.values():
-            if s.name == key:
-                return s
-        return None
+        if s is None and key in self._by_name:
+            s = self.servers.get(self._by_name[key])
+        return s
 
     def name_taken(self, name: str, but: str | None = None) -> bool:
-        return any(s.name == name and s.id != but for s in self.servers.values())
+        owner = self._by_name.get(name)
+        return owner is not None and owner != but
 
     def servers_of(self, worker_id: str) -> list[ServerRec]:
-        return [s for s in self.servers.values() if s.worker_id == worker_id]
+        return list(self._by_worker.get(worker_id, {}).values())
+
+    def add_server(self, s: ServerRec) -> None:
+        self.servers[s.id] = s
+        self._by_worker.setdefault(s.worker_id, {})[s.id] = s
+        self._by_name[s.name] = s.id
+
+    def rename(self, s: ServerRec, name: str) -> None:
+        if self._by_name.get(s.name) == s.id:
+            del self._by_name[s.name]
+        s.name = name
+        self._by_name[name] = s.id
+
+    def remove_server(self, server_id: str) -> None:
+        s = self.servers.pop(server_id, None)
+        if s is not None:
+            self._by_worker.get(s.worker_id, {}).pop(server_id, None)
+            if self._by_name.get(s.name) == server_id:
+                del self._by_name[s.name]
 
     def worker_status(self, w: WorkerRec) -> str:
         """What an operator sees: the host's record, or `unknown` without recent heartbeats."""
@@ -141,7 +160,8 @@ class Fleet:
     def worker_view(self, w: WorkerRec) -> models.Worker:
         return models.Worker(id=w.id, name=w.name, status=self.worker_status(w),  # type: ignore
                              api_url=w.api_url, address=w.address, version=w.version,
-                             capacity=w.capacity, servers=len(self.servers_of(w.id)),
+                             capacity=w.capacity,
+                             servers=len(self._by_worker.get(w.id, ())),
                              last_heartbeat=w.last_heartbeat, created_at=w.created_at)
 
     # -- the hot path: heartbeats and reports (memory only) -----------------------------------
@@ -177,9 +197,8 @@ class Fleet:
         servers it holds that are deleted (or were never this host's)."""
         desired: list[models.DesiredServer] = []
         remove: list[models.RemoveServer] = []
-        mine = set()
-        for s in self.servers_of(w.id):
-            mine.add(s.id)
+        mine = self._by_worker.get(w.id, {})
+        for s in mine.values():
             if s.deleting:
                 if s.id in held:
                     remove.append(models.RemoveServer(s.id, s.purge))
@@ -195,7 +214,8 @@ class Fleet:
 
     def deleted_on_worker(self, w: WorkerRec, held: dict[str, int]) -> list[ServerRec]:
         """Servers being deleted that the worker no longer holds: ready to forget."""
-        return [s for s in self.servers_of(w.id) if s.deleting and s.id not in held]
+        return [s for s in self._by_worker.get(w.id, {}).values()
+                if s.deleting and s.id not in held]
 
     def record_command(self, row: tuple[Any, ...]) -> None:
         self._commands.append(row)

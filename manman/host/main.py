@@ -13,7 +13,7 @@ import msgspec
 import trio
 
 from manman import auth
-from manman.apikit import ApiError, serve
+from manman.apikit import ApiError, serve, settle_gc
 from manman.config import Config
 from manman.host.api import build_host_api
 from manman.host.control import Control
@@ -78,6 +78,7 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
             async with trio.open_nursery() as api_nursery:
                 url = await api_nursery.start(serve, api.app, hcfg.listen, stop)
                 log.info("host listening on %s", url)
+                settle_gc()
                 task_status.started(HostHandle(url, secrets, control, stop, stopped))
             # `stop` was set and the API has drained: the loops go too
             loops.cancel_scope.cancel()

@@ -10,7 +10,7 @@ import msgspec
 import trio
 
 from manman import auth
-from manman.apikit import serve
+from manman.apikit import serve, settle_gc
 from manman.config import Config
 from manman.lifecycle import Conflict
 from manman.models import ServerSpec
@@ -60,6 +60,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
         if handle_signals:
             nursery.start_soon(_on_signals, agent)
         log.info("worker %s listening on %s", wcfg.effective_name(), url)
+        settle_gc()
         task_status.started(WorkerHandle(agent, url, secrets, link))
         await agent.stopped.wait()
         stop_api.set()
