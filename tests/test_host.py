@@ -178,3 +178,62 @@ async def test_two_hosts_migrate_one_database_at_once(tmp_path: Path, database_u
         h.stop()
         await h.stopped.wait()
     assert aio is not None
+
+
+async def test_freeze_unfreeze_and_retire_a_worker(host: RunningHost, hosted: Any) -> None:
+    w = await hosted("fz")
+    api = host.api
+    wid = w.handle.link.worker_id
+    await api.post("/server", fake_spec("f1", worker_id=wid, desired_state="running"),
+                   expect=201)
+    s = await api.wait_for("f1", state="running")
+    r = await api.request("PUT", f"/worker/{wid}", json={"status": "frozen"}, expect=200)
+    assert r.json()["status"] == "frozen" and w.agent.status == "frozen"
+    r = await api.request("POST", "/server/f1/command", json={"type": "stop"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "frozen"
+    r = await api.request("POST", "/server", json=fake_spec("f2", worker_id=wid))
+    assert r.status_code == 409
+    # console input still works on a frozen worker; the server keeps running
+    await api.post("/server/f1/command", {"type": "command", "data": "say cold"}, expect=202)
+    await api.wait_line("f1", "said: cold")
+    r = await api.request("PUT", f"/worker/{wid}", json={"status": "alive"}, expect=200)
+    assert w.agent.status == "alive"
+    # retire: the worker stops its servers and exits; its later calls get 410
+    r = await api.request("DELETE", f"/worker/{wid}", expect=200)
+    assert r.json()["status"] == "shutdown"
+    with trio.fail_after(15):
+        await w.agent.stopped.wait()
+    from manman import procs
+
+    assert not procs.is_running(s["pid"])
+    token = host.handle.secrets.worker_token(wid, 1)
+    r = await api.http.post(f"/worker/{wid}/health", json={},
+                            headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 410
+    assert (await api.get("/server/f1"))["state"] == "unknown"
+
+
+async def test_generated_tokens_are_files_0600(tmp_path: Path, database_url: str,
+                                               bg: trio.Nursery) -> None:
+    import stat
+
+    from manman.host.main import run_host
+    from tests.conftest import host_config
+
+    cfg = host_config(tmp_path, database_url, admin_token="", join_token="")
+    handle = await bg.start(run_host, cfg)
+    d = tmp_path / "host"
+    for name in ("admin-token", "join-token", "host-secret"):
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o600
+    admin = (d / "admin-token").read_text().strip()
+    from tests.conftest import Client
+
+    api = Client(handle.url, admin)
+    assert (await api.get("/worker"))["workers"] == []
+    await api.aclose()
+    handle.stop()
+    await handle.stopped.wait()
+    handle2 = await bg.start(run_host, cfg)
+    assert (d / "admin-token").read_text().strip() == admin  # reused
+    handle2.stop()
+    await handle2.stopped.wait()
