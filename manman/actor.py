@@ -183,7 +183,7 @@ class ServerActor:
         run.kill_requested = True
         self._set(state="stopping")
         if run.proc is not None:
-            run.proc.kill()
+            self._spawn_task(run.proc.kill)
 
     def install(self) -> None:
         lifecycle.check("install", self.status.state)
@@ -287,7 +287,7 @@ class ServerActor:
         now = time.time()
         self.broker.note(f"{'re-attached' if adopted else 'started'} (pid {proc.pid})")
         if run.kill_requested:
-            proc.kill()
+            self._spawn_task(proc.kill)
         elif run.stop_requested:
             pass  # _stop_run is waiting for `spawned`
         elif adopted or not self.spec.ready_pattern:
@@ -403,12 +403,12 @@ class ServerActor:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
         if not sent:
-            proc.terminate(timeout)
+            await proc.terminate(timeout)
         with trio.move_on_after(timeout):
             await run.exited.wait()
         if not run.exited.is_set():
             self.broker.note(f"did not stop within {timeout:g}s: killing")
-            proc.kill()
+            await proc.kill()
             await run.exited.wait()
 
     async def _stop_then(self, run: Run, then: Callable[[], None]) -> None:
@@ -483,7 +483,7 @@ class ServerActor:
                 run.crash_reason = (f"health check failed: tcp port {health.tcp_port} "
                                     f"not accepting connections ({health.failures} probes)")
                 self.broker.note(run.crash_reason)
-                run.proc.kill()
+                await run.proc.kill()
 
     async def probe(self) -> dict[str, object]:
         """An on-demand health check (command type `health`)."""

@@ -47,10 +47,11 @@ class GameProcess(Protocol):
     async def write_line(self, line: str) -> None:
         """One console line to stdin; raises trio.BrokenResourceError when it is closed."""
 
-    def terminate(self, timeout: float) -> None:
-        """Begin a graceful stop (SIGTERM to the group / `docker stop -t timeout`)."""
+    async def terminate(self, timeout: float) -> None:
+        """Begin a graceful stop (SIGTERM to the group / `docker stop -t timeout`); returns
+        without waiting for the exit."""
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         """Kill now (SIGKILL to the group / `docker kill`)."""
 
     async def wait(self) -> int:

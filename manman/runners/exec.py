@@ -58,10 +58,10 @@ class ExecProcess:
         if not self._exited:
             procs.signal_group(self._proc.pid, sig)
 
-    def terminate(self, timeout: float) -> None:
+    async def terminate(self, timeout: float) -> None:
         self._signal(signal.SIGTERM)
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         self._signal(signal.SIGKILL)
 
     async def wait(self) -> int:

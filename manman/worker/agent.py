@@ -60,6 +60,7 @@ class WorkerAgent:
         self.shutdown_requested = trio.Event()  # graceful: stop every server, then exit
         self.stopped = trio.Event()
         self.exec_runner = ExecRunner()
+        self.install_locks: dict[str, trio.Lock] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._dirty: set[str] = set()
         self._dirty_wake = trio.Event()
@@ -79,7 +80,7 @@ class WorkerAgent:
 
             return Runtime(self.exec_runner,
                            SteamcmdInstaller(self.cfg.steamcmd, self.cfg.install_timeout,
-                                             self.data_dir / "steamcmd-locks"))
+                                             self.install_locks))
         if method == "docker":
             from manman.installers.docker import DockerPull
             from manman.runners.docker import DockerRunner

@@ -1,0 +1,174 @@
+"""steamcmd installs: the output parser (pure) and the installer that runs steamcmd.
+
+steamcmd prints no stable format; the shapes handled here are the ones in
+`shared/reference/steamcmd.md`: `Update state (0x61) downloading, progress: 45,21 (a / b)`
+lines (locale decimals, repeated when stalled, `\\r` line ends, output in bursts), a
+self-update preamble, `Success! App '<id>' fully installed.` / `already up to date.`, and
+errors as `ERROR! …`, `Error! App '<id>' state is 0x… after update job.`, `…FAILED (…)` and
+`Login Failure: …`. The exit code alone is not trusted: a run can exit 0 after an error.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from manman import procs
+from manman.console.lines import LineFramer
+from manman.installers.base import InstallContext, InstallError
+from manman.runners.base import base_env
+
+_UPDATE_RE = re.compile(
+    r"Update state \((0x[0-9a-fA-F]+)\) ([a-zA-Z ]+?), progress: (\d+)[.,](\d+)")
+_SUCCESS_RE = re.compile(r"^Success! App '(\d+)' (fully installed|already up to date)")
+_ERROR_RES = (
+    re.compile(r"^ERROR! (.*)$"),
+    re.compile(r"^Error! (.*)$"),
+    re.compile(r"^(Login Failure: .*)$"),
+    re.compile(r"^(.*\.\.\.FAILED.*)$"),
+)
+
+# where each phase of an app update sits in the overall 0–100 (phases restart at 0)
+_PHASES = {
+    "reconfiguring": (0.0, 0.0),
+    "verifying install": (0.0, 5.0),
+    "validating": (0.0, 5.0),
+    "preallocating": (5.0, 10.0),
+    "downloading": (10.0, 85.0),
+    "verifying update": (85.0, 95.0),
+    "committing": (95.0, 99.0),
+}
+
+
+@dataclass
+class SteamcmdParser:
+    """Feed it lines of steamcmd output; it keeps the overall progress (never decreasing),
+    the success and the first error."""
+
+    app_id: str
+    progress: float = 0.0
+    success: bool = False
+    error: str | None = None
+
+    def feed(self, line: str) -> float | None:
+        """Take one line; returns the new overall progress when it moved."""
+        text = line.strip()
+        if not text:
+            return None
+        m = _UPDATE_RE.search(text)
+        if m is not None:
+            phase = m.group(2).strip().lower()
+            span = _PHASES.get(phase)
+            if span is None:
+                return None
+            pct = min(100.0, float(f"{m.group(3)}.{m.group(4)}"))
+            overall = round(span[0] + (span[1] - span[0]) * pct / 100.0, 2)
+            if overall > self.progress:
+                self.progress = overall
+                return overall
+            return None
+        m = _SUCCESS_RE.match(text)
+        if m is not None and m.group(1) == self.app_id:
+            self.success = True
+            self.progress = 100.0
+            return 100.0
+        if self.error is None:
+            for pattern in _ERROR_RES:
+                m = pattern.match(text)
+                if m is not None:
+                    self.error = text
+                    break
+        return None
+
+    def verdict(self, exit_code: int) -> str | None:
+        """None for a good install, else why it failed."""
+        if self.error is not None:
+            return self.error
+        if exit_code != 0:
+            return f"steamcmd exited with code {exit_code}"
+        if not self.success:
+            return "steamcmd ended without reporting success"
+        return None
+
+
+class SteamcmdInstaller:
+    """Runs `steamcmd +force_install_dir DIR +login anonymous +app_update ID validate +quit`.
+    Installs of one app on one worker are serialised: steamcmd shares its own state
+    (~/Steam) between runs, and two at once corrupt it."""
+
+    needed = True
+
+    def __init__(self, steamcmd: str, timeout: float, locks: dict[str, trio.Lock]) -> None:
+        self.steamcmd = steamcmd
+        self.timeout = timeout
+        self._locks = locks  # one per app id, shared by the worker's installers
+
+    async def install(self, ctx: InstallContext) -> None:
+        app_id = ctx.spec.install_identifier
+        lock = self._locks.setdefault(app_id, trio.Lock())
+        if lock.locked():
+            ctx.publish([f"waiting for another install of app {app_id} on this worker"])
+        async with lock:
+            await self._run(ctx, app_id)
+
+    async def _run(self, ctx: InstallContext, app_id: str) -> None:
+        ctx.files_dir.mkdir(parents=True, exist_ok=True)
+        argv = [self.steamcmd, "+force_install_dir", str(ctx.files_dir), "+login", "anonymous",
+                "+app_update", app_id, "validate", "+quit"]
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env=base_env({}), cwd=str(ctx.files_dir),
+                start_new_session=True)
+        except OSError as e:
+            raise InstallError(f"cannot run steamcmd ({self.steamcmd}): "
+                               f"{e.strerror or e}") from None
+        parser = SteamcmdParser(app_id)
+        code: int | None = None
+        try:
+            with trio.move_on_after(self.timeout) as scope:
+                assert proc.stdout is not None
+                await _pump(proc.stdout, parser, ctx)
+                code = await proc.wait()
+        finally:
+            if code is None:  # timed out or cancelled: nothing of steamcmd stays behind
+                procs.signal_group(proc.pid, 9)
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+        if scope.cancelled_caught:
+            raise InstallError(f"steamcmd timed out after {self.timeout:g}s")
+        why = parser.verdict(code)
+        if why is not None:
+            raise InstallError(why)
+        if not any(Path(ctx.files_dir).iterdir()):
+            raise InstallError("steamcmd reported success but installed nothing")
+
+
+async def _pump(stream: trio.abc.ReceiveStream, parser: SteamcmdParser,
+                ctx: InstallContext) -> None:
+    framer = LineFramer(cr_breaks=True)
+    last_line = None
+    while data := await stream.receive_some(65536):
+        lines = framer.feed(data)
+        _take(lines, parser, ctx, last_line)
+        if lines:
+            last_line = lines[-1]
+    _take(framer.flush(), parser, ctx, last_line)
+
+
+def _take(lines: list[str], parser: SteamcmdParser, ctx: InstallContext,
+          last: str | None) -> None:
+    shown = []
+    for line in lines:
+        moved = parser.feed(line)
+        if moved is not None:
+            ctx.progress(moved)
+        if line != last and line.strip():  # a stalled download repeats one line many times
+            shown.append(line)
+        last = line
+    if shown:
+        ctx.publish(shown)
