@@ -57,7 +57,7 @@ def test_cr_line_ends_and_locale_commas() -> None:
     data = (b" Update state (0x61) downloading, progress: 45,21 (1234567 / 2730000)\r"
             b" Update state (0x61) downloading, progress: 50,00 (1365000 / 2730000)\r\n"
             b"Success! App '10' fully installed.\r\n")
-    parser, seen = parse(data, "10", 5)
+    _, seen = parse(data, "10", 5)
     assert seen == [43.91, 47.5, 100.0]
 
 

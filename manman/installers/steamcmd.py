@@ -144,8 +144,12 @@ class SteamcmdInstaller:
         why = parser.verdict(code)
         if why is not None:
             raise InstallError(why)
-        if not any(Path(ctx.files_dir).iterdir()):
+        if not await trio.to_thread.run_sync(_has_files, ctx.files_dir):
             raise InstallError("steamcmd reported success but installed nothing")
+
+
+def _has_files(directory: Path) -> bool:
+    return any(directory.iterdir())
 
 
 async def _pump(stream: trio.abc.ReceiveStream, parser: SteamcmdParser,
