@@ -106,7 +106,7 @@ class ServerActor:
         the desired state."""
         record, self.leftover = self.leftover, None
         if record is not None:
-            proc = await self.runner.adopt(record, self.spec)
+            proc = await self.runner.adopt(record, self.spec, since=self.broker.last_ts)
             if proc is not None:
                 run = Run(instance=record.instance or _new_instance(), proc=proc)
                 run.spawned.set()

@@ -55,6 +55,7 @@ class WorkerConfig:
     heartbeat_interval: float = 5.0
     steamcmd: str = "steamcmd"
     docker: str = "docker"
+    docker_network: str = ""  # empty: docker's default network
     join_token: str = ""
     api_token: str = ""
     install_timeout: float = 3600.0

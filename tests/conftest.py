@@ -317,3 +317,21 @@ async def hosted(tmp_path: Path, host: RunningHost, bg: trio.Nursery) -> AsyncIt
         if not w.agent.stopped.is_set():
             await w.shutdown()
         await w.api.aclose()
+
+
+# -- a real dockerd for the docker tests (skipped, with the reason, where it cannot run) ----
+
+DOCKER_IMAGE = "manman-test/busybox:latest"
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> Any:
+    """A dockerd of the tests' own, with a busybox image imported from the local disk (no
+    registry is reachable). Yields its DOCKER_HOST."""
+    from tests.dockerd import DockerUnavailable, running_dockerd
+
+    try:
+        with running_dockerd(DOCKER_IMAGE) as host:
+            yield host
+    except DockerUnavailable as e:
+        pytest.skip(str(e))

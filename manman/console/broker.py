@@ -68,6 +68,7 @@ class LogBroker:
                  files_keep: int = 5) -> None:
         self.files = LogFiles(directory, max_bytes=file_bytes, keep=files_keep)
         self.next_seq = self.files.next_seq
+        self.last_ts = self.files.last_ts  # when the newest line was read
         self.ring: deque[Batch] = deque()
         self.ring_size = 0  # characters of JSON in the ring
         self.ring_bytes = ring_bytes
@@ -86,6 +87,7 @@ class LogBroker:
         if not texts:
             return
         ts = time.time() if ts is None else ts
+        self.last_ts = ts
         first = self.next_seq
         lines = [Line(seq, ts, stream, text) for seq, text in enumerate(texts, first)]
         batches = []

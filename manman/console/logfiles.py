@@ -34,6 +34,7 @@ class LogFiles:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = None
         self._size = 0
+        self.last_ts: float | None = None  # of the newest stored line
         self.next_seq = self._recover()
 
     # -- segments -------------------------------------------------------------------------
@@ -61,9 +62,10 @@ class LogFiles:
         segs = self.segments()
         while segs:
             first, path = segs[-1]
-            last = _last_seq_in(path)
+            last = _last_line_in(path)
             if last is not None:
-                return last + 1
+                self.last_ts = last.ts
+                return last.seq + 1
             if path.stat().st_size == 0:
                 return first
             # nothing readable in the newest segment: it is garbage from a crash
@@ -146,8 +148,8 @@ def _collect(raw: bytes, since: int, limit: int, out: list[Line]) -> bool:
     return False
 
 
-def _last_seq_in(path: Path) -> int | None:
-    """The last seq of the last complete batch; truncates a torn final write."""
+def _last_line_in(path: Path) -> Line | None:
+    """The last line of the last complete batch; truncates a torn final write."""
     size = path.stat().st_size
     if size == 0:
         return None
@@ -164,7 +166,7 @@ def _last_seq_in(path: Path) -> int | None:
                     if start + end + 1 != size:
                         f.truncate(start + end + 1)
                     try:
-                        return _decode_batch(tail[begin:end + 1])[-1].seq
+                        return _decode_batch(tail[begin:end + 1])[-1]
                     except (msgspec.DecodeError, IndexError):
                         f.truncate(start + begin)
                         size = start + begin

@@ -69,8 +69,10 @@ class Runner(Protocol):
 
     async def spawn(self, ctx: LaunchContext) -> GameProcess: ...
 
-    async def adopt(self, record: RunRecord, spec: ServerSpec) -> GameProcess | None:
-        """A process of an earlier worker to keep running, or None."""
+    async def adopt(self, record: RunRecord, spec: ServerSpec, since: float | None = None
+                    ) -> GameProcess | None:
+        """A process of an earlier worker to keep running (its console from `since`, the time
+        of the last line seen), or None."""
 
     async def remove_leftover(self, record: RunRecord) -> list[int]:
         """Kill what an earlier worker left of this server; the pids or ids removed."""

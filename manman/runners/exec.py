@@ -99,7 +99,8 @@ class ExecRunner:
             raise SpawnError(f"cannot start {exe}: {e.strerror or e}") from None
         return ExecProcess(proc)
 
-    async def adopt(self, record: RunRecord, spec: ServerSpec) -> GameProcess | None:
+    async def adopt(self, record: RunRecord, spec: ServerSpec, since: float | None = None
+                    ) -> GameProcess | None:
         return None  # a local process cannot be re-attached: its pipes died with the worker
 
     async def remove_leftover(self, record: RunRecord) -> list[int]:

@@ -21,6 +21,7 @@ from manman.installers.base import Installer, NoInstall
 from manman.lifecycle import Conflict
 from manman.models import ServerSpec, ServerStatus
 from manman.runners.base import Runner, RunRecord
+from manman.runners.docker import DockerRunner
 from manman.runners.exec import ExecRunner
 from manman.worker.store import StoredServer, WorkerStore
 
@@ -61,6 +62,8 @@ class WorkerAgent:
         self.stopped = trio.Event()
         self.exec_runner = ExecRunner()
         self.install_locks: dict[str, trio.Lock] = {}
+        self.owner = ""  # labels this worker's containers (SQLite meta, made once)
+        self._docker: object | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
         self._dirty: set[str] = set()
         self._dirty_wake = trio.Event()
@@ -83,9 +86,8 @@ class WorkerAgent:
                                              self.install_locks))
         if method == "docker":
             from manman.installers.docker import DockerPull
-            from manman.runners.docker import DockerRunner
 
-            return Runtime(DockerRunner(self.cfg.docker, self.data_dir),
+            return Runtime(self.docker_runner(),
                            DockerPull(self.cfg.docker, self.cfg.install_timeout))
         raise ValueError(f"unknown install method {method!r}")
 
@@ -98,11 +100,16 @@ class WorkerAgent:
         try:
             frozen = await self.store.get_meta("frozen")
             self.status = "frozen" if frozen == "1" else "alive"
+            self.owner = await self.store.get_meta("owner") or ""
+            if not self.owner:
+                self.owner = secrets.token_hex(8)
+                await self.store.set_meta({"owner": self.owner})
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._persister)
                 for stored in await self.store.load():
                     await self._add_actor(stored, recovering=True)
+                nursery.start_soon(self._remove_stray_containers)
                 task_status.started(self)
                 await self.shutdown_requested.wait()
                 await self._stop_all()
@@ -114,6 +121,21 @@ class WorkerAgent:
                     actor.broker.close()
                 await self.store.close()
             self.stopped.set()
+
+    def docker_runner(self) -> DockerRunner:
+        if self._docker is None:
+            self._docker = DockerRunner(self.cfg.docker, self.owner, self.cfg.docker_network)
+        return self._docker  # type: ignore[return-value]
+
+    async def _remove_stray_containers(self) -> None:
+        """Containers labelled as this worker's that belong to no server it knows (a server
+        deleted while the worker was down, a crash between create and record)."""
+        if shutil.which(self.cfg.docker) is None:
+            return
+        with trio.move_on_after(60):
+            removed = await self.docker_runner().remove_strays(set(self.actors))
+            for name in removed:
+                log.info("removed stray container %s", name)
 
     async def _stop_all(self) -> None:
         """Every server stops gracefully (at once, each within its stop_timeout)."""

@@ -1,0 +1,199 @@
+"""The docker runner: the game is a container `manman-<id>`, driven with the docker CLI.
+
+The container is started detached with stdin open (`docker run -d -i`): unlike an attached
+run, its stdin then stays open when the attached client goes away, so a worker that restarts
+can re-attach and still send console lines. Its console is read with `docker logs -f`
+(everything since the container started, stdout and stderr apart) and written with
+`docker attach --sig-proxy=false` (the attached client never forwards signals). The CLI
+helpers die with the worker (PR_SET_PDEATHSIG); the container does not: a new worker
+re-attaches to it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+
+import trio
+
+from manman.models import ServerSpec
+from manman.runners.base import GameProcess, LaunchContext, RunRecord, SpawnError, base_env
+
+log = logging.getLogger("manman.docker")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def container_name(server_id: str) -> str:
+    return f"manman-{server_id}"
+
+
+class DockerCLI:
+    """The docker command (path from config) with the worker's environment (DOCKER_HOST)."""
+
+    def __init__(self, docker: str) -> None:
+        self.docker = docker
+
+    async def run(self, *args: str, timeout: float = 30) -> tuple[int, str, str]:
+        """Run to completion: (exit code, stdout, stderr)."""
+        try:
+            with trio.fail_after(timeout):
+                r = await trio.run_process([self.docker, *args], capture_stdout=True,
+                                           capture_stderr=True, check=False,
+                                           env=base_env({}), preexec_fn=_die_with_parent)
+        except OSError as e:
+            return 127, "", f"cannot run docker ({self.docker}): {e.strerror or e}"
+        except trio.TooSlowError:
+            return 124, "", f"docker {args[0]} timed out after {timeout:g}s"
+        return r.returncode, r.stdout.decode(errors="replace"), \
+            r.stderr.decode(errors="replace")
+
+    async def open(self, *args: str, stdin: bool = False, output: bool = True) -> trio.Process:
+        """A long-lived helper (logs -f, attach, wait) that dies with the worker."""
+        pipe, null = subprocess.PIPE, subprocess.DEVNULL
+        return await trio.lowlevel.open_process(
+            [self.docker, *args], stdin=pipe if stdin else null,
+            stdout=pipe if output else null, stderr=pipe if output else null,
+            env=base_env({}), preexec_fn=_die_with_parent)
+
+
+def _error(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    return lines[-1] if lines else "docker failed"
+
+
+class DockerProcess:
+    """A running container, seen through its CLI helpers."""
+
+    def __init__(self, cli: DockerCLI, name: str, pid: int | None, logs: trio.Process,
+                 attach: trio.Process, waiter: trio.Process) -> None:
+        self.cli = cli
+        self.name = name
+        self.pid = pid
+        assert logs.stdout is not None and attach.stdin is not None
+        self.stdout: trio.abc.ReceiveStream = logs.stdout
+        self.stderr: trio.abc.ReceiveStream | None = logs.stderr
+        self._logs, self._attach, self._waiter = logs, attach, waiter
+        self._write_lock = trio.Lock()
+
+    async def write_line(self, line: str) -> None:
+        assert self._attach.stdin is not None
+        async with self._write_lock:
+            await self._attach.stdin.send_all(line.encode("utf-8", "replace") + b"\n")
+
+    async def terminate(self, timeout: float) -> None:
+        # SIGTERM, then SIGKILL from docker itself after `timeout`
+        await self.cli.run("stop", "-t", str(max(0, int(timeout))), self.name,
+                           timeout=timeout + 30)
+
+    async def kill(self) -> None:
+        await self.cli.run("kill", self.name)
+
+    async def wait(self) -> int:
+        assert self._waiter.stdout is not None
+        out = b""
+        while data := await self._waiter.stdout.receive_some(1024):
+            out += data
+        await self._waiter.wait()
+        try:
+            return int(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            # `docker wait` itself failed (daemon gone): ask for the recorded exit code
+            code, text, _ = await self.cli.run("inspect", "-f", "{{.State.ExitCode}}",
+                                               self.name)
+            return int(text.strip()) if code == 0 and text.strip().isdigit() else -1
+
+    async def cleanup(self) -> None:
+        self._stop_helpers()
+        await self.cli.run("rm", "-f", self.name)
+
+    def abandon(self) -> None:
+        self._stop_helpers()  # the container keeps running for the next worker
+
+    def _stop_helpers(self) -> None:
+        for p in (self._logs, self._attach, self._waiter):
+            if p.returncode is None:
+                p.kill()
+
+
+class DockerRunner:
+    name = "docker"
+
+    def __init__(self, docker: str, owner: str, network: str = "") -> None:
+        self.cli = DockerCLI(docker)
+        self.owner = owner  # the label that marks this worker's containers
+        self.network = network
+
+    async def spawn(self, ctx: LaunchContext) -> GameProcess:
+        spec = ctx.spec
+        name = container_name(ctx.server_id)
+        ctx.files_dir.mkdir(parents=True, exist_ok=True)
+        await self.cli.run("rm", "-f", name)  # a stale container of an earlier run
+        argv = ["run", "-d", "-i", "--name", name,
+                "--label", f"manman.server={ctx.server_id}",
+                "--label", f"manman.owner={self.owner}",
+                "--label", f"manman.instance={ctx.instance}",
+                "-v", f"{ctx.files_dir}:/data"]
+        if self.network:
+            argv += ["--network", self.network]
+        if self.network not in ("none", "host"):
+            for p in spec.ports:
+                argv += ["-p", f"{p.port}:{p.port}/{p.protocol}"]
+        for key, value in spec.env.items():
+            argv += ["-e", f"{key}={value}"]
+        argv.append(spec.install_identifier)
+        if spec.executable:
+            argv.append(spec.executable)
+        argv += spec.args
+        code, _, err = await self.cli.run(*argv, timeout=120)
+        if code != 0:
+            raise SpawnError(_error(err))
+        return await self._attach(name, since=None)
+
+    async def _attach(self, name: str, since: float | None) -> DockerProcess:
+        code, out, _err = await self.cli.run("inspect", "-f", "{{.State.Pid}}", name)
+        pid = int(out.strip()) if code == 0 and out.strip().isdigit() else None
+        logs_args = ["logs", "-f"] + (["--since", f"{since:.6f}"] if since else []) + [name]
+        logs = await self.cli.open(*logs_args)
+        attach = await self.cli.open("attach", "--sig-proxy=false", name, stdin=True,
+                                     output=False)
+        waiter = await self.cli.open("wait", name)
+        return DockerProcess(self.cli, name, pid or None, logs, attach, waiter)
+
+    async def adopt(self, record: RunRecord, spec: ServerSpec, since: float | None = None
+                    ) -> GameProcess | None:
+        name = container_name(record.server_id)
+        code, out, _ = await self.cli.run("inspect", "-f", "{{.State.Running}}", name)
+        if code != 0 or out.strip() != "true":
+            return None
+        log.info("re-attaching to running container %s", name)
+        return await self._attach(name, since=since)
+
+    async def remove_leftover(self, record: RunRecord) -> list[int]:
+        name = container_name(record.server_id)
+        code, out, _ = await self.cli.run("inspect", "-f", "{{.State.Pid}}", name)
+        if code != 0:
+            return []
+        await self.cli.run("rm", "-f", name)
+        return [int(out.strip())] if out.strip().isdigit() else [0]
+
+    async def remove_strays(self, known: set[str]) -> list[str]:
+        """Containers with this worker's label that belong to no server it knows."""
+        code, out, _ = await self.cli.run(
+            "ps", "-a", "--filter", f"label=manman.owner={self.owner}", "--format",
+            "{{.Names}}")
+        if code != 0:
+            return []
+        removed = []
+        for name in out.split():
+            if name.startswith("manman-") and name[len("manman-"):] not in known:
+                await self.cli.run("rm", "-f", name)
+                removed.append(name)
+        return removed
+
