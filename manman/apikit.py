@@ -126,6 +126,7 @@ class RouteDoc:
     query: dict[str, str] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     websocket: bool = False
+    media: str = "application/json"
 
 
 Authenticator = Callable[[str, dict[str, str]], Awaitable[Any]]
@@ -174,9 +175,11 @@ class Api:
 
     def route(self, method: str, path: str, *, auth: str = "admin", body: type[Any] | None = None,
               response: Any = None, status: int = 200, summary: str = "",
-              query: dict[str, str] | None = None, errors: tuple[int, ...] = ()
+              query: dict[str, str] | None = None, errors: tuple[int, ...] = (),
+              media: str = "application/json"
               ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Any]]]:
-        doc = RouteDoc(method, path, summary, auth, body, response, status, query or {}, errors)
+        doc = RouteDoc(method, path, summary, auth, body, response, status, query or {}, errors,
+                       media=media)
         self.docs.append(doc)
 
         def decorate(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Any]]:

@@ -42,6 +42,9 @@ def build_openapi(title: str, version: str, docs: list[Any]) -> dict[str, Any]:
             op["description"] = ("A websocket (HTTP Upgrade). Frames follow the console "
                                  "protocol of SPEC.md.")
             responses["101"] = {"description": "Switching to the websocket protocol"}
+        elif d.media != "application/json":
+            responses[str(d.status)] = {"description": "OK", "content": {
+                d.media: {"schema": {"type": "string"}}}}
         else:
             schema = {"type": "object"} if d.response in (None, dict) else by_type[d.response]
             responses[str(d.status)] = {"description": "OK", "content": {

@@ -25,6 +25,26 @@ from manman.host.control import Control, _worker_error
 from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay, Unreachable
 
+_WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+              ".css": "text/css; charset=utf-8"}
+
+
+def _static(name: str) -> Response:
+    """A file of manman/web by its plain name (no path can be built from the request)."""
+    from importlib import resources
+
+    suffix = name[name.rfind("."):] if "." in name else ""
+    files = {p.name: p for p in resources.files("manman.web").iterdir()}
+    if suffix not in _WEB_TYPES or name not in files:
+        raise ApiError(404, "no such file", "not_found")
+    resp = Response(files[name].read_bytes(), content_type=_WEB_TYPES[suffix])
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["Content-Security-Policy"] = (
+        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+        "frame-ancestors 'none'")
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp
+
 
 class ServerList(msgspec.Struct):
     servers: list[models.Server]
@@ -106,6 +126,17 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
         return who
 
     api.authenticate = authenticate
+
+    # -- the web console: static files shipped in the package ------------------------------
+
+    @api.route("GET", "/", auth="none", media="text/html", summary="The web console")
+    async def web_index() -> Response:
+        return _static("index.html")
+
+    @api.route("GET", "/static/{name}", auth="none", media="text/plain",
+               summary="The web console's scripts and styles")
+    async def web_static(name: str) -> Response:
+        return _static(name)
 
     # -- liveness ----------------------------------------------------------------------------
 
