@@ -1,9 +1,450 @@
-"""The client verbs of the `manman` command (workers, servers, server …, send, logs, console)."""
+"""The client verbs of the `manman` command: workers, servers, server …, send, logs, console.
+
+They talk to a host: its URL and admin token come from --host-url/--token, MANMAN_URL /
+MANMAN_TOKEN, or (on the host's machine) the config and the host's data_dir. Errors are one
+line on stderr with exit code 1; usage errors exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from manman.client import ClientError, Follow, Frame, HostClient, discover, follow_console
+from manman.config import Config
+
+TERMINAL_STATES = ("stopped", "running", "failed", "crashed", "created", "unknown")
 
 
 def add_client_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register the client verbs (they talk to a host over HTTP and websockets)."""
+    """Register the client verbs."""
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--json", action="store_true", help="print raw JSON (for scripts)")
+
+    p = sub.add_parser("workers", parents=[common, out], help="list workers")
+    p.set_defaults(func=_run(cmd_workers))
+    p = sub.add_parser("servers", parents=[common, out], help="list servers")
+    p.add_argument("--worker", help="only this worker's (id or name)")
+    p.add_argument("--state", help="only servers in this state")
+    p.set_defaults(func=_run(cmd_servers))
+
+    server = sub.add_parser("server", parents=[common], help="create, show, change servers")
+    verbs = server.add_subparsers(dest="verb", required=True, metavar="VERB")
+    c = verbs.add_parser("create", parents=[common, out], help="create a server")
+    c.add_argument("name", nargs="?", help="the server's name (or in --file)")
+    c.add_argument("game_id", nargs="?", help="steamcmd:<app>, docker:<image> or exec:<path>")
+    _spec_flags(c)
+    c.set_defaults(func=_run(cmd_create))
+    for verb, helptext in (("show", "show one server"), ("start", "start it"),
+                           ("stop", "stop it gracefully"), ("restart", "stop, then start"),
+                           ("kill", "kill its processes now"),
+                           ("install", "install or update its game")):
+        v = verbs.add_parser(verb, parents=[common, out], help=helptext)
+        v.add_argument("server", help="id or name")
+        v.set_defaults(func=_run(cmd_show if verb == "show" else cmd_power), action=verb)
+    d = verbs.add_parser("delete", parents=[common, out], help="stop and delete a server")
+    d.add_argument("server", help="id or name")
+    d.add_argument("--purge", action="store_true", help="also delete its files")
+    d.set_defaults(func=_run(cmd_delete))
+    u = verbs.add_parser("update", parents=[common, out], help="change a server's spec")
+    u.add_argument("server", help="id or name")
+    _spec_flags(u)
+    u.add_argument("--restart", action="store_true",
+                   help="restart it now if running (default: on its next start)")
+    u.set_defaults(func=_run(cmd_update))
+
+    s = sub.add_parser("send", parents=[common, out], help="send one console line")
+    s.add_argument("server", help="id or name")
+    s.add_argument("line", help="the line, e.g. \"say hello\"")
+    s.set_defaults(func=_run(cmd_send))
+
+    lg = sub.add_parser("logs", parents=[common], help="print a server's console")
+    lg.add_argument("server", help="id or name")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    lg.add_argument("--since", type=int, help="from this seq")
+    lg.add_argument("--tail", type=int, default=100, help="the last N lines (default 100)")
+    lg.add_argument("--json", action="store_true", help="one JSON line per console line")
+    lg.set_defaults(func=_run(cmd_logs))
+
+    co = sub.add_parser("console", parents=[common], help="live console with input")
+    co.add_argument("server", help="id or name")
+    co.add_argument("--tail", type=int, default=50, help="lines of history to show first")
+    co.set_defaults(func=_run(cmd_console))
+
+
+def _spec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--file", "-f", dest="file",
+                   help="a spec as JSON or TOML (- for stdin); flags override it")
+    p.add_argument("--worker", help="the worker (id or name)")
+    p.add_argument("--executable")
+    p.add_argument("--arg", action="append", dest="args", metavar="ARG",
+                   help="an argument (repeat)")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE", help="(repeat)")
+    p.add_argument("--stop-command")
+    p.add_argument("--stop-timeout", type=float)
+    p.add_argument("--ready-pattern")
+    p.add_argument("--set", action="append", metavar="FIELD=JSON",
+                   help="any spec field, its value as JSON: --set 'ports=[{\"port\": 27015}]'")
+    p.add_argument("--start", action="store_true", help="desired_state running")
+
+
+def _run(fn: Any) -> Any:
+    def runner(args: argparse.Namespace, cfg: Config) -> int:
+        try:
+            url, token = discover(cfg, args.host_url, args.token)
+            client = HostClient(url, token)
+            try:
+                return int(fn(args, client) or 0)
+            finally:
+                client.close()
+        except ClientError as e:
+            print(f"manman: {e}", file=sys.stderr)
+            return 1
+
+    return runner
+
+
+# -- output ---------------------------------------------------------------------------------
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+# -- verbs ----------------------------------------------------------------------------------
+
+def cmd_workers(args: argparse.Namespace, api: HostClient) -> int:
+    workers = api.call("GET", "/worker")["workers"]
+    if args.json:
+        _print_json(workers)
+        return 0
+    now = time.time()
+    _table([[w["name"], w["id"], w["status"], str(w["servers"]),
+             _age(now - w["last_heartbeat"]) if w["last_heartbeat"] else "-", w["api_url"]]
+            for w in workers], ["name", "id", "status", "servers", "heartbeat", "api"])
+    return 0
+
+
+def _worker_id(api: HostClient, key: str) -> str:
+    for w in api.call("GET", "/worker")["workers"]:
+        if key in (w["id"], w["name"]):
+            return w["id"]
+    raise ClientError(f"worker {key} not found")
+
+
+def cmd_servers(args: argparse.Namespace, api: HostClient) -> int:
+    params = {}
+    if args.worker:
+        params["worker_id"] = _worker_id(api, args.worker)
+    if args.state:
+        params["state"] = args.state
+    servers = api.call("GET", "/server", params=params)["servers"]
+    if args.json:
+        _print_json(servers)
+        return 0
+    names = {w["id"]: w["name"] for w in api.call("GET", "/worker")["workers"]}
+    now = time.time()
+    _table([[s["name"], names.get(s["worker_id"], s["worker_id"] or "-"), s["game_id"],
+             s["state"] + ("" if s["install_progress"] is None or s["state"] != "installing"
+                           else f" {s['install_progress']:.0f}%"),
+             _age(now - s["started_at"]) if s["state"] == "running" and s["started_at"]
+             else "-", str(s["restarts"])]
+            for s in servers], ["name", "worker", "game", "state", "uptime", "restarts"])
+    return 0
+
+
+def _spec_from_args(args: argparse.Namespace, api: HostClient) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if args.file:
+        raw = sys.stdin.read() if args.file == "-" else _read(args.file)
+        try:
+            spec = json.loads(raw)
+        except ValueError:
+            try:
+                spec = tomllib.loads(raw)
+            except tomllib.TOMLDecodeError as e:
+                raise ClientError(f"{args.file}: neither JSON nor TOML ({e})") from None
+        if not isinstance(spec, dict):
+            raise ClientError(f"{args.file}: a spec is an object")
+    if getattr(args, "name", None):
+        spec["name"] = args.name
+    if getattr(args, "game_id", None):
+        spec["game_id"] = args.game_id
+    if args.worker:
+        spec["worker_id"] = _worker_id(api, args.worker)
+    for field in ("executable", "stop_command", "stop_timeout", "ready_pattern"):
+        if getattr(args, field) is not None:
+            spec[field] = getattr(args, field)
+    if args.args is not None:
+        spec["args"] = args.args
+    for item in args.env or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ClientError(f"--env {item}: expected KEY=VALUE")
+        spec.setdefault("env", {})[key] = value
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ClientError(f"--set {item}: expected FIELD=JSON")
+        try:
+            spec[key] = json.loads(value)
+        except ValueError:
+            spec[key] = value  # a plain string needs no quotes
+    if args.start:
+        spec["desired_state"] = "running"
+    return spec
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ClientError(f"cannot read {path}: {e.strerror}") from None
+
+
+def cmd_create(args: argparse.Namespace, api: HostClient) -> int:
+    spec = _spec_from_args(args, api)
+    if "name" not in spec or "game_id" not in spec:
+        raise ClientError("a server needs a name and a game_id (arguments or --file)")
+    server = api.call("POST", "/server", json=spec)
+    return _after_install(args, api, server, "created")
+
+
+def _after_install(args: argparse.Namespace, api: HostClient, server: dict[str, Any],
+                   verb: str, before: float = 0.0) -> int:
+    """Follow an install to its end (a progress bar on a terminal), then print the outcome.
+    `before` is the server's updated_at before the command: older news is not the outcome."""
+    server = _watch(api, server, before)
+    if args.json:
+        _print_json(server)
+    else:
+        print(f"{server['name']} {verb}: {server['state']}"
+              + (f" ({server['error']})" if server.get("error") else ""))
+    return 1 if server["state"] == "failed" else 0
+
+
+def _watch(api: HostClient, server: dict[str, Any], before: float) -> dict[str, Any]:
+    """Poll until the worker has acted: past `created`, past `installing`, and newer than
+    `before` (give up on a worker that does not answer after 15 s)."""
+    patience = time.monotonic() + 15
+    bar = None
+    if sys.stdout.isatty():
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+        bar = Progress(TextColumn(f"installing {server['name']}"), BarColumn(),
+                       TaskProgressColumn(), transient=True)
+        bar.start()
+        task = bar.add_task("install", total=100)
+    try:
+        while True:
+            server = api.server(server["id"])
+            if server["state"] == "installing":
+                patience = float("inf")  # an install may take hours; it reports progress
+                if bar is not None:
+                    bar.update(task, completed=server["install_progress"] or 0)
+            elif time.monotonic() > patience or (
+                    server["state"] != "created" and server["updated_at"] > before):
+                return server
+            time.sleep(0.1)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def cmd_show(args: argparse.Namespace, api: HostClient) -> int:
+    s = api.server(args.server)
+    if args.json:
+        _print_json(s)
+        return 0
+    for key in ("name", "id", "worker_id", "game_id", "state", "ready", "pid", "restarts",
+                "exit_code", "error", "install_progress", "desired_state", "generation",
+                "observed_generation", "worker_status", "executable", "args", "stop_command",
+                "ready_pattern"):
+        value = s.get(key)
+        if value is not None and value != []:
+            print(f"{key + ':':22}{value if not isinstance(value, list) else ' '.join(value)}")
+    return 0
+
+
+def cmd_power(args: argparse.Namespace, api: HostClient) -> int:
+    s = api.server(args.server)
+    r = api.call("POST", f"/server/{s['id']}/command", json={"type": args.action})
+    if args.action == "install":
+        return _after_install(args, api, s, "installed", before=s["updated_at"])
+    if args.json:
+        _print_json(r)
+    else:
+        how = "delivered" if r["delivered"] else "queued: the worker applies it when it is back"
+        print(f"{s['name']}: {args.action} {how}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, api: HostClient) -> int:
+    s = api.server(args.server)
+    r = api.call("DELETE", f"/server/{s['id']}", params={"purge": str(args.purge).lower()})
+    if args.json:
+        _print_json(r)
+    else:
+        print(f"{s['name']}: deleted" if r["deleted"]
+              else f"{s['name']}: deleted here; the worker removes it when it is back")
+    return 0
+
+
+def cmd_update(args: argparse.Namespace, api: HostClient) -> int:
+    s = api.server(args.server)
+    spec = _spec_from_args(args, api)
+    if spec.get("worker_id") == s["worker_id"]:
+        del spec["worker_id"]  # naming its own worker is no change
+    if args.restart:
+        spec["restart_on_change"] = True
+    if not spec:
+        raise ClientError("nothing to change: give flags or --file")
+    r = api.call("PUT", f"/server/{s['id']}", json=spec)
+    if args.json:
+        _print_json(r)
+    else:
+        print(f"{r['name']}: generation {r['generation']}")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace, api: HostClient) -> int:
+    s = api.server(args.server)
+    r = api.call("POST", f"/server/{s['id']}/command",
+                 json={"type": "command", "data": args.line})
+    if args.json:
+        _print_json(r)
+    return 0
+
+
+# -- the console ----------------------------------------------------------------------------
+
+class Printer:
+    """Console frames to stdout: one write per frame, gaps as visible marker lines."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.out = sys.stdout.buffer
+        self.encode = msgspec.json.Encoder().encode
+
+    def frame(self, f: Frame) -> None:
+        if f.type == "lines" and f.lines:
+            if self.as_json:
+                data = b"\n".join(self.encode(ln) for ln in f.lines) + b"\n"
+            else:
+                data = "".join(_text(ln) for ln in f.lines).encode("utf-8", "replace")
+            self.out.write(data)
+        elif f.type == "gap":
+            self.out.write(f"--- lines {f.from_seq}..{f.to_seq} skipped ({f.reason}) ---\n"
+                           .encode())
+        elif f.type == "state" and not self.as_json:
+            self.out.write(f"--- state: {f.state} ---\n".encode())
+        elif f.type == "error":
+            sys.stderr.write(f"manman: console: {f.message} ({f.code})\n")
+        self.out.flush()
+
+
+def _text(line: dict[str, Any]) -> str:
+    stream = line["stream"]
+    if stream in ("stdout", "stderr"):
+        return line["text"] + "\n"
+    return f"[{stream}] {line['text']}\n"
+
+
+def cmd_logs(args: argparse.Namespace, api: HostClient) -> int:
+    s = api.server(args.server)
+    printer = Printer(args.json)
+    if not args.follow:
+        since = args.since
+        if since is None:
+            page = api.call("GET", f"/server/{s['id']}/log", params={"limit": args.tail})
+            printer.frame(Frame(type="lines", lines=page["lines"]))
+            return 0
+        while True:
+            page = api.call("GET", f"/server/{s['id']}/log",
+                            params={"since": since, "limit": 10000})
+            if not page["lines"]:
+                return 0
+            printer.frame(Frame(type="lines", lines=page["lines"]))
+            since = page["next_seq"]
+    return _follow(api, s["id"], Follow(args.since, args.tail), printer.frame, None)
+
+
+def _follow(api: HostClient, server_id: str, start: Follow, on_frame: Any,
+            outgoing: Any) -> int:
+    def status(message: str) -> None:
+        sys.stderr.write(f"manman: {message}\n")
+
+    async def main() -> None:
+        await follow_console(api.url, api.token, server_id, start, on_frame, outgoing, status)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def cmd_console(args: argparse.Namespace, api: HostClient) -> int:
+    s = api.server(args.server)
+    printer = Printer(False)
+    interactive = sys.stdin.isatty()
+
+    async def main() -> None:
+        send, receive = trio.open_memory_channel[str](16)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_stdin, send, nursery.cancel_scope)
+            await follow_console(api.url, api.token, s["id"], Follow(None, args.tail),
+                                 printer.frame, receive,
+                                 lambda m: sys.stderr.write(f"manman: {m}\n"))
+
+    if interactive:
+        print(f"console of {s['name']}: type a line and Enter to send it; Ctrl-C or Ctrl-D to "
+              "leave", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(main)
+    return 0
+
+
+async def _read_stdin(send: trio.MemorySendChannel[str], scope: trio.CancelScope) -> None:
+    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+    buf = b""
+    while data := await stdin.receive_some(4096):
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            if line:
+                await send.send(line)
+    await trio.sleep(0.5)  # let the last line go out
+    scope.cancel()  # Ctrl-D: leave
