@@ -57,6 +57,7 @@ class ActorHooks:
 
     changed: Callable[[ServerActor], None]  # persist (batched) and report to the host
     persist_now: Callable[[ServerActor], Awaitable[None]]  # before a spawn: no orphan unrecorded
+    installed: Callable[[str, bool, float], None] | None = None  # method, ok, seconds
 
 
 class ServerActor:
@@ -428,6 +429,7 @@ class ServerActor:
                              publish=lambda lines: self.broker.publish("install", lines),
                              progress=self._set_progress)
         error: str | None = None
+        began = time.monotonic()
         with trio.CancelScope() as scope:
             self._install_scope = scope
             try:
@@ -437,6 +439,9 @@ class ServerActor:
         self._install_scope = None
         if scope.cancelled_caught:
             error = "install cancelled"
+        if self.hooks.installed is not None and self.installer.needed:
+            self.hooks.installed(self.spec.install_method, error is None,
+                                 time.monotonic() - began)
         if error is not None:
             self.desired_state = "stopped"
             self._set(state="failed", error=error, install_progress=None)

@@ -24,6 +24,7 @@ from manman.console.viewer import error_frame
 from manman.host.control import Control, _worker_error
 from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay, Unreachable
+from manman.metrics import CONTENT_TYPE, host_metrics
 
 _WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
               ".css": "text/css; charset=utf-8"}
@@ -79,6 +80,8 @@ class Principal:
 def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -> Api:
     api = Api("manman.host", "manman host API", "1")
     fleet: Fleet = control.fleet
+    metrics = host_metrics(fleet)
+    api.on_request = metrics.observe
     relay: Relay = control.relay
 
     def identify(token: str | None, server_key: str | None) -> Principal:
@@ -143,6 +146,11 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
     @api.route("GET", "/healthz", auth="none", response=dict, summary="Liveness")
     async def healthz() -> Response:
         return json_response({"ok": True})
+
+    @api.route("GET", "/metrics", auth="none", media="text/plain",
+               summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), content_type=CONTENT_TYPE)
 
     # -- servers ---------------------------------------------------------------------------
 

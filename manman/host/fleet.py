@@ -67,6 +67,8 @@ class Fleet:
         self._dirty_observed: set[str] = set()
         self._commands: list[tuple[Any, ...]] = []
         self.heartbeats_received = 0
+        self.heartbeats_missed = 0
+        self._last_status: dict[str, str] = {}
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -216,6 +218,16 @@ class Fleet:
         """Servers being deleted that the worker no longer holds: ready to forget."""
         return [s for s in self._by_worker.get(w.id, {}).values()
                 if s.deleting and s.id not in held]
+
+    def sweep(self) -> None:
+        """Notice workers that just went `unknown` (missed heartbeats): count and log it."""
+        for w in self.workers.values():
+            now = self.worker_status(w)
+            before = self._last_status.get(w.id)
+            if now == "unknown" and before in ("alive", "frozen"):
+                self.heartbeats_missed += 1
+                log.warning("worker %s (%s) missed its heartbeats: unknown", w.name, w.id)
+            self._last_status[w.id] = now
 
     def record_command(self, row: tuple[Any, ...]) -> None:
         self._commands.append(row)

@@ -110,6 +110,7 @@ async def _liveness_loop(control: Control) -> None:
     fleet = control.fleet
     while True:
         await trio.sleep(0.5)
+        fleet.sweep()
         if fleet.worker_expiry <= 0:
             continue
         now = time.time()

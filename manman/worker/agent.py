@@ -11,6 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -70,6 +71,7 @@ class WorkerAgent:
         self._store_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self.on_change: list[object] = []  # callables(actor) run on every state change
+        self.install_observer: Any = None  # (method, result) -> histogram child
         self.started_at = time.time()
 
     # -- runtimes by install method ----------------------------------------------------------
@@ -204,7 +206,8 @@ class WorkerAgent:
         actor = ServerActor(
             stored.id, stored.spec, generation=stored.generation, server_dir=server_dir,
             runner=runtime.runner, installer=runtime.installer, broker=broker,
-            hooks=ActorHooks(changed=self._changed, persist_now=self._persist_now),
+            hooks=ActorHooks(changed=self._changed, persist_now=self._persist_now,
+                             installed=self._installed),
             status=stored.status, installed=stored.installed, crash_times=stored.crash_times)
         actor.desired_state = stored.desired_state  # type: ignore[assignment]
         return actor
@@ -274,6 +277,10 @@ class WorkerAgent:
             desired_state=actor.desired_state, status=actor.status, installed=actor.installed,
             crash_times=actor.crash_times, run_pid=rec.pid, run_pid_start=rec.pid_start,
             run_instance=rec.instance)
+
+    def _installed(self, method: str, ok: bool, seconds: float) -> None:
+        if self.install_observer is not None:
+            self.install_observer(method, "ok" if ok else "failed").observe(seconds)
 
     def _changed(self, actor: ServerActor) -> None:
         self._dirty.add(actor.id)

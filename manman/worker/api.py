@@ -24,6 +24,7 @@ from manman.apikit import (
 )
 from manman.console.viewer import CommandRefused, Disconnect, run_viewer
 from manman.lifecycle import Conflict
+from manman.metrics import CONTENT_TYPE, worker_metrics
 from manman.worker.agent import NotFound, WorkerAgent
 
 
@@ -71,8 +72,12 @@ class WorkerSecrets:
         self.console_key = auth.console_key(admin_secret)
 
 
-def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets) -> Api:
+def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | None = None
+                     ) -> Api:
     api = Api("manman.worker", "manman worker API", "1")
+    metrics = worker_metrics(agent, link)
+    api.on_request = metrics.observe
+    agent.install_observer = metrics.installs.labels  # type: ignore[attr-defined]
 
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         token = bearer_token()
@@ -133,6 +138,11 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets) -> Api:
     @api.route("GET", "/healthz", auth="none", response=dict, summary="Liveness")
     async def healthz() -> Response:
         return json_response({"ok": True})
+
+    @api.route("GET", "/metrics", auth="none", media="text/plain",
+               summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), content_type=CONTENT_TYPE)
 
     @api.route("POST", "/freeze", response=StatusReply, summary="Stop applying changes")
     async def freeze(who: Principal) -> Response:

@@ -45,6 +45,7 @@ class HostLink:
         self._changed_wake = trio.Event()
         self._removing: set[str] = set()
         self.heartbeats_sent = 0
+        self.heartbeats_failed = 0
         self.last_error: str | None = None
         agent.on_change.append(self._on_change)
 
@@ -151,11 +152,13 @@ class HostLink:
                                      content=msgspec.json.encode(self.heartbeat_body()),
                                      headers=self._auth())
         except httpx.HTTPError as e:
+            self.heartbeats_failed += 1
             self._error(f"heartbeat: host unreachable ({type(e).__name__})")
             return
         if r.status_code == 410:
             raise Retired()
         if r.status_code != 200:
+            self.heartbeats_failed += 1
             self._error(f"heartbeat: host answered {r.status_code} {r.text[:200]}")
             return
         if self.last_error:

@@ -49,7 +49,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
             link = HostLink(agent, wcfg)
             admin_secret = await link.identity()
         secrets = WorkerSecrets(admin_secret)
-        api = build_worker_api(agent, secrets)
+        api = build_worker_api(agent, secrets, link)
         stop_api = trio.Event()
         url = await nursery.start(serve, api.app, wcfg.listen, stop_api)
         if wcfg.standalone:

@@ -1,0 +1,118 @@
+"""Prometheus metrics (prometheus-client) for the host and the worker.
+
+Counts of what happens (requests, installs) are counters updated as it happens; what the
+fleet looks like (servers by state, console totals, viewers) is read from live state when
+scraped, so the console and heartbeat paths pay nothing for it. Each API has its own
+registry: `manman up` serves host and worker from one process.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("manman_api_requests", "API requests answered",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("manman_api_request_seconds", "API request latency",
+                                 ["method", "route"], registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
+                                          2.5, 10))
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class LiveCollector(Collector):
+    """Metrics read from live state at scrape time."""
+
+    def __init__(self, collect: Callable[[], Iterator[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._collect()
+
+
+def worker_metrics(agent: Any, link: Any | None) -> ApiMetrics:
+    m = ApiMetrics()
+    m.installs = Histogram(  # type: ignore[attr-defined]
+        "manman_install_seconds", "Install durations", ["method", "result"],
+        registry=m.registry, buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600))
+
+    def collect() -> Iterator[Metric]:
+        states = Tally(a.status.state for a in agent.actors.values())
+        g = GaugeMetricFamily("manman_servers", "Servers by state", labels=["state"])
+        for state, n in sorted(states.items()):
+            g.add_metric([state], n)
+        yield g
+        restarts = GaugeMetricFamily("manman_server_restarts",
+                                     "Automatic restarts since the last start by a person",
+                                     labels=["server"])
+        lines = CounterMetricFamily("manman_console_lines", "Console lines read",
+                                    labels=["server"])
+        size = CounterMetricFamily("manman_console_bytes", "Console JSON bytes stored",
+                                   labels=["server"])
+        gaps = CounterMetricFamily("manman_console_gaps", "Gap frames sent to viewers",
+                                   labels=["server"])
+        viewers = GaugeMetricFamily("manman_console_viewers", "Live console viewers",
+                                    labels=["server"])
+        for a in agent.actors.values():
+            name = a.spec.name
+            restarts.add_metric([name], a.status.restarts)
+            lines.add_metric([name], a.broker.lines_total)
+            size.add_metric([name], a.broker.bytes_total)
+            gaps.add_metric([name], a.broker.gaps)
+            viewers.add_metric([name], a.broker.viewers)
+        yield from (restarts, lines, size, gaps, viewers)
+        if link is not None:
+            hb = CounterMetricFamily("manman_heartbeats_sent", "Heartbeats the host answered")
+            hb.add_metric([], link.heartbeats_sent)
+            yield hb
+            failed = CounterMetricFamily("manman_heartbeats_failed",
+                                         "Heartbeats the host did not answer")
+            failed.add_metric([], link.heartbeats_failed)
+            yield failed
+
+    m.registry.register(LiveCollector(collect))
+    return m
+
+
+def host_metrics(fleet: Any) -> ApiMetrics:
+    m = ApiMetrics()
+
+    def collect() -> Iterator[Metric]:
+        workers = Tally(fleet.worker_status(w) for w in fleet.workers.values())
+        g = GaugeMetricFamily("manman_workers", "Workers by status", labels=["status"])
+        for status, n in sorted(workers.items()):
+            g.add_metric([status], n)
+        yield g
+        states = Tally(fleet.server_view(s).state for s in fleet.servers.values()
+                       if not s.deleting)
+        g = GaugeMetricFamily("manman_servers", "Servers by state", labels=["state"])
+        for state, n in sorted(states.items()):
+            g.add_metric([state], n)
+        yield g
+        received = CounterMetricFamily("manman_heartbeats_received", "Heartbeats received")
+        received.add_metric([], fleet.heartbeats_received)
+        yield received
+        missed = CounterMetricFamily("manman_heartbeats_missed",
+                                     "Times a worker became unknown for missing heartbeats")
+        missed.add_metric([], fleet.heartbeats_missed)
+        yield missed
+
+    m.registry.register(LiveCollector(collect))
+    return m
