@@ -1,0 +1,687 @@
+// manman web console: plain JavaScript, no build step, no external resources.
+//
+// The admin token lives in sessionStorage (this tab only) and travels in an Authorization
+// header; a console websocket gets a short-lived console token of its own, fetched from
+// GET /server/{id}/log. Console text is untrusted: it only ever reaches the DOM as textContent.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "manman.admin_token";
+  const MAX_LINES = 2000;          // console lines kept in the DOM
+  const REFRESH_MS = 2000;         // worker and server lists
+  const BACKOFF_FIRST_MS = 500;
+  const BACKOFF_MAX_MS = 15000;
+  const PING_MS = 25000;
+  const STATES = new Set(["running", "starting", "stopping", "stopped", "crashed", "failed",
+    "installing", "created", "unknown"]);
+  const WORKER_STATES = new Set(["alive", "frozen", "shutdown", "unknown"]);
+  const STREAMS = new Set(["stdout", "stderr", "install", "manman"]);
+
+  const $ = (id) => document.getElementById(id);
+  const enc = encodeURIComponent;
+
+  let token = sessionStorage.getItem(TOKEN_KEY);
+  let refreshGen = 0;
+  let refreshTimer = null;
+  let servers = new Map();   // id -> server as GET /server returns it
+  let workers = new Map();   // id -> worker
+  let listLoaded = false;
+  let selectedId = null;     // id (or name, until the list resolves it) of the open server
+  let term = null;           // the open server's Console
+  let actionTimer = null;
+
+  // -- the API -------------------------------------------------------------------------------
+
+  class AuthError extends Error {}
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  async function api(method, path, body) {
+    const used = token;
+    if (!used) throw new AuthError("not signed in");
+    const init = {
+      method,
+      cache: "no-store",
+      credentials: "omit",
+      headers: { Authorization: "Bearer " + used, Accept: "application/json" },
+    };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(path, init);
+    } catch (e) {
+      throw new ApiError(0, "unreachable", "the host is unreachable (" + e.message + ")");
+    }
+    const text = await resp.text();
+    let data = null;
+    if (text) {
+      try { data = JSON.parse(text); } catch (e) { data = null; }
+    }
+    const err = (data && typeof data.error === "object" && data.error) || {};
+    if (resp.status === 401) {
+      const msg = err.message || "the token was refused";
+      if (token === used) signOut("Signed out: " + msg, true);
+      throw new AuthError(msg);
+    }
+    if (!resp.ok) {
+      throw new ApiError(resp.status, err.code || "http_" + resp.status,
+        err.message || "HTTP " + resp.status);
+    }
+    return data;
+  }
+
+  // -- small helpers -------------------------------------------------------------------------
+
+  function show(el, visible) { el.hidden = !visible; }
+
+  function setMessage(el, text, kind) {
+    el.textContent = text || "";
+    el.classList.toggle("error", kind === "error");
+    el.classList.toggle("ok", kind === "ok");
+    show(el, Boolean(text));
+  }
+
+  function stateClass(state) { return STATES.has(state) ? state : "unknown"; }
+
+  function setBadge(el, state, known) {
+    const s = String(state || "unknown");
+    el.textContent = s;
+    el.dataset.state = s;
+    el.className = "badge state-" + ((known || STATES).has(s) ? s : "unknown");
+  }
+
+  function pad(n, w) { return String(n).padStart(w || 2, "0"); }
+
+  function clock(ts) {
+    const d = new Date(ts * 1000);
+    return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." +
+      pad(d.getMilliseconds(), 3);
+  }
+
+  function duration(seconds) {
+    seconds = Math.max(0, Math.floor(seconds));
+    const d = Math.floor(seconds / 86400);
+    const h = Math.floor(seconds % 86400 / 3600);
+    const m = Math.floor(seconds % 3600 / 60);
+    const s = seconds % 60;
+    if (d) return d + "d " + h + "h";
+    if (h) return h + "h " + m + "m";
+    if (m) return m + "m " + s + "s";
+    return s + "s";
+  }
+
+  function cell(tr, i) {
+    while (tr.cells.length <= i) tr.insertCell();
+    return tr.cells[i];
+  }
+
+  // -- sign in / out -------------------------------------------------------------------------
+
+  function showLogin(message, isError) {
+    show($("main-view"), false);
+    show($("login-view"), true);
+    setMessage($("login-message"), message, isError ? "error" : "ok");
+    $("login-token").value = "";
+    $("login-token").focus();
+    document.title = "manman — sign in";
+  }
+
+  function signOut(message, isError) {
+    token = null;
+    sessionStorage.removeItem(TOKEN_KEY);
+    refreshGen++;
+    clearTimeout(refreshTimer);
+    closeConsole();
+    servers = new Map();
+    workers = new Map();
+    listLoaded = false;
+    selectedId = null;
+    show($("server-view"), false);
+    show($("no-selection"), true);
+    $("workers").tBodies[0].replaceChildren();
+    $("servers").tBodies[0].replaceChildren();
+    showLogin(message, isError);
+  }
+
+  async function onLogin(ev) {
+    ev.preventDefault();
+    const candidate = $("login-token").value.trim();
+    if (!candidate) return;
+    const button = $("login-button");
+    button.disabled = true;
+    setMessage($("login-message"), "");
+    token = candidate;
+    try {
+      await api("GET", "/worker");   // proves the token before keeping it
+      sessionStorage.setItem(TOKEN_KEY, candidate);
+      showMain();
+    } catch (e) {
+      if (e instanceof AuthError) {
+        showLogin("That token was refused (" + e.message + ").", true);
+      } else {
+        token = null;
+        const msg = e.status === 403 ? "This token is not an admin token." : e.message;
+        showLogin(msg, true);
+      }
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function showMain() {
+    show($("login-view"), false);
+    show($("main-view"), true);
+    $("login-token").value = "";
+    refreshGen++;
+    refresh(refreshGen);
+    route();
+  }
+
+  // -- worker and server lists ---------------------------------------------------------------
+
+  async function refresh(gen) {
+    clearTimeout(refreshTimer);
+    try {
+      const [w, s] = await Promise.all([api("GET", "/worker"), api("GET", "/server")]);
+      if (gen !== refreshGen) return;
+      workers = new Map((w.workers || []).map((x) => [x.id, x]));
+      servers = new Map((s.servers || []).map((x) => [x.id, x]));
+      listLoaded = true;
+      renderWorkers();
+      renderServers();
+      renderServerView();
+      setMessage($("list-message"), "");
+      $("refresh-status").textContent = "updated " + clock(Date.now() / 1000).slice(0, 8);
+    } catch (e) {
+      if (e instanceof AuthError || gen !== refreshGen) return;
+      setMessage($("list-message"), e.message, "error");
+      $("refresh-status").textContent = "host unreachable — retrying";
+    }
+    if (gen === refreshGen) refreshTimer = setTimeout(() => refresh(gen), REFRESH_MS);
+  }
+
+  function renderWorkers() {
+    const body = $("workers").tBodies[0];
+    const rows = new Map([...body.rows].map((tr) => [tr.dataset.workerId, tr]));
+    const list = [...workers.values()].sort((a, b) => a.name.localeCompare(b.name));
+    for (const w of list) {
+      let tr = rows.get(w.id);
+      rows.delete(w.id);
+      if (!tr) {
+        tr = document.createElement("tr");
+        tr.dataset.workerId = w.id;
+      }
+      tr.dataset.workerName = w.name;
+      cell(tr, 0).textContent = w.name;
+      cell(tr, 0).title = w.address ? w.name + " — " + w.address : w.name;
+      let badge = cell(tr, 1).firstElementChild;
+      if (!badge) badge = cell(tr, 1).appendChild(document.createElement("span"));
+      setBadge(badge, w.status, WORKER_STATES);
+      cell(tr, 2).textContent = String(w.servers);
+      cell(tr, 2).className = "num";
+      body.appendChild(tr);
+    }
+    for (const tr of rows.values()) tr.remove();
+    $("worker-count").textContent = String(list.length);
+    show($("workers-empty"), list.length === 0);
+  }
+
+  function renderServers() {
+    const body = $("servers").tBodies[0];
+    const rows = new Map([...body.rows].map((tr) => [tr.dataset.serverId, tr]));
+    const list = [...servers.values()].sort((a, b) => a.name.localeCompare(b.name));
+    for (const s of list) {
+      let tr = rows.get(s.id);
+      rows.delete(s.id);
+      if (!tr) {
+        tr = document.createElement("tr");
+        tr.dataset.serverId = s.id;
+        tr.tabIndex = 0;
+      }
+      tr.dataset.serverName = s.name;
+      tr.dataset.state = s.state;
+      tr.classList.toggle("selected", s.id === selectedId);
+      cell(tr, 0).textContent = s.name;
+      cell(tr, 0).title = s.game_id;
+      const c = cell(tr, 1);
+      let badge = c.firstElementChild;
+      if (!badge) badge = c.appendChild(document.createElement("span"));
+      setBadge(badge, s.state);
+      badge.title = s.error || (s.state === "installing" && s.install_progress != null
+        ? "install " + Math.round(s.install_progress) + "%" : "");
+      const w = workers.get(s.worker_id);
+      cell(tr, 2).textContent = w ? w.name : (s.worker_id || "—");
+      body.appendChild(tr);
+    }
+    for (const tr of rows.values()) tr.remove();
+    $("server-count").textContent = String(list.length);
+    show($("servers-empty"), list.length === 0);
+  }
+
+  function findServer(key) {
+    if (!key) return null;
+    if (servers.has(key)) return servers.get(key);
+    for (const s of servers.values()) if (s.name === key) return s;
+    return null;
+  }
+
+  // -- one server's view ---------------------------------------------------------------------
+
+  function route() {
+    const m = /^#\/server\/([^/]+)$/.exec(location.hash);
+    const key = m ? decodeURIComponent(m[1]) : null;
+    if (!token) return;
+    if (key === selectedId) return;
+    openServer(key);
+  }
+
+  function openServer(key) {
+    closeConsole();
+    selectedId = key;
+    setMessage($("action-message"), "");
+    $("command-input").value = "";
+    if (!key) {
+      show($("server-view"), false);
+      show($("no-selection"), true);
+      renderServers();
+      return;
+    }
+    const s = findServer(key);
+    if (s) selectedId = s.id;
+    show($("no-selection"), false);
+    show($("server-view"), true);
+    term = new Console(selectedId);
+    term.connect();
+    renderServers();
+    renderServerView();
+  }
+
+  function closeConsole() {
+    if (term) term.close();
+    term = null;
+  }
+
+  function renderServerView() {
+    if (!selectedId) return;
+    let s = findServer(selectedId);
+    if (s && s.id !== selectedId) {   // opened by name: now we know its id
+      selectedId = s.id;
+    }
+    if (!s) {
+      if (listLoaded) {
+        $("server-name").textContent = selectedId;
+        setBadge($("server-state"), "unknown");
+        setMessage($("server-error"), "No such server (deleted?).", "error");
+      }
+      return;
+    }
+    // the console's state frames are fresher than the list while its websocket is live
+    const live = term && term.live && term.liveState ? term.liveState : null;
+    const state = live ? live.state : s.state;
+    const pid = live ? live.pid : s.pid;
+    const restarts = live && live.restarts != null ? live.restarts : s.restarts;
+    const progress = live ? live.install_progress : s.install_progress;
+    $("server-name").textContent = s.name;
+    setBadge($("server-state"), state);
+    const w = workers.get(s.worker_id);
+    $("detail-game").textContent = s.game_id;
+    $("detail-worker").textContent = w ? w.name + " (" + w.status + ")" : (s.worker_id || "—");
+    $("detail-pid").textContent = pid == null ? "—" : String(pid);
+    $("detail-uptime").textContent = (state === "running" || state === "starting") &&
+      s.started_at ? duration(Date.now() / 1000 - s.started_at) : "—";
+    $("detail-restarts").textContent = String(restarts ?? 0);
+    show($("detail-progress-row"), state === "installing");
+    $("detail-progress").textContent = progress == null ? "…" : Math.round(progress) + "%";
+    setMessage($("server-error"), state === "failed" || s.error ? s.error || "" : "", "error");
+    document.title = "manman — " + s.name + " (" + state + ")";
+  }
+
+  async function onAction(ev) {
+    const button = ev.target.closest("button[data-action]");
+    if (!button || !selectedId) return;
+    const action = button.dataset.action;
+    const id = selectedId;
+    const buttons = document.querySelectorAll(".actions button");
+    buttons.forEach((b) => { b.disabled = true; });
+    clearTimeout(actionTimer);
+    setMessage($("action-message"), action + "…");
+    try {
+      const r = await api("POST", "/server/" + enc(id) + "/command", { type: action });
+      if (id !== selectedId) return;
+      setMessage($("action-message"), r && r.delivered === false
+        ? action + " queued: the worker is unreachable; it applies when the worker is back"
+        : action + " sent", "ok");
+      actionTimer = setTimeout(() => setMessage($("action-message"), ""), 5000);
+      refresh(refreshGen);
+    } catch (e) {
+      if (e instanceof AuthError || id !== selectedId) return;
+      setMessage($("action-message"), e.message, "error");
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
+  // -- the console ---------------------------------------------------------------------------
+
+  const history = [];
+  let historyPos = 0;
+
+  async function onCommand(ev) {
+    ev.preventDefault();
+    const input = $("command-input");
+    const data = input.value;
+    if (!data.trim() || !term) return;
+    if (history[history.length - 1] !== data) history.push(data);
+    if (history.length > 100) history.shift();
+    historyPos = history.length;
+    input.value = "";
+    const id = term.serverId;
+    if (term.send({ type: "command", data })) {
+      term.echo(data);
+      return;
+    }
+    // no live websocket: the API delivers it (or says why not)
+    try {
+      await api("POST", "/server/" + enc(id) + "/command", { type: "command", data });
+      if (term && term.serverId === id) term.echo(data);
+    } catch (e) {
+      if (!(e instanceof AuthError) && id === selectedId) {
+        setMessage($("action-message"), e.message, "error");
+      }
+    }
+  }
+
+  function onCommandKey(ev) {
+    const input = ev.target;
+    if (ev.key === "ArrowUp" && historyPos > 0) {
+      historyPos--;
+      input.value = history[historyPos];
+      ev.preventDefault();
+    } else if (ev.key === "ArrowDown" && historyPos < history.length) {
+      historyPos++;
+      input.value = history[historyPos] || "";
+      ev.preventDefault();
+    }
+  }
+
+  function renderLine(item) {
+    const div = document.createElement("div");
+    if (item.marker) {
+      div.className = "line marker " + item.marker;
+      div.textContent = item.text;
+      return div;
+    }
+    if (item.local) {   // a command typed here: not a console line, no seq
+      div.className = "line s-input";
+    } else {
+      const stream = STREAMS.has(item.stream) ? item.stream : "stdout";
+      div.className = "line s-" + stream;
+      div.dataset.seq = String(item.seq);
+      div.dataset.stream = stream;
+    }
+    const ts = document.createElement("span");
+    ts.className = "ts";
+    ts.textContent = typeof item.ts === "number" ? clock(item.ts) : "";
+    const tx = document.createElement("span");
+    tx.className = "tx";
+    tx.textContent = String(item.text);
+    div.append(ts, tx);
+    return div;
+  }
+
+  class Console {
+    constructor(serverId) {
+      this.serverId = serverId;
+      this.el = $("console");
+      this.el.replaceChildren();
+      this.lastSeq = null;       // last line shown: reconnects resume at lastSeq + 1
+      this.pending = [];         // lines waiting for the next frame
+      this.flushScheduled = false;
+      this.flushTimer = null;
+      this.follow = true;        // auto-scroll: only while the user is at the bottom
+      this.gen = 0;
+      this.ws = null;
+      this.live = false;
+      this.liveState = null;
+      this.closed = false;
+      this.backoff = BACKOFF_FIRST_MS;
+      this.retryTimer = null;
+      this.pingTimer = null;
+      this.openedAt = 0;
+      this.expired = false;
+      this.onScroll = () => {
+        const el = this.el;
+        this.follow = el.scrollHeight - el.scrollTop - el.clientHeight < 24;
+        show($("console-follow"), !this.follow);
+      };
+      this.el.addEventListener("scroll", this.onScroll, { passive: true });
+      show($("console-follow"), false);
+      $("console-count").textContent = "";
+      this.status("closed", "connecting…");
+    }
+
+    status(kind, text) {
+      const el = $("console-status");
+      el.dataset.conn = kind;
+      el.textContent = text;
+    }
+
+    async connect() {
+      if (this.closed) return;
+      const gen = ++this.gen;
+      this.status("connecting", "connecting…");
+      let consoleToken;
+      try {
+        const page = await api("GET", "/server/" + enc(this.serverId) + "/log?limit=1");
+        consoleToken = page && page.token;
+        if (!consoleToken) throw new ApiError(0, "no_token", "the host gave no console token");
+      } catch (e) {
+        if (e instanceof AuthError || this.closed || gen !== this.gen) return;
+        this.retry(gen, e.message);
+        return;
+      }
+      if (this.closed || gen !== this.gen) return;
+      const q = new URLSearchParams();
+      if (this.lastSeq === null) q.set("tail", "200");
+      else q.set("since", String(this.lastSeq + 1));
+      q.set("token", consoleToken);   // the short-lived console token, never the admin token
+      const proto = location.protocol === "https:" ? "wss:" : "ws:";
+      const url = proto + "//" + location.host + "/server/" + enc(this.serverId) +
+        "/log/ws?" + q.toString();
+      let ws;
+      try {
+        ws = new WebSocket(url);
+      } catch (e) {
+        this.retry(gen, e.message);
+        return;
+      }
+      this.ws = ws;
+      this.expired = false;
+      ws.onopen = () => {
+        if (gen !== this.gen) return;
+        this.openedAt = Date.now();
+        this.pingTimer = setInterval(() => this.send({ type: "ping" }), PING_MS);
+      };
+      ws.onmessage = (ev) => { if (gen === this.gen) this.onFrame(ev.data); };
+      ws.onclose = () => {
+        if (gen !== this.gen) return;
+        clearInterval(this.pingTimer);
+        this.ws = null;
+        const wasLive = this.live;
+        this.live = false;
+        if (wasLive) renderServerView();
+        if (this.openedAt && Date.now() - this.openedAt > 5000) this.backoff = BACKOFF_FIRST_MS;
+        this.openedAt = 0;
+        if (!this.closed) this.retry(gen, "disconnected");
+      };
+    }
+
+    retry(gen, why) {
+      if (this.closed || gen !== this.gen) return;
+      // an expired console token: a fresh one now, with no wait
+      const delay = this.expired ? 0 : this.backoff + Math.floor(Math.random() * 250);
+      if (!this.expired) this.backoff = Math.min(this.backoff * 2, BACKOFF_MAX_MS);
+      this.status("retry", why + " — reconnecting in " + (delay / 1000).toFixed(1) + " s");
+      clearTimeout(this.retryTimer);
+      this.retryTimer = setTimeout(() => { if (gen === this.gen) this.connect(); }, delay);
+    }
+
+    send(frame) {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+      this.ws.send(JSON.stringify(frame));
+      return true;
+    }
+
+    onFrame(data) {
+      let f;
+      try { f = JSON.parse(data); } catch (e) { return; }
+      if (!f || typeof f !== "object") return;
+      switch (f.type) {
+        case "hello":
+          this.live = true;
+          this.status("open", "live");
+          if (typeof f.state === "string") this.liveState = { state: f.state };
+          renderServerView();
+          break;
+        case "lines":
+          for (const line of f.lines || []) {
+            if (this.lastSeq !== null && line.seq <= this.lastSeq) continue;   // no duplicates
+            this.push(line);
+            this.lastSeq = line.seq;
+          }
+          break;
+        case "gap": {
+          if (this.lastSeq !== null && f.to_seq <= this.lastSeq) break;
+          const n = f.to_seq - f.from_seq + 1;
+          this.push({ marker: "gap", text: "… " + n + " line" + (n === 1 ? "" : "s") +
+            " skipped (" + f.reason + ") …" });
+          this.lastSeq = f.to_seq;
+          break;
+        }
+        case "state":
+          this.liveState = f;
+          renderServerView();
+          renderServers();
+          break;
+        case "error":
+          if (f.code === "token_expired") {   // routine: reconnect at once with a fresh one
+            this.expired = true;
+            this.push({ marker: "info", text: "console token expired — reconnecting" });
+          } else {
+            this.push({ marker: "error", text: "error " + f.code + ": " + f.message });
+          }
+          break;
+        default:   // pong, or a frame type this page does not know
+          break;
+      }
+    }
+
+    echo(data) { this.push({ local: true, ts: Date.now() / 1000, text: data }); }
+
+    push(item) {
+      const p = this.pending;
+      p.push(item);
+      // a hidden tab gets no animation frames: never hold more than the DOM would keep
+      if (p.length > 2 * MAX_LINES) p.splice(0, p.length - MAX_LINES);
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        requestAnimationFrame(() => this.flush());
+        this.flushTimer = setTimeout(() => this.flush(), 250);
+      }
+    }
+
+    flush() {
+      if (!this.flushScheduled) return;
+      this.flushScheduled = false;
+      clearTimeout(this.flushTimer);
+      const items = this.pending;
+      this.pending = [];
+      if (this.closed || !items.length) return;
+      const el = this.el;
+      const start = Math.max(0, items.length - MAX_LINES);
+      const frag = document.createDocumentFragment();
+      for (let i = start; i < items.length; i++) frag.appendChild(renderLine(items[i]));
+      if (items.length - start >= MAX_LINES) {
+        el.replaceChildren(frag);
+      } else {
+        el.appendChild(frag);
+        const excess = el.childElementCount - MAX_LINES;
+        if (excess > 0) {
+          const range = document.createRange();
+          range.setStartBefore(el.firstChild);
+          range.setEndAfter(el.children[excess - 1]);
+          range.deleteContents();
+        }
+      }
+      if (this.follow) el.scrollTop = el.scrollHeight;
+      $("console-count").textContent = el.childElementCount + " lines" +
+        (this.lastSeq !== null ? " · seq " + this.lastSeq : "");
+    }
+
+    clear() {
+      this.pending = [];
+      this.el.replaceChildren();
+      $("console-count").textContent = "";
+    }
+
+    close() {
+      this.closed = true;
+      this.gen++;
+      this.live = false;
+      clearTimeout(this.retryTimer);
+      clearTimeout(this.flushTimer);
+      clearInterval(this.pingTimer);
+      this.el.removeEventListener("scroll", this.onScroll);
+      if (this.ws) {
+        try { this.ws.close(1000); } catch (e) { /* already closing */ }
+      }
+      this.ws = null;
+      this.status("closed", "disconnected");
+    }
+  }
+
+  // -- wiring --------------------------------------------------------------------------------
+
+  function init() {
+    $("login-form").addEventListener("submit", onLogin);
+    $("logout-button").addEventListener("click", () => {
+      location.hash = "";
+      signOut("Signed out.", false);
+    });
+    $("servers").tBodies[0].addEventListener("click", (ev) => {
+      const tr = ev.target.closest("tr[data-server-id]");
+      if (tr) location.hash = "#/server/" + enc(tr.dataset.serverId);
+    });
+    $("servers").tBodies[0].addEventListener("keydown", (ev) => {
+      const tr = ev.target.closest("tr[data-server-id]");
+      if (tr && (ev.key === "Enter" || ev.key === " ")) {
+        ev.preventDefault();
+        location.hash = "#/server/" + enc(tr.dataset.serverId);
+      }
+    });
+    document.querySelector(".actions").addEventListener("click", onAction);
+    $("command-form").addEventListener("submit", onCommand);
+    $("command-input").addEventListener("keydown", onCommandKey);
+    $("console-clear").addEventListener("click", () => { if (term) term.clear(); });
+    $("console-follow").addEventListener("click", () => {
+      const el = $("console");
+      el.scrollTop = el.scrollHeight;
+    });
+    window.addEventListener("hashchange", route);
+    setInterval(() => { if (token && selectedId) renderServerView(); }, 1000);   // uptime
+    if (token) showMain();
+    else showLogin("", false);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();
