@@ -26,6 +26,10 @@ from manman.models import validation_message
 log = logging.getLogger("manman.api")
 
 MAX_BODY = 1 << 20
+# query parameters as OpenAPI describes them (the same bounds query_int enforces)
+SINCE = {"type": "integer", "minimum": 0, "maximum": 1 << 62}
+LIMIT = {"type": "integer", "minimum": 1, "maximum": 10000}
+TAIL = {"type": "integer", "minimum": 0, "maximum": 100000}
 _encode = msgspec.json.Encoder().encode
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -49,8 +53,12 @@ def not_found(what: str) -> ApiError:
 
 
 def error_response(status: int, code: str, message: str) -> Response:
-    return Response(_encode({"error": {"code": code, "message": message}}), status=status,
-                    content_type="application/json")
+    try:
+        body = _encode({"error": {"code": code, "message": message}})
+    except msgspec.EncodeError:  # a message quoting text no UTF-8 can hold
+        body = _encode({"error": {"code": code, "message": message.encode(
+            "utf-8", "replace").decode()}})
+    return Response(body, status=status, content_type="application/json")
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
@@ -106,12 +114,30 @@ async def read_body(model: type[Any]) -> Any:
     data = await request.get_data(cache=False)
     if not data.strip():
         raise ApiError(400, "a JSON body is required", "bad_request")
+    if b"\\u0000" in data and _NUL_ESCAPE.search(data):
+        # JSON can carry NUL only escaped; no text of ours may hold one (PostgreSQL cannot)
+        raise ApiError(422, "NUL characters are not accepted", "invalid")
     try:
-        return msgspec.json.decode(data, type=model)
+        value = msgspec.json.decode(data, type=model)
     except msgspec.ValidationError as e:
         raise ApiError(422, validation_message(e), "invalid") from None
     except msgspec.DecodeError as e:
         raise ApiError(400, f"body is not valid JSON: {e}", "bad_request") from None
+    if b"\\u" in data.lower() and _has_lone_surrogate(data):
+        raise ApiError(422, "text with unpaired UTF-16 surrogates is not accepted", "invalid")
+    return value
+
+
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _has_lone_surrogate(data: bytes) -> bool:
+    """A JSON escape like \\udc00 with no partner decodes to text no UTF-8 can hold."""
+    try:
+        msgspec.json.encode(msgspec.json.decode(data))
+    except msgspec.EncodeError:
+        return True
+    return False
 
 
 @dataclass
@@ -123,7 +149,7 @@ class RouteDoc:
     body: type[Any] | None
     response: Any
     status: int
-    query: dict[str, str] = field(default_factory=dict)
+    query: dict[str, Any] = field(default_factory=dict)  # name → type name or schema
     errors: tuple[int, ...] = ()
     websocket: bool = False
     media: str = "application/json"
@@ -166,6 +192,9 @@ class Api:
         if status == 413:
             # the rest of that body is never read: the connection cannot carry another request
             resp.headers["Connection"] = "close"
+        allowed = getattr(e, "valid_methods", None)
+        if status == 405 and allowed:
+            resp.headers["Allow"] = ", ".join(sorted(allowed))
         return resp
 
     @staticmethod
@@ -175,7 +204,7 @@ class Api:
 
     def route(self, method: str, path: str, *, auth: str = "admin", body: type[Any] | None = None,
               response: Any = None, status: int = 200, summary: str = "",
-              query: dict[str, str] | None = None, errors: tuple[int, ...] = (),
+              query: dict[str, Any] | None = None, errors: tuple[int, ...] = (),
               media: str = "application/json"
               ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Any]]]:
         doc = RouteDoc(method, path, summary, auth, body, response, status, query or {}, errors,
@@ -210,7 +239,7 @@ class Api:
         return decorate
 
     def websocket(self, path: str, *, auth: str, summary: str,
-                  query: dict[str, str] | None = None
+                  query: dict[str, Any] | None = None
                   ) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
         self.docs.append(RouteDoc("GET", path, summary, auth, None, None, 101, query or {},
                                   (401, 403, 404), websocket=True))

@@ -20,8 +20,28 @@ MAX_LINE = 4096
 Seconds = Annotated[float, Meta(ge=0, le=86400 * 7)]
 PositiveSeconds = Annotated[float, Meta(gt=0, le=86400)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
-Executable = Annotated[str, Meta(min_length=1, max_length=4096)]
-ConsoleLine = Annotated[str, Meta(max_length=MAX_LINE)]
+# Patterns tell OpenAPI what validate_spec (and the edge's NUL check) enforce with messages
+# a person can read; as `extra_json_schema` they document without replacing those messages.
+
+
+def _schema_pattern(pattern: str) -> dict[str, str]:
+    return {"pattern": pattern}
+
+
+_TEXT = _schema_pattern(r"^[^\x00]*$")
+Executable = Annotated[str, Meta(min_length=1, max_length=4096, extra_json_schema=_TEXT)]
+ConsoleLine = Annotated[str, Meta(max_length=MAX_LINE,
+                                  extra_json_schema=_schema_pattern(r"^[^\x00\r\n]*$"))]
+Arg = Annotated[str, Meta(max_length=MAX_ARGS_BYTES, extra_json_schema=_TEXT)]
+EnvKey = Annotated[str, Meta(extra_json_schema=_schema_pattern(
+    r"^(?!MANMAN_)[A-Za-z_][A-Za-z0-9_]{0,127}$"))]
+EnvValue = Annotated[str, Meta(max_length=MAX_ENV_BYTES, extra_json_schema=_TEXT)]
+GameId = Annotated[str, Meta(min_length=3, max_length=4096, extra_json_schema=_schema_pattern(
+    r"^(steamcmd:[0-9]{1,12}|docker:[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}"
+    r"|exec:[^\x00-][^\x00]*)$"))]
+WorkerId = Annotated[str, Meta(max_length=64,
+                               extra_json_schema=_schema_pattern(r"^[a-z0-9-]{1,64}$"))]
+Pattern = Annotated[str, Meta(max_length=1024, extra_json_schema=_TEXT)]
 
 STATES = ("created", "installing", "stopped", "starting", "running", "stopping", "crashed",
           "failed", "unknown")
@@ -64,16 +84,14 @@ class ServerSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     """What a user gives to create a server."""
 
     name: Annotated[str, Meta(pattern=NAME_PATTERN)]
-    game_id: Annotated[str, Meta(min_length=3, max_length=4096)]
-    worker_id: Annotated[str, Meta(max_length=64)] | None = None
+    game_id: GameId
+    worker_id: WorkerId | None = None
     executable: Executable | None = None
-    args: Annotated[list[Annotated[str, Meta(max_length=MAX_ARGS_BYTES)]],
-                    Meta(max_length=1024)] = msgspec.field(default_factory=list)
-    env: dict[str, Annotated[str, Meta(max_length=MAX_ENV_BYTES)]] = msgspec.field(
-        default_factory=dict)
+    args: Annotated[list[Arg], Meta(max_length=1024)] = msgspec.field(default_factory=list)
+    env: dict[EnvKey, EnvValue] = msgspec.field(default_factory=dict)
     stop_command: ConsoleLine | None = None
     stop_timeout: Seconds = 30.0
-    ready_pattern: Annotated[str, Meta(max_length=1024)] | None = None
+    ready_pattern: Pattern | None = None
     restart: RestartSpec = msgspec.field(default_factory=RestartSpec)
     health: HealthSpec = msgspec.field(default_factory=HealthSpec)
     ports: Annotated[list[PortSpec], Meta(max_length=64)] = msgspec.field(default_factory=list)
@@ -151,16 +169,14 @@ _UPDATABLE = ("name", "executable", "args", "env", "stop_command", "stop_timeout
 
 class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     name: Annotated[str, Meta(pattern=NAME_PATTERN)] | msgspec.UnsetType = msgspec.UNSET
-    worker_id: str | msgspec.UnsetType | None = msgspec.UNSET
-    game_id: str | msgspec.UnsetType = msgspec.UNSET
+    worker_id: WorkerId | msgspec.UnsetType | None = msgspec.UNSET
+    game_id: GameId | msgspec.UnsetType = msgspec.UNSET
     executable: Executable | msgspec.UnsetType | None = msgspec.UNSET
-    args: Annotated[list[Annotated[str, Meta(max_length=MAX_ARGS_BYTES)]],
-                    Meta(max_length=1024)] | msgspec.UnsetType = msgspec.UNSET
-    env: dict[str, Annotated[str, Meta(max_length=MAX_ENV_BYTES)]] | \
-        msgspec.UnsetType = msgspec.UNSET
+    args: Annotated[list[Arg], Meta(max_length=1024)] | msgspec.UnsetType = msgspec.UNSET
+    env: dict[EnvKey, EnvValue] | msgspec.UnsetType = msgspec.UNSET
     stop_command: ConsoleLine | msgspec.UnsetType | None = msgspec.UNSET
     stop_timeout: Seconds | msgspec.UnsetType = msgspec.UNSET
-    ready_pattern: Annotated[str, Meta(max_length=1024)] | msgspec.UnsetType | None = msgspec.UNSET
+    ready_pattern: Pattern | msgspec.UnsetType | None = msgspec.UNSET
     restart: RestartSpec | msgspec.UnsetType = msgspec.UNSET
     health: HealthSpec | msgspec.UnsetType = msgspec.UNSET
     ports: Annotated[list[PortSpec], Meta(max_length=64)] | msgspec.UnsetType = msgspec.UNSET
@@ -302,7 +318,8 @@ class WorkerCredentials(Struct):
 
 class WorkerRegister(Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=253)]
-    api_url: Annotated[str, Meta(max_length=2048)]
+    # empty: the host never calls it (a worker it cannot reach)
+    api_url: Annotated[str, Meta(max_length=2048, pattern=r"^(https?://[^\s]+)?$")]
     address: Annotated[str, Meta(max_length=253)] = ""
     version: Annotated[str, Meta(max_length=64)] = ""
     capacity: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -29,7 +29,7 @@ def build_openapi(title: str, version: str, docs: list[Any]) -> dict[str, Any]:
                   for n in re.findall(r"\{(\w+)\}", d.path)]
         for name, kind in d.query.items():
             params.append({"name": name, "in": "query", "required": False,
-                           "schema": {"type": kind}})
+                           "schema": kind if isinstance(kind, dict) else {"type": kind}})
         if params:
             op["parameters"] = params
         if d.auth != "none":
@@ -41,6 +41,7 @@ def build_openapi(title: str, version: str, docs: list[Any]) -> dict[str, Any]:
         if d.websocket:
             op["description"] = ("A websocket (HTTP Upgrade). Frames follow the console "
                                  "protocol of SPEC.md.")
+            op["x-websocket"] = True
             responses["101"] = {"description": "Switching to the websocket protocol"}
         elif d.media != "application/json":
             responses[str(d.status)] = {"description": "OK", "content": {

@@ -12,6 +12,9 @@ from quart import Response, request, websocket
 
 from manman import auth, models
 from manman.apikit import (
+    LIMIT,
+    SINCE,
+    TAIL,
     Api,
     ApiError,
     bearer_token,
@@ -203,7 +206,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
         return json_response(await control.command(s, body, actor), 202)
 
     @api.route("GET", "/server/{server_id}/log", auth="console", response=models.LogPage,
-               query={"since": "integer", "limit": "integer"}, errors=(503,),
+               query={"since": SINCE, "limit": LIMIT}, errors=(503,),
                summary="Stored console lines, and a websocket URL and token to watch live")
     async def log_history(who: Principal, server_id: str) -> Response:
         s = control.server(server_id)
@@ -226,7 +229,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
         return json_response(page)
 
     @api.websocket("/server/{server_id}/log/ws", auth="console",
-                   query={"since": "integer", "tail": "integer", "token": "string"},
+                   query={"since": SINCE, "tail": TAIL, "token": "string"},
                    summary="The live console, proxied from the worker")
     async def log_ws(who: Principal, server_id: str) -> None:
         s = control.server(server_id)

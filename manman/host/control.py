@@ -223,8 +223,10 @@ class Control:
 
     def _audit(self, actor: str, s: ServerRec, cmd: models.Command, delivered: bool,
                result: str, command_id: str | None = None) -> None:
+        data = cmd.data.replace("\x00", "\ufffd") if cmd.data else cmd.data
         self.fleet.record_command((command_id or uuid.uuid4().hex, time.time(), actor, s.id,
-                                   s.worker_id, cmd.type, cmd.data, delivered, result[:1000]))
+                                   s.worker_id, cmd.type, data, delivered,
+                                   result[:1000].replace("\x00", "\ufffd")))
 
     # -- workers ---------------------------------------------------------------------------
 

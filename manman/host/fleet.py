@@ -66,6 +66,7 @@ class Fleet:
         self._by_name: dict[str, str] = {}
         self._dirty_observed: set[str] = set()
         self._commands: list[tuple[Any, ...]] = []
+        self._flush_failures = 0
         self.heartbeats_received = 0
         self.heartbeats_missed = 0
         self._last_status: dict[str, str] = {}
@@ -248,7 +249,15 @@ class Fleet:
         commands, self._commands = self._commands, []
         try:
             await self.store.flush(beats, observed, commands)
+            self._flush_failures = 0
         except Exception:
+            self._flush_failures += 1
+            if self._flush_failures >= 3:
+                # one bad row must not stall every later write: give this batch up
+                log.exception("flush to PostgreSQL failed 3 times; dropped %d command records "
+                              "and %d observed states", len(commands), len(observed))
+                self._flush_failures = 0
+                return
             log.exception("flush to PostgreSQL failed; retrying")
             self._commands[:0] = commands
             self._dirty_observed.update(o[0] for o in observed)

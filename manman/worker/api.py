@@ -14,6 +14,9 @@ from quart import Response, websocket
 from manman import auth, models
 from manman.actor import Busy, ServerActor
 from manman.apikit import (
+    LIMIT,
+    SINCE,
+    TAIL,
     Api,
     ApiError,
     bearer_token,
@@ -250,7 +253,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
         return json_response(await agent.get(server_id).probe())
 
     @api.route("GET", "/server/{server_id}/log", auth="console", response=models.LogPage,
-               query={"since": "integer", "limit": "integer"},
+               query={"since": SINCE, "limit": LIMIT},
                summary="Stored console lines")
     async def log_history(who: Principal, server_id: str) -> Response:
         actor = agent.get(server_id)
@@ -272,7 +275,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
                                             first_seq=broker.first_seq))
 
     @api.websocket("/server/{server_id}/log/ws", auth="console",
-                   query={"since": "integer", "tail": "integer", "token": "string"},
+                   query={"since": SINCE, "tail": TAIL, "token": "string"},
                    summary="The live console (SPEC's console websocket protocol)")
     async def log_ws(who: Principal, server_id: str) -> None:
         actor = agent.get(server_id)

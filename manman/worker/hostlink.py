@@ -30,7 +30,9 @@ def observed(actor: ServerActor) -> models.ObservedServer:
     return models.ObservedServer(
         id=actor.id, observed_generation=actor.generation, state=st.state, ready=st.ready,
         pid=st.pid, exit_code=st.exit_code, restarts=st.restarts,
-        error=st.error[:4096] if st.error else None, install_progress=st.install_progress,
+        # an error may quote a game's or steamcmd's output: no NUL may reach the host
+        error=st.error[:4096].replace("\x00", "\ufffd") if st.error else None,
+        install_progress=st.install_progress,
         started_at=st.started_at, updated_at=st.updated_at)
 
 
