@@ -61,6 +61,26 @@ def error_response(status: int, code: str, message: str) -> Response:
     return Response(body, status=status, content_type="application/json")
 
 
+async def _drain(resp: Response) -> Response:
+    """Read what is left of the request's body before answering: one left unread (an error
+    before the body was read, OPTIONS, a GET with a body) garbles the next request on that
+    keep-alive connection. A body too large to read (413) closes the connection instead."""
+    from quart import has_request_context
+
+    if not has_request_context() or not (request.content_length or
+                                         "transfer-encoding" in request.headers):
+        return resp
+    if resp.status_code != 413:
+        with trio.move_on_after(5):
+            try:
+                await request.get_data(cache=False)
+                return resp
+            except Exception:
+                pass
+    resp.headers["Connection"] = "close"
+    return resp
+
+
 def json_response(obj: Any, status: int = 200) -> Response:
     return Response(_encode(obj), status=status, content_type="application/json")
 
@@ -90,7 +110,7 @@ def query_int(name: str, default: int | None, *, lo: int = 0, hi: int = 1 << 62)
 
     args = (websocket if has_websocket_context() else request).args
     raw = args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw, 10)
@@ -102,8 +122,11 @@ def query_int(name: str, default: int | None, *, lo: int = 0, hi: int = 1 << 62)
 
 
 def query_bool(name: str) -> bool:
-    raw = request.args.get(name, "").lower()
-    if raw in ("", "0", "false", "no"):
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    raw = raw.lower()
+    if raw in ("0", "false", "no"):
         return False
     if raw in ("1", "true", "yes"):
         return True
@@ -174,6 +197,7 @@ class Api:
         self.app.register_error_handler(ApiError, self._api_error)
         self.app.register_error_handler(HTTPException, self._http_error)
         self.app.register_error_handler(Exception, self._crash)
+        self.app.after_request(_drain)
         self.route("GET", "/openapi.json", auth="none", response=dict,
                    summary="This API's OpenAPI description")(self._openapi)
 
@@ -189,9 +213,6 @@ class Api:
         status = e.code or 500
         resp = error_response(status, _STATUS_CODES.get(status, "error"),
                               e.description or e.name)
-        if status == 413:
-            # the rest of that body is never read: the connection cannot carry another request
-            resp.headers["Connection"] = "close"
         allowed = getattr(e, "valid_methods", None)
         if status == 405 and allowed:
             resp.headers["Allow"] = ", ".join(sorted(allowed))

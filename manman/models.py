@@ -42,6 +42,10 @@ GameId = Annotated[str, Meta(min_length=3, max_length=4096, extra_json_schema=_s
 WorkerId = Annotated[str, Meta(max_length=64,
                                extra_json_schema=_schema_pattern(r"^[a-z0-9-]{1,64}$"))]
 Pattern = Annotated[str, Meta(max_length=1024, extra_json_schema=_TEXT)]
+# integers bounded to what SQLite and PostgreSQL `integer` columns hold
+Int32 = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+Generation = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 
 STATES = ("created", "installing", "stopped", "starting", "running", "stopping", "crashed",
           "failed", "unknown")
@@ -347,12 +351,12 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
     """One server's status in a worker's report to its host."""
 
     id: Annotated[str, Meta(max_length=64)]
-    observed_generation: Annotated[int, Meta(ge=0)] = 0
+    observed_generation: Count = 0
     state: ServerState
     ready: bool = False
-    pid: int | None = None
-    exit_code: int | None = None
-    restarts: Annotated[int, Meta(ge=0)] = 0
+    pid: Count | None = None
+    exit_code: Int32 | None = None
+    restarts: Count = 0
     error: Annotated[str, Meta(max_length=4096)] | None = None
     install_progress: Annotated[float, Meta(ge=0, le=100)] | None = None
     started_at: float | None = None
@@ -364,7 +368,8 @@ class Heartbeat(Struct, forbid_unknown_fields=True, kw_only=True):
     servers: Annotated[list[ObservedServer], Meta(max_length=10000)] = msgspec.field(
         default_factory=list)
     # the generations the worker holds, so the host can answer with only what is missing
-    generations: dict[str, int] = msgspec.field(default_factory=dict)
+    generations: dict[Annotated[str, Meta(max_length=64)], Count] = msgspec.field(
+        default_factory=dict)
 
 
 class DesiredServer(Struct, gc=False, kw_only=True):

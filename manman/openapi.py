@@ -54,6 +54,9 @@ def build_openapi(title: str, version: str, docs: list[Any]) -> dict[str, Any]:
         if d.auth != "none":
             codes |= {401, 403}
         for code in sorted(codes):
+            if code < 400:  # another success answer, same body (e.g. 202: done later)
+                responses[str(code)] = responses[str(d.status)]
+                continue
             responses[str(code)] = {"description": "Error", "content": {
                 "application/json": {"schema": error}}}
         op["responses"] = responses

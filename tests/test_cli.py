@@ -175,7 +175,8 @@ async def test_logs_follow_resumes_after_cuts_without_loss_or_duplicates(
     await host.api.wait_for("fl", state="running")
     proxy = CuttableProxy(int(host.url.rsplit(":", 1)[1]))
     port = await bg.start(proxy.serve)
-    argv = [PYTHON, "-m", "manman", "logs", "fl", "-f", "--json", "--tail", "0",
+    start = (await host.api.get("/server/fl/log?limit=1"))["next_seq"]
+    argv = [PYTHON, "-m", "manman", "logs", "fl", "-f", "--json", "--since", str(start),
             "--host-url", f"http://127.0.0.1:{port}", "--token", ADMIN]
     proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE)

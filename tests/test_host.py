@@ -71,13 +71,20 @@ async def test_two_workers_servers_commands_update_delete(host: RunningHost, hos
     assert r.json()["generation"] == 2
     s = await api.wait_for("one", observed_generation=2)
     assert s["stop_timeout"] == 7 and w1.agent.get("one").spec.stop_timeout == 7
-    # delete with purge: stopped gracefully, removed from the worker, files gone
+    # delete with purge: a running server stops gracefully, then goes from the worker with
+    # its files (after the answer: 202); a stopped one goes at once (200)
     sdir = w1.agent.data_dir / "servers" / s1["id"]
     assert sdir.exists()
-    r = await api.request("DELETE", "/server/one?purge=true", expect=200)
-    assert r.json() == {"id": s1["id"], "deleted": True}
-    assert not sdir.exists() and "one" not in [a.spec.name for a in w1.agent.actors.values()]
+    r = await api.request("DELETE", "/server/one?purge=true", expect=202)
+    assert r.json() == {"id": s1["id"], "deleted": False}
     assert (await api.request("GET", "/server/one")).status_code == 404
+    with trio.fail_after(15):
+        while sdir.exists() or s1["id"] in w1.agent.actors or s1["id"] in host.fleet.servers:
+            await trio.sleep(0.05)
+    s3 = await api.post("/server", fake_spec("three", worker_id=id1), expect=201)
+    await api.wait_for("three", state="stopped")
+    r = await api.request("DELETE", "/server/three", expect=200)
+    assert r.json() == {"id": s3["id"], "deleted": True}
     # every accepted command was recorded
     await trio.sleep(0.3)
     rows = await host.control.store.fetch(

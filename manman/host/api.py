@@ -120,7 +120,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
         who = identify(bearer_token(), params.get("server_id"))
         allowed = {
             "admin": who.kind == "admin",
-            "join": who.kind in ("join", "admin"),
+            "join": who.kind == "join",
             "worker": who.kind == "worker" and who.worker_id == params.get("worker_id",
                                                                            who.worker_id),
             "console": who.kind in ("admin", "console") and (
@@ -189,7 +189,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
         s = await control.update_server(control.server(server_id), body)
         return json_response(fleet.server_view(s))
 
-    @api.route("DELETE", "/server/{server_id}", response=DeleteResult, errors=(409,),
+    @api.route("DELETE", "/server/{server_id}", response=DeleteResult, errors=(202, 409),
                query={"purge": "boolean"},
                summary="Stop gracefully, remove from the worker, then delete")
     async def delete_server(who: Principal, server_id: str) -> Response:

@@ -140,25 +140,30 @@ class Control:
                                 json=_spec_body(s))
 
     async def delete_server(self, s: ServerRec, purge: bool) -> bool:
-        """True when gone now; False when the worker removes it once it is back."""
+        """True when gone now; False when it goes later: a running server stops gracefully
+        first (up to its stop_timeout, not while the client waits), and a worker that is
+        away removes it when it is back."""
         w = self.worker(s.worker_id)
         if w.status == "frozen":
             raise ApiError(409, f"worker {w.name} is frozen: it accepts no changes", "frozen")
         await self.store.mark_deleting(s.id, purge)
         s.deleting, s.purge = True, purge
-        gone = w.status == "shutdown"
-        if not gone and self.fleet.reachable(w):
-            try:
-                r = await self.relay.call(w, "DELETE", f"/server/{s.id}",
-                                          params={"stop": "true",
-                                                  "purge": "true" if purge else "false"},
-                                          timeout=s.spec.stop_timeout + 10)
-                gone = r.status_code in (200, 404)
-            except Unreachable:
-                gone = False
-        if gone:
+        if w.status == "shutdown":
             await self.forget(s.id)
-        return gone
+            return True
+        if not self.fleet.reachable(w):
+            return False
+        try:
+            # a live server stops first on the worker (202): the heartbeat tells when it went
+            r = await self.relay.call(w, "DELETE", f"/server/{s.id}",
+                                      params={"stop": "true",
+                                              "purge": "true" if purge else "false"})
+        except Unreachable:
+            return False  # the heartbeat's `remove` list finishes it
+        if r.status_code in (200, 404):
+            await self.forget(s.id)
+            return True
+        return False
 
     async def forget(self, server_id: str) -> None:
         await self.store.delete_server(server_id)

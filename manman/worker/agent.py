@@ -66,6 +66,7 @@ class WorkerAgent:
         self.owner = ""  # labels this worker's containers (SQLite meta, made once)
         self._docker: object | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
+        self.removing: set[str] = set()  # stopping now, deleted once stopped
         self._dirty: set[str] = set()
         self._dirty_wake = trio.Event()
         self._store_lock = trio.Lock()
@@ -160,11 +161,13 @@ class WorkerAgent:
             raise NotFound(key)
         return actor
 
-    def check_writable(self) -> None:
+    def check_writable(self, actor: ServerActor | None = None) -> None:
         if self.status == "frozen":
             raise Frozen()
         if self.status == "shutdown":
             raise Conflict("the worker is shutting down", "shutting_down")
+        if actor is not None and actor.id in self.removing:
+            raise Conflict("the server is being deleted", "deleting")
 
     async def create(self, spec: ServerSpec, server_id: str | None = None,
                      generation: int = 1) -> ServerActor:
@@ -245,6 +248,7 @@ class WorkerAgent:
         self.check_writable()
         if stop:
             await actor.shutdown()
+            self.check_writable()  # the worker may have begun to shut down meanwhile
         actor.check_deletable()
         scope = self._scopes.pop(actor.id, None)
         if scope is not None:
@@ -259,6 +263,24 @@ class WorkerAgent:
             await trio.to_thread.run_sync(shutil.rmtree, actor.server_dir, True)
         for hook in self.on_change:
             hook(actor)  # type: ignore[operator]
+
+    def delete_later(self, actor: ServerActor, purge: bool) -> None:
+        """Stop a live server gracefully and delete it once stopped, in the background: a
+        stop may take its whole stop_timeout, longer than any client should wait."""
+        self.check_writable(actor)
+        self.removing.add(actor.id)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._delete_when_stopped, actor, purge)
+
+    async def _delete_when_stopped(self, actor: ServerActor, purge: bool) -> None:
+        try:
+            await actor.shutdown()
+            self.removing.discard(actor.id)
+            await self.delete(actor, purge=purge)
+        except Conflict as e:
+            log.warning("server %s not deleted: %s", actor.id, e)
+        finally:
+            self.removing.discard(actor.id)
 
     async def set_frozen(self, frozen: bool) -> None:
         if self.status == "shutdown":

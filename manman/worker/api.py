@@ -35,11 +35,11 @@ class WorkerServerCreate(models.ServerSpec, kw_only=True):
     """A create on the worker: a spec, and from a host also its id and generation."""
 
     id: str | None = None
-    generation: int = 1
+    generation: models.Generation = 1
 
 
 class WorkerServerUpdate(models.ServerUpdate, kw_only=True):
-    generation: int | msgspec.UnsetType = msgspec.UNSET
+    generation: models.Generation | msgspec.UnsetType = msgspec.UNSET
 
 
 class ServerList(msgspec.Struct):
@@ -179,6 +179,10 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
     @api.route("POST", "/server", body=WorkerServerCreate, response=models.Server, status=201,
                errors=(409,), summary="Create a server (a host passes its own id)")
     async def create(who: Principal, body: WorkerServerCreate) -> Response:
+        if body.id is None and not agent.cfg.standalone:
+            # the host would remove it at the next heartbeat: its servers are made there
+            raise ApiError(409, "this worker is managed by its host: create servers there",
+                           "managed_by_host")
         spec = models.ServerSpec(**{f: getattr(body, f)
                                     for f in models.ServerSpec.__struct_fields__})
         try:
@@ -195,7 +199,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
                errors=(409,), summary="Change a server's spec")
     async def update(who: Principal, server_id: str, body: WorkerServerUpdate) -> Response:
         actor = agent.get(server_id)
-        agent.check_writable()
+        agent.check_writable(actor)
         if body.name is not msgspec.UNSET and body.name != actor.spec.name and any(
                 a.spec.name == body.name for a in agent.actors.values()):
             raise ApiError(409, f"a server named {body.name} exists", "exists")
@@ -208,13 +212,18 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
         actor.update_spec(spec, generation, body.restart_on_change)
         return json_response(view(actor))
 
-    @api.route("DELETE", "/server/{server_id}", response=Deleted, errors=(409,),
+    @api.route("DELETE", "/server/{server_id}", response=Deleted, errors=(202, 409),
                query={"purge": "boolean", "stop": "boolean"},
                summary="Remove a stopped server (?stop=true stops it first; ?purge=true "
                        "also deletes its files)")
     async def delete(who: Principal, server_id: str) -> Response:
         actor = agent.get(server_id)
-        await agent.delete(actor, stop=query_bool("stop"), purge=query_bool("purge"))
+        stop, purge = query_bool("stop"), query_bool("purge")
+        if stop and actor.status.state in ("installing", "starting", "running", "stopping",
+                                           "crashed"):
+            agent.delete_later(actor, purge)
+            return json_response(Deleted(actor.id, False), 202)
+        await agent.delete(actor, purge=purge)
         return json_response(Deleted(actor.id, True))
 
     def power(action: str, summary: str) -> None:
@@ -222,7 +231,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
                    status=202, errors=(409,), summary=summary)
         async def handler(who: Principal, server_id: str) -> Response:
             actor = agent.get(server_id)
-            agent.check_writable()
+            agent.check_writable(actor)
             {"start": actor.start, "shutdown": actor.stop, "kill": actor.kill,
              "restart": actor.restart, "install": actor.install}[action]()
             return json_response(view(actor), 202)

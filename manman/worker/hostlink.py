@@ -189,7 +189,7 @@ class HostLink:
                 log.warning("cannot apply server %s: %s", d.id, e)
         for rm in reply.remove:
             actor = agent.actors.get(rm.id)
-            if actor is not None and actor.id not in self._removing:
+            if actor is not None and actor.id not in self._removing | agent.removing:
                 self._removing.add(actor.id)
                 nursery.start_soon(self._remove, actor, rm.purge)
 
