@@ -92,8 +92,14 @@ _NON_NEGATIVE = {"worker_timeout", "worker_expiry"}
 _URLS = {"host_url", "advertise_url"}
 
 
+_SECRETS = {"admin_token", "join_token", "api_token"}
+
+
 def _coerce(section: str, key: str, kind: type, raw: Any, from_env: bool) -> Any:
     where = f"{section}.{key}"
+    if key in _SECRETS and not isinstance(raw, str):
+        # a secret's value never goes into a message, even a wrong one
+        raise ConfigError(f"config: {where}: expected a string, got a {type(raw).__name__}")
     if kind is Path:
         kind = str
     if kind is str:

@@ -206,7 +206,9 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
         return json_response(await control.command(s, body, actor), 202)
 
     @api.route("GET", "/server/{server_id}/log", auth="console", response=models.LogPage,
-               query={"since": SINCE, "limit": LIMIT}, errors=(503,),
+               query={"since": SINCE, "limit": LIMIT,
+                      "scope": {"type": "string", "enum": ["read", "write"]}},
+               errors=(503,),
                summary="Stored console lines, and a websocket URL and token to watch live")
     async def log_history(who: Principal, server_id: str) -> Response:
         s = control.server(server_id)
@@ -223,6 +225,11 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
             raise _worker_error(r)
         page = msgspec.json.decode(r.content, type=models.LogPage)
         scopes = [auth.READ, auth.WRITE] if who.kind == "admin" else sorted(who.scopes)
+        wanted = request.args.get("scope")
+        if wanted not in (None, "read", "write"):
+            raise ApiError(422, "scope must be read or write", "invalid")
+        if wanted == "read":  # a token to hand to someone who may only watch
+            scopes = [auth.READ]
         page.token = auth.sign_console_token(secrets.console_key(w), s.id, scopes,
                                              console_ttl, time.time())
         page.websocket_url = relay.console_url(w, s.id, {})

@@ -6,6 +6,7 @@ runs, each server's last observed status, and what it needs to find a game proce
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import msgspec
 
 from manman import aio
 from manman.models import ServerSpec, ServerStatus
+
+# aiosqlite logs every statement with its parameters at DEBUG: the worker token among them
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
