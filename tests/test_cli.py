@@ -218,3 +218,41 @@ async def test_logs_follow_resumes_after_cuts_without_loss_or_duplicates(
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # contiguous, none twice
     paced = [t for t in texts if t.startswith("paced ")]
     assert paced == [f"paced {i}" for i in range(60000)]
+
+
+async def test_install_progress_bar_on_a_terminal(host: RunningHost, hosted: Any,
+                                                  tmp_path: Path, monkeypatch: Any) -> None:
+    import pty
+
+    steamcmd = tmp_path / "steamcmd"
+    steamcmd.write_text(f"#!{PYTHON}\n" + (HERE / "steamcmd_emulator.py").read_text())
+    steamcmd.chmod(0o755)
+    monkeypatch.setenv("STEAMCMD_EMU_HOME", str(tmp_path / "steam-home"))
+    monkeypatch.setenv("STEAMCMD_EMU_GAME", f"{PYTHON} -u {FAKEGAME}")
+    w = await hosted("tty", steamcmd=str(steamcmd))
+    leader, follower = pty.openpty()  # stdout is a terminal: the bar is drawn
+    try:
+        proc = await trio.lowlevel.open_process(
+            [PYTHON, "-m", "manman", "server", "create", "--host-url", host.url, "--token",
+             ADMIN, "slow", "steamcmd:1020", "--worker", w.handle.link.worker_id],
+            stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": "100"})
+        os.close(follower)
+        follower = -1
+        out = b""
+        with trio.fail_after(30):
+            while True:
+                try:
+                    data = await trio.to_thread.run_sync(os.read, leader, 4096)
+                except OSError:  # the terminal closed: the command ended
+                    break
+                if not data:
+                    break
+                out += data
+            assert await proc.wait() == 0
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    text = out.decode(errors="replace")
+    assert "installing slow" in text and "%" in text  # the bar, with its percentage
+    assert "slow created: stopped" in text
