@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -87,6 +88,7 @@ class ServerActor:
         self._backoff: trio.CancelScope | None = None
         self._install_scope: trio.CancelScope | None = None
         self._stdin_send, self._stdin_recv = trio.open_memory_channel[str](STDIN_QUEUE)
+        self._closing = False  # shutdown() began: nothing starts again
         self.started = trio.Event()
 
     # -- the actor's life -----------------------------------------------------------------
@@ -193,7 +195,8 @@ class ServerActor:
             assert run is not None
             run.stop_requested = True
             self._set(state="stopping")
-            self._spawn_task(self._stop_then, run, lambda: self._start_install(then_start=True))
+            self._spawn_task(partial(self._stop_then, install=True), run,
+                             lambda: self._start_install(then_start=True))
         else:
             self._cancel_backoff()
             self._start_install(then_start=self.desired_state == "running"
@@ -231,6 +234,7 @@ class ServerActor:
 
     async def shutdown(self) -> None:
         """Stop the game gracefully (worker shutdown, delete); returns when it has exited."""
+        self._closing = True
         self.desired_state = "stopped"
         self._cancel_backoff()
         # an install in progress is cancelled with the actor and stays `installing` on disk,
@@ -377,7 +381,7 @@ class ServerActor:
             await trio.sleep(delay)
         if self._backoff is scope:
             self._backoff = None
-        if scope.cancelled_caught or self.status.state != "crashed":
+        if scope.cancelled_caught or self.status.state != "crashed" or self._closing:
             return
         self.status.restarts += 1
         self._launch_soon()
@@ -412,10 +416,14 @@ class ServerActor:
             await proc.kill()
             await run.exited.wait()
 
-    async def _stop_then(self, run: Run, then: Callable[[], None]) -> None:
-        """Restart and reinstall: the next step only if nobody killed or changed it meanwhile."""
+    async def _stop_then(self, run: Run, then: Callable[[], None], *, install: bool = False
+                         ) -> None:
+        """Restart and reinstall: the next step only if nobody killed, stopped or deleted it
+        meanwhile (a reinstall still installs, and starts only if still wanted)."""
         await self._stop_run(run)
-        if self.status.state == "stopped" and not run.kill_requested:
+        if self.status.state != "stopped" or run.kill_requested or self._closing:
+            return
+        if install or self.desired_state == "running":
             then()
 
     # -- installs --------------------------------------------------------------------------

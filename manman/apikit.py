@@ -306,6 +306,7 @@ async def serve(app: QuartTrio, listen: str, shutdown: trio.Event,
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
     cfg.websocket_max_message_size = 1 << 20
+    cfg.websocket_ping_interval = 20  # a peer gone without a goodbye is found and closed
     cfg.h11_max_incomplete_size = 64 * 1024
     cfg.keep_alive_timeout = 75
     cfg.graceful_timeout = 3

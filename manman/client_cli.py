@@ -8,7 +8,6 @@ line on stderr with exit code 1; usage errors exit 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -431,8 +430,15 @@ def cmd_console(args: argparse.Namespace, api: HostClient) -> int:
     if interactive:
         print(f"console of {s['name']}: type a line and Enter to send it; Ctrl-C or Ctrl-D to "
               "leave", file=sys.stderr)
-    with contextlib.suppress(KeyboardInterrupt):
+    refused: ClientError | None = None
+    try:
         trio.run(main)
+    except* KeyboardInterrupt:
+        pass
+    except* ClientError as group:  # raised inside the console's nursery
+        refused = group.exceptions[0]  # type: ignore[assignment]
+    if refused is not None:
+        raise refused
     return 0
 
 

@@ -8,12 +8,15 @@ directory listing and `seq` recovery after a restart a read of the newest file's
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import msgspec
 
 from manman.models import Line
+
+log = logging.getLogger("manman.console")
 
 _PREFIX, _SUFFIX = "console-", ".jsonl"
 _decode_batch = msgspec.json.Decoder(list[Line]).decode
@@ -34,6 +37,7 @@ class LogFiles:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = None
         self._size = 0
+        self.write_errors = 0
         self.last_ts: float | None = None  # of the newest stored line
         self.next_seq = self._recover()
 
@@ -76,14 +80,23 @@ class LogFiles:
     # -- writing --------------------------------------------------------------------------
 
     def append(self, first_seq: int, batch: bytes, next_seq: int) -> None:
-        """Write one JSON-array batch starting at `first_seq`; next_seq follows it."""
-        if self._fd is None or self._size >= self.max_bytes:
-            self._open_segment(first_seq)
-        assert self._fd is not None
-        data = batch + b"\n"
-        os.write(self._fd, data)
-        self._size += len(data)
+        """Write one JSON-array batch starting at `first_seq`; next_seq follows it. A failed
+        write (disk full) loses these lines from the files only: they stay in the ring, and
+        the game and its viewers go on."""
         self.next_seq = next_seq
+        data = batch + b"\n"
+        try:
+            if self._fd is None or self._size >= self.max_bytes:
+                self._open_segment(first_seq)
+            assert self._fd is not None
+            written = os.write(self._fd, data)
+        except OSError as e:
+            self.write_errors += 1
+            if self.write_errors == 1 or self.write_errors % 1000 == 0:
+                log.error("console log %s: cannot write (%s); %d batches not stored",
+                          self.dir, e.strerror or e, self.write_errors)
+            return
+        self._size += written
 
     def _open_segment(self, first_seq: int) -> None:
         if self._fd is not None:

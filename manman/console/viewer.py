@@ -90,20 +90,27 @@ async def run_viewer(broker: LogBroker, send: Send, receive: Receive, *, server_
     else:
         cursor = max(first, broker.next_seq - tail)
     broker.viewers += 1
+    rejected: Disconnect | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sender, broker, send, cursor, nursery.cancel_scope)
             if expires_at is not None:
                 nursery.start_soon(_expire, send, expires_at, nursery.cancel_scope)
-            await _receiver(send, receive, on_command, limits)
+            try:
+                await _receiver(send, receive, on_command, limits)
+            except Disconnect as e:  # caught here: out of the nursery it would be a group
+                rejected = e
             nursery.cancel_scope.cancel()
     finally:
         broker.viewers -= 1
+    if rejected is not None:
+        raise rejected
 
 
 async def _expire(send: Send, expires_at: float, scope: trio.CancelScope) -> None:
     await trio.sleep(max(0.0, expires_at - time.time()))
-    await send(error_frame("token_expired", "the console token expired; get a new one"))
+    with trio.move_on_after(2):  # a client that reads nothing is closed all the same
+        await send(error_frame("token_expired", "the console token expired; get a new one"))
     scope.cancel()
 
 

@@ -230,8 +230,11 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
             raise ApiError(422, "scope must be read or write", "invalid")
         if wanted == "read":  # a token to hand to someone who may only watch
             scopes = [auth.READ]
-        page.token = auth.sign_console_token(secrets.console_key(w), s.id, scopes,
-                                             console_ttl, time.time())
+        now = time.time()
+        # a console token never buys a longer-lived one: it cannot renew itself forever
+        ttl = console_ttl if who.expires_at is None else min(console_ttl,
+                                                              who.expires_at - now)
+        page.token = auth.sign_console_token(secrets.console_key(w), s.id, scopes, ttl, now)
         page.websocket_url = relay.console_url(w, s.id, {})
         return json_response(page)
 

@@ -45,6 +45,7 @@ class Control:
         self.fleet = fleet
         self.relay = relay
         self.finished_deletes: list[str] = []
+        self._spec_locks: dict[str, trio.Lock] = {}
 
     # -- lookups with the SPEC's errors ------------------------------------------------------
 
@@ -114,30 +115,45 @@ class Control:
     async def update_server(self, s: ServerRec, update: models.ServerUpdate) -> ServerRec:
         w = self.worker(s.worker_id)
         self._writable(w)
-        try:
-            spec = models.apply_update(s.spec, update)
-        except ValueError as e:
-            raise ApiError(422, str(e), "invalid") from None
-        if spec.name != s.name and self.fleet.name_taken(spec.name, but=s.id):
-            raise ApiError(409, f"a server named {spec.name} exists", "exists")
-        await self._save_spec(s, spec)
-        body = _spec_body(s)
+
+        def change(spec: models.ServerSpec) -> models.ServerSpec:
+            try:
+                new = models.apply_update(spec, update)
+            except ValueError as e:
+                raise ApiError(422, str(e), "invalid") from None
+            if new.name != s.name and self.fleet.name_taken(new.name, but=s.id):
+                raise ApiError(409, f"a server named {new.name} exists", "exists")
+            return new
+
+        body = await self._change_spec(s, change)
         body["restart_on_change"] = update.restart_on_change
         await self._push(w, "PUT", f"/server/{s.id}", json=body)
         return s
 
-    async def _save_spec(self, s: ServerRec, spec: models.ServerSpec) -> None:
-        now = time.time()
-        await self.store.update_server_spec(s.id, spec.name, spec, s.generation + 1, now)
-        if spec.name != s.name:
-            self.fleet.rename(s, spec.name)
-        s.spec, s.generation, s.updated_at = spec, s.generation + 1, now
+    async def _change_spec(self, s: ServerRec, change: Any) -> dict[str, Any]:
+        """Read, change and write a spec as one step: concurrent changes of one server queue
+        instead of overwriting each other. Returns what the worker's PUT takes."""
+        lock = self._spec_locks.setdefault(s.id, trio.Lock())
+        async with lock:
+            spec = change(s.spec)
+            generation, now = s.generation + 1, time.time()
+            try:
+                await self.store.update_server_spec(s.id, spec.name, spec, generation, now)
+            except Exception as e:  # the name's unique index: another rename won the race
+                if "unique" in str(e).lower():
+                    raise ApiError(409, f"a server named {spec.name} exists", "exists") \
+                        from None
+                raise
+            if spec.name != s.name:
+                self.fleet.rename(s, spec.name)
+            s.spec, s.generation, s.updated_at = spec, generation, now
+            return _spec_body(s)
 
     async def set_desired(self, s: ServerRec, desired: str) -> bool:
         """start/stop: a new generation with that desired state, pushed to the worker."""
-        await self._save_spec(s, msgspec.structs.replace(s.spec, desired_state=desired))
-        return await self._push(self.worker(s.worker_id), "PUT", f"/server/{s.id}",
-                                json=_spec_body(s))
+        body = await self._change_spec(
+            s, lambda spec: msgspec.structs.replace(spec, desired_state=desired))
+        return await self._push(self.worker(s.worker_id), "PUT", f"/server/{s.id}", json=body)
 
     async def delete_server(self, s: ServerRec, purge: bool) -> bool:
         """True when gone now; False when it goes later: a running server stops gracefully
@@ -168,6 +184,7 @@ class Control:
     async def forget(self, server_id: str) -> None:
         await self.store.delete_server(server_id)
         self.fleet.remove_server(server_id)
+        self._spec_locks.pop(server_id, None)
 
     async def command(self, s: ServerRec, cmd: models.Command, actor: str
                       ) -> models.CommandAccepted:
@@ -222,8 +239,7 @@ class Control:
             raise _worker_error(r)
         if cmd.type == "kill":
             # the worker now holds `stopped` as desired: so does the host, in a new generation
-            await self._save_spec(s, msgspec.structs.replace(s.spec, desired_state="stopped"))
-            await self._push(w, "PUT", f"/server/{s.id}", json=_spec_body(s))
+            await self.set_desired(s, "stopped")
         return True, (r.json() if cmd.type == "health" else None)
 
     def _audit(self, actor: str, s: ServerRec, cmd: models.Command, delivered: bool,

@@ -72,7 +72,7 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
         stop = trio.Event()
         async with trio.open_nursery() as loops:
             loops.start_soon(_flush_loop, control, hcfg.flush_interval)
-            loops.start_soon(_liveness_loop, control)
+            loops.start_soon(_liveness_loop, control, stop)
             if handle_signals:
                 loops.start_soon(_on_signals, stop)
             async with trio.open_nursery() as api_nursery:
@@ -98,26 +98,39 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
 async def _flush_loop(control: Control, interval: float) -> None:
     while True:
         await trio.sleep(interval)
-        await control.fleet.flush()
+        await control.fleet.flush()  # survives database errors by itself
         done, control.finished_deletes = set(control.finished_deletes), []
         for sid in done:
-            if sid in control.fleet.servers:
-                await control.forget(sid)
+            try:
+                if sid in control.fleet.servers:
+                    await control.forget(sid)
+            except Exception:  # PostgreSQL away: this one and the rest wait for next time
+                log.exception("cannot delete server %s yet", sid)
+                control.finished_deletes.append(sid)
 
 
-async def _liveness_loop(control: Control) -> None:
-    """Workers past worker_expiry without a heartbeat are asked to shut down and retired."""
+async def _liveness_loop(control: Control, stop: trio.Event) -> None:
+    """Workers past worker_expiry without a heartbeat are asked to shut down and retired.
+    Time the host itself was down does not count: every worker gets worker_expiry from the
+    host's start to be heard from."""
     fleet = control.fleet
+    started = time.time()
     while True:
         await trio.sleep(0.5)
+        if stop.is_set():
+            return  # a host that no longer answers heartbeats must not judge them
         fleet.sweep()
         if fleet.worker_expiry <= 0:
             continue
         now = time.time()
         for w in list(fleet.workers.values()):
-            last = w.last_heartbeat or w.created_at
+            last = max(w.last_heartbeat or w.created_at, started)
             if w.status != "shutdown" and now - last > fleet.worker_expiry:
-                await control.retire_worker(w, f"no heartbeat for {fleet.worker_expiry:g}s")
+                try:
+                    await control.retire_worker(
+                        w, f"no heartbeat for {fleet.worker_expiry:g}s")
+                except Exception:
+                    log.exception("cannot retire worker %s yet", w.id)
 
 
 async def _on_signals(stop: trio.Event) -> None:

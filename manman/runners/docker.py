@@ -153,18 +153,29 @@ class DockerRunner:
         argv += spec.args
         code, _, err = await self.cli.run(*argv, timeout=120)
         if code != 0:
+            await self.cli.run("rm", "-f", name)  # a timed-out run may still have made it
             raise SpawnError(_error(err))
-        return await self._attach(name, since=None)
+        try:
+            return await self._attach(name, since=None)
+        except OSError as e:  # no container may run that nobody watches
+            await self.cli.run("rm", "-f", name)
+            raise SpawnError(f"cannot attach to {name}: {e.strerror or e}") from None
 
     async def _attach(self, name: str, since: float | None) -> DockerProcess:
-        code, out, _err = await self.cli.run("inspect", "-f", "{{.State.Pid}}", name)
+        code, out, _ = await self.cli.run("inspect", "-f", "{{.State.Pid}}", name)
         pid = int(out.strip()) if code == 0 and out.strip().isdigit() else None
         logs_args = ["logs", "-f"] + (["--since", f"{since:.6f}"] if since else []) + [name]
-        logs = await self.cli.open(*logs_args)
-        attach = await self.cli.open("attach", "--sig-proxy=false", name, stdin=True,
-                                     output=False)
-        waiter = await self.cli.open("wait", name)
-        return DockerProcess(self.cli, name, pid or None, logs, attach, waiter)
+        helpers: list[trio.Process] = []
+        try:
+            helpers.append(await self.cli.open(*logs_args))
+            helpers.append(await self.cli.open("attach", "--sig-proxy=false", name, stdin=True,
+                                               output=False))
+            helpers.append(await self.cli.open("wait", name))
+        except OSError:
+            for p in helpers:
+                p.kill()
+            raise
+        return DockerProcess(self.cli, name, pid or None, *helpers)
 
     async def adopt(self, record: RunRecord, spec: ServerSpec, since: float | None = None
                     ) -> GameProcess | None:

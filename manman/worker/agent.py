@@ -3,6 +3,7 @@ comes back after a crash or SIGKILL with the same servers and no orphaned game p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -67,6 +68,7 @@ class WorkerAgent:
         self._docker: object | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
         self.removing: set[str] = set()  # stopping now, deleted once stopped
+        self._creating: set[str] = set()  # ids and names of creates under way
         self._dirty: set[str] = set()
         self._dirty_wake = trio.Event()
         self._store_lock = trio.Lock()
@@ -173,11 +175,12 @@ class WorkerAgent:
                      generation: int = 1) -> ServerActor:
         self.check_writable()
         if server_id is not None:
-            if not _ID_RE.match(server_id):
+            if not _ID_RE.fullmatch(server_id):
                 raise ValueError("id must be lowercase letters, digits and '-' (≤ 64)")
-            if server_id in self.actors:
+            if server_id in self.actors or server_id in self._creating:
                 raise Conflict(f"a server with id {server_id} exists", "exists")
-        if any(a.spec.name == spec.name for a in self.actors.values()):
+        if spec.name in self._creating or any(a.spec.name == spec.name
+                                              for a in self.actors.values()):
             raise Conflict(f"a server named {spec.name} exists", "exists")
         self.runtime_for(spec)  # refuse an install method this worker cannot run, first
         stored = StoredServer(
@@ -185,10 +188,17 @@ class WorkerAgent:
             desired_state=spec.desired_state, status=ServerStatus(updated_at=time.time()),
             installed=False, crash_times=(), run_pid=None, run_pid_start=None,
             run_instance=None)
-        assert self.store is not None
-        async with self._store_lock:
-            await self.store.save([stored])
-        return await self._add_actor(stored, recovering=False)
+        # id and name are taken before the first await: a push and a heartbeat carrying the
+        # same new server must not both create it
+        claimed = {stored.id, spec.name}
+        self._creating |= claimed
+        try:
+            assert self.store is not None
+            async with self._store_lock:
+                await self.store.save([stored])
+            return await self._add_actor(stored, recovering=False)
+        finally:
+            self._creating -= claimed
 
     async def _add_actor(self, stored: StoredServer, recovering: bool) -> ServerActor:
         actor = self._build_actor(stored)
@@ -231,7 +241,9 @@ class WorkerAgent:
                     if actor.started.is_set():
                         task_status = trio.TASK_STATUS_IGNORED
                     record = actor.record()
-                    actor.broker.note("manman internal error; the server's supervisor restarts")
+                    with contextlib.suppress(Exception):
+                        actor.broker.note("manman internal error; the server's supervisor "
+                                          "restarts")
                     await trio.sleep(delay)
                     delay = min(delay * 2, 30)
                     actor = self._rebuild(actor, record)
@@ -321,14 +333,23 @@ class WorkerAgent:
             await self._dirty_wake.wait()
             self._dirty_wake = trio.Event()
             await trio.sleep(0.05)  # a burst of changes becomes one transaction
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception:  # a full disk: keep the servers running, try again later
+                log.exception("cannot save the servers' state; retrying")
+                await trio.sleep(1)
+                self._dirty_wake.set()
 
     async def _flush(self) -> None:
         ids, self._dirty = self._dirty, set()
         rows = [self._stored(self.actors[i]) for i in ids if i in self.actors]
         if rows and self.store is not None:
-            async with self._store_lock:
-                await self.store.save(rows)
+            try:
+                async with self._store_lock:
+                    await self.store.save(rows)
+            except Exception:
+                self._dirty |= ids  # saved next time
+                raise
 
     # -- facts -----------------------------------------------------------------------------------
 

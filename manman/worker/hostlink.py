@@ -167,7 +167,12 @@ class HostLink:
             log.info("host reachable again")
             self.last_error = None
         self.heartbeats_sent += 1
-        await self.apply(_reply(r.content), nursery)
+        try:
+            reply = _reply(r.content)
+        except msgspec.MsgspecError as e:  # a host of another version: keep running
+            self._error(f"heartbeat: cannot read the host's answer ({e})")
+            return
+        await self.apply(reply, nursery)
 
     async def apply(self, reply: models.HeartbeatReply, nursery: trio.Nursery) -> None:
         """Work towards the host's desired state."""
@@ -187,6 +192,8 @@ class HostLink:
                     actor.update_spec(d.spec, d.generation, restart_on_change=False)
             except (Conflict, ValueError) as e:
                 log.warning("cannot apply server %s: %s", d.id, e)
+            except Exception:  # one server's trouble (a disk error) must not stop the rest
+                log.exception("cannot apply server %s", d.id)
         for rm in reply.remove:
             actor = agent.actors.get(rm.id)
             if actor is not None and actor.id not in self._removing | agent.removing:
