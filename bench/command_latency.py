@@ -15,7 +15,6 @@ import argparse
 import json
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,9 +23,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import PYTHON, ROOT, Manman, RawClient, build_request
-
-ADMIN, JOIN = "bench-admin", "bench-join"
+from bench.common import ADMIN, PYTHON, ROOT, RawClient, build_request, host_and_worker
 
 
 async def measure(http_url: str, ws_url: str, token: str, server_id: str, path: str,
@@ -60,18 +57,9 @@ async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--commands", type=int, default=1000)
     args = p.parse_args()
-    d = Path(tempfile.mkdtemp(prefix="manman-bench-latency-"))
-    (d / "host.toml").write_text(
-        f'[host]\nlisten = "127.0.0.1:0"\ndata_dir = "{d / "host"}"\n'
-        f'admin_token = "{ADMIN}"\njoin_token = "{JOIN}"\n')
     async with trio.open_nursery() as nursery:
-        host = Manman(["host", "--config", str(d / "host.toml")])
-        host_url = await host.start(nursery)
-        (d / "worker.toml").write_text(
-            f'[worker]\nhost_url = "{host_url}"\njoin_token = "{JOIN}"\n'
-            f'listen = "127.0.0.1:0"\ndata_dir = "{d / "worker"}"\n')
-        worker = Manman(["worker", "--config", str(d / "worker.toml")])
-        worker_url = await worker.start(nursery)
+        host, host_url, worker, worker_url, d = await host_and_worker(
+            nursery, "manman-bench-latency-")
         try:
             async with httpx.AsyncClient(base_url=host_url, timeout=30, headers={
                     "Authorization": f"Bearer {ADMIN}"}) as api:

@@ -69,6 +69,27 @@ class Manman:
                 await self.proc.wait()
 
 
+ADMIN, JOIN = "bench-admin", "bench-join"
+
+
+async def host_and_worker(nursery: trio.Nursery, prefix: str, worker_extra: str = ""
+                          ) -> tuple[Manman, str, Manman, str, Path]:
+    """A host process (embedded PostgreSQL) and a worker process joined to it: (host, its
+    URL, worker, its URL, the data directory)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    (d / "host.toml").write_text(
+        f'[host]\nlisten = "127.0.0.1:0"\ndata_dir = "{d / "host"}"\n'
+        f'admin_token = "{ADMIN}"\njoin_token = "{JOIN}"\n')
+    host = Manman(["host", "--config", str(d / "host.toml")])
+    host_url = await host.start(nursery)
+    (d / "worker.toml").write_text(
+        f'[worker]\nhost_url = "{host_url}"\njoin_token = "{JOIN}"\n'
+        f'listen = "127.0.0.1:0"\ndata_dir = "{d / "worker"}"\n{worker_extra}\n')
+    worker = Manman(["worker", "--config", str(d / "worker.toml")])
+    worker_url = await worker.start(nursery)
+    return host, host_url, worker, worker_url, d
+
+
 def worker_config(extra: str = "") -> Path:
     d = Path(tempfile.mkdtemp(prefix="manman-bench-"))
     cfg = d / "worker.toml"

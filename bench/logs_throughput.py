@@ -13,7 +13,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,10 +21,8 @@ import trio
 from trio_websocket import open_websocket_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import PYTHON, ROOT, Manman
+from bench.common import ADMIN, PYTHON, ROOT, host_and_worker
 from bench.console_throughput import CHILD
-
-ADMIN, JOIN = "bench-admin", "bench-join"
 
 
 async def run_once(api: httpx.AsyncClient, host_url: str, name: str, lines: int,
@@ -83,18 +80,9 @@ async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--lines", type=int, default=300_000)
     args = p.parse_args()
-    d = Path(tempfile.mkdtemp(prefix="manman-bench-logs-"))
-    (d / "host.toml").write_text(
-        f'[host]\nlisten = "127.0.0.1:0"\ndata_dir = "{d / "host"}"\n'
-        f'admin_token = "{ADMIN}"\njoin_token = "{JOIN}"\n')
     async with trio.open_nursery() as nursery:
-        host = Manman(["host", "--config", str(d / "host.toml")])
-        host_url = await host.start(nursery)
-        (d / "worker.toml").write_text(
-            f'[worker]\nhost_url = "{host_url}"\njoin_token = "{JOIN}"\n'
-            f'listen = "127.0.0.1:0"\ndata_dir = "{d / "worker"}"\nheartbeat_interval = 1\n')
-        worker = Manman(["worker", "--config", str(d / "worker.toml")])
-        await worker.start(nursery)
+        host, host_url, worker, _, _ = await host_and_worker(
+            nursery, "manman-bench-logs-", "heartbeat_interval = 1")
         try:
             async with httpx.AsyncClient(base_url=host_url, timeout=30, headers={
                     "Authorization": f"Bearer {ADMIN}"}) as api:

@@ -133,6 +133,10 @@ class ServerActor:
 
     def start(self) -> None:
         lifecycle.check("start", self.status.state)
+        self._start_fresh()
+
+    def _start_fresh(self) -> None:
+        """A person's start: the crash count begins again; install first if needed."""
         self.desired_state = "running"
         self._cancel_backoff()
         self.status.restarts = 0
@@ -142,6 +146,14 @@ class ServerActor:
         else:
             self._launch_soon()
 
+    def _begin_stop(self) -> Run:
+        """Enter `stopping` now; the caller starts the task that stops the run."""
+        run = self.run
+        assert run is not None
+        run.stop_requested = True
+        self._set(state="stopping")
+        return run
+
     def stop(self) -> None:
         lifecycle.check("stop", self.status.state)
         self.desired_state = "stopped"
@@ -150,29 +162,17 @@ class ServerActor:
             self._set(state="stopped")
             self.broker.note("restart cancelled: stopped")
             return
-        run = self.run
-        assert run is not None
-        run.stop_requested = True
-        self._set(state="stopping")
-        self._spawn_task(self._stop_run, run)
+        self._spawn_task(self._stop_run, self._begin_stop())
 
     def restart(self) -> None:
         lifecycle.check("restart", self.status.state)
-        self.desired_state = "running"
-        self.status.restarts = 0
-        self.crash_times = ()
         if self.status.state in lifecycle.LIVE:
-            run = self.run
-            assert run is not None
-            run.stop_requested = True
-            self._set(state="stopping")
-            self._spawn_task(self._stop_then, run, self._launch_soon)
+            self.desired_state = "running"
+            self.status.restarts = 0
+            self.crash_times = ()
+            self._spawn_task(self._stop_then, self._begin_stop(), self._launch_soon)
         else:
-            self._cancel_backoff()
-            if not self.installed:
-                self._start_install(then_start=True)
-            else:
-                self._launch_soon()
+            self._start_fresh()
 
     def kill(self) -> None:
         lifecycle.check("kill", self.status.state)
@@ -191,11 +191,7 @@ class ServerActor:
     def install(self) -> None:
         lifecycle.check("install", self.status.state)
         if self.status.state in lifecycle.LIVE:
-            run = self.run
-            assert run is not None
-            run.stop_requested = True
-            self._set(state="stopping")
-            self._spawn_task(partial(self._stop_then, install=True), run,
+            self._spawn_task(partial(self._stop_then, install=True), self._begin_stop(),
                              lambda: self._start_install(then_start=True))
         else:
             self._cancel_backoff()
@@ -242,9 +238,7 @@ class ServerActor:
         run = self.run
         if run is not None:
             if not run.stop_requested and not run.kill_requested:
-                run.stop_requested = True
-                self._set(state="stopping")
-                await self._stop_run(run)
+                await self._stop_run(self._begin_stop())
             await run.exited.wait()
         elif self.status.state == "crashed":
             self._set(state="stopped")

@@ -37,6 +37,19 @@ class ApiMetrics:
         return generate_latest(self.registry)
 
 
+def _by(name: str, doc: str, label: str, tally: Tally[str]) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc, labels=[label])
+    for key, n in sorted(tally.items()):
+        g.add_metric([key], n)
+    return g
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc)
+    c.add_metric([], value)
+    return c
+
+
 class LiveCollector(Collector):
     """Metrics read from live state at scrape time."""
 
@@ -54,11 +67,8 @@ def worker_metrics(agent: Any, link: Any | None) -> ApiMetrics:
         registry=m.registry, buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600))
 
     def collect() -> Iterator[Metric]:
-        states = Tally(a.status.state for a in agent.actors.values())
-        g = GaugeMetricFamily("manman_servers", "Servers by state", labels=["state"])
-        for state, n in sorted(states.items()):
-            g.add_metric([state], n)
-        yield g
+        yield _by("manman_servers", "Servers by state", "state",
+                  Tally(a.status.state for a in agent.actors.values()))
         restarts = GaugeMetricFamily("manman_server_restarts",
                                      "Automatic restarts since the last start by a person",
                                      labels=["server"])
@@ -79,13 +89,10 @@ def worker_metrics(agent: Any, link: Any | None) -> ApiMetrics:
             viewers.add_metric([name], a.broker.viewers)
         yield from (restarts, lines, size, gaps, viewers)
         if link is not None:
-            hb = CounterMetricFamily("manman_heartbeats_sent", "Heartbeats the host answered")
-            hb.add_metric([], link.heartbeats_sent)
-            yield hb
-            failed = CounterMetricFamily("manman_heartbeats_failed",
-                                         "Heartbeats the host did not answer")
-            failed.add_metric([], link.heartbeats_failed)
-            yield failed
+            yield _counter("manman_heartbeats_sent", "Heartbeats the host answered",
+                           link.heartbeats_sent)
+            yield _counter("manman_heartbeats_failed", "Heartbeats the host did not answer",
+                           link.heartbeats_failed)
 
     m.registry.register(LiveCollector(collect))
     return m
@@ -95,24 +102,16 @@ def host_metrics(fleet: Any) -> ApiMetrics:
     m = ApiMetrics()
 
     def collect() -> Iterator[Metric]:
-        workers = Tally(fleet.worker_status(w) for w in fleet.workers.values())
-        g = GaugeMetricFamily("manman_workers", "Workers by status", labels=["status"])
-        for status, n in sorted(workers.items()):
-            g.add_metric([status], n)
-        yield g
-        states = Tally(fleet.server_view(s).state for s in fleet.servers.values()
-                       if not s.deleting)
-        g = GaugeMetricFamily("manman_servers", "Servers by state", labels=["state"])
-        for state, n in sorted(states.items()):
-            g.add_metric([state], n)
-        yield g
-        received = CounterMetricFamily("manman_heartbeats_received", "Heartbeats received")
-        received.add_metric([], fleet.heartbeats_received)
-        yield received
-        missed = CounterMetricFamily("manman_heartbeats_missed",
-                                     "Times a worker became unknown for missing heartbeats")
-        missed.add_metric([], fleet.heartbeats_missed)
-        yield missed
+        yield _by("manman_workers", "Workers by status", "status",
+                  Tally(fleet.worker_status(w) for w in fleet.workers.values()))
+        yield _by("manman_servers", "Servers by state", "state",
+                  Tally(fleet.server_view(s).state for s in fleet.servers.values()
+                        if not s.deleting))
+        yield _counter("manman_heartbeats_received", "Heartbeats received",
+                       fleet.heartbeats_received)
+        yield _counter("manman_heartbeats_missed",
+                       "Times a worker became unknown for missing heartbeats",
+                       fleet.heartbeats_missed)
 
     m.registry.register(LiveCollector(collect))
     return m

@@ -19,6 +19,35 @@ FAKEGAME = str(HERE / "fakegame.py")
 PYTHON = sys.executable
 
 
+def steamcmd_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An executable `steamcmd` (tests/steamcmd_emulator.py) whose installed game is the fake
+    game server; its state lives under tmp_path."""
+    steamcmd = tmp_path / "steamcmd"
+    steamcmd.write_text(f"#!{PYTHON}\n" + (HERE / "steamcmd_emulator.py").read_text())
+    steamcmd.chmod(0o755)
+    monkeypatch.setenv("STEAMCMD_EMU_HOME", str(tmp_path / "steam-home"))
+    monkeypatch.setenv("STEAMCMD_EMU_GAME", f"{PYTHON} -u {FAKEGAME}")
+    return steamcmd
+
+
+def processes_under(directory: Path) -> set[int]:
+    """Live processes whose working directory is below `directory` (a server's files)."""
+    import os
+
+    from manman import procs
+
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:
+                continue
+            if cwd.startswith(str(directory)) and procs.is_running(int(entry)):
+                out.add(int(entry))
+    return out
+
+
 def fake_spec(name: str, *args: str, **fields: Any) -> dict[str, Any]:
     """A server spec running the fake game server with `args`; `running` once it printed
     its ready line (after its start-up: children, listening port)."""

@@ -10,7 +10,15 @@ from typing import Any
 
 import trio
 
-from tests.conftest import ADMIN, FAKEGAME, HERE, PYTHON, RunningHost, fake_spec, write_config
+from tests.conftest import (
+    ADMIN,
+    FAKEGAME,
+    PYTHON,
+    RunningHost,
+    fake_spec,
+    steamcmd_emulator,
+    write_config,
+)
 
 
 async def manman(host: RunningHost | str, *args: str, stdin: bytes = b"", timeout: float = 30,
@@ -106,11 +114,7 @@ async def test_console_sends_lines_and_shows_answers(host: RunningHost, hosted: 
 
 async def test_install_progress_then_the_outcome(host: RunningHost, hosted: Any,
                                                  tmp_path: Path, monkeypatch: Any) -> None:
-    steamcmd = tmp_path / "steamcmd"
-    steamcmd.write_text(f"#!{PYTHON}\n" + (HERE / "steamcmd_emulator.py").read_text())
-    steamcmd.chmod(0o755)
-    monkeypatch.setenv("STEAMCMD_EMU_HOME", str(tmp_path / "steam-home"))
-    monkeypatch.setenv("STEAMCMD_EMU_GAME", f"{PYTHON} -u {FAKEGAME}")
+    steamcmd = steamcmd_emulator(tmp_path, monkeypatch)
     w = await hosted("inst", steamcmd=str(steamcmd))
     r = await manman(host, "server", "create", "st", "steamcmd:1000", "--worker",
                      w.handle.link.worker_id, "--executable", "game/server.sh")
@@ -224,11 +228,7 @@ async def test_install_progress_bar_on_a_terminal(host: RunningHost, hosted: Any
                                                   tmp_path: Path, monkeypatch: Any) -> None:
     import pty
 
-    steamcmd = tmp_path / "steamcmd"
-    steamcmd.write_text(f"#!{PYTHON}\n" + (HERE / "steamcmd_emulator.py").read_text())
-    steamcmd.chmod(0o755)
-    monkeypatch.setenv("STEAMCMD_EMU_HOME", str(tmp_path / "steam-home"))
-    monkeypatch.setenv("STEAMCMD_EMU_GAME", f"{PYTHON} -u {FAKEGAME}")
+    steamcmd = steamcmd_emulator(tmp_path, monkeypatch)
     w = await hosted("tty", steamcmd=str(steamcmd))
     leader, follower = pty.openpty()  # stdout is a terminal: the bar is drawn
     try:

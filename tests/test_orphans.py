@@ -3,26 +3,12 @@ kill, restart and worker shutdown (SIGKILL + restart is in test_worker_restart.p
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import trio
 
 from manman import procs
-from tests.conftest import RunningWorker, fake_spec
-
-
-def processes_under(directory: Path) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cwd = os.readlink(f"/proc/{entry}/cwd")
-            except OSError:
-                continue
-            if cwd.startswith(str(directory)) and procs.is_running(int(entry)):
-                out.add(int(entry))
-    return out
+from tests.conftest import RunningWorker, fake_spec, processes_under
 
 
 async def gone(directory: Path, timeout: float = 5) -> set[int]:

@@ -11,7 +11,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.conftest import FAKEGAME, HERE, PYTHON, Client, RunningWorker, worker_config
+from tests.conftest import Client, RunningWorker, steamcmd_emulator, worker_config
 
 
 @pytest.fixture
@@ -19,11 +19,7 @@ async def steam_worker(tmp_path: Path, bg: trio.Nursery, monkeypatch: pytest.Mon
                        ) -> Any:
     from manman.worker.main import run_worker
 
-    steamcmd = tmp_path / "steamcmd"
-    steamcmd.write_text(f"#!{PYTHON}\n" + (HERE / "steamcmd_emulator.py").read_text())
-    steamcmd.chmod(0o755)
-    monkeypatch.setenv("STEAMCMD_EMU_HOME", str(tmp_path / "steam-home"))
-    monkeypatch.setenv("STEAMCMD_EMU_GAME", f"{PYTHON} -u {FAKEGAME}")
+    steamcmd = steamcmd_emulator(tmp_path, monkeypatch)
     handle = await bg.start(run_worker, worker_config(tmp_path, steamcmd=str(steamcmd),
                                                       install_timeout=3))
     w = RunningWorker(handle, Client(handle.url, "test-worker-token"))

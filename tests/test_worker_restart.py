@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 
 from manman import procs
-from tests.conftest import PYTHON, Client, ManmanProcess, fake_spec, write_config
+from tests.conftest import PYTHON, Client, ManmanProcess, fake_spec, processes_under, write_config
 
 TOKEN = "restart-test-token"
 
@@ -24,21 +24,6 @@ listen = "127.0.0.1:0"
 data_dir = "{tmp_path / 'data'}"
 api_token = "{TOKEN}"
 """)
-
-
-def game_pids(token_dir: Path) -> list[int]:
-    """Every live process running the fake game with a cwd under `token_dir`."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-        except OSError:
-            continue
-        if cwd.startswith(str(token_dir)) and procs.is_running(int(entry)):
-            out.append(int(entry))
-    return out
 
 
 async def test_sigkill_and_restart_keeps_servers_kills_leftovers_continues_seq(
@@ -57,7 +42,7 @@ async def test_sigkill_and_restart_keeps_servers_kills_leftovers_continues_seq(
         await api.post("/server/keep/command", {"data": "flood 500"}, expect=202)
         await api.wait_line("keep", "flood 499")
         before = await api.get("/server/keep/log?since=0&limit=10000")
-        old_pids = game_pids(data)
+        old_pids = processes_under(data)
         assert s["pid"] in old_pids and len(old_pids) >= 2  # the game and its child
         await api.aclose()
 
@@ -86,7 +71,7 @@ async def test_sigkill_and_restart_keeps_servers_kills_leftovers_continues_seq(
         # a graceful shutdown stops every game and exits 0
         await api.post("/shutdown", expect=202)
         assert await second.wait() == 0
-        assert game_pids(data) == []
+        assert processes_under(data) == set()
         await api.aclose()
     finally:
         first.stop()
@@ -106,12 +91,12 @@ async def test_sigterm_stops_servers_and_exits_0(tmp_path: Path, bg: trio.Nurser
                        expect=201)
         await api.wait_for("t1", state="running")
         await api.wait_for("t2", state="running")
-        assert len(game_pids(tmp_path / "data")) >= 3
+        assert len(processes_under(tmp_path / "data")) >= 3
         await api.aclose()
         assert worker.proc is not None
         worker.proc.send_signal(signal.SIGTERM)
         assert await worker.wait() == 0
-        assert game_pids(tmp_path / "data") == []
+        assert processes_under(tmp_path / "data") == set()
     finally:
         worker.stop()
 
