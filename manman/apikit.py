@@ -48,10 +48,6 @@ class ApiError(Exception):
         self.message = message
 
 
-def not_found(what: str) -> ApiError:
-    return ApiError(404, f"{what} not found", "not_found")
-
-
 def error_response(status: int, code: str, message: str) -> Response:
     try:
         body = _encode({"error": {"code": code, "message": message}})

@@ -12,11 +12,6 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def hash_token(token: str) -> str:
-    """Tokens are 256 random bits: a plain SHA-256 cannot be reversed or guessed."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def load_or_create_token(path: Path) -> str:
     """The token in `path`, or a new one written there with mode 0600 (reused later)."""
     try:

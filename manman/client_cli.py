@@ -21,8 +21,6 @@ import trio
 from manman.client import ClientError, Follow, Frame, HostClient, discover, follow_console
 from manman.config import Config
 
-TERMINAL_STATES = ("stopped", "running", "failed", "crashed", "created", "unknown")
-
 
 def add_client_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register the client verbs."""

@@ -60,7 +60,6 @@ class ExitDecision:
     delay: float | None
     error: str | None
     crash_times: tuple[float, ...]
-    clean: bool  # a clean exit the policy does not restart: desired state becomes stopped
 
 
 def backoff(policy: RestartSpec, crashes: int) -> float:
@@ -78,14 +77,13 @@ def after_exit(policy: RestartSpec, crash_times: tuple[float, ...], now: float,
     failed_run = reason is not None or exit_code != 0
     why = reason or describe_exit(exit_code)
     if not failed_run and policy.policy != "always":
-        return ExitDecision("stopped", None, None, crash_times, clean=True)
+        return ExitDecision("stopped", None, None, crash_times)
     if policy.policy == "never":
-        return ExitDecision("failed", None, f"{why} (restart policy: never)", crash_times,
-                            clean=False)
+        return ExitDecision("failed", None, f"{why} (restart policy: never)", crash_times)
     recent = (*(t for t in crash_times if now - t < policy.reset_after), now)
     if len(recent) > policy.max_restarts:
         return ExitDecision(
             "failed", None,
             f"crash loop: {len(recent)} crashes within {policy.reset_after:g}s "
-            f"(max_restarts {policy.max_restarts}); last: {why}", recent, clean=False)
-    return ExitDecision("crashed", backoff(policy, len(recent)), why, recent, clean=False)
+            f"(max_restarts {policy.max_restarts}); last: {why}", recent)
+    return ExitDecision("crashed", backoff(policy, len(recent)), why, recent)

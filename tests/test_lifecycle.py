@@ -134,12 +134,12 @@ def policy(name: str = "on-failure", **kw: float) -> RestartSpec:
 @pytest.mark.parametrize("name", ["never", "on-failure"])
 def test_clean_exit_is_stopped_when_policy_does_not_restart_it(name: str) -> None:
     d = after_exit(policy(name), (1.0, 2.0), now=10.0, exit_code=0)
-    assert d == ExitDecision("stopped", None, None, (1.0, 2.0), clean=True)
+    assert d == ExitDecision("stopped", None, None, (1.0, 2.0))
 
 
 def test_clean_exit_with_always_restarts() -> None:
     d = after_exit(policy("always"), (), now=10.0, exit_code=0)
-    assert d.state == "crashed" and not d.clean
+    assert d.state == "crashed"
     assert d.delay == 1.0
     assert d.error == "exited with code 0"
     assert d.crash_times == (10.0,)
@@ -148,7 +148,7 @@ def test_clean_exit_with_always_restarts() -> None:
 @pytest.mark.parametrize("code", [1, 2, 255, -signal.SIGKILL, None])
 def test_failed_exit_with_never_fails(code: int | None) -> None:
     d = after_exit(policy("never"), (5.0,), now=10.0, exit_code=code)
-    assert d.state == "failed" and d.delay is None and not d.clean
+    assert d.state == "failed" and d.delay is None
     assert d.error == f"{describe_exit(code)} (restart policy: never)"
     assert d.crash_times == (5.0,)  # nothing restarts, nothing to count
 
@@ -157,7 +157,7 @@ def test_failed_exit_with_never_fails(code: int | None) -> None:
 @pytest.mark.parametrize("code", [1, -signal.SIGSEGV, None])
 def test_failed_exit_is_a_crash_with_restart(name: str, code: int | None) -> None:
     d = after_exit(policy(name), (), now=100.0, exit_code=code)
-    assert d.state == "crashed" and not d.clean
+    assert d.state == "crashed"
     assert d.delay == 1.0
     assert d.error == describe_exit(code)
     assert d.crash_times == (100.0,)
@@ -166,14 +166,14 @@ def test_failed_exit_is_a_crash_with_restart(name: str, code: int | None) -> Non
 @pytest.mark.parametrize("name", ["on-failure", "always"])
 def test_health_failure_is_a_crash_even_with_exit_code_zero(name: str) -> None:
     d = after_exit(policy(name), (), now=1.0, exit_code=0, reason="health check failed 3 times")
-    assert d.state == "crashed" and not d.clean
+    assert d.state == "crashed"
     assert d.error == "health check failed 3 times"
     assert d.crash_times == (1.0,)
 
 
 def test_health_failure_with_never_fails_with_the_reason() -> None:
     d = after_exit(policy("never"), (), now=1.0, exit_code=0, reason="tcp probe failed")
-    assert d.state == "failed" and not d.clean
+    assert d.state == "failed"
     assert d.error == "tcp probe failed (restart policy: never)"
 
 
@@ -203,7 +203,7 @@ def test_crash_loop_fails_after_max_restarts() -> None:
         assert d.state == "crashed", i
         times = d.crash_times
     d = after_exit(p, times, now=50.0, exit_code=1)
-    assert d.state == "failed" and d.delay is None and not d.clean
+    assert d.state == "failed" and d.delay is None
     assert d.error is not None
     assert d.error.startswith("crash loop: 6 crashes within 600s (max_restarts 5)")
     assert d.error.endswith("last: exited with code 1")

@@ -110,9 +110,6 @@ class Fleet:
         owner = self._by_name.get(name)
         return owner is not None and owner != but
 
-    def servers_of(self, worker_id: str) -> list[ServerRec]:
-        return list(self._by_worker.get(worker_id, {}).values())
-
     def add_server(self, s: ServerRec) -> None:
         self.servers[s.id] = s
         self._by_worker.setdefault(s.worker_id, {})[s.id] = s
