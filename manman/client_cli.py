@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import tomllib
@@ -344,6 +345,10 @@ def cmd_send(args: argparse.Namespace, api: HostClient) -> int:
 
 # -- the console ----------------------------------------------------------------------------
 
+class OutputClosed(Exception):
+    """Whoever read our stdout went away (`manman logs -f | head`): not a network error."""
+
+
 class Printer:
     """Console frames to stdout: one write per frame, gaps as visible marker lines."""
 
@@ -353,6 +358,12 @@ class Printer:
         self.encode = msgspec.json.Encoder().encode
 
     def frame(self, f: Frame) -> None:
+        try:
+            self._frame(f)
+        except BrokenPipeError:
+            raise OutputClosed() from None
+
+    def _frame(self, f: Frame) -> None:
         if f.type == "lines" and f.lines:
             if self.as_json:
                 data = b"\n".join(self.encode(ln) for ln in f.lines) + b"\n"
@@ -403,13 +414,26 @@ def _follow(api: HostClient, server_id: str, start: Follow, on_frame: Any,
     async def main() -> None:
         await follow_console(api.url, api.token, server_id, start, on_frame, outgoing, status)
 
+    _run_console(main)
+    return 0
+
+
+def _run_console(main: Any) -> None:
+    """trio.run for the live views: Ctrl-C, or a reader that went away (`| head`), ends them
+    quietly; a refused console is one line (raised inside their nurseries, these arrive in
+    exception groups)."""
+    refused: ClientError | None = None
     try:
         trio.run(main)
-    except KeyboardInterrupt:
-        return 0
-    except BrokenPipeError:
-        return 0
-    return 0
+    except* KeyboardInterrupt:
+        pass
+    except* OutputClosed:
+        # nothing more can be written: point stdout at /dev/null so exiting does not complain
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except* ClientError as group:
+        refused = group.exceptions[0]  # type: ignore[assignment]
+    if refused is not None:
+        raise refused
 
 
 def cmd_console(args: argparse.Namespace, api: HostClient) -> int:
@@ -428,15 +452,7 @@ def cmd_console(args: argparse.Namespace, api: HostClient) -> int:
     if interactive:
         print(f"console of {s['name']}: type a line and Enter to send it; Ctrl-C or Ctrl-D to "
               "leave", file=sys.stderr)
-    refused: ClientError | None = None
-    try:
-        trio.run(main)
-    except* KeyboardInterrupt:
-        pass
-    except* ClientError as group:  # raised inside the console's nursery
-        refused = group.exceptions[0]  # type: ignore[assignment]
-    if refused is not None:
-        raise refused
+    _run_console(main)
     return 0
 
 

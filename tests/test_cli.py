@@ -256,3 +256,38 @@ async def test_install_progress_bar_on_a_terminal(host: RunningHost, hosted: Any
     text = out.decode(errors="replace")
     assert "installing slow" in text and "%" in text  # the bar, with its percentage
     assert "slow created: stopped" in text
+
+
+async def test_logs_follow_ends_quietly_on_ctrl_c_and_a_closed_pipe(host: RunningHost,
+                                                                   hosted: Any) -> None:
+    import signal
+
+    w = await hosted("quiet")
+    await host.api.post("/server", fake_spec("q", worker_id=w.handle.link.worker_id,
+                                             desired_state="running"), expect=201)
+    await host.api.wait_for("q", state="running")
+    argv = [PYTHON, "-m", "manman", "logs", "q", "-f", "--host-url", host.url, "--token", ADMIN]
+    proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    with trio.fail_after(10):
+        out = b""
+        while b"Server ready" not in out:
+            out += await proc.stdout.receive_some(4096)
+        proc.send_signal(signal.SIGINT)
+        assert await proc.wait() == 0
+    err = await proc.stderr.receive_some(65536)
+    assert err == b"", err
+    # a reader that goes away (`manman logs -f | head -1`): like `tail -f`, it notices at its
+    # next write, and then ends quietly
+    pipeline = await trio.lowlevel.open_process(["sh", "-c", " ".join(argv) + " | head -1"],
+                                                stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.PIPE)
+    with trio.fail_after(20):
+        while pipeline.poll() is None:
+            await host.api.post("/server/q/command", {"type": "command", "data": "say more"},
+                                expect=202)
+            await trio.sleep(0.2)
+    assert pipeline.returncode == 0 and pipeline.stderr is not None
+    err = await pipeline.stderr.receive_some(65536)
+    assert b"Traceback" not in err and b"Error" not in err, err
