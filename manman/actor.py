@@ -86,9 +86,12 @@ class ServerActor:
         self._ready_re: re.Pattern[str] | None = None
         self._nursery: trio.Nursery | None = None
         self._backoff: trio.CancelScope | None = None
-        self._install_scope: trio.CancelScope | None = None
+        self._install_scope: trio.CancelScope | None = None  # made before the task runs
+        self._install_done = trio.Event()
         self._stdin_send, self._stdin_recv = trio.open_memory_channel[str](STDIN_QUEUE)
         self._closing = False  # shutdown() began: nothing starts again
+        # a start (desired running) that came while stopping or installing: acted on after
+        self._start_pending = False
         self.started = trio.Event()
 
     # -- the actor's life -----------------------------------------------------------------
@@ -114,6 +117,8 @@ class ServerActor:
                 run = Run(instance=record.instance or _new_instance(), proc=proc)
                 run.spawned.set()
                 self._begin_run(run, proc, adopted=True)
+                if self.desired_state != "running":  # the old worker died while stopping it
+                    self._spawn_task(self._stop_run, self._begin_stop())
                 return
             killed = await self.runner.remove_leftover(record)
             if killed:
@@ -208,6 +213,10 @@ class ServerActor:
     def check_deletable(self) -> None:
         lifecycle.check("delete", self.status.state)
 
+    def reopen(self) -> None:
+        """A delete that did not go through after shutdown(): restarts work again."""
+        self._closing = False
+
     def update_spec(self, spec: ServerSpec, generation: int, restart_on_change: bool) -> None:
         """Apply a new spec: its desired state acts at once; other changes take effect on the
         next start, or now with restart_on_change."""
@@ -221,6 +230,8 @@ class ServerActor:
                     self.start()
                 elif restart_on_change and other_changed and state in ("starting", "running"):
                     self.restart()
+                elif state in ("stopping", "installing") and self.desired_state != "running":
+                    self._start_pending = True  # (a restart or reinstall starts by itself)
             elif state in ("starting", "running", "crashed"):
                 self.stop()
         except Conflict as e:  # the spec is kept; the action waits for a state that allows it
@@ -228,10 +239,15 @@ class ServerActor:
         self.desired_state = spec.desired_state
         self.hooks.changed(self)
 
-    async def shutdown(self) -> None:
-        """Stop the game gracefully (worker shutdown, delete); returns when it has exited."""
+    async def shutdown(self, keep_desired: bool = False) -> None:
+        """Stop the game gracefully (worker shutdown, delete); returns when it has exited.
+        keep_desired: a worker restart, after which a server that should run runs again."""
         self._closing = True
-        self.desired_state = "stopped"
+        if not keep_desired:
+            self.desired_state = "stopped"
+            if self.status.state == "installing" and self._install_scope is not None:
+                self._install_scope.cancel()  # a delete: the install is not wanted any more
+                await self._install_done.wait()
         self._cancel_backoff()
         # an install in progress is cancelled with the actor and stays `installing` on disk,
         # so the next worker installs again instead of calling it failed
@@ -264,11 +280,13 @@ class ServerActor:
         self._spawn_task(self._launch, run)
 
     async def _launch(self, run: Run) -> None:
-        await self.hooks.persist_now(self)  # the instance token is on disk before any process
         ctx = LaunchContext(self.id, self.spec, self.files_dir, run.instance)
         try:
+            await self.hooks.persist_now(self)  # the instance token is on disk before a process
             proc = await self.runner.spawn(ctx)
-        except SpawnError as e:
+        except (SpawnError, OSError) as e:  # OSError: a disk that cannot take the state
+            if not isinstance(e, SpawnError):
+                e = SpawnError(f"{type(e).__name__}: {e}")
             if self.run is run:
                 self.run = None
             run.spawned.set()
@@ -277,6 +295,10 @@ class ServerActor:
             self._set(state="failed", error=str(e), pid=None)
             self.broker.note(f"failed to start: {e}")
             return
+        except BaseException:  # a bug: the actor is rebuilt; whoever waits on this run goes on
+            run.spawned.set()
+            run.exited.set()
+            raise
         run.proc = proc
         run.spawned.set()
         self._begin_run(run, proc, adopted=False)
@@ -311,10 +333,10 @@ class ServerActor:
         finally:
             if code is None:
                 proc.abandon()
-        run.exit_code = code
-        self.run = None
-        self._ready_re = None
-        run.exited.set()
+            run.exit_code = code
+            self.run = None
+            self._ready_re = None
+            run.exited.set()  # set even when this task fails: stop and delete wait for it
         self._after_exit(run, code)
 
     async def _read(self, run: Run, stream: trio.abc.ReceiveStream, name: str) -> None:
@@ -349,6 +371,8 @@ class ServerActor:
         if run.stop_requested or run.kill_requested:
             self._set(state="stopped", ready=False, pid=None, exit_code=code)
             self.broker.note(f"stopped ({how})")
+            if self._take_pending_start():
+                self._start_fresh()
             return
         decision = lifecycle.after_exit(self.spec.restart, self.crash_times, time.time(), code,
                                         run.crash_reason)
@@ -379,6 +403,12 @@ class ServerActor:
             return
         self.status.restarts += 1
         self._launch_soon()
+
+    def _take_pending_start(self) -> bool:
+        """A start that arrived while stopping or installing is due now (not after a
+        shutdown began, nor when a later stop or kill changed the desired state)."""
+        pending, self._start_pending = self._start_pending, False
+        return pending and self.desired_state == "running" and not self._closing
 
     def _cancel_backoff(self) -> None:
         if self._backoff is not None:
@@ -423,6 +453,8 @@ class ServerActor:
     # -- installs --------------------------------------------------------------------------
 
     def _start_install(self, then_start: bool) -> None:
+        # the scope exists at once: a kill or delete before the task runs still cancels it
+        self._install_scope, self._install_done = trio.CancelScope(), trio.Event()
         self._set(state="installing", install_progress=0.0, error=None, ready=False)
         self._spawn_task(self._install, then_start)
 
@@ -432,13 +464,19 @@ class ServerActor:
                              progress=self._set_progress)
         error: str | None = None
         began = time.monotonic()
-        with trio.CancelScope() as scope:
-            self._install_scope = scope
-            try:
-                await self.installer.install(ctx)
-            except InstallError as e:
-                error = str(e)
-        self._install_scope = None
+        scope, done = self._install_scope or trio.CancelScope(), self._install_done
+        try:
+            with scope:
+                try:
+                    await self.installer.install(ctx)
+                except InstallError as e:
+                    error = str(e)
+                except Exception as e:  # a disk or permission error: failed, not a loop
+                    log.exception("install of %s failed", self.id)
+                    error = f"{type(e).__name__}: {e}"
+        finally:
+            self._install_scope = None
+            done.set()
         if scope.cancelled_caught:
             error = "install cancelled"
         if self.hooks.installed is not None and self.installer.needed:
@@ -452,7 +490,8 @@ class ServerActor:
         self.installed = True
         self._set(state="stopped", install_progress=100.0)
         self.broker.note("installed")
-        if then_start and self.desired_state == "running":
+        if (then_start or self._take_pending_start()) and self.desired_state == "running" \
+                and not self._closing:
             self._launch_soon()
 
     def _set_progress(self, value: float) -> None:
@@ -485,7 +524,10 @@ class ServerActor:
                 failures = 0
                 continue
             failures += 1
-            if failures >= health.failures and run is self.run and run.proc is not None:
+            # a stop may have begun while the probe waited: a graceful stop is not a crash
+            if failures >= health.failures and run is self.run and run.proc is not None \
+                    and self.status.state == "running" and not run.stop_requested \
+                    and not run.kill_requested:
                 failures = 0
                 run.crash_reason = (f"health check failed: tcp port {health.tcp_port} "
                                     f"not accepting connections ({health.failures} probes)")

@@ -8,6 +8,10 @@ import time
 from pathlib import Path
 
 INSTANCE_ENV = "MANMAN_INSTANCE"
+# carried by a worker's helpers (docker CLI, steamcmd): a restarted worker ends its
+# predecessor's, which nothing else would (PR_SET_PDEATHSIG fires when the forking *thread*
+# ends, and trio forks from worker threads that exit after 10 s idle)
+HELPER_ENV = "MANMAN_HELPER"
 
 
 def start_time(pid: int) -> int | None:
@@ -48,7 +52,24 @@ def signal_group(pgid: int, sig: int) -> bool:
 def processes_with_instance(token: str) -> list[int]:
     """Pids whose environment carries MANMAN_INSTANCE=token (inherited by the game's
     children), so a leftover game is found even when its leader is gone."""
-    needle = f"{INSTANCE_ENV}={token}".encode()
+    return processes_with_env(INSTANCE_ENV, token)
+
+
+def kill_helpers(owner: str) -> list[int]:
+    """SIGKILL the helpers an earlier run of this worker left (it was SIGKILLed). Blocking."""
+    killed = []
+    for p in processes_with_env(HELPER_ENV, owner):
+        try:
+            os.kill(p, signal.SIGKILL)
+            killed.append(p)
+        except ProcessLookupError:
+            pass
+    return killed
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Pids whose environment holds name=value exactly."""
+    needle = f"{name}={value}".encode()
     found = []
     me = os.getpid()
     for entry in os.scandir("/proc"):

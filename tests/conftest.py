@@ -223,6 +223,24 @@ class ManmanProcess:
             self.proc.kill()
 
 
+def pids_with(marker: str) -> list[int]:
+    """Live processes whose command line holds `marker` (a test's unique argument)."""
+    import os
+
+    from manman import procs
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmd and procs.is_running(int(entry)):
+                found.append(int(entry))
+    return found
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -16,6 +16,7 @@ from tests.conftest import (
     Client,
     ManmanProcess,
     RunningWorker,
+    pids_with,
     worker_config,
     write_config,
 )
@@ -76,6 +77,13 @@ async def test_docker_server_life(docker_worker: RunningWorker, docker_host: str
                                         "files")
     await api.post("/server/dk/command", {"data": "say from the api"}, expect=202)
     await api.wait_line("dk", "said: from the api")
+    # an idle worker for longer than trio's idle worker threads live (10 s): the docker CLI
+    # helpers forked from those threads must outlive them
+    await trio.sleep(11)
+    await api.post("/server/dk/command", {"data": "say still here"}, expect=202)
+    await api.wait_line("dk", "said: still here")
+    s = await api.get("/server/dk")
+    assert s["state"] == "running" and s["restarts"] == 0
     # crash: restarted by the policy, in a new container
     await api.post("/server/dk/command", {"data": "crash 3"}, expect=202)
     s = await api.wait_for("dk", state="running", restarts=1, timeout=30)
@@ -138,8 +146,10 @@ docker_network = "none"
                        f"manman.owner={owner}", DOCKER_IMAGE, "true")
         foreign = docker(docker_host, "create", "--name", "manman-foreign", DOCKER_IMAGE, "true")
         assert stray.returncode == 0 and foreign.returncode == 0, stray.stderr
+        assert len(pids_with(f"wait\0{name}\0")) == 1  # the dead worker's helper
         api = Client(await second.start(bg), "t")
         s2 = await api.wait_for("keep", state="running", timeout=30)
+        assert len(pids_with(f"wait\0{name}\0")) == 1  # only the new worker's
         assert docker(docker_host, "inspect", "-f", "{{.State.StartedAt}}", name).stdout == \
             started  # re-attached, not restarted
         # stdin still works after the re-attach, and seq goes on

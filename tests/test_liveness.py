@@ -11,7 +11,15 @@ from typing import Any
 import trio
 
 from manman import procs
-from tests.conftest import JOIN, Client, ManmanProcess, RunningHost, fake_spec, write_config
+from tests.conftest import (
+    JOIN,
+    Client,
+    ManmanProcess,
+    RunningHost,
+    fake_spec,
+    pids_with,
+    write_config,
+)
 
 
 def worker_toml(tmp_path: Path, host_url: str, name: str) -> Path:
@@ -109,3 +117,34 @@ async def test_expiry_retires_the_worker_which_stops_its_servers(
         handle.stop()
         await handle.stopped.wait()
 
+
+
+async def test_worker_retired_while_away_stops_cleanly_when_it_returns(
+        tmp_path: Path, host: RunningHost, bg: trio.Nursery) -> None:
+    """The common expiry: a machine off for longer than worker_expiry boots again. Its
+    worker relaunches what should run, hears 410 at registration, stops it and exits 0."""
+    api = host.api
+    marker = f"retired-away-{tmp_path.name}"
+    config = str(worker_toml(tmp_path, host.url, "ra"))
+    proc = ManmanProcess(["worker", "--config", config])
+    try:
+        await proc.start(bg)
+        await wait_status(api, "ra", "alive")
+        wid = next(w["id"] for w in (await api.get("/worker"))["workers"] if w["name"] == "ra")
+        await api.post("/server", fake_spec("ra1", "--banner", marker, worker_id=wid,
+                                            desired_state="running"), expect=201)
+        await api.wait_for("ra1", state="running")
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+        assert pids_with(marker) == []
+        await api.request("DELETE", f"/worker/{wid}")  # unreachable: only marked shut down
+        assert await worker_status(api, "ra") == "shutdown"
+
+        proc = ManmanProcess(["worker", "--config", config])
+        await proc.start(bg)
+        assert await proc.wait() == 0, "\n".join(proc.log)
+        assert not any("Traceback" in line for line in proc.log), "\n".join(proc.log)
+        assert pids_with(marker) == []
+    finally:
+        proc.stop()

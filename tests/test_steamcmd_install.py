@@ -11,7 +11,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.conftest import Client, RunningWorker, steamcmd_emulator, worker_config
+from tests.conftest import Client, RunningWorker, pids_with, steamcmd_emulator, worker_config
 
 
 @pytest.fixture
@@ -152,3 +152,27 @@ async def test_missing_steamcmd(tmp_path: Path, bg: trio.Nursery) -> None:
     handle.agent.request_shutdown()
     await handle.agent.stopped.wait()
     await api.aclose()
+
+
+async def test_a_start_during_the_install_starts_it_after(steam_worker: RunningWorker) -> None:
+    api = steam_worker.api
+    s = await api.post("/server", steam_spec("later", "1020"), expect=201)
+    assert s["state"] == "installing" and s["desired_state"] == "stopped"
+    await api.request("PUT", "/server/later", 200, json={"desired_state": "running"})
+    s = await api.wait_for("later", state="running", timeout=20)
+    assert s["install_progress"] is None or s["install_progress"] == 100.0
+
+
+async def test_delete_of_an_installing_server_cancels_the_install(
+        steam_worker: RunningWorker) -> None:
+    api = steam_worker.api
+    s = await api.post("/server", steam_spec("gone", "1050"), expect=201)  # 1050 hangs
+    assert s["state"] == "installing"
+    await api.request("DELETE", "/server/gone?stop=true&purge=true")
+    with trio.fail_after(2):  # well before the 3 s install timeout would fail it
+        while (await api.request("GET", "/server/gone")).status_code != 404:
+            await trio.sleep(0.05)
+    assert pids_with("+app_update\x001050\x00") == []
+    # the worker and its other servers go on
+    await api.post("/server", steam_spec("next", "1000"), expect=201)
+    await api.wait_for("next", state="stopped", timeout=15)

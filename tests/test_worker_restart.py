@@ -97,6 +97,16 @@ async def test_sigterm_stops_servers_and_exits_0(tmp_path: Path, bg: trio.Nurser
         worker.proc.send_signal(signal.SIGTERM)
         assert await worker.wait() == 0
         assert processes_under(tmp_path / "data") == set()
+        # a worker restart (an upgrade, a reboot): what should run runs again
+        worker = ManmanProcess(["worker", "--config", str(cfg)])
+        api = Client(await worker.start(bg), TOKEN)
+        for name in ("t1", "t2"):
+            s = await api.wait_for(name, state="running")
+            assert s["desired_state"] == "running"
+        await api.post("/shutdown", expect=202)
+        assert await worker.wait() == 0
+        assert processes_under(tmp_path / "data") == set()
+        await api.aclose()
     finally:
         worker.stop()
 

@@ -201,3 +201,20 @@ def _group_members(pgid: int) -> list[int]:
             except ProcessLookupError:
                 pass
     return out
+
+
+async def test_a_start_while_stopping_runs_it_again_after_the_stop(worker: RunningWorker) -> None:
+    """The host's `start` arriving during a slow stop (a spec with desired running) is not
+    lost: the server starts again once the stop is done."""
+    api = worker.api
+    s = await api.post("/server", fake_spec("again", "--ignore-stop", stop_timeout=1,
+                                            desired_state="running"), expect=201)
+    first = (await api.wait_for("again", state="running"))["pid"]
+    await api.post("/server/again/shutdown", expect=202)
+    s = await api.get("/server/again")
+    assert s["state"] == "stopping"
+    s = (await api.request("PUT", "/server/again", 200,
+                           json={"desired_state": "running"})).json()
+    assert s["desired_state"] == "running"
+    s = await api.wait_for("again", state="running", timeout=15)
+    assert s["pid"] != first and not procs.is_running(first)

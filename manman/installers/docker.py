@@ -9,8 +9,7 @@ import trio
 
 from manman.console.lines import LineFramer
 from manman.installers.base import InstallContext, InstallError
-from manman.runners.base import base_env
-from manman.runners.docker import _die_with_parent
+from manman.runners.base import helper_env
 
 _LAYER_RE = re.compile(r"^([0-9a-f]{12}): (.+)$")
 
@@ -41,9 +40,10 @@ class PullProgress:
 class DockerPull:
     needed = True
 
-    def __init__(self, docker: str, timeout: float) -> None:
+    def __init__(self, docker: str, timeout: float, owner: str) -> None:
         self.docker = docker
         self.timeout = timeout
+        self.env = helper_env(owner)
 
     async def install(self, ctx: InstallContext) -> None:
         image = ctx.spec.install_identifier
@@ -51,8 +51,7 @@ class DockerPull:
         try:
             present = await trio.run_process(
                 [self.docker, "image", "inspect", "--format", "{{.Id}}", image],
-                capture_stdout=True, capture_stderr=True, check=False, env=base_env({}),
-                preexec_fn=_die_with_parent)
+                capture_stdout=True, capture_stderr=True, check=False, env=self.env)
         except OSError as e:
             raise InstallError(f"cannot run docker ({self.docker}): {e.strerror or e}") \
                 from None
@@ -62,7 +61,7 @@ class DockerPull:
         ctx.publish([f"docker pull {image}"])
         proc = await trio.lowlevel.open_process(
             [self.docker, "pull", image], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=base_env({}), preexec_fn=_die_with_parent)
+            stdin=subprocess.DEVNULL, env=self.env)
         framer, progress, last = LineFramer(cr_breaks=True), PullProgress(), ""
         code: int | None = None
         try:

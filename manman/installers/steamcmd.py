@@ -20,7 +20,7 @@ import trio
 from manman import procs
 from manman.console.lines import LineFramer
 from manman.installers.base import InstallContext, InstallError
-from manman.runners.base import base_env
+from manman.runners.base import helper_env
 
 _UPDATE_RE = re.compile(
     r"Update state \((0x[0-9a-fA-F]+)\) ([a-zA-Z ]+?), progress: (\d+)[.,](\d+)")
@@ -102,9 +102,11 @@ class SteamcmdInstaller:
 
     needed = True
 
-    def __init__(self, steamcmd: str, timeout: float, locks: dict[str, trio.Lock]) -> None:
+    def __init__(self, steamcmd: str, timeout: float, locks: dict[str, trio.Lock],
+                 owner: str) -> None:
         self.steamcmd = steamcmd
         self.timeout = timeout
+        self.env = helper_env(owner)
         self._locks = locks  # one per app id, shared by the worker's installers
 
     async def install(self, ctx: InstallContext) -> None:
@@ -122,7 +124,7 @@ class SteamcmdInstaller:
         try:
             proc = await trio.lowlevel.open_process(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, env=base_env({}), cwd=str(ctx.files_dir),
+                stderr=subprocess.STDOUT, env=self.env, cwd=str(ctx.files_dir),
                 start_new_session=True)
         except OSError as e:
             raise InstallError(f"cannot run steamcmd ({self.steamcmd}): "

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import trio
 
+from manman import procs
 from manman.models import ServerSpec
 
 
@@ -76,6 +77,12 @@ class Runner(Protocol):
 
     async def remove_leftover(self, record: RunRecord) -> list[int]:
         """Kill what an earlier worker left of this server; the pids or ids removed."""
+
+
+def helper_env(owner: str) -> dict[str, str]:
+    """The environment of a worker's helper process: tagged so that a restarted worker can
+    end the helpers of the run before it."""
+    return base_env({procs.HELPER_ENV: owner})
 
 
 def base_env(extra: dict[str, str]) -> dict[str, str]:

@@ -5,30 +5,21 @@ run, its stdin then stays open when the attached client goes away, so a worker t
 can re-attach and still send console lines. Its console is read with `docker logs -f`
 (everything since the container started, stdout and stderr apart) and written with
 `docker attach --sig-proxy=false` (the attached client never forwards signals). The CLI
-helpers die with the worker (PR_SET_PDEATHSIG); the container does not: a new worker
-re-attaches to it.
+helpers carry the worker's helper tag: a worker restarted after a SIGKILL ends its
+predecessor's helpers and re-attaches to the container, which kept running.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import signal
 import subprocess
 
 import trio
 
 from manman.models import ServerSpec
-from manman.runners.base import GameProcess, LaunchContext, RunRecord, SpawnError, base_env
+from manman.runners.base import GameProcess, LaunchContext, RunRecord, SpawnError, helper_env
 
 log = logging.getLogger("manman.docker")
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
 
 def container_name(server_id: str) -> str:
     return f"manman-{server_id}"
@@ -37,8 +28,9 @@ def container_name(server_id: str) -> str:
 class DockerCLI:
     """The docker command (path from config) with the worker's environment (DOCKER_HOST)."""
 
-    def __init__(self, docker: str) -> None:
+    def __init__(self, docker: str, owner: str) -> None:
         self.docker = docker
+        self.env = helper_env(owner)
 
     async def run(self, *args: str, timeout: float = 30) -> tuple[int, str, str]:
         """Run to completion: (exit code, stdout, stderr)."""
@@ -46,7 +38,7 @@ class DockerCLI:
             with trio.fail_after(timeout):
                 r = await trio.run_process([self.docker, *args], capture_stdout=True,
                                            capture_stderr=True, check=False,
-                                           env=base_env({}), preexec_fn=_die_with_parent)
+                                           env=self.env)
         except OSError as e:
             return 127, "", f"cannot run docker ({self.docker}): {e.strerror or e}"
         except trio.TooSlowError:
@@ -55,12 +47,12 @@ class DockerCLI:
             r.stderr.decode(errors="replace")
 
     async def open(self, *args: str, stdin: bool = False, output: bool = True) -> trio.Process:
-        """A long-lived helper (logs -f, attach, wait) that dies with the worker."""
+        """A long-lived helper (logs -f, attach, wait)."""
         pipe, null = subprocess.PIPE, subprocess.DEVNULL
         return await trio.lowlevel.open_process(
             [self.docker, *args], stdin=pipe if stdin else null,
             stdout=pipe if output else null, stderr=pipe if output else null,
-            env=base_env({}), preexec_fn=_die_with_parent)
+            env=self.env)
 
 
 def _error(stderr: str) -> str:
@@ -126,7 +118,7 @@ class DockerRunner:
     name = "docker"
 
     def __init__(self, docker: str, owner: str, network: str = "") -> None:
-        self.cli = DockerCLI(docker)
+        self.cli = DockerCLI(docker, owner)
         self.owner = owner  # the label that marks this worker's containers
         self.network = network
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from manman import procs
 from manman.actor import ActorHooks, ServerActor
 from manman.config import WorkerConfig
 from manman.console.broker import LogBroker
@@ -61,6 +62,7 @@ class WorkerAgent:
         self.status = "alive"
         self.store: WorkerStore | None = None
         self.shutdown_requested = trio.Event()  # graceful: stop every server, then exit
+        self._keep_desired = True
         self.stopped = trio.Event()
         self.exec_runner = ExecRunner()
         self.install_locks: dict[str, trio.Lock] = {}
@@ -88,12 +90,12 @@ class WorkerAgent:
 
             return Runtime(self.exec_runner,
                            SteamcmdInstaller(self.cfg.steamcmd, self.cfg.install_timeout,
-                                             self.install_locks))
+                                             self.install_locks, self.owner))
         if method == "docker":
             from manman.installers.docker import DockerPull
 
             return Runtime(self.docker_runner(),
-                           DockerPull(self.cfg.docker, self.cfg.install_timeout))
+                           DockerPull(self.cfg.docker, self.cfg.install_timeout, self.owner))
         raise ValueError(f"unknown install method {method!r}")
 
     # -- the worker's life -------------------------------------------------------------------
@@ -109,6 +111,8 @@ class WorkerAgent:
             if not self.owner:
                 self.owner = secrets.token_hex(8)
                 await self.store.set_meta({"owner": self.owner})
+            for pid in await trio.to_thread.run_sync(procs.kill_helpers, self.owner):
+                log.info("ended helper process %d left by the previous run", pid)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._persister)
@@ -147,9 +151,12 @@ class WorkerAgent:
         self.status = "shutdown"
         async with trio.open_nursery() as nursery:
             for actor in list(self.actors.values()):
-                nursery.start_soon(actor.shutdown)
+                nursery.start_soon(actor.shutdown, self._keep_desired)
 
-    def request_shutdown(self) -> None:
+    def request_shutdown(self, keep_desired: bool = True) -> None:
+        """keep_desired: servers that should run start again with the next worker (a worker
+        restart); False when the worker is retired for good."""
+        self._keep_desired = keep_desired
         self.shutdown_requested.set()
 
     # -- servers -----------------------------------------------------------------------------
@@ -260,8 +267,12 @@ class WorkerAgent:
         self.check_writable()
         if stop:
             await actor.shutdown()
+        try:
             self.check_writable()  # the worker may have begun to shut down meanwhile
-        actor.check_deletable()
+            actor.check_deletable()
+        except Conflict:
+            actor.reopen()
+            raise
         scope = self._scopes.pop(actor.id, None)
         if scope is not None:
             scope.cancel()

@@ -209,6 +209,9 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
             raise ApiError(422, str(e), "invalid") from None
         generation = body.generation if body.generation is not msgspec.UNSET \
             else actor.generation + 1
+        if generation < actor.generation:  # a late push: a newer spec is already here
+            raise ApiError(409, f"generation {generation} is older than the server's "
+                           f"{actor.generation}", "stale_generation")
         actor.update_spec(spec, generation, body.restart_on_change)
         return json_response(view(actor))
 

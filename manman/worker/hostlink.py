@@ -94,17 +94,21 @@ class HostLink:
 
     async def run(self, api_url: str,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
         try:
             async with trio.open_nursery() as nursery:
                 await self._register(api_url)
                 task_status.started()
+                started = True
                 nursery.start_soon(self._reporter)
                 await self._heartbeats(nursery)
         except* Retired:
             log.warning("the host retired this worker (410): stopping every server and "
                         "exiting; a new start joins again")
             await self._forget_identity()
-            self.agent.request_shutdown()
+            self.agent.request_shutdown(keep_desired=False)
+            if not started:  # retired while it was away: the worker still stops gracefully
+                task_status.started()
 
     async def _register(self, api_url: str) -> None:
         body = models.WorkerRegister(
@@ -188,7 +192,7 @@ class HostLink:
             try:
                 if actor is None:
                     await agent.create(d.spec, d.id, d.generation)
-                elif actor.generation != d.generation:
+                elif actor.generation < d.generation:  # never back to an older spec
                     actor.update_spec(d.spec, d.generation, restart_on_change=False)
             except (Conflict, ValueError) as e:
                 log.warning("cannot apply server %s: %s", d.id, e)
