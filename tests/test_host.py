@@ -244,3 +244,71 @@ async def test_generated_tokens_are_files_0600(tmp_path: Path, database_url: str
     assert (d / "admin-token").read_text().strip() == admin  # reused
     handle2.stop()
     await handle2.stopped.wait()
+
+
+async def test_restart_of_a_stopped_server_starts_it_once(host: RunningHost, hosted: Any
+                                                          ) -> None:
+    w = await hosted("rs")
+    api = host.api
+    # it ignores its stop command while it boots: a second restart would cost stop_timeout
+    await api.post("/server", fake_spec("rs1", "--ignore-stop", stop_timeout=3,
+                                        worker_id=w.handle.link.worker_id), expect=201)
+    await api.wait_for("rs1", state="stopped")
+    r = await api.post("/server/rs1/command", {"type": "restart"}, expect=202)
+    assert r["delivered"] is True
+    s = await api.wait_for("rs1", state="running", timeout=2.5)
+    await trio.sleep(0.5)
+    assert (await api.get("/server/rs1"))["pid"] == s["pid"]
+    page = await api.get("/server/rs1/log?since=0&limit=1000")
+    assert sum(ln["text"].startswith("started (pid") for ln in page["lines"]) == 1
+
+
+async def test_a_delete_waiting_for_a_worker_that_is_retired_completes(
+        host: RunningHost, hosted: Any) -> None:
+    gone, other = await hosted("gone"), await hosted("other")
+    api = host.api
+    wid = gone.handle.link.worker_id
+    await api.post("/server", fake_spec("keepname", worker_id=wid), expect=201)
+    await api.wait_for("keepname", state="stopped")
+    await gone.shutdown()  # the machine goes away
+    await wait_worker(host, wid, "shutdown")
+    r = await api.request("DELETE", "/server/keepname", expect=202)  # waits for the worker
+    r = await api.request("POST", "/server", json=fake_spec(
+        "keepname", worker_id=other.handle.link.worker_id))
+    assert r.status_code == 409
+    await api.request("DELETE", f"/worker/{wid}", expect=200)  # it will never come back
+    await api.post("/server", fake_spec("keepname", worker_id=other.handle.link.worker_id),
+                   expect=201)
+    assert (await api.get(f"/worker/{wid}"))["servers"] == 0
+
+
+async def test_an_admin_console_through_the_host_outlives_the_console_token_ttl(
+        tmp_path: Path, database_url: str, bg: trio.Nursery) -> None:
+    from manman.host.main import run_host
+    from tests.conftest import host_config, start_hosted_worker
+
+    handle = await bg.start(run_host, host_config(tmp_path, database_url,
+                                                  console_token_ttl=1))
+    host = RunningHost(handle)
+    w = await start_hosted_worker(bg, tmp_path, host, "ttl")
+    try:
+        s = await host.api.post("/server", fake_spec("t", worker_id=w.handle.link.worker_id,
+                                                     desired_state="running"), expect=201)
+        await host.api.wait_for("t", state="running")
+        base = host.url.replace("http://", "ws://") + f"/server/{s['id']}/log/ws"
+        async with open_websocket_url(f"{base}?token={ADMIN}&tail=0") as ws:
+            assert json.loads(await ws.get_message())["type"] == "hello"
+            await trio.sleep(2.5)  # past console_token_ttl
+            await ws.send_message(json.dumps({"type": "command", "data": "say late"}))
+            with trio.fail_after(10):
+                while True:
+                    f = json.loads(await ws.get_message())
+                    assert f["type"] != "error", f
+                    if f["type"] == "lines" and any(ln["text"] == "said: late"
+                                                    for ln in f["lines"]):
+                        break
+    finally:
+        await w.shutdown()
+        await host.api.aclose()
+        handle.stop()
+        await handle.stopped.wait()

@@ -80,6 +80,9 @@ class Principal:
         return self.kind if self.kind != "worker" else f"worker:{self.worker_id}"
 
 
+PROXY_SESSION_TTL = 24 * 3600.0  # an admin's proxied console: reconnects once a day
+
+
 def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -> Api:
     api = Api("manman.host", "manman host API", "1")
     fleet: Fleet = control.fleet
@@ -248,7 +251,9 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
             raise ApiError(503, f"worker {w.name} is {fleet.worker_status(w)}", "unavailable")
         query = {k: query_int(k, None) for k in ("since", "tail")}
         scopes = [auth.READ, auth.WRITE] if who.kind == "admin" else sorted(who.scopes)
-        ttl = console_ttl if who.expires_at is None else who.expires_at - time.time()
+        # the upstream token never leaves the host: an admin's session (its token does not
+        # expire) is not cut every console_token_ttl; a console token's ends with it
+        ttl = PROXY_SESSION_TTL if who.expires_at is None else who.expires_at - time.time()
         token = auth.sign_console_token(secrets.console_key(w), s.id, scopes, ttl, time.time())
         await websocket.accept()
         try:

@@ -198,8 +198,11 @@ class Control:
                 delivered = await self.set_desired(s, "running" if cmd.type == "start"
                                                    else "stopped")
             elif cmd.type == "restart":
-                await self.set_desired(s, "running")
-                delivered = await self._push(w, "POST", f"/server/{s.id}/restart")
+                if s.spec.desired_state != "running":
+                    # starting it is the restart: a second one would stop what just started
+                    delivered = await self.set_desired(s, "running")
+                else:
+                    delivered = await self._push(w, "POST", f"/server/{s.id}/restart")
             else:
                 delivered, result = await self._direct(w, s, cmd)
         except ApiError as e:
@@ -298,3 +301,10 @@ class Control:
         await self.store.update_worker(w.id, status="shutdown")
         w.status = "shutdown"
         log.info("worker %s (%s) shut down: %s", w.name, w.id, reason)
+        await self.forget_deleted_on_retired()
+
+    async def forget_deleted_on_retired(self) -> None:
+        """Deletes waiting for a worker that will never come back are done now: otherwise
+        they could never finish, and their names would stay taken."""
+        for s in self.fleet.deleting_on_retired():
+            await self.forget(s.id)

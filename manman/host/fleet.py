@@ -212,6 +212,10 @@ class Fleet:
         status = "frozen" if w.status == "frozen" else "alive"
         return models.HeartbeatReply(status=status, servers=desired, remove=remove)  # type: ignore
 
+    def deleting_on_retired(self) -> list[ServerRec]:
+        return [s for s in self.servers.values() if s.deleting and
+                (w := self.workers.get(s.worker_id)) is not None and w.status == "shutdown"]
+
     def deleted_on_worker(self, w: WorkerRec, held: dict[str, int]) -> list[ServerRec]:
         """Servers being deleted that the worker no longer holds: ready to forget."""
         return [s for s in self._by_worker.get(w.id, {}).values()

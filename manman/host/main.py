@@ -68,6 +68,7 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
         fleet = Fleet(store, hcfg.worker_timeout, hcfg.worker_expiry)
         await fleet.load()
         control = Control(store, fleet, relay)
+        await control.forget_deleted_on_retired()
         api = build_host_api(control, secrets, hcfg.console_token_ttl)
         stop = trio.Event()
         async with trio.open_nursery() as loops:
@@ -114,7 +115,8 @@ async def _liveness_loop(control: Control, stop: trio.Event) -> None:
     Time the host itself was down does not count: every worker gets worker_expiry from the
     host's start to be heard from."""
     fleet = control.fleet
-    started = time.time()
+    # monotonic: a wall clock stepped forward (NTP, a restored VM) must not retire the fleet
+    started = time.monotonic()
     while True:
         await trio.sleep(0.5)
         if stop.is_set():
@@ -122,9 +124,11 @@ async def _liveness_loop(control: Control, stop: trio.Event) -> None:
         fleet.sweep()
         if fleet.worker_expiry <= 0:
             continue
-        now = time.time()
+        now = time.monotonic()
         for w in list(fleet.workers.values()):
-            last = max(w.last_heartbeat or w.created_at, started)
+            # never heard from (joined, not registered): counted from when it joined
+            heard = w.seen if w.seen is not None else now - max(0.0, time.time() - w.created_at)
+            last = max(heard, started)
             if w.status != "shutdown" and now - last > fleet.worker_expiry:
                 try:
                     await control.retire_worker(
