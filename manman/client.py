@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -86,6 +86,8 @@ class Frame(msgspec.Struct):
     reason: str | None = None
     code: str | None = None
     message: str | None = None
+    first_seq: int | None = None
+    next_seq: int | None = None
 
 
 _frame = msgspec.json.Decoder(Frame).decode
@@ -97,6 +99,7 @@ class Follow:
 
     next_seq: int | None
     tail: int
+    unsent: list[str] = field(default_factory=list)  # commands a dropped connection took
 
 
 async def follow_console(url: str, token: str, server_id: str, start: Follow,
@@ -119,10 +122,12 @@ async def follow_console(url: str, token: str, server_id: str, start: Follow,
                     receive_buffer_size=None, max_message_size=4 << 20) as ws:
                 delay = 0.2
                 await _session(ws, start, on_frame, outgoing)
+        except* ServerGone as group:
+            raise ClientError(str(group.exceptions[0])) from None
         except* HandshakeError as group:
             status = getattr(group.exceptions[0], "status_code", None)
-            if status in (401, 403, 404):
-                refused = status
+            if status is not None and 400 <= status < 500 and status not in (408, 429):
+                refused = status  # asking again cannot help
             problem = f"console unavailable ({status})"
         except* (ConnectionClosed, OSError, trio.BrokenResourceError) as group:
             problem = f"connection lost ({type(group.exceptions[0]).__name__})"
@@ -138,10 +143,24 @@ async def _session(ws: Any, pos: Follow, on_frame: Callable[[Frame], None],
                    outgoing: trio.MemoryReceiveChannel[str] | None) -> None:
     async with trio.open_nursery() as nursery:
         if outgoing is not None:
-            nursery.start_soon(_send_commands, ws, outgoing)
+            nursery.start_soon(_send_commands, ws, outgoing, pos)
         while True:
             frame = _frame(await ws.get_message())
-            if frame.type == "lines" and frame.lines:
+            if frame.type == "hello" and frame.next_seq is not None:
+                if pos.next_seq is None:
+                    # where the server starts this view: a reconnect goes on from there
+                    # even when no line came before it
+                    pos.next_seq = max(frame.first_seq or 0, frame.next_seq - pos.tail)
+                elif frame.next_seq < pos.next_seq:
+                    # numbers the worker gave out were lost (a failed disk): follow its
+                    # numbering, or every new line would be taken for one already shown
+                    on_frame(Frame(type="error", code="seq_reset", message=(
+                        f"the console's numbering went back from {pos.next_seq} to "
+                        f"{frame.next_seq}")))
+                    pos.next_seq = frame.next_seq
+            elif frame.type == "error" and frame.code == "not_found":
+                raise ServerGone(frame.message or "the server was deleted")
+            elif frame.type == "lines" and frame.lines:
                 if pos.next_seq is not None and frame.lines[0]["seq"] < pos.next_seq:
                     # a resume that overlaps what was printed: never print a seq twice
                     frame.lines = [ln for ln in frame.lines if ln["seq"] >= pos.next_seq]
@@ -153,6 +172,21 @@ async def _session(ws: Any, pos: Follow, on_frame: Callable[[Frame], None],
             on_frame(frame)
 
 
-async def _send_commands(ws: Any, outgoing: trio.MemoryReceiveChannel[str]) -> None:
+class ServerGone(Exception):
+    """The console's server was deleted: following it further cannot help."""
+
+
+async def _send_commands(ws: Any, outgoing: trio.MemoryReceiveChannel[str], pos: Follow
+                         ) -> None:
+    async def send(line: str) -> None:
+        try:
+            await ws.send_message(msgspec.json.encode({"type": "command",
+                                                       "data": line}).decode())
+        except (ConnectionClosed, trio.BrokenResourceError):
+            pos.unsent.append(line)  # not delivered: sent first on the next connection
+            raise
+
+    while pos.unsent:
+        await send(pos.unsent.pop(0))
     async for line in outgoing:
-        await ws.send_message(msgspec.json.encode({"type": "command", "data": line}).decode())
+        await send(line)

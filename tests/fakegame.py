@@ -116,6 +116,12 @@ for raw in sys.stdin:
             ahead = start + (i + 1000) / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
+    elif cmd == "wide":  # wide N SIZE: N numbered lines of SIZE characters
+        n, size = (int(x) for x in rest.split())
+        for i in range(n):
+            head = f"wide {i} "
+            out.write(head + "x" * (size - len(head)) + "\n")
+        out.flush()
     elif cmd == "hang":
         while True:
             time.sleep(3600)

@@ -278,3 +278,41 @@ async def test_replay_from_files_beyond_the_ring(small_ring_worker: Any) -> None
     seqs = [ln["seq"] for ln in lines]
     assert seqs == list(range(first, first + len(seqs)))
     assert not [f for f in other if f["type"] == "gap"]
+
+
+async def test_replay_of_wide_lines_comes_in_frames_a_client_accepts(
+        tmp_path: Path, bg: trio.Nursery) -> None:
+    """Lines near the 64 KiB limit replayed from the files (the ring holds none of them): the
+    frames stay under 1 MiB, trio-websocket's default, and a history page is bounded too."""
+    from manman.worker.main import run_worker
+
+    cfg = worker_config(tmp_path, console_ring_bytes=500, log_file_bytes=32 << 20)
+    handle = await bg.start(run_worker, cfg)
+    worker = RunningWorker(handle, Client(handle.url, "test-worker-token"))
+    try:
+        await running(worker, "wide")
+        await worker.api.post("/server/wide/command", {"data": "wide 150 60000"}, expect=202)
+        with trio.fail_after(20):
+            while not (page := await worker.api.get("/server/wide/log?limit=1"))["lines"] or \
+                    not page["lines"][0]["text"].startswith("wide 149 "):
+                await trio.sleep(0.05)
+        async with open_websocket_url(ws_url(worker, "wide", tail=150),
+                                      max_message_size=1 << 20) as ws:
+            hello = await recv(ws)
+            lines, other = await collect_lines(ws, "wide 149 " + "x" * (60000 - 9))
+        assert [ln["seq"] for ln in lines] == list(range(hello["next_seq"] - 150,
+                                                         hello["next_seq"]))
+        assert not [f for f in other if f["type"] == "gap"]
+        # history pages: bounded in size, next_seq goes on where one stopped
+        since, got = hello["next_seq"] - 150, 0
+        while since < hello["next_seq"]:
+            r = await worker.api.request("GET", f"/server/wide/log?since={since}&limit=10000")
+            assert len(r.content) < 10 << 20
+            page = r.json()
+            assert page["lines"][0]["seq"] == since
+            got += len(page["lines"])
+            since = page["next_seq"]
+        assert got == 150
+    finally:
+        await worker.shutdown()
+        await worker.api.aclose()

@@ -356,3 +356,12 @@ def test_property_long_lines_cut_greedily_on_char_boundaries(
     out = run(chunks, max_line=limit)
     assert out == expected
     assert all(utf8_len(p) <= limit for p in out)
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_stray_continuation_bytes_at_the_cut_do_not_cost_the_character_before(
+        terminated: bool) -> None:
+    # '€' is whole before the limit; the invalid bytes after it are not part of it
+    raw = b"\x80\xe2\x82\xac\x80\x80zz" + (b"\n" if terminated else b"")
+    out = run([raw], max_line=4)
+    assert "".join(out) == "\ufffd€\ufffd\ufffdzz"

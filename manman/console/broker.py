@@ -79,6 +79,7 @@ class LogBroker:
         self.lines_total = 0
         self.bytes_total = 0
         self._wakeup = trio.Event()
+        self.closed: tuple[str, str] | None = None  # why viewers must go (server deleted)
 
     # -- publishing (sync: the readers never wait on viewers) -------------------------------
 
@@ -119,8 +120,12 @@ class LogBroker:
         self._wakeup.set()
         self._wakeup = trio.Event()
 
-    def close(self) -> None:
+    def close(self, reason: tuple[str, str] | None = None) -> None:
+        """Close the files; with a reason (code, message), viewers get it and are closed."""
         self.files.close()
+        if reason is not None:
+            self.closed = reason
+            self._wake()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -134,7 +139,8 @@ class LogBroker:
 
     async def wait(self, cursor: int, state_version: int) -> None:
         """Return once there is a line at or after `cursor` or a newer state."""
-        while self.next_seq <= cursor and self.state_version == state_version:
+        while self.next_seq <= cursor and self.state_version == state_version and \
+                self.closed is None:
             await self._wakeup.wait()
 
     def take(self, cursor: int, max_chars: int = MAX_FRAME_CHARS) -> tuple[str | None, int]:
@@ -162,34 +168,53 @@ class LogBroker:
             end = batch.end_seq
         return '{"type":"lines","lines":[' + ",".join(parts) + "]}", end
 
-    def ring_lines_from(self, since: int, limit: int) -> list[Line]:
+    def ring_lines_from(self, since: int, limit: int, max_chars: int | None = None
+                        ) -> list[Line]:
         out: list[Line] = []
+        chars = 0
         for batch in self.ring:
             if batch.end_seq <= since:
                 continue
             start = max(0, since - batch.first_seq)
-            out.extend(batch.lines()[start:start + limit - len(out)])
+            for line in batch.lines()[start:start + limit - len(out)]:
+                out.append(line)
+                chars += len(line.text)
+                if max_chars is not None and chars >= max_chars:
+                    return out
             if len(out) >= limit:
                 break
         return out
 
-    async def history(self, since: int, limit: int) -> list[Line]:
-        """Stored lines with seq ≥ since (ring first, then the files)."""
+    async def history(self, since: int, limit: int, max_chars: int | None = None
+                      ) -> list[Line]:
+        """Stored lines with seq ≥ since (ring first, then the files); with max_chars, about
+        that much text at most (at least one line)."""
         since = max(since, 0)
         if since >= self.ring_first_seq:
-            return self.ring_lines_from(since, limit)
-        return await trio.to_thread.run_sync(self.files.read, since, limit)
+            return self.ring_lines_from(since, limit, max_chars)
+        return await trio.to_thread.run_sync(self.files.read, since, limit, max_chars)
 
-    async def tail(self, count: int) -> list[Line]:
-        return await self.history(max(self.first_seq, self.next_seq - count), count)
+    async def tail(self, count: int, max_chars: int | None = None) -> list[Line]:
+        return await self.history(max(self.first_seq, self.next_seq - count), count, max_chars)
 
 
-def iter_frames(lines: Iterable[Line], per_frame: int = 2000) -> Iterable[str]:
+# text per frame of replayed lines: JSON escapes may grow it up to 6 times, and clients
+# refuse messages over 4 MiB
+FRAME_TEXT_CHARS = MAX_FRAME_CHARS // 2
+
+
+def iter_frames(lines: Iterable[Line], per_frame: int = 2000,
+                max_chars: int = FRAME_TEXT_CHARS) -> Iterable[str]:
     chunk: list[Line] = []
+    chars = 0
     for line in lines:
+        if chunk and chars + len(line.text) > max_chars:
+            yield lines_frame(chunk)
+            chunk, chars = [], 0
         chunk.append(line)
+        chars += len(line.text)
         if len(chunk) >= per_frame:
             yield lines_frame(chunk)
-            chunk = []
+            chunk, chars = [], 0
     if chunk:
         yield lines_frame(chunk)

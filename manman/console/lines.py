@@ -70,14 +70,15 @@ class LineFramer:
 
 def _utf8_boundary(data: bytes, limit: int) -> int:
     """The largest cut ≤ limit that does not split a UTF-8 sequence (when avoidable)."""
-    cut = limit
-    # back up over continuation bytes (10xxxxxx), at most 3
-    for _ in range(3):
-        if cut > 0 and (data[cut] & 0xC0) == 0x80:
-            cut -= 1
-        else:
-            break
-    return cut if cut > 0 else limit
+    # the last lead byte before the cut decides: back up only if its sequence crosses it
+    # (stray continuation bytes after a whole character are not part of it)
+    for p in range(limit - 1, max(limit - 4, -1), -1):
+        b = data[p]
+        if b & 0xC0 != 0x80:
+            size = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else \
+                4 if b & 0xF8 == 0xF0 else 1
+            return p if p + size > limit and p > 0 else limit
+    return limit
 
 
 def _split_long(lines: list[str], max_bytes: int) -> list[str]:

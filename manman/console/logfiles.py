@@ -120,11 +120,13 @@ class LogFiles:
 
     # -- reading (blocking: call from a thread) --------------------------------------------
 
-    def read(self, since: int, limit: int) -> list[Line]:
-        """Up to `limit` stored lines with seq ≥ since, oldest first."""
+    def read(self, since: int, limit: int, max_chars: int | None = None) -> list[Line]:
+        """Up to `limit` stored lines with seq ≥ since, oldest first; with max_chars, no more
+        than about that much text (at least one line): a page of 64 KiB lines stays small."""
         out: list[Line] = []
         if limit <= 0:
             return out
+        budget = _Budget(limit, max_chars)
         segs = self.segments()
         start = 0
         for i, (first, _) in enumerate(segs):
@@ -141,22 +143,39 @@ class LogFiles:
                             pending = raw  # batches are contiguous: the one before is older
                             continue
                         for batch in (pending, raw) if pending is not None else (raw,):
-                            if _collect(batch, since, limit, out):
+                            if _collect(batch, since, budget, out):
                                 return out
                         pending = None
-                    if pending is not None and _collect(pending, since, limit, out):
+                    if pending is not None and _collect(pending, since, budget, out):
                         return out
             except FileNotFoundError:
                 continue  # rotated away while we read
         return out
 
 
-def _collect(raw: bytes, since: int, limit: int, out: list[Line]) -> bool:
-    """Append the batch's lines with seq ≥ since; True when `out` is full."""
+class _Budget:
+    """How many lines, and how much text, a page may still take."""
+
+    def __init__(self, limit: int, max_chars: int | None) -> None:
+        self.lines = limit
+        self.chars = max_chars if max_chars is not None else -1
+
+    def take(self, line: Line) -> bool:
+        """Count the line in; True when the page is full."""
+        self.lines -= 1
+        if self.chars >= 0:
+            self.chars -= len(line.text)
+            if self.chars <= 0:
+                return True
+        return self.lines <= 0
+
+
+def _collect(raw: bytes, since: int, budget: _Budget, out: list[Line]) -> bool:
+    """Append the batch's lines with seq ≥ since; True when the page is full."""
     for line in _decode_batch(raw):
         if line.seq >= since:
             out.append(line)
-            if len(out) >= limit:
+            if budget.take(line):
                 return True
     return False
 

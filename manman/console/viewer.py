@@ -8,16 +8,18 @@ limits. Both run in one nursery: when either ends, the viewer ends.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import msgspec
 import trio
 
 from manman.console.broker import LogBroker, gap_frame, iter_frames
+from manman.models import Line
 
 MAX_CLIENT_FRAME = 32 * 1024
-REPLAY_PAGE = 2000
+REPLAY_PAGE = 2000  # lines read from the files at a time, and at most REPLAY_CHARS of text
+REPLAY_CHARS = 2 << 20
 _encode = msgspec.json.Encoder().encode
 
 
@@ -123,13 +125,13 @@ async def _sender(broker: LogBroker, send: Send, cursor: int, scope: trio.Cancel
             cursor = first
         # replay from the files what the ring no longer holds
         while cursor < broker.ring_first_seq:
-            lines = await broker.history(cursor, REPLAY_PAGE)
-            if not lines:
-                break
-            if lines[0].seq > cursor:
+            lines = await broker.history(cursor, REPLAY_PAGE, REPLAY_CHARS)
+            if not lines:  # the files lack them (rotated away, a write that failed)
                 broker.gaps += 1
-                await send(gap_frame(cursor, lines[0].seq - 1, "expired"))
-            for frame in iter_frames(lines):
+                await send(gap_frame(cursor, broker.ring_first_seq - 1, "expired"))
+                cursor = broker.ring_first_seq
+                break
+            for frame in _replay_frames(broker, lines, cursor):
                 await send(frame)
             cursor = lines[-1].seq + 1
         # then what the ring holds up to now, so the state frame follows the history
@@ -141,6 +143,9 @@ async def _sender(broker: LogBroker, send: Send, cursor: int, scope: trio.Cancel
         version = broker.state_version
         while True:
             await broker.wait(cursor, version)
+            if broker.closed is not None:
+                await send(error_frame(*broker.closed))
+                return
             frames = []
             if broker.state_version != version:
                 version = broker.state_version
@@ -150,6 +155,20 @@ async def _sender(broker: LogBroker, send: Send, cursor: int, scope: trio.Cancel
                 await send(frame)
     finally:
         scope.cancel()
+
+
+def _replay_frames(broker: LogBroker, lines: list[Line], cursor: int) -> Iterator[str]:
+    """Frames for lines read from the files, with a gap frame before every hole: seq
+    numbers a viewer receives always go up by one or are announced as skipped."""
+    start = 0
+    for i, line in enumerate(lines):
+        if line.seq != cursor:
+            yield from iter_frames(lines[start:i])
+            broker.gaps += 1
+            yield gap_frame(cursor, line.seq - 1, "expired")
+            start = i
+        cursor = line.seq + 1
+    yield from iter_frames(lines[start:])
 
 
 def _next_frames(broker: LogBroker, cursor: int) -> tuple[list[str], int]:

@@ -8,6 +8,7 @@
 (() => {
   const TOKEN_KEY = "manman.admin_token";
   const MAX_LINES = 2000;          // console lines kept in the DOM
+  const TAIL_LINES = 200;          // history shown when a console opens
   const REFRESH_MS = 2000;         // worker and server lists
   const BACKOFF_FIRST_MS = 500;
   const BACKOFF_MAX_MS = 15000;
@@ -486,12 +487,16 @@
         if (!consoleToken) throw new ApiError(0, "no_token", "the host gave no console token");
       } catch (e) {
         if (e instanceof AuthError || this.closed || gen !== this.gen) return;
+        if (e instanceof ApiError && e.status === 404) {   // deleted: nothing to wait for
+          this.status("closed", "server deleted");
+          return;
+        }
         this.retry(gen, e.message);
         return;
       }
       if (this.closed || gen !== this.gen) return;
       const q = new URLSearchParams();
-      if (this.lastSeq === null) q.set("tail", "200");
+      if (this.lastSeq === null) q.set("tail", String(TAIL_LINES));
       else q.set("since", String(this.lastSeq + 1));
       q.set("token", consoleToken);   // the short-lived console token, never the admin token
       const proto = location.protocol === "https:" ? "wss:" : "ws:";
@@ -547,6 +552,16 @@
       if (!f || typeof f !== "object") return;
       switch (f.type) {
         case "hello":
+          if (typeof f.next_seq === "number") {
+            if (this.lastSeq === null) {
+              // where this view starts: a reconnect goes on from here even before any line
+              this.lastSeq = Math.max(f.first_seq || 0, f.next_seq - TAIL_LINES) - 1;
+            } else if (f.next_seq <= this.lastSeq) {
+              // the worker lost numbers it gave out (a failed disk): follow its numbering
+              this.push({ marker: "info", text: "console numbering restarted at " + f.next_seq });
+              this.lastSeq = f.next_seq - 1;
+            }
+          }
           this.live = true;
           this.status("open", "live");
           if (typeof f.state === "string") this.liveState = { state: f.state };

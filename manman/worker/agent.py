@@ -278,7 +278,7 @@ class WorkerAgent:
             scope.cancel()
         self.actors.pop(actor.id, None)
         self._dirty.discard(actor.id)
-        actor.broker.close()
+        actor.broker.close(("not_found", "the server was deleted"))
         assert self.store is not None
         async with self._store_lock:
             await self.store.delete(actor.id)

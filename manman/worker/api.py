@@ -75,6 +75,10 @@ class WorkerSecrets:
         self.console_key = auth.console_key(admin_secret)
 
 
+# a history page holds at most about this much text; next_seq says where to go on
+LOG_PAGE_CHARS = 8 << 20
+
+
 def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | None = None
                      ) -> Api:
     api = Api("manman.worker", "manman worker API", "1")
@@ -274,9 +278,9 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
         since = query_int("since", None)
         broker = actor.broker
         if since is None:
-            lines = await broker.tail(limit)
+            lines = await broker.tail(limit, LOG_PAGE_CHARS)
         else:
-            lines = await broker.history(since, limit)
+            lines = await broker.history(since, limit, LOG_PAGE_CHARS)
         if lines:
             next_seq = lines[-1].seq + 1
         elif since is None:
@@ -296,10 +300,16 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
         assert tail is not None
         await websocket.accept()
 
+        def current() -> ServerActor:
+            # a faulted actor is rebuilt around the same console: commands go to the new one
+            return agent.actors.get(actor.id, actor)
+
         async def on_command(line: str) -> None:
             try:
                 models.check_console_line(line)
-                actor.send_console(line)
+                if actor.id not in agent.actors:
+                    raise CommandRefused("not_found", "the server was deleted")
+                current().send_console(line)
             except ValueError as e:
                 raise CommandRefused("invalid", str(e)) from None
             except Conflict as e:
@@ -309,7 +319,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
 
         try:
             await run_viewer(actor.broker, websocket.send, websocket.receive,
-                             server_id=actor.id, state=lambda: actor.status.state,
+                             server_id=actor.id, state=lambda: current().status.state,
                              since=since, tail=tail,
                              on_command=on_command if who.can_write() else None,
                              expires_at=who.expires_at)
