@@ -111,13 +111,14 @@ class Client:
         raise AssertionError(f"server {server} never reached {want}; last: {last}")
 
     async def wait_line(self, server: str, text: str, *, timeout: float = 10,
-                        since: int = 0) -> dict[str, Any]:
-        """Poll the console history until a line with exactly `text` shows up."""
+                        since: int = 0, prefix: bool = False) -> dict[str, Any]:
+        """Poll the console history until a line with exactly `text` (or, with prefix,
+        starting with `text `) shows up."""
         with trio.move_on_after(timeout):
             while True:
                 page = await self.get(f"/server/{server}/log?since={since}&limit=10000")
                 for line in page["lines"]:
-                    if line["text"] == text:
+                    if line["text"] == text or (prefix and line["text"].startswith(text + " ")):
                         return line
                 await trio.sleep(0.02)
         raise AssertionError(f"no console line {text!r} in {server}")

@@ -128,6 +128,9 @@ for raw in sys.stdin:
     elif cmd == "spawn":
         children.append(subprocess.Popen(["sleep", "1000"]))
         say(f"child {children[-1].pid}")
+    elif cmd == "spawn-detached":  # a child in a session of its own (leaves the group)
+        children.append(subprocess.Popen(["sleep", "1000"], start_new_session=True))
+        say(f"child {children[-1].pid}")
     elif cmd == "pid":
         say(f"pid {os.getpid()} children {' '.join(str(c.pid) for c in children)}")
     elif cmd == "close-port":

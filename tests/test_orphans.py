@@ -62,3 +62,20 @@ async def test_no_orphans_through_a_servers_life(worker: RunningWorker) -> None:
     await worker.shutdown()
     assert processes_under(sdir) == set()
     assert not any(procs.is_running(p) for p in last)
+
+
+async def test_a_descendant_that_left_the_process_group_goes_with_its_server(
+        worker: RunningWorker) -> None:
+    api = worker.api
+    await api.post("/server", fake_spec("sess", restart={"policy": "never"},
+                                        desired_state="running"), expect=201)
+    await api.wait_for("sess", state="running")
+    await api.post("/server/sess/command", {"data": "spawn-detached"}, expect=202)
+    child = int((await api.wait_line("sess", "child", timeout=5, prefix=True))["text"].split()[1])
+    assert procs.is_running(child)
+    await api.post("/server/sess/shutdown", expect=202)
+    await api.wait_for("sess", state="stopped")
+    with trio.move_on_after(5):
+        while procs.is_running(child):
+            await trio.sleep(0.02)
+    assert not procs.is_running(child)

@@ -40,8 +40,9 @@ def resolve_executable(spec: ServerSpec, files_dir: Path, path_env: str | None) 
 class ExecProcess:
     """A running local program, the leader of its own process group."""
 
-    def __init__(self, proc: trio.Process) -> None:
+    def __init__(self, proc: trio.Process, instance: str) -> None:
         self._proc = proc
+        self._instance = instance  # in the environment of the game and its descendants
         self.pid: int | None = proc.pid
         assert proc.stdout is not None and proc.stdin is not None
         self.stdout: trio.abc.ReceiveStream = proc.stdout
@@ -70,14 +71,17 @@ class ExecProcess:
         return code
 
     async def cleanup(self) -> None:
-        # children of the game that outlive it: the whole group goes with the server
+        # children of the game that outlive it: the whole group goes with the server, and
+        # so do descendants that left the group (setsid) but carry the instance token
         procs.signal_group(self._proc.pid, signal.SIGKILL)
+        await trio.to_thread.run_sync(procs.kill_leftover, None, None, self._instance, 1.0)
         for stream in (self._stdin,):
             with trio.move_on_after(1):
                 await stream.aclose()
 
     def abandon(self) -> None:
         procs.signal_group(self._proc.pid, signal.SIGKILL)
+        procs.kill_leftover(None, None, self._instance, 0.0)
 
 
 class ExecRunner:
@@ -97,7 +101,7 @@ class ExecRunner:
                 start_new_session=True)
         except OSError as e:
             raise SpawnError(f"cannot start {exe}: {e.strerror or e}") from None
-        return ExecProcess(proc)
+        return ExecProcess(proc, ctx.instance)
 
     async def adopt(self, record: RunRecord, spec: ServerSpec, since: float | None = None
                     ) -> GameProcess | None:
