@@ -376,6 +376,7 @@ class DesiredServer(Struct, gc=False, kw_only=True):
     id: str
     generation: int
     spec: ServerSpec
+    restart: bool = False  # a change the worker missed asked for restart_on_change
 
 
 class RemoveServer(Struct, gc=False):

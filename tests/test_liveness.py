@@ -57,8 +57,11 @@ async def test_unknown_then_back_and_converges(tmp_path: Path, host: RunningHost
                        expect=201)
         await api.post("/server", fake_spec("s2", worker_id=wid, desired_state="running"),
                        expect=201)
+        await api.post("/server", fake_spec("s3", worker_id=wid, desired_state="running"),
+                       expect=201)
         s1 = await api.wait_for("s1", state="running")
         await api.wait_for("s2", state="running")
+        s3 = await api.wait_for("s3", state="running")
         assert proc.proc is not None
         proc.proc.send_signal(signal.SIGSTOP)  # no heartbeats, no answers: a partition
         await wait_status(api, "lv", "unknown")
@@ -71,12 +74,20 @@ async def test_unknown_then_back_and_converges(tmp_path: Path, host: RunningHost
                                                                    "data": "say x"})
         assert r.status_code == 503
         gen = (await api.get("/server/s2"))["generation"]
+        # a change that asks for a restart, then one that does not: the restart still happens
+        await api.request("PUT", "/server/s3", 200, json={
+            "args": [*s3["args"], "--banner", "second life"], "restart_on_change": True})
+        r = await api.request("PUT", "/server/s3", 200, json={"stop_timeout": 4})
+        gen3 = r.json()["generation"]
         proc.proc.send_signal(signal.SIGCONT)
         await wait_status(api, "lv", "alive")
         s = await api.wait_for("s1", state="running")
         assert s["pid"] == s1["pid"]  # the game kept running through it
         s = await api.wait_for("s2", state="stopped", observed_generation=gen)
         assert s["desired_state"] == "stopped"
+        s = await api.wait_for("s3", state="running", observed_generation=gen3)
+        assert s["pid"] != s3["pid"]
+        await api.wait_line("s3", "second life")
     finally:
         if proc.proc is not None and proc.proc.returncode is None:
             proc.proc.send_signal(signal.SIGCONT)

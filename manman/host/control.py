@@ -125,20 +125,24 @@ class Control:
                 raise ApiError(409, f"a server named {new.name} exists", "exists")
             return new
 
-        body = await self._change_spec(s, change)
+        body = await self._change_spec(s, change, restart=update.restart_on_change)
         body["restart_on_change"] = update.restart_on_change
         await self._push(w, "PUT", f"/server/{s.id}", json=body)
         return s
 
-    async def _change_spec(self, s: ServerRec, change: Any) -> dict[str, Any]:
+    async def _change_spec(self, s: ServerRec, change: Any, restart: bool = False
+                           ) -> dict[str, Any]:
         """Read, change and write a spec as one step: concurrent changes of one server queue
-        instead of overwriting each other. Returns what the worker's PUT takes."""
+        instead of overwriting each other. Returns what the worker's PUT takes. restart:
+        the change asks for a restart, also when the worker only gets it by heartbeat."""
         lock = self._spec_locks.setdefault(s.id, trio.Lock())
         async with lock:
             spec = change(s.spec)
             generation, now = s.generation + 1, time.time()
+            restart_generation = generation if restart else s.restart_generation
             try:
-                await self.store.update_server_spec(s.id, spec.name, spec, generation, now)
+                await self.store.update_server_spec(s.id, spec.name, spec, generation, now,
+                                                    restart_generation)
             except Exception as e:  # the name's unique index: another rename won the race
                 if "unique" in str(e).lower():
                     raise ApiError(409, f"a server named {spec.name} exists", "exists") \
@@ -147,6 +151,7 @@ class Control:
             if spec.name != s.name:
                 self.fleet.rename(s, spec.name)
             s.spec, s.generation, s.updated_at = spec, generation, now
+            s.restart_generation = restart_generation
             return _spec_body(s)
 
     async def set_desired(self, s: ServerRec, desired: str) -> bool:

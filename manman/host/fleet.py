@@ -53,6 +53,7 @@ class ServerRec:
     observed_generation: int = 0
     deleting: bool = False
     purge: bool = False
+    restart_generation: int = 0  # the last generation whose change asked for a restart
 
 
 class Fleet:
@@ -94,7 +95,8 @@ class Fleet:
                           observed=msgspec.convert(r["observed"], models.ObservedServer)
                           if r["observed"] else None,
                           observed_generation=r["observed_generation"],
-                          deleting=r["deleting"], purge=r["purge"])
+                          deleting=r["deleting"], purge=r["purge"],
+                          restart_generation=r["restart_generation"])
             self.add_server(s)
 
     # -- lookups ---------------------------------------------------------------------------
@@ -203,9 +205,11 @@ class Fleet:
                 if s.id in held:
                     remove.append(models.RemoveServer(s.id, s.purge))
                 continue
-            if held.get(s.id) != s.generation:
-                desired.append(models.DesiredServer(id=s.id, generation=s.generation,
-                                                    spec=s.spec))
+            have = held.get(s.id)
+            if have != s.generation:
+                desired.append(models.DesiredServer(
+                    id=s.id, generation=s.generation, spec=s.spec,
+                    restart=have is not None and s.restart_generation > have))
         for sid in held:
             if sid not in mine:
                 remove.append(models.RemoveServer(sid))

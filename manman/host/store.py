@@ -127,10 +127,11 @@ class HostStore:
             msgspec.to_builtins(spec), now)
 
     async def update_server_spec(self, server_id: str, name: str, spec: Any, generation: int,
-                                 now: float) -> None:
+                                 now: float, restart_generation: int) -> None:
         await self.execute(
-            "UPDATE servers SET name = $2, spec = $3, generation = $4, updated_at = $5 "
-            "WHERE id = $1", server_id, name, msgspec.to_builtins(spec), generation, now)
+            "UPDATE servers SET name = $2, spec = $3, generation = $4, updated_at = $5, "
+            "restart_generation = $6 WHERE id = $1", server_id, name,
+            msgspec.to_builtins(spec), generation, now, restart_generation)
 
     async def mark_deleting(self, server_id: str, purge: bool) -> None:
         await self.execute("UPDATE servers SET deleting = true, purge = $2 WHERE id = $1",

@@ -193,7 +193,7 @@ class HostLink:
                 if actor is None:
                     await agent.create(d.spec, d.id, d.generation)
                 elif actor.generation < d.generation:  # never back to an older spec
-                    actor.update_spec(d.spec, d.generation, restart_on_change=False)
+                    actor.update_spec(d.spec, d.generation, restart_on_change=d.restart)
             except (Conflict, ValueError) as e:
                 log.warning("cannot apply server %s: %s", d.id, e)
             except Exception:  # one server's trouble (a disk error) must not stop the rest
