@@ -35,7 +35,7 @@ _encode = msgspec.json.Encoder().encode
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 410: "gone",
                  413: "body_too_large", 415: "unsupported_media_type", 422: "invalid",
-                 429: "rate_limited", 503: "unavailable"}
+                 429: "rate_limited", 502: "worker_error", 503: "unavailable"}
 
 
 class ApiError(Exception):
@@ -142,6 +142,8 @@ async def read_body(model: type[Any]) -> Any:
         raise ApiError(422, validation_message(e), "invalid") from None
     except msgspec.DecodeError as e:
         raise ApiError(400, f"body is not valid JSON: {e}", "bad_request") from None
+    except RecursionError:
+        raise ApiError(400, "body is nested too deeply", "bad_request") from None
     if b"\\u" in data.lower() and _has_lone_surrogate(data):
         raise ApiError(422, "text with unpaired UTF-16 surrogates is not accepted", "invalid")
     return value

@@ -120,7 +120,9 @@ def validate_spec(spec: ServerSpec) -> None:
         raise ValueError(f"name must match {NAME_PATTERN}")
     method, ident = split_game_id(spec.game_id)
     if method == "steamcmd":
-        if not ident.isascii() or not ident.isdigit() or len(ident) > 12:
+        # no leading zero: steamcmd reports the app as a number ('0730' succeeds as '730')
+        if not ident.isascii() or not ident.isdigit() or len(ident) > 12 or \
+                (ident.startswith("0") and ident != "0"):
             raise ValueError("game_id: steamcmd app id must be digits, e.g. steamcmd:896660")
     elif method == "docker":
         if not _IMAGE_RE.fullmatch(ident):
@@ -162,7 +164,7 @@ def validate_spec(spec: ServerSpec) -> None:
     if spec.ready_pattern is not None:
         try:
             re.compile(spec.ready_pattern)
-        except re.error as e:
+        except (re.error, OverflowError, RecursionError) as e:
             raise ValueError(f"ready_pattern is not a valid regular expression: {e}") from None
 
 
@@ -311,8 +313,38 @@ class WorkerRuntimeStatus(Struct):
     resources: dict[str, Any]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(value: str, field: str) -> None:
+    """Names end up in logs, one-line errors and terminals: no control characters."""
+    if _CONTROL.search(value):
+        raise ValueError(f"{field} must not contain control characters")
+
+
+def check_api_url(url: str) -> None:
+    """A URL the host can call: http(s), a host, no credentials, query or fragment."""
+    if not url:
+        return
+    import httpx
+
+    _printable(url, "api_url")
+    try:
+        u = httpx.URL(url)
+        ok = u.scheme in ("http", "https") and bool(u.host) and not u.userinfo \
+            and not u.query and not u.fragment and (u.port is None or 0 < u.port < 65536)
+    except Exception:  # httpx raises InvalidURL and idna errors alike
+        ok = False
+    if not ok:
+        raise ValueError("api_url must be an http(s) URL with a host and no query")
+
+
 class WorkerJoin(Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=253)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            _printable(self.name, "name")
 
 
 class WorkerCredentials(Struct):
@@ -328,10 +360,19 @@ class WorkerRegister(Struct, forbid_unknown_fields=True):
     version: Annotated[str, Meta(max_length=64)] = ""
     capacity: dict[str, Any] = msgspec.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for field in ("name", "address", "version"):
+            _printable(getattr(self, field), field)
+        check_api_url(self.api_url)
+
 
 class WorkerUpdate(Struct, forbid_unknown_fields=True):
     status: Literal["alive", "frozen"] | msgspec.UnsetType = msgspec.UNSET
     name: Annotated[str, Meta(min_length=1, max_length=253)] | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        if isinstance(self.name, str):
+            _printable(self.name, "name")
 
 
 class Worker(Struct, kw_only=True):

@@ -87,6 +87,7 @@ async def test_docker_server_life(docker_worker: RunningWorker, docker_host: str
     # crash: restarted by the policy, in a new container
     await api.post("/server/dk/command", {"data": "crash 3"}, expect=202)
     s = await api.wait_for("dk", state="running", restarts=1, timeout=30)
+    await api.wait_line("dk", "crashing")  # its last words reached the console
     # stop: the stop command, the container is gone afterwards
     await api.post("/server/dk/shutdown", expect=202)
     s = await api.wait_for("dk", state="stopped", timeout=30)

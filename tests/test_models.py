@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from manman import models
 from manman.models import (
     MAX_ARGS_BYTES,
     MAX_ENV_BYTES,
@@ -147,6 +148,7 @@ def test_good_game_ids(game_id: str, method: str, ident: str) -> None:
     ("steamcmd:-1", "digits"),
     ("steamcmd:1234567890123", "digits"),  # more than 12 digits
     ("steamcmd:٣٤", "digits"),  # non-ASCII digits
+    ("steamcmd:0730", "digits"),  # steamcmd would report it as 730
     ("docker:", "docker"),
     ("docker:-v/:/host", "docker"),
     ("docker:img name", "docker"),
@@ -272,7 +274,7 @@ def test_stop_command() -> None:
 
 def test_ready_pattern() -> None:
     assert spec(ready_pattern=r"Done \(\d+\.\d+s\)!").ready_pattern
-    for bad in ("(", "[a-", "*x", "(?P<n>a)(?P<n>b)"):
+    for bad in ("(", "[a-", "*x", "(?P<n>a)(?P<n>b)", "a{4294967295}"):
         assert "regular expression" in invalid(ready_pattern=bad)
     assert "ready_pattern" in invalid(ready_pattern="a" * 1025)
 
@@ -468,3 +470,24 @@ def test_heartbeat_decodes_with_defaults_and_rejects_bad_states() -> None:
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"servers":[{"id":"a","state":"running","install_progress":101}]}',
                             type=Heartbeat)
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://x\n", "http://xn--", "http://a\x7f",
+                                 "http://h:99999", "http://u:p@h:1", "http://h:1/?q=1",
+                                 "ftp://h:1", "http://h:1/#f"])
+def test_worker_register_refuses_urls_the_host_cannot_call(url: str) -> None:
+    body = msgspec.json.encode({"name": "w", "api_url": url})
+    with pytest.raises(msgspec.ValidationError, match="api_url"):
+        msgspec.json.decode(body, type=models.WorkerRegister)
+
+
+def test_worker_names_hold_no_control_characters() -> None:
+    for model, body in ((models.WorkerJoin, {"name": "a\x1b[2J\nFAKE"}),
+                        (models.WorkerRegister, {"name": "a\nb", "api_url": ""}),
+                        (models.WorkerRegister, {"name": "a", "api_url": "", "version": "\x07"}),
+                        (models.WorkerUpdate, {"name": "a\rb"})):
+        with pytest.raises(msgspec.ValidationError, match="control characters"):
+            msgspec.json.decode(msgspec.json.encode(body), type=model)
+    ok = msgspec.json.decode(b'{"name": "w-1", "api_url": "http://[::1]:8701"}',
+                             type=models.WorkerRegister)
+    assert ok.api_url == "http://[::1]:8701"

@@ -104,15 +104,18 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
                 if w.status == "shutdown":
                     raise ApiError(410, "this worker was shut down by its host", "gone")
                 return Principal("worker", worker_id=w.id)
-        if token and token.count(".") == 2 and server_key:
-            s = fleet.server(server_key)
+        if token and token.count(".") == 2:
+            # checked with the key of the worker of the server it names; a valid one for
+            # another server, or on a route that is not a console's, is 403
+            claimed = auth.claimed_server(token)
+            s = fleet.servers.get(claimed) if claimed else None
             w = fleet.workers.get(s.worker_id) if s else None
             if s is not None and w is not None:
                 try:
                     claims = auth.verify_console_token(secrets.console_key(w), token)
                 except auth.TokenRejected as e:
                     raise ApiError(401, str(e), e.code) from None
-                if claims["sub"] != s.id:
+                if claims["sub"] != s.id or not server_key or fleet.server(server_key) is not s:
                     raise ApiError(403, "this token does not allow that", "forbidden")
                 return Principal("console", server_id=s.id,
                                  scopes=frozenset(str(claims["scope"]).split()),
@@ -201,7 +204,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
         return json_response(DeleteResult(s.id, gone), 200 if gone else 202)
 
     @api.route("POST", "/server/{server_id}/command", body=models.Command,
-               response=models.CommandAccepted, status=202, errors=(409, 503),
+               response=models.CommandAccepted, status=202, errors=(409, 502, 503),
                summary="start | stop | restart | kill | install | health | command")
     async def command(who: Principal, server_id: str, body: models.Command) -> Response:
         s = control.server(server_id)
@@ -211,13 +214,14 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
     @api.route("GET", "/server/{server_id}/log", auth="console", response=models.LogPage,
                query={"since": SINCE, "limit": LIMIT,
                       "scope": {"type": "string", "enum": ["read", "write"]}},
-               errors=(503,),
+               errors=(502, 503),
                summary="Stored console lines, and a websocket URL and token to watch live")
     async def log_history(who: Principal, server_id: str) -> Response:
         s = control.server(server_id)
         w = control.worker(s.worker_id)
-        params = {k: str(v) for k in ("since", "limit")
-                  if (v := query_int(k, None)) is not None}
+        params = {k: str(v) for k, rng in (("since", SINCE), ("limit", LIMIT))
+                  if (v := query_int(k, None, lo=rng["minimum"], hi=rng["maximum"]))
+                  is not None}
         if not fleet.reachable(w):
             raise ApiError(503, f"worker {w.name} is {fleet.worker_status(w)}", "unavailable")
         try:
@@ -226,7 +230,11 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
             raise ApiError(503, str(e), "unavailable") from None
         if r.status_code != 200:
             raise _worker_error(r)
-        page = msgspec.json.decode(r.content, type=models.LogPage)
+        try:
+            page = msgspec.json.decode(r.content, type=models.LogPage)
+        except msgspec.MsgspecError:
+            raise ApiError(502, f"worker {w.name} answered something that is not a log page",
+                           "worker_error") from None
         scopes = [auth.READ, auth.WRITE] if who.kind == "admin" else sorted(who.scopes)
         wanted = request.args.get("scope")
         if wanted not in (None, "read", "write"):
@@ -249,7 +257,8 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
         w = control.worker(s.worker_id)
         if not fleet.reachable(w):
             raise ApiError(503, f"worker {w.name} is {fleet.worker_status(w)}", "unavailable")
-        query = {k: query_int(k, None) for k in ("since", "tail")}
+        query = {k: query_int(k, None, lo=rng["minimum"], hi=rng["maximum"])
+                 for k, rng in (("since", SINCE), ("tail", TAIL))}
         scopes = [auth.READ, auth.WRITE] if who.kind == "admin" else sorted(who.scopes)
         # the upstream token never leaves the host: an admin's session (its token does not
         # expire) is not cut every console_token_ttl; a console token's ends with it

@@ -32,11 +32,19 @@ def _spec_body(s: ServerRec) -> dict[str, Any]:
 
 
 def _worker_error(r: Any) -> ApiError:
+    """A worker's refusal for the caller: its 404/409/422/503 mean the same to the caller; its
+    401/403/5xx are the worker's trouble, not the caller's (502: a 401 would tell a valid
+    admin their token is wrong)."""
     try:
         err = r.json()["error"]
-        return ApiError(r.status_code, err["message"], err["code"])
+        message, code = str(err["message"]), str(err["code"])
     except (ValueError, KeyError, TypeError):
-        return ApiError(503, f"worker answered {r.status_code}", "unavailable")
+        return ApiError(502, f"worker answered {r.status_code}", "worker_error")
+    if r.status_code in (401, 403) or r.status_code < 400 or \
+            (r.status_code >= 500 and r.status_code != 503):  # 503: busy, try again
+        return ApiError(502, f"worker answered {r.status_code}: {message[:200]}",
+                        "worker_error")
+    return ApiError(r.status_code, message, code)
 
 
 class Control:
@@ -248,7 +256,13 @@ class Control:
         if cmd.type == "kill":
             # the worker now holds `stopped` as desired: so does the host, in a new generation
             await self.set_desired(s, "stopped")
-        return True, (r.json() if cmd.type == "health" else None)
+        if cmd.type != "health":
+            return True, None
+        try:
+            return True, r.json()
+        except ValueError:
+            raise ApiError(502, f"worker {w.name} answered a health probe with no JSON",
+                           "worker_error") from None
 
     def _audit(self, actor: str, s: ServerRec, cmd: models.Command, delivered: bool,
                result: str, command_id: str | None = None) -> None:
@@ -302,7 +316,7 @@ class Control:
                 with trio.move_on_after(3):
                     await self.relay.call(w, "POST", "/shutdown", timeout=3)
             except Unreachable:
-                pass
+                pass  # retired all the same: its token stops working now
         await self.store.update_worker(w.id, status="shutdown")
         w.status = "shutdown"
         log.info("worker %s (%s) shut down: %s", w.name, w.id, reason)

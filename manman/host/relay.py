@@ -58,7 +58,7 @@ class Relay:
             return await self._http.request(
                 method, w.api_url + path, json=json, params=params, timeout=timeout,
                 headers={"Authorization": f"Bearer {token}"})
-        except httpx.HTTPError as e:
+        except Exception as e:  # HTTPError, and httpx's InvalidURL for a URL it cannot use
             raise Unreachable(f"worker {w.name} unreachable: {type(e).__name__}") from None
 
     async def aclose(self) -> None:
@@ -85,7 +85,7 @@ class Relay:
                 nursery.start_soon(_down, upstream, send, nursery.cancel_scope)
                 await _up(upstream, receive)
                 nursery.cancel_scope.cancel()
-        except* (OSError, HandshakeError, trio.TooSlowError) as group:
+        except* (OSError, HandshakeError, trio.TooSlowError, ValueError) as group:
             failed = type(group.exceptions[0]).__name__
         if failed is not None:
             raise Unreachable(f"worker {w.name} console unreachable: {failed}")

@@ -49,12 +49,16 @@ class DockerPull:
         image = ctx.spec.install_identifier
         ctx.files_dir.mkdir(parents=True, exist_ok=True)
         try:
-            present = await trio.run_process(
-                [self.docker, "image", "inspect", "--format", "{{.Id}}", image],
-                capture_stdout=True, capture_stderr=True, check=False, env=self.env)
+            with trio.fail_after(min(self.timeout, 60)):  # a daemon that hangs: failed
+                present = await trio.run_process(
+                    [self.docker, "image", "inspect", "--format", "{{.Id}}", image],
+                    capture_stdout=True, capture_stderr=True, check=False, env=self.env)
         except OSError as e:
             raise InstallError(f"cannot run docker ({self.docker}): {e.strerror or e}") \
                 from None
+        except trio.TooSlowError:
+            raise InstallError("docker did not answer within "
+                               f"{min(self.timeout, 60):g}s (docker image inspect)") from None
         if present.returncode == 0:
             ctx.publish([f"image {image} is present ({present.stdout.decode().strip()[:19]})"])
             return

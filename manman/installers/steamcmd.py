@@ -97,8 +97,8 @@ class SteamcmdParser:
 
 class SteamcmdInstaller:
     """Runs `steamcmd +force_install_dir DIR +login anonymous +app_update ID validate +quit`.
-    Installs of one app on one worker are serialised: steamcmd shares its own state
-    (~/Steam) between runs, and two at once corrupt it."""
+    steamcmd runs on one worker are serialised, whatever their app: they share steamcmd's
+    own state (~/Steam, its self-update), and two at once corrupt it."""
 
     needed = True
 
@@ -107,13 +107,14 @@ class SteamcmdInstaller:
         self.steamcmd = steamcmd
         self.timeout = timeout
         self.env = helper_env(owner)
-        self._locks = locks  # one per app id, shared by the worker's installers
+        self._locks = locks  # shared by the worker's installers
 
     async def install(self, ctx: InstallContext) -> None:
         app_id = ctx.spec.install_identifier
-        lock = self._locks.setdefault(app_id, trio.Lock())
+        lock = self._locks.setdefault("steamcmd", trio.Lock())
         if lock.locked():
-            ctx.publish([f"waiting for another install of app {app_id} on this worker"])
+            ctx.publish(["waiting for another install on this worker (steamcmd runs one at "
+                         "a time)"])
         async with lock:
             await self._run(ctx, app_id)
 

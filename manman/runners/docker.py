@@ -12,6 +12,7 @@ predecessor's helpers and re-attaches to the container, which kept running.
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 
 import trio
@@ -32,13 +33,15 @@ class DockerCLI:
         self.docker = docker
         self.env = helper_env(owner)
 
-    async def run(self, *args: str, timeout: float = 30) -> tuple[int, str, str]:
-        """Run to completion: (exit code, stdout, stderr)."""
+    async def run(self, *args: str, timeout: float = 30, env: dict[str, str] | None = None
+                  ) -> tuple[int, str, str]:
+        """Run to completion: (exit code, stdout, stderr). env: more variables for the CLI
+        (values for `-e NAME`, which stay off its command line)."""
         try:
             with trio.fail_after(timeout):
                 r = await trio.run_process([self.docker, *args], capture_stdout=True,
                                            capture_stderr=True, check=False,
-                                           env=self.env)
+                                           env={**self.env, **env} if env else self.env)
         except OSError as e:
             return 127, "", f"cannot run docker ({self.docker}): {e.strerror or e}"
         except trio.TooSlowError:
@@ -81,27 +84,43 @@ class DockerProcess:
 
     async def terminate(self, timeout: float) -> None:
         # SIGTERM, then SIGKILL from docker itself after `timeout`
-        await self.cli.run("stop", "-t", str(max(0, int(timeout))), self.name,
+        # whole seconds only: rounded up, a fractional grace is never cut to nothing
+        await self.cli.run("stop", "-t", str(max(0, math.ceil(timeout))), self.name,
                            timeout=timeout + 30)
 
     async def kill(self) -> None:
         await self.cli.run("kill", self.name)
 
     async def wait(self) -> int:
-        assert self._waiter.stdout is not None
-        out = b""
-        while data := await self._waiter.stdout.receive_some(1024):
-            out += data
-        await self._waiter.wait()
-        try:
-            return int(out.decode().strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            # `docker wait` itself failed (daemon gone): ask for the recorded exit code
-            code, text, _ = await self.cli.run("inspect", "-f", "{{.State.ExitCode}}",
-                                               self.name)
-            return int(text.strip()) if code == 0 and text.strip().isdigit() else -1
+        while True:
+            assert self._waiter.stdout is not None
+            out = b""
+            while data := await self._waiter.stdout.receive_some(1024):
+                out += data
+            await self._waiter.wait()
+            try:
+                return int(out.decode().strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                pass
+            # `docker wait` itself failed (the daemon restarting, the helper killed): a
+            # container that still runs has not exited, so wait again
+            code, text, _ = await self.cli.run(
+                "inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", self.name)
+            running, _, exit_code = text.strip().partition(" ")
+            if code == 0 and running == "true":
+                await trio.sleep(1)
+                self._waiter = await self.cli.open("wait", self.name)
+                continue
+            return int(exit_code) if code == 0 and exit_code.isdigit() else -1
 
     async def cleanup(self) -> None:
+        for p in (self._attach, self._waiter):
+            if p.returncode is None:
+                p.kill()
+        # `docker logs -f` ends by itself once the container stopped: what it still
+        # carries (often the crash's last words) reaches the console first
+        with trio.move_on_after(2):
+            await self._logs.wait()
         self._stop_helpers()
         await self.cli.run("rm", "-f", self.name)
 
@@ -137,13 +156,13 @@ class DockerRunner:
         if self.network not in ("none", "host"):
             for p in spec.ports:
                 argv += ["-p", f"{p.port}:{p.port}/{p.protocol}"]
-        for key, value in spec.env.items():
-            argv += ["-e", f"{key}={value}"]
+        for key in spec.env:  # the value comes from the CLI's environment: not in `ps`
+            argv += ["-e", key]
         argv.append(spec.install_identifier)
         if spec.executable:
             argv.append(spec.executable)
         argv += spec.args
-        code, _, err = await self.cli.run(*argv, timeout=120)
+        code, _, err = await self.cli.run(*argv, timeout=120, env=dict(spec.env))
         if code != 0:
             await self.cli.run("rm", "-f", name)  # a timed-out run may still have made it
             raise SpawnError(_error(err))
