@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import trio
 
@@ -37,9 +39,42 @@ def _run_service(fn: Callable[..., object], cfg: Config) -> int:
 
     try:
         trio.run(main)
-    except KeyboardInterrupt:
-        return 0
+    except BaseException as e:  # sorted below: a failure an operator can fix is one line
+        message = _startup_failure(e, cfg)
+        if message is None:
+            raise
+        return _die(message) if message else 0
     return 0
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
+def _startup_failure(e: BaseException, cfg: Config) -> str | None:
+    """One line for a failure an operator can fix (a port in use, a directory it cannot
+    write, a database it cannot reach); "" for Ctrl-C; None for a bug (its traceback)."""
+    leaves = [leaf for leaf in _leaves(e) if not isinstance(leaf, trio.Cancelled)]
+    if not leaves or all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        return ""
+    leaf = next(leaf for leaf in leaves if not isinstance(leaf, KeyboardInterrupt))
+    if isinstance(leaf, SystemExit):
+        return str(leaf.code).removeprefix("manman: ") if leaf.code else ""
+    if type(leaf).__module__.startswith("asyncpg"):
+        text = str(leaf)
+        password = urlsplit(cfg.host.database_url).password if cfg.host.database_url else None
+        if password:
+            text = text.replace(password, "***")
+        return f"host.database_url: cannot use the database: {type(leaf).__name__}: {text}"
+    if isinstance(leaf, OSError):
+        if leaf.errno == errno.EADDRINUSE:
+            return ("cannot listen: address already in use (see host.listen / worker.listen, "
+                    "or another manman is running)")
+        return f"cannot start: {leaf.strerror or leaf}" + (
+            f": {leaf.filename}" if leaf.filename else "")
+    return None
 
 
 def cmd_worker(args: argparse.Namespace, cfg: Config) -> int:
@@ -63,25 +98,37 @@ def cmd_up(args: argparse.Namespace, cfg: Config) -> int:
     return _run_service(run_up, cfg)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common(client: bool, keep_unset: bool = False) -> argparse.ArgumentParser:
+    """The options every command takes; keep_unset: a sub-command's, which must not reset
+    what its group already parsed (`manman server --token T show x`)."""
+    unset = argparse.SUPPRESS if keep_unset else None
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="config file (default: ./config.toml when present)")
-    common.add_argument("--host-url", help="the host API (default: from the config)")
-    common.add_argument("--token", help="admin token (default: from env or the host data dir)")
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("--config", default=unset,
+                        help="config file (default: ./config.toml when present)")
+    if client:
+        common.add_argument("--host-url", default=unset,
+                            help="the host API (default: from the config)")
+        common.add_argument("--token", default=unset,
+                            help="admin token (default: from env or the host data dir)")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        default=unset if keep_unset else False, help="debug logging")
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
+    service = _common(client=False)
     parser = argparse.ArgumentParser(prog="manman", description="Run dedicated game servers.")
     parser.add_argument("--version", action="version", version=f"manman {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("host", parents=[common], help="run the control plane").set_defaults(
+    sub.add_parser("host", parents=[service], help="run the control plane").set_defaults(
         func=cmd_host)
-    sub.add_parser("worker", parents=[common], help="run the agent of this machine"
+    sub.add_parser("worker", parents=[service], help="run the agent of this machine"
                    ).set_defaults(func=cmd_worker)
-    sub.add_parser("up", parents=[common], help="host + worker in one process, no set-up"
+    sub.add_parser("up", parents=[service], help="host + worker in one process, no set-up"
                    ).set_defaults(func=cmd_up)
     from manman.client_cli import add_client_commands
 
-    add_client_commands(sub, common)
+    add_client_commands(sub, _common(client=True), _common(client=True, keep_unset=True))
     return parser
 
 

@@ -15,6 +15,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from manman.config import Config, parse_listen
+from manman.models import check_api_url
 
 
 class ClientError(Exception):
@@ -34,6 +35,11 @@ def discover(cfg: Config, host_url: str | None, token: str | None) -> tuple[str,
             url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     if not url:
         raise ClientError("no host URL: give --host-url or MANMAN_URL")
+    try:
+        check_api_url(url.rstrip("/"))
+    except ValueError:
+        raise ClientError(f"not a host URL: {url[:200]!r} (expected http://HOST:PORT)"
+                          ) from None
     tok = token or os.environ.get("MANMAN_TOKEN") or cfg.host.admin_token
     if not tok:
         path = cfg.host.data_dir / "admin-token"
@@ -62,13 +68,19 @@ class HostClient:
         except httpx.HTTPError as e:
             raise ClientError(f"cannot reach the host at {self.url}: {type(e).__name__}") \
                 from None
+        except httpx.InvalidURL as e:
+            raise ClientError(f"not a usable URL: {e}") from None
         if r.status_code not in ok:
             try:
                 err = r.json()["error"]
                 raise ClientError(f"{err['message']} ({r.status_code} {err['code']})")
             except (ValueError, KeyError, TypeError):
                 raise ClientError(f"host answered {r.status_code}") from None
-        return r.json() if r.content else None
+        try:
+            return r.json() if r.content else None
+        except ValueError:  # a proxy's page, another service on that port
+            raise ClientError(f"{self.url} answered {r.status_code} with something that is "
+                              "not manman's JSON") from None
 
     def server(self, key: str) -> dict[str, Any]:
         return self.call("GET", f"/server/{key}")

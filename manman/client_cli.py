@@ -23,8 +23,9 @@ from manman.client import ClientError, Follow, Frame, HostClient, discover, foll
 from manman.config import Config
 
 
-def add_client_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register the client verbs."""
+def add_client_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
+                        verb_common: argparse.ArgumentParser) -> None:
+    """Register the client verbs (verb_common: the options again, for `server`'s verbs)."""
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("--json", action="store_true", help="print raw JSON (for scripts)")
 
@@ -37,7 +38,7 @@ def add_client_commands(sub: argparse._SubParsersAction, common: argparse.Argume
 
     server = sub.add_parser("server", parents=[common], help="create, show, change servers")
     verbs = server.add_subparsers(dest="verb", required=True, metavar="VERB")
-    c = verbs.add_parser("create", parents=[common, out], help="create a server")
+    c = verbs.add_parser("create", parents=[verb_common, out], help="create a server")
     c.add_argument("name", nargs="?", help="the server's name (or in --file)")
     c.add_argument("game_id", nargs="?", help="steamcmd:<app>, docker:<image> or exec:<path>")
     _spec_flags(c)
@@ -46,14 +47,14 @@ def add_client_commands(sub: argparse._SubParsersAction, common: argparse.Argume
                            ("stop", "stop it gracefully"), ("restart", "stop, then start"),
                            ("kill", "kill its processes now"),
                            ("install", "install or update its game")):
-        v = verbs.add_parser(verb, parents=[common, out], help=helptext)
+        v = verbs.add_parser(verb, parents=[verb_common, out], help=helptext)
         v.add_argument("server", help="id or name")
         v.set_defaults(func=_run(cmd_show if verb == "show" else cmd_power), action=verb)
-    d = verbs.add_parser("delete", parents=[common, out], help="stop and delete a server")
+    d = verbs.add_parser("delete", parents=[verb_common, out], help="stop and delete a server")
     d.add_argument("server", help="id or name")
     d.add_argument("--purge", action="store_true", help="also delete its files")
     d.set_defaults(func=_run(cmd_delete))
-    u = verbs.add_parser("update", parents=[common, out], help="change a server's spec")
+    u = verbs.add_parser("update", parents=[verb_common, out], help="change a server's spec")
     u.add_argument("server", help="id or name")
     _spec_flags(u)
     u.add_argument("--restart", action="store_true",
@@ -183,7 +184,10 @@ def cmd_servers(args: argparse.Namespace, api: HostClient) -> int:
 def _spec_from_args(args: argparse.Namespace, api: HostClient) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if args.file:
-        raw = sys.stdin.read() if args.file == "-" else _read(args.file)
+        try:
+            raw = sys.stdin.read() if args.file == "-" else _read(args.file)
+        except UnicodeDecodeError:
+            raise ClientError("cannot read the spec from stdin: not UTF-8 text") from None
         try:
             spec = json.loads(raw)
         except ValueError:
@@ -227,6 +231,8 @@ def _read(path: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ClientError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ClientError(f"cannot read {path}: not UTF-8 text") from None
 
 
 def cmd_create(args: argparse.Namespace, api: HostClient) -> int:

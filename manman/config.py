@@ -133,6 +133,11 @@ def _coerce(section: str, key: str, kind: type, raw: Any, from_env: bool) -> Any
             parse_listen(value)
         except ValueError as e:
             raise ConfigError(f"config: {where}: {e}, got {value!r}") from None
+    # the value is never echoed: it may hold a password
+    if key == "database_url" and value and \
+            urlsplit(value).scheme not in ("postgres", "postgresql"):
+        raise ConfigError(f"config: {where}: expected a postgresql:// URL (or empty for "
+                          "the embedded PostgreSQL)")
     if key in _URLS and value:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:

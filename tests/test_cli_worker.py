@@ -60,6 +60,9 @@ data_dir = "{tmp_path / 'data'}"
         try:
             url = await w.start(bg)
             assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+            # the store holds the worker's identity; consoles may hold a game's secrets
+            assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+            assert stat.S_IMODE((tmp_path / "data" / "worker.sqlite3").stat().st_mode) == 0o600
             token = token_file.read_text().strip()
             tokens.append(token)
             assert len(token) >= 32
@@ -73,3 +76,64 @@ data_dir = "{tmp_path / 'data'}"
         finally:
             w.stop()
     assert tokens[0] == tokens[1]
+
+
+def test_start_up_failures_an_operator_can_fix_are_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = write_config(tmp_path / "busy.toml", f"""
+[worker]
+host_url = ""
+listen = "127.0.0.1:{port}"
+data_dir = "{tmp_path / 'data'}"
+api_token = "t"
+""")
+        r = run_manman("worker", "--config", str(cfg))
+    assert r.returncode == 1 and "address already in use" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    (tmp_path / "afile").write_text("")
+    cfg = write_config(tmp_path / "notdir.toml", f"""
+[worker]
+host_url = ""
+listen = "127.0.0.1:0"
+data_dir = "{tmp_path / 'afile' / 'sub'}"
+api_token = "t"
+""")
+    r = run_manman("worker", "--config", str(cfg))
+    assert r.returncode == 1 and "Not a directory" in r.stderr, r.stderr
+    cfg = write_config(tmp_path / "nojoin.toml", f"""
+[worker]
+host_url = "http://127.0.0.1:9"
+listen = "127.0.0.1:0"
+data_dir = "{tmp_path / 'data3'}"
+""")
+    r = run_manman("worker", "--config", str(cfg))
+    assert r.returncode == 1 and "worker.join_token" in r.stderr, r.stderr
+    cfg = write_config(tmp_path / "db.toml", f"""
+[host]
+listen = "127.0.0.1:0"
+data_dir = "{tmp_path / 'host'}"
+database_url = "postgresql://u:hunter2@127.0.0.1:9/x"
+""")
+    r = run_manman("host", "--config", str(cfg))
+    assert r.returncode == 1 and "host.database_url" in r.stderr, r.stderr
+    assert "hunter2" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_client_flags_before_the_verb_and_bad_urls(tmp_path: Path) -> None:
+    r = run_manman("server", "--host-url", "http://127.0.0.1:9", "--token", "x", "show", "a")
+    assert r.returncode == 1 and "cannot reach the host at http://127.0.0.1:9" in r.stderr
+    r = run_manman("servers", "--host-url", "http://[::1", "--token", "x")
+    assert r.returncode == 1 and "not a host URL" in r.stderr, r.stderr
+    bad = tmp_path / "spec.json"
+    bad.write_bytes(b"\xff\xfe{")
+    r = run_manman("server", "create", "--host-url", "http://127.0.0.1:9", "--token", "x",
+                   "--file", str(bad))
+    assert r.returncode == 1 and "not UTF-8" in r.stderr, r.stderr
+    r = run_manman("worker", "--host-url", "http://x:1")  # a client flag on a service: usage
+    assert r.returncode == 2 and "Traceback" not in r.stderr

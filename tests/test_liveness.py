@@ -159,3 +159,37 @@ async def test_worker_retired_while_away_stops_cleanly_when_it_returns(
         assert pids_with(marker) == []
     finally:
         proc.stop()
+
+
+async def test_sigterm_while_the_host_is_away_at_start_stops_the_servers(
+        tmp_path: Path, host: RunningHost, bg: trio.Nursery) -> None:
+    """A worker that restarts while its host is down relaunches what should run and waits to
+    register; a SIGTERM then stops those servers and exits 0: no game outlives it."""
+    api = host.api
+    marker = f"away-at-start-{tmp_path.name}"
+    config = str(worker_toml(tmp_path, host.url, "aas"))
+    proc = ManmanProcess(["worker", "--config", config])
+    try:
+        await proc.start(bg)
+        await wait_status(api, "aas", "alive")
+        wid = next(w["id"] for w in (await api.get("/worker"))["workers"] if w["name"] == "aas")
+        await api.post("/server", fake_spec("aas1", "--banner", marker, worker_id=wid,
+                                            desired_state="running"), expect=201)
+        await api.wait_for("aas1", state="running")
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+        host.handle.stop()
+        await host.handle.stopped.wait()
+        proc = ManmanProcess(["worker", "--config", config])
+        await proc.start(bg, ready_text="register: host unreachable")
+        with trio.fail_after(10):  # relaunched while the host is away
+            while not pids_with(marker):
+                await trio.sleep(0.05)
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0, "\n".join(proc.log)
+        assert not any("Traceback" in line for line in proc.log), "\n".join(proc.log)
+        assert pids_with(marker) == []
+    finally:
+        proc.stop()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
 import sys
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import msgspec
 import trio
@@ -22,6 +22,7 @@ from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay
 from manman.host.store import HostStore
 from manman.models import ServerSpec
+from manman.signals import Stopper
 
 log = logging.getLogger("manman.host")
 
@@ -58,42 +59,62 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
     embedded = None
     stopped = trio.Event()
     store: HostStore | None = None
+    control: Control | None = None
     relay = Relay(secrets)
+    stop = trio.Event()
+    stopper = Stopper(stop.set)
     try:
-        db_url = hcfg.database_url
-        if not db_url:
-            embedded = EmbeddedPostgres(hcfg.data_dir)
-            db_url = await embedded.start()
-        store = await HostStore.open(db_url)
-        fleet = Fleet(store, hcfg.worker_timeout, hcfg.worker_expiry)
-        await fleet.load()
-        control = Control(store, fleet, relay)
-        await control.forget_deleted_on_retired()
-        api = build_host_api(control, secrets, hcfg.console_token_ttl)
-        stop = trio.Event()
         async with trio.open_nursery() as loops:
-            loops.start_soon(_flush_loop, control, hcfg.flush_interval)
-            loops.start_soon(_liveness_loop, control, stop)
             if handle_signals:
-                loops.start_soon(_on_signals, stop)
-            async with trio.open_nursery() as api_nursery:
-                url = await api_nursery.start(serve, api.app, hcfg.listen, stop)
-                log.info("host listening on %s", url)
-                settle_gc()
-                task_status.started(HostHandle(url, secrets, control, stop, stopped))
-            # `stop` was set and the API has drained: the loops go too
+                loops.start_soon(stopper.watch)
+            with stopper.starting:
+                db_url = hcfg.database_url
+                if not db_url:
+                    embedded = EmbeddedPostgres(hcfg.data_dir)
+                    db_url = await embedded.start()
+                store = await _open_store(db_url, bool(hcfg.database_url))
+                fleet = Fleet(store, hcfg.worker_timeout, hcfg.worker_expiry)
+                await fleet.load()
+                control = Control(store, fleet, relay)
+                await control.forget_deleted_on_retired()
+                api = build_host_api(control, secrets, hcfg.console_token_ttl)
+                loops.start_soon(_flush_loop, control, hcfg.flush_interval)
+                loops.start_soon(_liveness_loop, control, stop)
+                async with trio.open_nursery() as api_nursery:
+                    url = await api_nursery.start(serve, api.app, hcfg.listen, stop)
+                    log.info("host listening on %s", url)
+                    settle_gc()
+                    stopper.started()
+                    task_status.started(HostHandle(url, secrets, control, stop, stopped))
+            # `stop` was set and the API has drained (or a signal ended the start-up): the
+            # loops go too
             loops.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await relay.aclose()
             if store is not None:
                 try:
-                    await control.fleet.flush()
+                    if control is not None:
+                        await control.fleet.flush()
                 finally:
                     await store.close()
             if embedded is not None:
                 await embedded.stop()
             stopped.set()
+
+
+async def _open_store(url: str, configured: bool) -> HostStore:
+    try:
+        return await HostStore.open(url)
+    except (OSError, ValueError) as e:  # asyncpg's connection errors are OSErrors too
+        if not configured:
+            raise
+        text = str(e)
+        password = urlsplit(url).password
+        if password:
+            text = text.replace(password, "***")
+        raise SystemExit(f"manman: host.database_url: cannot connect to PostgreSQL: {text}"
+                         ) from None
 
 
 async def _flush_loop(control: Control, interval: float) -> None:
@@ -137,44 +158,35 @@ async def _liveness_loop(control: Control, stop: trio.Event) -> None:
                     log.exception("cannot retire worker %s yet", w.id)
 
 
-async def _on_signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            log.info("signal received: stopping")
-            stop.set()
-
-
 async def run_up(cfg: Config, *, handle_signals: bool = False,
                  task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
     """A host with its embedded PostgreSQL and one worker joined to it, in one process."""
     from manman.worker.main import run_worker
 
+    stopper = Stopper()
     async with trio.open_nursery() as nursery:
-        host: HostHandle = await nursery.start(run_host, cfg)
-        wcfg = dataclasses.replace(cfg.worker, host_url=host.url,
-                                   join_token=host.secrets.join_token)
-        worker = await nursery.start(run_worker, dataclasses.replace(cfg, worker=wcfg))
-        await _seed(host.control, worker.link.worker_id, cfg)
-        _banner(cfg, host)
-        task_status.started((host, worker))
         if handle_signals:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as wait:
-                    wait.start_soon(_first_signal, signals, wait.cancel_scope)
-                    wait.start_soon(_until, worker.agent.stopped, wait.cancel_scope)
-        else:
-            await worker.agent.stopped.wait()
+            nursery.start_soon(stopper.watch)
+        with stopper.starting:
+            host: HostHandle = await nursery.start(run_host, cfg)
+            wcfg = dataclasses.replace(cfg.worker, host_url=host.url,
+                                       join_token=host.secrets.join_token)
+            worker = await nursery.start(run_worker, dataclasses.replace(cfg, worker=wcfg))
+            await _seed(host.control, worker.link.worker_id, cfg)
+            _banner(cfg, host)
+            stopper.started()
+            task_status.started((host, worker))
+        if not stopper.up:  # a signal while starting: what started is cancelled and cleaned
+            nursery.cancel_scope.cancel()
+            return
+        async with trio.open_nursery() as wait:
+            wait.start_soon(_until, stopper.requested, wait.cancel_scope)
+            wait.start_soon(_until, worker.agent.stopped, wait.cancel_scope)
         worker.agent.request_shutdown()
         await worker.agent.stopped.wait()
         host.stop()
         await host.stopped.wait()
-
-
-async def _first_signal(signals: object, scope: trio.CancelScope) -> None:
-    async for _ in signals:  # type: ignore[attr-defined]
-        log.info("signal received: stopping servers, then the host")
-        break
-    scope.cancel()
+        nursery.cancel_scope.cancel()  # the signal watcher
 
 
 async def _until(event: trio.Event, scope: trio.CancelScope) -> None:

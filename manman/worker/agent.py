@@ -103,6 +103,9 @@ class WorkerAgent:
     async def run(self, task_status: trio.TaskStatus[WorkerAgent] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # it holds this worker's token (its API's admin secret) and every console: the
+        # owner's alone
+        os.chmod(self.data_dir, 0o700)
         self.store = await WorkerStore.open(self.data_dir / "worker.sqlite3")
         try:
             frozen = await self.store.get_meta("frozen")

@@ -127,6 +127,14 @@ class HostLink:
                     return
                 if r.status_code == 410:
                     raise Retired()
+                if r.status_code in (401, 404):
+                    # not transient: this host never issued this identity (its data was
+                    # reset, or it is another host); rejoining would make the host remove
+                    # every server this worker holds, so a person decides
+                    raise SystemExit(
+                        f"manman: the host at {self.cfg.host_url} does not know this worker "
+                        f"({r.status_code}); to join it as a new worker, remove "
+                        f"{self.cfg.data_dir / 'worker.sqlite3'} (its servers are forgotten)")
                 self._error(f"register: host answered {r.status_code}")
             except httpx.HTTPError as e:
                 self._error(f"register: host unreachable ({type(e).__name__})")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 from dataclasses import dataclass
 
 import msgspec
@@ -14,6 +13,7 @@ from manman.apikit import serve, settle_gc
 from manman.config import Config
 from manman.lifecycle import Conflict
 from manman.models import ServerSpec
+from manman.signals import Stopper
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
 
@@ -37,43 +37,47 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
     Needs the asyncio bridge loop open (manman.aio.open_loop)."""
     wcfg = cfg.worker
     agent = WorkerAgent(wcfg)
+    stopper = Stopper(agent.request_shutdown)
+    agent_up = False
     async with trio.open_nursery() as nursery:
-        await nursery.start(agent.run)
-        link = None
-        if wcfg.standalone:
-            admin_secret = wcfg.api_token or auth.load_or_create_token(
-                wcfg.data_dir / "api-token")
-        else:
-            from manman.worker.hostlink import HostLink
-
-            link = HostLink(agent, wcfg)
-            admin_secret = await link.identity()
-        secrets = WorkerSecrets(admin_secret)
-        api = build_worker_api(agent, secrets, link)
-        stop_api = trio.Event()
-        url = await nursery.start(serve, api.app, wcfg.listen, stop_api)
-        if wcfg.standalone:
-            await _seed(agent, cfg)
-        else:
-            assert link is not None
-            await nursery.start(link.run, wcfg.effective_advertise_url(url))
         if handle_signals:
-            nursery.start_soon(_on_signals, agent)
-        log.info("worker %s listening on %s", wcfg.effective_name(), url)
-        settle_gc()
-        task_status.started(WorkerHandle(agent, url, secrets, link))
+            nursery.start_soon(stopper.watch)
+        with stopper.starting:
+            await nursery.start(agent.run)
+            agent_up = True
+            link = None
+            if wcfg.standalone:
+                admin_secret = wcfg.api_token or auth.load_or_create_token(
+                    wcfg.data_dir / "api-token")
+            else:
+                from manman.worker.hostlink import HostLink
+
+                link = HostLink(agent, wcfg)
+                admin_secret = await link.identity()
+            secrets = WorkerSecrets(admin_secret)
+            api = build_worker_api(agent, secrets, link)
+            stop_api = trio.Event()
+            url = await nursery.start(serve, api.app, wcfg.listen, stop_api)
+            if wcfg.standalone:
+                await _seed(agent, cfg)
+            else:
+                assert link is not None
+                await nursery.start(link.run, wcfg.effective_advertise_url(url))
+            log.info("worker %s listening on %s", wcfg.effective_name(), url)
+            settle_gc()
+            stopper.started()
+            task_status.started(WorkerHandle(agent, url, secrets, link))
+        if not stopper.up:  # a signal while starting (a host that does not answer)
+            if agent_up:  # the servers it already relaunched stop gracefully
+                agent.request_shutdown()
+                await agent.stopped.wait()
+            nursery.cancel_scope.cancel()
+            return
         await agent.stopped.wait()
         stop_api.set()
         if link is not None:
             await link.closing()
         nursery.cancel_scope.cancel()
-
-
-async def _on_signals(agent: WorkerAgent) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            log.info("signal received: stopping servers, then exiting")
-            agent.request_shutdown()
 
 
 async def _seed(agent: WorkerAgent, cfg: Config) -> None:

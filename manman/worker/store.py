@@ -68,6 +68,11 @@ class StoredServer:
                 self.run_pid, self.run_pid_start, self.run_instance)
 
 
+
+def _owner_only(path: Path) -> None:
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+
 class WorkerStore:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
@@ -75,6 +80,7 @@ class WorkerStore:
     @classmethod
     async def open(cls, path: Path) -> WorkerStore:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(path)  # the worker's token is in it
         conn = await aio.call(aiosqlite.connect, str(path))
         await aio.call(conn.executescript, SCHEMA)
         await aio.call(conn.execute, "PRAGMA synchronous=NORMAL")
