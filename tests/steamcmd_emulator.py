@@ -1,6 +1,7 @@
 """An emulator of Valve's steamcmd for the tests, faithful to shared/reference/steamcmd.md.
 
-Called as `steamcmd +force_install_dir DIR +login anonymous +app_update ID validate +quit`.
+Called as `steamcmd +force_install_dir DIR +login anonymous +app_update ID validate +quit`;
+like steamcmd.sh, the first process runs the one that does the work as its child.
 What it does depends on the app id (see SCENARIOS). Output comes in bursts with partial
 lines, some lines end in a bare '\\r', a stalled download repeats its line, and the first run
 in a STEAMCMD_EMU_HOME self-updates first. STEAMCMD_EMU_GAME is the command the installed
@@ -179,4 +180,12 @@ def main():
 
 
 if __name__ == "__main__":
+    if os.environ.get("STEAMCMD_EMU_CHILD") != "1":
+        # like steamcmd.sh, which runs linux32/steamcmd as its child with the same
+        # arguments: killing only the first process would leave the real one running
+        import subprocess
+
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
+                               env={**os.environ, "STEAMCMD_EMU_CHILD": "1"}, check=False)
+        sys.exit(child.returncode)
     sys.exit(main())
