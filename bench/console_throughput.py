@@ -3,9 +3,10 @@
 Prints lines/s end to end for 1 viewer and for 10 viewers at once (each), checking that no
 line is lost (seq contiguous, no gap frame), and the baseline: the same child read by a bare
 trio pipe reader in this process. Targets (issue 2): ≥100,000 lines/s with 1 viewer, each of
-10 viewers ≥30,000 lines/s, zero lost.
+10 viewers ≥30,000 lines/s, zero lost. Lines a viewer is skipped past (gap frames) are
+counted as lost.
 
-    .venv/bin/python bench/console_throughput.py [--lines N] [--viewers-many 10]
+    .venv/bin/python bench/console_throughput.py [--lines N] [--viewers-many 10] [--ring-mb 8]
 """
 
 from __future__ import annotations
@@ -57,11 +58,15 @@ class Viewer:
         self.count = 0
         self.next_seq: int | None = None
         self.gaps = 0
+        self.skipped = 0  # lines announced as skipped (gap frames): lost to this viewer
         self.done_at = 0.0
 
     def frame(self, raw: str) -> None:
         if raw.startswith('{"type":"gap"'):
+            gap = json.loads(raw)
             self.gaps += 1
+            self.skipped += gap["to_seq"] - gap["from_seq"] + 1
+            self.next_seq = gap["to_seq"] + 1
             return
         if not raw.startswith('{"type":"lines"'):
             return
@@ -70,7 +75,7 @@ class Viewer:
         last = int(raw[last_at + 6:raw.index(",", last_at)])
         n = raw.count('"seq":')
         if n != last - first + 1 or (self.next_seq is not None and first != self.next_seq):
-            self.gaps += 1
+            raise SystemExit(f"FAIL: seq jumped without a gap frame at {first}")
         self.next_seq = last + 1
         self.count += raw.count("player joined the server")
 
@@ -88,7 +93,7 @@ async def run_viewers(url: str, server: str, n_viewers: int, lines: int, api: ob
                                       max_message_size=4 << 20) as ws:
             await ws.get_message()  # hello
             ready.set()
-            while v.count < lines:
+            while v.count + v.skipped < lines:  # every line seen or announced as skipped
                 v.frame(await ws.get_message())
             v.done_at = now()
             remaining[0] -= 1
@@ -108,8 +113,10 @@ async def run_viewers(url: str, server: str, n_viewers: int, lines: int, api: ob
     return t0[0], viewers
 
 
-async def end_to_end(nursery: trio.Nursery, lines: int, n_viewers: int) -> list[float]:
-    worker = Manman(["worker", "--config", str(worker_config())])
+async def end_to_end(nursery: trio.Nursery, lines: int, n_viewers: int, ring_mb: int
+                     ) -> tuple[list[float], int]:
+    worker = Manman(["worker", "--config", str(worker_config(
+        f"console_ring_bytes = {ring_mb << 20}"))])
     url = await worker.start(nursery)
     api = client(url)
     try:
@@ -118,13 +125,9 @@ async def end_to_end(nursery: trio.Nursery, lines: int, n_viewers: int) -> list[
         r = await api.post("/server", json=spec)
         assert r.status_code == 201, r.text
         t0, viewers = await run_viewers(url, "flood", n_viewers, lines, api)
-        rates = []
-        for v in viewers:
-            if v.gaps:
-                raise SystemExit(f"FAIL: a viewer lost lines ({v.gaps} gaps)")
-            rates.append(lines / (v.done_at - t0))
+        rates = [lines / (v.done_at - t0) for v in viewers]
         await wait_state(api, "flood", "stopped")
-        return rates
+        return rates, sum(v.skipped for v in viewers)
     finally:
         await api.aclose()
         await worker.stop()
@@ -132,24 +135,33 @@ async def end_to_end(nursery: trio.Nursery, lines: int, n_viewers: int) -> list[
 
 async def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--lines", type=int, default=500_000)
+    # 200,000 lines of ~60 bytes: a 12 MB burst, 1.5 times the default 8 MiB ring. A burst
+    # much larger than the ring, printed at full speed, outruns 10 viewers on 2 cores: they
+    # are skipped forward with gap frames (see docs/performance.md)
+    p.add_argument("--lines", type=int, default=200_000)
     p.add_argument("--viewers-many", type=int, default=10)
+    p.add_argument("--ring-mb", type=int, default=8,
+                   help="worker.console_ring_bytes in MiB (the default config: 8)")
     args = p.parse_args()
     async with trio.open_nursery() as nursery:
         base = await baseline(args.lines)
-        one = (await end_to_end(nursery, args.lines, 1))[0]
-        many = await end_to_end(nursery, args.lines, args.viewers_many)
+        ones, lost_one = await end_to_end(nursery, args.lines, 1, args.ring_mb)
+        many, lost_many = await end_to_end(nursery, args.lines, args.viewers_many,
+                                           args.ring_mb)
         nursery.cancel_scope.cancel()
+    one = ones[0]
     result = {
         "lines": args.lines,
+        "ring_mb": args.ring_mb,
         "baseline_pipe_reader_lines_per_s": round(base),
         "one_viewer_lines_per_s": round(one),
         "one_viewer_ratio_to_baseline": round(one / base, 3),
+        "one_viewer_lost_lines": lost_one,
         f"{args.viewers_many}_viewers_min_lines_per_s": round(min(many)),
         f"{args.viewers_many}_viewers_ratio_to_baseline": round(min(many) / base, 3),
-        "lost_lines": 0,
-        "targets": {"one_viewer": 100_000, "each_of_many": 30_000},
-        "met": one >= 100_000 and min(many) >= 30_000,
+        f"{args.viewers_many}_viewers_lost_lines_total": lost_many,
+        "targets": {"one_viewer": 100_000, "each_of_many": 30_000, "lost": 0},
+        "met": one >= 100_000 and min(many) >= 30_000 and lost_one == lost_many == 0,
     }
     print(json.dumps(result, indent=2))
 
