@@ -45,6 +45,26 @@ async def wait_status(api: Client, name: str, status: str, timeout: float = 15) 
             await trio.sleep(0.05)
 
 
+async def worker_with_a_running_server(bg: trio.Nursery, api: Client, config: str, name: str,
+                                       marker: str) -> None:
+    """Start a worker process, give it a running server whose command line holds `marker`,
+    then stop the worker gracefully (SIGTERM): the server's desired state stays running."""
+    proc = ManmanProcess(["worker", "--config", config])
+    try:
+        await proc.start(bg)
+        await wait_status(api, name, "alive")
+        wid = next(w["id"] for w in (await api.get("/worker"))["workers"] if w["name"] == name)
+        await api.post("/server", fake_spec(f"{name}1", "--banner", marker, worker_id=wid,
+                                            desired_state="running"), expect=201)
+        await api.wait_for(f"{name}1", state="running")
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+        assert pids_with(marker) == []
+    finally:
+        proc.stop()
+
+
 async def test_unknown_then_back_and_converges(tmp_path: Path, host: RunningHost,
                                                bg: trio.Nursery) -> None:
     api = host.api
@@ -137,22 +157,12 @@ async def test_worker_retired_while_away_stops_cleanly_when_it_returns(
     api = host.api
     marker = f"retired-away-{tmp_path.name}"
     config = str(worker_toml(tmp_path, host.url, "ra"))
+    await worker_with_a_running_server(bg, api, config, "ra", marker)
+    wid = next(w["id"] for w in (await api.get("/worker"))["workers"] if w["name"] == "ra")
+    await api.request("DELETE", f"/worker/{wid}")  # unreachable: only marked shut down
+    assert await worker_status(api, "ra") == "shutdown"
     proc = ManmanProcess(["worker", "--config", config])
     try:
-        await proc.start(bg)
-        await wait_status(api, "ra", "alive")
-        wid = next(w["id"] for w in (await api.get("/worker"))["workers"] if w["name"] == "ra")
-        await api.post("/server", fake_spec("ra1", "--banner", marker, worker_id=wid,
-                                            desired_state="running"), expect=201)
-        await api.wait_for("ra1", state="running")
-        assert proc.proc is not None
-        proc.proc.send_signal(signal.SIGTERM)
-        assert await proc.wait() == 0
-        assert pids_with(marker) == []
-        await api.request("DELETE", f"/worker/{wid}")  # unreachable: only marked shut down
-        assert await worker_status(api, "ra") == "shutdown"
-
-        proc = ManmanProcess(["worker", "--config", config])
         await proc.start(bg)
         assert await proc.wait() == 0, "\n".join(proc.log)
         assert not any("Traceback" in line for line in proc.log), "\n".join(proc.log)
@@ -168,20 +178,11 @@ async def test_sigterm_while_the_host_is_away_at_start_stops_the_servers(
     api = host.api
     marker = f"away-at-start-{tmp_path.name}"
     config = str(worker_toml(tmp_path, host.url, "aas"))
+    await worker_with_a_running_server(bg, api, config, "aas", marker)
+    host.handle.stop()
+    await host.handle.stopped.wait()
     proc = ManmanProcess(["worker", "--config", config])
     try:
-        await proc.start(bg)
-        await wait_status(api, "aas", "alive")
-        wid = next(w["id"] for w in (await api.get("/worker"))["workers"] if w["name"] == "aas")
-        await api.post("/server", fake_spec("aas1", "--banner", marker, worker_id=wid,
-                                            desired_state="running"), expect=201)
-        await api.wait_for("aas1", state="running")
-        assert proc.proc is not None
-        proc.proc.send_signal(signal.SIGTERM)
-        assert await proc.wait() == 0
-        host.handle.stop()
-        await host.handle.stopped.wait()
-        proc = ManmanProcess(["worker", "--config", config])
         await proc.start(bg, ready_text="register: host unreachable")
         with trio.fail_after(10):  # relaunched while the host is away
             while not pids_with(marker):
