@@ -275,6 +275,7 @@ class ServerActor:
         """Enter `starting` now (so later commands see it) and spawn in the background."""
         run = Run(instance=_new_instance())
         self.run = run
+        self._start_pending = False  # it is starting now
         self._set(state="starting", ready=False, pid=None, exit_code=None, error=None,
                   install_progress=None)
         self._spawn_task(self._launch, run)
@@ -334,9 +335,10 @@ class ServerActor:
             if code is None:
                 proc.abandon()
             run.exit_code = code
-            self.run = None
-            self._ready_re = None
             run.exited.set()  # set even when this task fails: stop and delete wait for it
+        # (cancelled, self.run stays: the worker records it, a rebuilt actor re-attaches)
+        self.run = None
+        self._ready_re = None
         self._after_exit(run, code)
 
     async def _read(self, run: Run, stream: trio.abc.ReceiveStream, name: str) -> None:
@@ -477,6 +479,7 @@ class ServerActor:
         finally:
             self._install_scope = None
             done.set()
+        pending = self._take_pending_start()  # consumed whatever the outcome
         if scope.cancelled_caught:
             error = "install cancelled"
         if self.hooks.installed is not None and self.installer.needed:
@@ -490,8 +493,7 @@ class ServerActor:
         self.installed = True
         self._set(state="stopped", install_progress=100.0)
         self.broker.note("installed")
-        if (then_start or self._take_pending_start()) and self.desired_state == "running" \
-                and not self._closing:
+        if (then_start or pending) and self.desired_state == "running" and not self._closing:
             self._launch_soon()
 
     def _set_progress(self, value: float) -> None:

@@ -120,9 +120,7 @@ def validate_spec(spec: ServerSpec) -> None:
         raise ValueError(f"name must match {NAME_PATTERN}")
     method, ident = split_game_id(spec.game_id)
     if method == "steamcmd":
-        # no leading zero: steamcmd reports the app as a number ('0730' succeeds as '730')
-        if not ident.isascii() or not ident.isdigit() or len(ident) > 12 or \
-                (ident.startswith("0") and ident != "0"):
+        if not ident.isascii() or not ident.isdigit() or len(ident) > 12:
             raise ValueError("game_id: steamcmd app id must be digits, e.g. steamcmd:896660")
     elif method == "docker":
         if not _IMAGE_RE.fullmatch(ident):

@@ -194,3 +194,68 @@ async def test_sigterm_while_the_host_is_away_at_start_stops_the_servers(
         assert pids_with(marker) == []
     finally:
         proc.stop()
+
+
+async def test_a_retired_worker_started_again_runs_nothing(
+        tmp_path: Path, host: RunningHost, bg: trio.Nursery) -> None:
+    """Retired by the host (it answered /shutdown?retire=true): its servers stop for good; a
+    later start of that machine's worker (a reboot) launches no game, hears 410, exits 0."""
+    api = host.api
+    marker = f"retired-live-{tmp_path.name}"
+    config = str(worker_toml(tmp_path, host.url, "rl"))
+    proc = ManmanProcess(["worker", "--config", config])
+    try:
+        await proc.start(bg)
+        await wait_status(api, "rl", "alive")
+        wid = next(w["id"] for w in (await api.get("/worker"))["workers"] if w["name"] == "rl")
+        await api.post("/server", fake_spec("rl1", "--banner", marker, worker_id=wid,
+                                            desired_state="running"), expect=201)
+        await api.wait_for("rl1", state="running")
+        await api.request("DELETE", f"/worker/{wid}", expect=200)
+        assert await proc.wait() == 0
+        assert pids_with(marker) == []
+        proc = ManmanProcess(["worker", "--config", config])
+        seen: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                seen.extend(pids_with(marker))
+                await trio.sleep(0.02)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(watch)
+            await proc.start(bg)
+            assert await proc.wait() == 0, "\n".join(proc.log)
+            n.cancel_scope.cancel()
+        assert seen == []
+    finally:
+        proc.stop()
+
+
+async def test_a_host_that_does_not_know_the_worker_is_one_line_and_no_game_left(
+        tmp_path: Path, database_url: str, host: RunningHost, bg: trio.Nursery) -> None:
+    """Its host's data was reset (here: another host secret): registration is refused with
+    401; the worker stops what it relaunched, gracefully, and says which file to remove."""
+    from manman.host.main import run_host
+    from tests.conftest import host_config
+
+    marker = f"unknown-{tmp_path.name}"
+    config = str(worker_toml(tmp_path, host.url, "uk"))
+    await worker_with_a_running_server(bg, host.api, config, "uk", marker)
+    other: Any = await bg.start(run_host, host_config(tmp_path / "other", database_url))
+    config = str(worker_toml(tmp_path, other.url, "uk"))
+    proc = ManmanProcess(["worker", "--config", config])
+    try:
+        await proc.start(bg, ready_text="manman: ")
+        assert await proc.wait() == 1
+        errors = [line for line in proc.log if line.startswith("manman: ")]
+        assert len(errors) == 1 and "worker.sqlite3" in errors[0], "\n".join(proc.log)
+        assert not any("Traceback" in line for line in proc.log), "\n".join(proc.log)
+        assert pids_with(marker) == []
+        # stopped gracefully both times (its stop command answered), not killed
+        console = "".join(p.read_text() for p in (tmp_path / "uk").glob("servers/*/logs/*"))
+        assert console.count('"text":"stopping"') == 2, console[-2000:]
+    finally:
+        proc.stop()
+        other.stop()
+        await other.stopped.wait()

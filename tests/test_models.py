@@ -148,7 +148,6 @@ def test_good_game_ids(game_id: str, method: str, ident: str) -> None:
     ("steamcmd:-1", "digits"),
     ("steamcmd:1234567890123", "digits"),  # more than 12 digits
     ("steamcmd:٣٤", "digits"),  # non-ASCII digits
-    ("steamcmd:0730", "digits"),  # steamcmd would report it as 730
     ("docker:", "docker"),
     ("docker:-v/:/host", "docker"),
     ("docker:img name", "docker"),

@@ -169,3 +169,24 @@ async def test_delete_of_an_installing_server_cancels_the_install(
     # the worker and its other servers go on
     await api.post("/server", steam_spec("next", "1000"), expect=201)
     await api.wait_for("next", state="stopped", timeout=15)
+
+
+async def test_a_start_during_an_install_does_not_swallow_a_later_update(
+        steam_worker: RunningWorker) -> None:
+    api = steam_worker.api
+    await api.post("/server", steam_spec("upd", "1020", desired_state="running"), expect=201)
+    # a stop and a start while it installs: the start is remembered, then done
+    await api.request("PUT", "/server/upd", 200, json={"desired_state": "stopped"})
+    await api.request("PUT", "/server/upd", 200, json={"desired_state": "running"})
+    await api.wait_for("upd", state="running", timeout=20)
+    await api.post("/server/upd/install", expect=202)  # a game update: installs again
+    await api.wait_line("upd", "Success! App '1020' fully installed.", since=0)
+    with trio.fail_after(20):
+        while True:
+            page = await api.get("/server/upd/log?since=0&limit=10000")
+            done = [ln for ln in page["lines"]
+                    if ln["text"] == "Success! App '1020' fully installed."]
+            if len(done) == 2:
+                break
+            await trio.sleep(0.1)
+    await api.wait_for("upd", state="running", timeout=20)

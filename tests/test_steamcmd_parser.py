@@ -113,3 +113,8 @@ def test_exit_codes_and_silence() -> None:
     other_app = SteamcmdParser("1")
     other_app.feed("Success! App '2' fully installed.")
     assert not other_app.success
+
+
+def test_an_app_id_with_a_leading_zero_is_matched_as_a_number() -> None:
+    parser, _ = parse(b"Success! App '730' fully installed.\n", "0730")
+    assert parser.verdict(0) is None

@@ -314,7 +314,8 @@ class Control:
         if w.status != "shutdown" and w.api_url:
             try:
                 with trio.move_on_after(3):
-                    await self.relay.call(w, "POST", "/shutdown", timeout=3)
+                    await self.relay.call(w, "POST", "/shutdown", params={"retire": "true"},
+                                          timeout=3)
             except Unreachable:
                 pass  # retired all the same: its token stops working now
         await self.store.update_worker(w.id, status="shutdown")

@@ -72,7 +72,8 @@ class SteamcmdParser:
                 return overall
             return None
         m = _SUCCESS_RE.match(text)
-        if m is not None and m.group(1) == self.app_id:
+        # as numbers: steamcmd reports app 0730 as '730'
+        if m is not None and m.group(1).isdigit() and int(m.group(1)) == int(self.app_id):
             self.success = True
             self.progress = 100.0
             return 100.0

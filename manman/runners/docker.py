@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import subprocess
+from pathlib import Path
 
 import trio
 
@@ -33,15 +35,12 @@ class DockerCLI:
         self.docker = docker
         self.env = helper_env(owner)
 
-    async def run(self, *args: str, timeout: float = 30, env: dict[str, str] | None = None
-                  ) -> tuple[int, str, str]:
-        """Run to completion: (exit code, stdout, stderr). env: more variables for the CLI
-        (values for `-e NAME`, which stay off its command line)."""
+    async def run(self, *args: str, timeout: float = 30) -> tuple[int, str, str]:
+        """Run to completion: (exit code, stdout, stderr)."""
         try:
             with trio.fail_after(timeout):
                 r = await trio.run_process([self.docker, *args], capture_stdout=True,
-                                           capture_stderr=True, check=False,
-                                           env={**self.env, **env} if env else self.env)
+                                           capture_stderr=True, check=False, env=self.env)
         except OSError as e:
             return 127, "", f"cannot run docker ({self.docker}): {e.strerror or e}"
         except trio.TooSlowError:
@@ -133,6 +132,12 @@ class DockerProcess:
                 p.kill()
 
 
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
 class DockerRunner:
     name = "docker"
 
@@ -156,13 +161,24 @@ class DockerRunner:
         if self.network not in ("none", "host"):
             for p in spec.ports:
                 argv += ["-p", f"{p.port}:{p.port}/{p.protocol}"]
-        for key in spec.env:  # the value comes from the CLI's environment: not in `ps`
-            argv += ["-e", key]
+        # values through an owner-only file, not the command line (`ps` shows that to every
+        # local user); a value with a line break cannot go in that file
+        env_file = ctx.files_dir.parent / "docker-run.env"
+        in_file = {k: v for k, v in spec.env.items() if "\n" not in v and "\r" not in v}
+        for key, value in spec.env.items():
+            if key not in in_file:
+                argv += ["-e", f"{key}={value}"]
+        if in_file:
+            _write_private(env_file, "".join(f"{k}={v}\n" for k, v in in_file.items()))
+            argv += ["--env-file", str(env_file)]
         argv.append(spec.install_identifier)
         if spec.executable:
             argv.append(spec.executable)
         argv += spec.args
-        code, _, err = await self.cli.run(*argv, timeout=120, env=dict(spec.env))
+        try:
+            code, _, err = await self.cli.run(*argv, timeout=120)
+        finally:
+            env_file.unlink(missing_ok=True)
         if code != 0:
             await self.cli.run("rm", "-f", name)  # a timed-out run may still have made it
             raise SpawnError(_error(err))

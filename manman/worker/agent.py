@@ -104,8 +104,12 @@ class WorkerAgent:
                   ) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # it holds this worker's token (its API's admin secret) and every console: the
-        # owner's alone
-        os.chmod(self.data_dir, 0o700)
+        # owner's alone (a directory someone else owns is left as its owner set it)
+        if self.data_dir.stat().st_uid == os.getuid():
+            os.chmod(self.data_dir, 0o700)
+        else:
+            log.warning("data_dir %s belongs to another user: not made owner-only",
+                        self.data_dir)
         self.store = await WorkerStore.open(self.data_dir / "worker.sqlite3")
         try:
             frozen = await self.store.get_meta("frozen")

@@ -162,9 +162,11 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
         return json_response(StatusReply(agent.status))
 
     @api.route("POST", "/shutdown", response=StatusReply, status=202,
-               summary="Stop every server gracefully, then exit")
+               query={"retire": "boolean"},
+               summary="Stop every server gracefully, then exit (?retire=true: for good, "
+                       "nothing runs again at the next start)")
     async def shutdown(who: Principal) -> Response:
-        agent.request_shutdown()
+        agent.request_shutdown(keep_desired=not query_bool("retire"))
         return json_response(StatusReply("shutdown"), 202)
 
     # -- servers -------------------------------------------------------------------------

@@ -127,10 +127,10 @@ class HostLink:
                     return
                 if r.status_code == 410:
                     raise Retired()
-                if r.status_code in (401, 404):
-                    # not transient: this host never issued this identity (its data was
-                    # reset, or it is another host); rejoining would make the host remove
-                    # every server this worker holds, so a person decides
+                if r.status_code == 401:
+                    # not transient (a proxy's 404 would be): this host never issued this
+                    # identity (its data was reset, or it is another host); rejoining would
+                    # make the host remove every server this worker holds: a person decides
                     raise SystemExit(
                         f"manman: the host at {self.cfg.host_url} does not know this worker "
                         f"({r.status_code}); to join it as a new worker, remove "

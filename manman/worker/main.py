@@ -42,31 +42,39 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
     async with trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(stopper.watch)
-        with stopper.starting:
-            await nursery.start(agent.run)
-            agent_up = True
-            link = None
-            if wcfg.standalone:
-                admin_secret = wcfg.api_token or auth.load_or_create_token(
-                    wcfg.data_dir / "api-token")
-            else:
-                from manman.worker.hostlink import HostLink
+        try:
+            with stopper.starting:
+                await nursery.start(agent.run)
+                agent_up = True
+                link = None
+                if wcfg.standalone:
+                    admin_secret = wcfg.api_token or auth.load_or_create_token(
+                        wcfg.data_dir / "api-token")
+                else:
+                    from manman.worker.hostlink import HostLink
 
-                link = HostLink(agent, wcfg)
-                admin_secret = await link.identity()
-            secrets = WorkerSecrets(admin_secret)
-            api = build_worker_api(agent, secrets, link)
-            stop_api = trio.Event()
-            url = await nursery.start(serve, api.app, wcfg.listen, stop_api)
-            if wcfg.standalone:
-                await _seed(agent, cfg)
-            else:
-                assert link is not None
-                await nursery.start(link.run, wcfg.effective_advertise_url(url))
-            log.info("worker %s listening on %s", wcfg.effective_name(), url)
-            settle_gc()
-            stopper.started()
-            task_status.started(WorkerHandle(agent, url, secrets, link))
+                    link = HostLink(agent, wcfg)
+                    admin_secret = await link.identity()
+                secrets = WorkerSecrets(admin_secret)
+                api = build_worker_api(agent, secrets, link)
+                stop_api = trio.Event()
+                url = await nursery.start(serve, api.app, wcfg.listen, stop_api)
+                if wcfg.standalone:
+                    await _seed(agent, cfg)
+                else:
+                    assert link is not None
+                    await nursery.start(link.run, wcfg.effective_advertise_url(url))
+                log.info("worker %s listening on %s", wcfg.effective_name(), url)
+                settle_gc()
+                stopper.started()
+                task_status.started(WorkerHandle(agent, url, secrets, link))
+        except BaseException as e:
+            if agent_up and not isinstance(e, trio.Cancelled):
+                # the start failed (a host that refuses this worker): the servers it already
+                # relaunched stop gracefully before the error is reported
+                agent.request_shutdown()
+                await agent.stopped.wait()
+            raise
         if not stopper.up:  # a signal while starting (a host that does not answer)
             if agent_up:  # the servers it already relaunched stop gracefully
                 agent.request_shutdown()
