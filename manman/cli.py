@@ -9,7 +9,6 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import trio
 
@@ -40,7 +39,7 @@ def _run_service(fn: Callable[..., object], cfg: Config) -> int:
     try:
         trio.run(main)
     except BaseException as e:  # sorted below: a failure an operator can fix is one line
-        message = _startup_failure(e, cfg)
+        message = _startup_failure(e)
         if message is None:
             raise
         return _die(message) if message else 0
@@ -53,21 +52,16 @@ def _leaves(e: BaseException) -> list[BaseException]:
     return [e]
 
 
-def _startup_failure(e: BaseException, cfg: Config) -> str | None:
+def _startup_failure(e: BaseException) -> str | None:
     """One line for a failure an operator can fix (a port in use, a directory it cannot
-    write, a database it cannot reach); "" for Ctrl-C; None for a bug (its traceback)."""
+    write; a database it cannot reach comes as SystemExit from the host); "" for Ctrl-C; None
+    for a bug (its traceback)."""
     leaves = [leaf for leaf in _leaves(e) if not isinstance(leaf, trio.Cancelled)]
     if not leaves or all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         return ""
     leaf = next(leaf for leaf in leaves if not isinstance(leaf, KeyboardInterrupt))
     if isinstance(leaf, SystemExit):
         return str(leaf.code).removeprefix("manman: ") if leaf.code else ""
-    if type(leaf).__module__.startswith("asyncpg"):
-        text = str(leaf)
-        password = urlsplit(cfg.host.database_url).password if cfg.host.database_url else None
-        if password:
-            text = text.replace(password, "***")
-        return f"host.database_url: cannot use the database: {type(leaf).__name__}: {text}"
     if isinstance(leaf, OSError):
         if leaf.errno == errno.EADDRINUSE:
             return ("cannot listen: address already in use (see host.listen / worker.listen, "

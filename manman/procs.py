@@ -57,8 +57,13 @@ def processes_with_instance(token: str) -> list[int]:
 
 def kill_helpers(owner: str) -> list[int]:
     """SIGKILL the helpers an earlier run of this worker left (it was SIGKILLed). Blocking."""
+    return _sigkill(processes_with_env(HELPER_ENV, owner))
+
+
+def _sigkill(pids: list[int]) -> list[int]:
+    """The pids that were still there to kill."""
     killed = []
-    for p in processes_with_env(HELPER_ENV, owner):
+    for p in pids:
         try:
             os.kill(p, signal.SIGKILL)
             killed.append(p)
@@ -97,12 +102,7 @@ def kill_leftover(pid: int | None, pid_start: int | None, token: str | None,
             and signal_group(pid, signal.SIGKILL)):
         killed.append(pid)
     if token:
-        for p in processes_with_instance(token):
-            try:
-                os.kill(p, signal.SIGKILL)
-                killed.append(p)
-            except ProcessLookupError:
-                pass
+        killed += _sigkill(processes_with_instance(token))
     deadline = time.monotonic() + wait
     while killed and time.monotonic() < deadline:
         if not any(is_running(p) for p in killed):

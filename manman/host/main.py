@@ -106,10 +106,10 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
 async def _open_store(url: str, configured: bool) -> HostStore:
     try:
         return await HostStore.open(url)
-    except (OSError, ValueError) as e:  # asyncpg's connection errors are OSErrors too
+    except Exception as e:  # refused, a bad password, no such database: the URL's trouble
         if not configured:
             raise
-        text = str(e)
+        text = f"{type(e).__name__}: {e}"
         password = urlsplit(url).password
         if password:
             text = text.replace(password, "***")

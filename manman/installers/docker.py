@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
 
 import trio
 
 from manman.console.lines import LineFramer
 from manman.installers.base import InstallContext, InstallError
-from manman.runners.base import helper_env
+from manman.runners.docker import DockerCLI
 
 _LAYER_RE = re.compile(r"^([0-9a-f]{12}): (.+)$")
 
@@ -40,32 +39,27 @@ class PullProgress:
 class DockerPull:
     needed = True
 
-    def __init__(self, docker: str, timeout: float, owner: str) -> None:
-        self.docker = docker
+    def __init__(self, cli: DockerCLI, timeout: float) -> None:
+        self.cli = cli  # the runner's: the same docker, environment and helper tag
         self.timeout = timeout
-        self.env = helper_env(owner)
 
     async def install(self, ctx: InstallContext) -> None:
         image = ctx.spec.install_identifier
         ctx.files_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with trio.fail_after(min(self.timeout, 60)):  # a daemon that hangs: failed
-                present = await trio.run_process(
-                    [self.docker, "image", "inspect", "--format", "{{.Id}}", image],
-                    capture_stdout=True, capture_stderr=True, check=False, env=self.env)
-        except OSError as e:
-            raise InstallError(f"cannot run docker ({self.docker}): {e.strerror or e}") \
-                from None
-        except trio.TooSlowError:
-            raise InstallError("docker did not answer within "
-                               f"{min(self.timeout, 60):g}s (docker image inspect)") from None
-        if present.returncode == 0:
-            ctx.publish([f"image {image} is present ({present.stdout.decode().strip()[:19]})"])
+        # a daemon that hangs is a failed install, not one that never ends
+        code, out, err = await self.cli.run("image", "inspect", "--format", "{{.Id}}", image,
+                                            timeout=min(self.timeout, 60))
+        if code in (124, 127):  # timed out, or docker cannot run: err says which
+            raise InstallError(err)
+        if code == 0:
+            ctx.publish([f"image {image} is present ({out.strip()[:19]})"])
             return
         ctx.publish([f"docker pull {image}"])
-        proc = await trio.lowlevel.open_process(
-            [self.docker, "pull", image], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=self.env)
+        try:
+            proc = await self.cli.open("pull", image, merge_stderr=True)
+        except OSError as e:
+            raise InstallError(f"cannot run docker ({self.cli.docker}): {e.strerror or e}") \
+                from None
         framer, progress, last = LineFramer(cr_breaks=True), PullProgress(), ""
         code: int | None = None
         try:

@@ -48,13 +48,14 @@ class DockerCLI:
         return r.returncode, r.stdout.decode(errors="replace"), \
             r.stderr.decode(errors="replace")
 
-    async def open(self, *args: str, stdin: bool = False, output: bool = True) -> trio.Process:
-        """A long-lived helper (logs -f, attach, wait)."""
+    async def open(self, *args: str, stdin: bool = False, output: bool = True,
+                   merge_stderr: bool = False) -> trio.Process:
+        """A long-lived helper (logs -f, attach, wait, pull)."""
         pipe, null = subprocess.PIPE, subprocess.DEVNULL
+        stderr = subprocess.STDOUT if merge_stderr else pipe if output else null
         return await trio.lowlevel.open_process(
             [self.docker, *args], stdin=pipe if stdin else null,
-            stdout=pipe if output else null, stderr=pipe if output else null,
-            env=self.env)
+            stdout=pipe if output else null, stderr=stderr, env=self.env)
 
 
 def _error(stderr: str) -> str:

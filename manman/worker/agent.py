@@ -95,7 +95,7 @@ class WorkerAgent:
             from manman.installers.docker import DockerPull
 
             return Runtime(self.docker_runner(),
-                           DockerPull(self.cfg.docker, self.cfg.install_timeout, self.owner))
+                           DockerPull(self.docker_runner().cli, self.cfg.install_timeout))
         raise ValueError(f"unknown install method {method!r}")
 
     # -- the worker's life -------------------------------------------------------------------

@@ -39,6 +39,14 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
     agent = WorkerAgent(wcfg)
     stopper = Stopper(agent.request_shutdown)
     agent_up = False
+
+    async def give_up_start() -> None:
+        """The start failed (a host that refuses this worker) or a signal ended it: the
+        servers already relaunched stop gracefully."""
+        if agent_up:
+            agent.request_shutdown()
+            await agent.stopped.wait()
+
     async with trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(stopper.watch)
@@ -69,16 +77,11 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 stopper.started()
                 task_status.started(WorkerHandle(agent, url, secrets, link))
         except BaseException as e:
-            if agent_up and not isinstance(e, trio.Cancelled):
-                # the start failed (a host that refuses this worker): the servers it already
-                # relaunched stop gracefully before the error is reported
-                agent.request_shutdown()
-                await agent.stopped.wait()
+            if not isinstance(e, trio.Cancelled):
+                await give_up_start()  # before the error is reported
             raise
         if not stopper.up:  # a signal while starting (a host that does not answer)
-            if agent_up:  # the servers it already relaunched stop gracefully
-                agent.request_shutdown()
-                await agent.stopped.wait()
+            await give_up_start()
             nursery.cancel_scope.cancel()
             return
         await agent.stopped.wait()
