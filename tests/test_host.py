@@ -312,3 +312,33 @@ async def test_an_admin_console_through_the_host_outlives_the_console_token_ttl(
         await host.api.aclose()
         handle.stop()
         await handle.stopped.wait()
+
+
+async def test_concurrent_creates_and_renames_of_one_name_make_one(host: RunningHost,
+                                                                    hosted: Any) -> None:
+    w = await hosted("race")
+    api, wid = host.api, w.handle.link.worker_id
+    statuses: list[int] = []
+
+    async def create(i: int) -> None:
+        r = await api.request("POST", "/server", json=fake_spec("same", worker_id=wid))
+        statuses.append(r.status_code)
+
+    async with trio.open_nursery() as n:
+        for i in range(8):
+            n.start_soon(create, i)
+    assert sorted(statuses) == [201] + [409] * 7
+    others = [(await api.post("/server", fake_spec(f"o{i}", worker_id=wid), expect=201))["id"]
+              for i in range(4)]
+    statuses.clear()
+
+    async def rename(sid: str) -> None:
+        r = await api.request("PUT", f"/server/{sid}", json={"name": "renamed"})
+        statuses.append(r.status_code)
+
+    async with trio.open_nursery() as n:
+        for sid in others:
+            n.start_soon(rename, sid)
+    assert sorted(statuses) == [200] + [409] * 3
+    names = sorted(s["name"] for s in (await api.get("/server"))["servers"])
+    assert names.count("same") == 1 and names.count("renamed") == 1

@@ -17,7 +17,7 @@ from manman import models
 from manman.apikit import ApiError
 from manman.host.fleet import Fleet, ServerRec, WorkerRec
 from manman.host.relay import Relay, Unreachable
-from manman.host.store import HostStore
+from manman.host.store import HostStore, NameTaken
 
 log = logging.getLogger("manman.host")
 
@@ -110,10 +110,8 @@ class Control:
                       generation=1, created_at=now, updated_at=now)
         try:
             await self.store.insert_server(s.id, s.name, w.id, spec, now)
-        except Exception as e:  # the name's unique index: another request won the race
-            if "unique" in str(e).lower():
-                raise ApiError(409, f"a server named {spec.name} exists", "exists") from None
-            raise
+        except NameTaken:  # another request won the race
+            raise ApiError(409, f"a server named {spec.name} exists", "exists") from None
         self.fleet.add_server(s)
         body = msgspec.to_builtins(spec)
         body.update(id=s.id, generation=s.generation)
@@ -151,11 +149,8 @@ class Control:
             try:
                 await self.store.update_server_spec(s.id, spec.name, spec, generation, now,
                                                     restart_generation)
-            except Exception as e:  # the name's unique index: another rename won the race
-                if "unique" in str(e).lower():
-                    raise ApiError(409, f"a server named {spec.name} exists", "exists") \
-                        from None
-                raise
+            except NameTaken:  # another rename won the race
+                raise ApiError(409, f"a server named {spec.name} exists", "exists") from None
             if spec.name != s.name:
                 self.fleet.rename(s, spec.name)
             s.spec, s.generation, s.updated_at = spec, generation, now

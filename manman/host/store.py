@@ -22,6 +22,10 @@ log = logging.getLogger("manman.host.store")
 _MIGRATION_LOCK = 0x6D616E6D616E  # "manman": one host migrates at a time
 
 
+class NameTaken(Exception):
+    """Another server has this name (the unique index: a concurrent create or rename won)."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=lambda v: msgspec.json.encode(v).decode(),
                               decoder=msgspec.json.decode, schema="pg_catalog")
@@ -121,17 +125,23 @@ class HostStore:
 
     async def insert_server(self, server_id: str, name: str, worker_id: str, spec: Any,
                             now: float) -> None:
-        await self.execute(
-            "INSERT INTO servers (id, name, worker_id, spec, generation, created_at, updated_at)"
-            " VALUES ($1, $2, $3, $4, 1, $5, $5)", server_id, name, worker_id,
-            msgspec.to_builtins(spec), now)
+        try:
+            await self.execute(
+                "INSERT INTO servers (id, name, worker_id, spec, generation, created_at, "
+                "updated_at) VALUES ($1, $2, $3, $4, 1, $5, $5)", server_id, name, worker_id,
+                msgspec.to_builtins(spec), now)
+        except asyncpg.UniqueViolationError:
+            raise NameTaken(name) from None
 
     async def update_server_spec(self, server_id: str, name: str, spec: Any, generation: int,
                                  now: float, restart_generation: int) -> None:
-        await self.execute(
-            "UPDATE servers SET name = $2, spec = $3, generation = $4, updated_at = $5, "
-            "restart_generation = $6 WHERE id = $1", server_id, name,
-            msgspec.to_builtins(spec), generation, now, restart_generation)
+        try:
+            await self.execute(
+                "UPDATE servers SET name = $2, spec = $3, generation = $4, updated_at = $5, "
+                "restart_generation = $6 WHERE id = $1", server_id, name,
+                msgspec.to_builtins(spec), generation, now, restart_generation)
+        except asyncpg.UniqueViolationError:
+            raise NameTaken(name) from None
 
     async def mark_deleting(self, server_id: str, purge: bool) -> None:
         await self.execute("UPDATE servers SET deleting = true, purge = $2 WHERE id = $1",

@@ -103,16 +103,15 @@ class SteamcmdInstaller:
 
     needed = True
 
-    def __init__(self, steamcmd: str, timeout: float, locks: dict[str, trio.Lock],
-                 owner: str) -> None:
+    def __init__(self, steamcmd: str, timeout: float, lock: trio.Lock, owner: str) -> None:
         self.steamcmd = steamcmd
         self.timeout = timeout
         self.env = helper_env(owner)
-        self._locks = locks  # shared by the worker's installers
+        self._lock = lock  # the worker's one steamcmd lock, shared by its installers
 
     async def install(self, ctx: InstallContext) -> None:
         app_id = ctx.spec.install_identifier
-        lock = self._locks.setdefault("steamcmd", trio.Lock())
+        lock = self._lock
         if lock.locked():
             ctx.publish(["waiting for another install on this worker (steamcmd runs one at "
                          "a time)"])

@@ -65,9 +65,9 @@ class WorkerAgent:
         self._keep_desired = True
         self.stopped = trio.Event()
         self.exec_runner = ExecRunner()
-        self.install_locks: dict[str, trio.Lock] = {}
+        self.steamcmd_lock = trio.Lock()  # steamcmd runs one at a time on a worker
         self.owner = ""  # labels this worker's containers (SQLite meta, made once)
-        self._docker: object | None = None
+        self._docker: DockerRunner | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
         self.removing: set[str] = set()  # stopping now, deleted once stopped
         self._creating: set[str] = set()  # ids and names of creates under way
@@ -90,12 +90,12 @@ class WorkerAgent:
 
             return Runtime(self.exec_runner,
                            SteamcmdInstaller(self.cfg.steamcmd, self.cfg.install_timeout,
-                                             self.install_locks, self.owner))
+                                             self.steamcmd_lock, self.owner))
         if method == "docker":
             from manman.installers.docker import DockerPull
 
-            return Runtime(self.docker_runner(),
-                           DockerPull(self.docker_runner().cli, self.cfg.install_timeout))
+            runner = self.docker_runner()
+            return Runtime(runner, DockerPull(runner.cli, self.cfg.install_timeout))
         raise ValueError(f"unknown install method {method!r}")
 
     # -- the worker's life -------------------------------------------------------------------
@@ -141,7 +141,7 @@ class WorkerAgent:
     def docker_runner(self) -> DockerRunner:
         if self._docker is None:
             self._docker = DockerRunner(self.cfg.docker, self.owner, self.cfg.docker_network)
-        return self._docker  # type: ignore[return-value]
+        return self._docker
 
     async def _remove_stray_containers(self) -> None:
         """Containers labelled as this worker's that belong to no server it knows (a server
@@ -305,7 +305,6 @@ class WorkerAgent:
     async def _delete_when_stopped(self, actor: ServerActor, purge: bool) -> None:
         try:
             await actor.shutdown()
-            self.removing.discard(actor.id)
             await self.delete(actor, purge=purge)
         except Conflict as e:
             log.warning("server %s not deleted: %s", actor.id, e)
