@@ -78,51 +78,38 @@ data_dir = "{tmp_path / 'data'}"
     assert tokens[0] == tokens[1]
 
 
+def _fails_with(tmp_path: Path, section: str, keys: dict[str, str], needle: str) -> str:
+    """Run `manman <section>` on a config of these keys: exit 1, one line naming the trouble,
+    no traceback. Returns stderr."""
+    body = "".join(f'{k} = "{v}"\n' for k, v in keys.items())
+    cfg = write_config(tmp_path / f"{len(list(tmp_path.iterdir()))}.toml",
+                       f"[{section}]\n{body}")
+    r = run_manman(section, "--config", str(cfg))
+    assert r.returncode == 1 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    return r.stderr
+
+
 def test_start_up_failures_an_operator_can_fix_are_one_line(tmp_path: Path) -> None:
     import socket
 
+    standalone = {"host_url": "", "listen": "127.0.0.1:0", "data_dir": str(tmp_path / "data"),
+                  "api_token": "t"}
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        port = busy.getsockname()[1]
-        cfg = write_config(tmp_path / "busy.toml", f"""
-[worker]
-host_url = ""
-listen = "127.0.0.1:{port}"
-data_dir = "{tmp_path / 'data'}"
-api_token = "t"
-""")
-        r = run_manman("worker", "--config", str(cfg))
-    assert r.returncode == 1 and "address already in use" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
+        _fails_with(tmp_path, "worker",
+                    {**standalone, "listen": f"127.0.0.1:{busy.getsockname()[1]}"},
+                    "address already in use")
     (tmp_path / "afile").write_text("")
-    cfg = write_config(tmp_path / "notdir.toml", f"""
-[worker]
-host_url = ""
-listen = "127.0.0.1:0"
-data_dir = "{tmp_path / 'afile' / 'sub'}"
-api_token = "t"
-""")
-    r = run_manman("worker", "--config", str(cfg))
-    assert r.returncode == 1 and "Not a directory" in r.stderr, r.stderr
-    cfg = write_config(tmp_path / "nojoin.toml", f"""
-[worker]
-host_url = "http://127.0.0.1:9"
-listen = "127.0.0.1:0"
-data_dir = "{tmp_path / 'data3'}"
-""")
-    r = run_manman("worker", "--config", str(cfg))
-    assert r.returncode == 1 and "worker.join_token" in r.stderr, r.stderr
-    cfg = write_config(tmp_path / "db.toml", f"""
-[host]
-listen = "127.0.0.1:0"
-data_dir = "{tmp_path / 'host'}"
-database_url = "postgresql://u:hunter2@127.0.0.1:9/x"
-""")
-    r = run_manman("host", "--config", str(cfg))
-    assert r.returncode == 1 and "host.database_url" in r.stderr, r.stderr
-    assert "hunter2" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    _fails_with(tmp_path, "worker", {**standalone, "data_dir": str(tmp_path / "afile" / "sub")},
+                "Not a directory")
+    _fails_with(tmp_path, "worker", {"host_url": "http://127.0.0.1:9", "listen": "127.0.0.1:0",
+                                     "data_dir": str(tmp_path / "data3")}, "worker.join_token")
+    err = _fails_with(tmp_path, "host", {
+        "listen": "127.0.0.1:0", "data_dir": str(tmp_path / "host"),
+        "database_url": "postgresql://u:hunter2@127.0.0.1:9/x"}, "host.database_url")
+    assert "hunter2" not in err
 
 
 def test_client_flags_before_the_verb_and_bad_urls(tmp_path: Path) -> None:
