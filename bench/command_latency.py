@@ -18,12 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import trio
 from trio_websocket import open_websocket_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ADMIN, PYTHON, ROOT, RawClient, build_request, host_and_worker
+from bench.common import ADMIN, PYTHON, ROOT, RawClient, build_request, client, host_and_worker
 
 
 async def measure(http_url: str, ws_url: str, token: str, server_id: str, path: str,
@@ -61,8 +60,7 @@ async def main() -> None:
         host, host_url, worker, worker_url, d = await host_and_worker(
             nursery, "manman-bench-latency-")
         try:
-            async with httpx.AsyncClient(base_url=host_url, timeout=30, headers={
-                    "Authorization": f"Bearer {ADMIN}"}) as api:
+            async with client(host_url, ADMIN) as api:
                 r = await api.post("/server", json={
                     "name": "echo", "game_id": f"exec:{PYTHON}",
                     "args": ["-u", str(ROOT / "tests" / "fakegame.py")],

@@ -104,9 +104,10 @@ api_token = "{TOKEN}"
     return cfg
 
 
-def client(url: str) -> httpx.AsyncClient:
+def client(url: str, token: str = TOKEN) -> httpx.AsyncClient:
+    """An API client: a bench worker's (TOKEN) or, with token=ADMIN, a bench host's."""
     return httpx.AsyncClient(base_url=url, timeout=60,
-                             headers={"Authorization": f"Bearer {TOKEN}"})
+                             headers={"Authorization": f"Bearer {token}"})
 
 
 async def wait_state(api: httpx.AsyncClient, server: str, state: str, timeout: float = 60

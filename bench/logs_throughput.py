@@ -21,7 +21,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ADMIN, PYTHON, ROOT, host_and_worker
+from bench.common import ADMIN, PYTHON, ROOT, client, host_and_worker
 from bench.console_throughput import CHILD
 
 
@@ -84,8 +84,7 @@ async def main() -> None:
         host, host_url, worker, _, _ = await host_and_worker(
             nursery, "manman-bench-logs-", "heartbeat_interval = 1")
         try:
-            async with httpx.AsyncClient(base_url=host_url, timeout=30, headers={
-                    "Authorization": f"Bearer {ADMIN}"}) as api:
+            async with client(host_url, ADMIN) as api:
                 base = await run_once(api, host_url, "bare", args.lines, "bare")
                 cli = await run_once(api, host_url, "cli", args.lines, "cli")
         finally:
