@@ -259,3 +259,19 @@ async def test_a_host_that_does_not_know_the_worker_is_one_line_and_no_game_left
         proc.stop()
         other.stop()
         await other.stopped.wait()
+
+
+async def test_closing_the_link_while_a_report_is_due_is_clean(host: RunningHost,
+                                                               hosted: Any) -> None:
+    """A state change at the very end of a shutdown wakes the reporter: closing the link
+    must end it first, not leave it to post on a closed client (a RuntimeError that took
+    the worker down)."""
+    w = await hosted("cl")
+    s = await host.api.post("/server", fake_spec("cl1", worker_id=w.handle.link.worker_id,
+                                                 desired_state="running"), expect=201)
+    await host.api.wait_for("cl1", state="running")
+    link = w.handle.link
+    link._on_change(w.agent.actors[s["id"]])  # a report is due in 10 ms
+    await link.closing()
+    await trio.sleep(0.2)  # the reporter would have posted by now
+    await link.closing()  # twice is harmless

@@ -49,6 +49,7 @@ class HostLink:
         self.heartbeats_sent = 0
         self.heartbeats_failed = 0
         self.last_error: str | None = None
+        self._tasks: trio.CancelScope | None = None  # registration, reports, heartbeats
         agent.on_change.append(self._on_change)
 
     def _auth(self) -> dict[str, str]:
@@ -97,6 +98,7 @@ class HostLink:
         started = False
         try:
             async with trio.open_nursery() as nursery:
+                self._tasks = nursery.cancel_scope
                 await self._register(api_url)
                 task_status.started()
                 started = True
@@ -248,6 +250,12 @@ class HostLink:
 
     async def closing(self) -> None:
         """Tell the host this worker stopped (best effort) and close the client."""
+        if self.http.is_closed:
+            return
+        if self._tasks is not None:
+            # no report or heartbeat may start on the client being closed (the last state
+            # changes of the shutdown wake the reporter)
+            self._tasks.cancel()
         with trio.move_on_after(2):
             with contextlib.suppress(httpx.HTTPError):
                 await self.http.post(f"/worker/{self.worker_id}/health",
