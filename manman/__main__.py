@@ -1,5 +1,5 @@
 """`python -m manman` is the `manman` command."""
 
-from manman.cli import main
+from manman.cli.main import main
 
 raise SystemExit(main())

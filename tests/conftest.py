@@ -34,7 +34,7 @@ def processes_under(directory: Path) -> set[int]:
     """Live processes whose working directory is below `directory` (a server's files)."""
     import os
 
-    from manman import procs
+    from manman.worker import procs
 
     out = set()
     for entry in os.listdir("/proc"):
@@ -228,7 +228,7 @@ def pids_with(marker: str) -> list[int]:
     """Live processes whose command line holds `marker` (a test's unique argument)."""
     import os
 
-    from manman import procs
+    from manman.worker import procs
 
     found = []
     for entry in os.listdir("/proc"):

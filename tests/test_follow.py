@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from manman.client import ClientError, Follow, Frame, follow_console
+from manman.cli.client import ClientError, Follow, Frame, follow_console
 from tests.conftest import RunningWorker, fake_spec
 
 

@@ -210,7 +210,7 @@ async def test_freeze_unfreeze_and_retire_a_worker(host: RunningHost, hosted: An
     assert r.json()["status"] == "shutdown"
     with trio.fail_after(15):
         await w.agent.stopped.wait()
-    from manman import procs
+    from manman.worker import procs
 
     assert not procs.is_running(s["pid"])
     token = host.handle.secrets.worker_token(wid, 1)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from manman.console.lines import MAX_LINE_BYTES, LineFramer
+from manman.worker.console.lines import MAX_LINE_BYTES, LineFramer
 
 
 def run(chunks: list[bytes], **kw: object) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from manman import procs
+from manman.worker import procs
 from tests.conftest import (
     JOIN,
     Client,

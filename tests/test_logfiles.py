@@ -10,14 +10,14 @@ import pytest
 import trio
 import trio.lowlevel
 
-from manman.console.broker import (
+from manman.models import Line
+from manman.worker.console.broker import (
     LogBroker,
     gap_frame,
     iter_frames,
     lines_frame,
 )
-from manman.console.logfiles import LogFiles
-from manman.models import Line
+from manman.worker.console.logfiles import LogFiles
 
 
 def batch(first: int, n: int, text: str = "t") -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 
-from manman import procs
+from manman.worker import procs
 from tests.conftest import RunningWorker, fake_spec, processes_under
 
 

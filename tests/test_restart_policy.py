@@ -9,9 +9,9 @@ from typing import Any
 import trio
 
 from manman.models import ServerSpec
-from manman.runners.base import GameProcess, LaunchContext
-from manman.runners.exec import ExecRunner
 from manman.worker.agent import WorkerAgent
+from manman.worker.runners.base import GameProcess, LaunchContext
+from manman.worker.runners.exec import ExecRunner
 from tests.conftest import RunningWorker, fake_spec, worker_config
 
 FAST = {"backoff_initial": 0.2, "backoff_max": 5, "reset_after": 60}

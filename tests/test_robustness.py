@@ -12,9 +12,9 @@ from typing import Any
 import trio
 from trio_websocket import open_websocket_url
 
-from manman import auth
-from manman.lifecycle import Conflict
+from manman.http import auth
 from manman.models import ServerSpec
+from manman.worker.machine import Conflict
 from tests.conftest import ADMIN, Client, RunningHost, RunningWorker, fake_spec
 
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from manman import auth
+from manman.http import auth
 from tests.conftest import ADMIN, JOIN, Client, ManmanProcess, RunningHost, fake_spec, write_config
 
 

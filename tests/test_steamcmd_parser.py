@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from manman.console.lines import LineFramer
-from manman.installers.steamcmd import SteamcmdParser
+from manman.worker.console.lines import LineFramer
+from manman.worker.installers.steamcmd import SteamcmdParser
 
 TYPICAL = b"""Redirecting stderr to '/home/steam/Steam/logs/stderr.txt'
 Logging directory: '/home/steam/Steam/logs'

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from manman import procs
+from manman.worker import procs
 from tests.conftest import HERE, Client, ManmanProcess
 
 

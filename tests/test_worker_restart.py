@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from manman import procs
+from manman.worker import procs
 from tests.conftest import PYTHON, Client, ManmanProcess, fake_spec, processes_under, write_config
 
 TOKEN = "restart-test-token"

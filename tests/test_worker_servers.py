@@ -7,7 +7,7 @@ import signal
 
 import trio
 
-from manman import procs
+from manman.worker import procs
 from tests.conftest import RunningWorker, fake_spec
 
 

@@ -10,8 +10,12 @@ import msgspec
 import trio
 from quart import Response, request, websocket
 
-from manman import auth, models
-from manman.apikit import (
+from manman import models
+from manman.host.control import Control, _worker_error
+from manman.host.fleet import Fleet
+from manman.host.relay import HostSecrets, Relay, Unreachable
+from manman.http import auth
+from manman.http.apikit import (
     LIMIT,
     SINCE,
     TAIL,
@@ -23,11 +27,8 @@ from manman.apikit import (
     query_int,
     same_secret,
 )
-from manman.console.viewer import error_frame
-from manman.host.control import Control, _worker_error
-from manman.host.fleet import Fleet
-from manman.host.relay import HostSecrets, Relay, Unreachable
-from manman.metrics import CONTENT_TYPE, host_metrics
+from manman.http.metrics import CONTENT_TYPE, host_metrics
+from manman.worker.console.viewer import error_frame
 
 _WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
               ".css": "text/css; charset=utf-8"}

@@ -14,10 +14,10 @@ import msgspec
 import trio
 
 from manman import models
-from manman.apikit import ApiError
 from manman.host.fleet import Fleet, ServerRec, WorkerRec
 from manman.host.relay import Relay, Unreachable
 from manman.host.store import HostStore, NameTaken
+from manman.http.apikit import ApiError
 
 log = logging.getLogger("manman.host")
 

@@ -12,8 +12,6 @@ from urllib.parse import urlsplit
 import msgspec
 import trio
 
-from manman import auth
-from manman.apikit import ApiError, serve, settle_gc
 from manman.config import Config
 from manman.host.api import build_host_api
 from manman.host.control import Control
@@ -21,8 +19,10 @@ from manman.host.embedded import EmbeddedPostgres
 from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay
 from manman.host.store import HostStore
+from manman.http import auth
+from manman.http.apikit import ApiError, serve, settle_gc
+from manman.http.signals import Stopper
 from manman.models import ServerSpec
-from manman.signals import Stopper
 
 log = logging.getLogger("manman.host")
 

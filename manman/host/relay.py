@@ -9,8 +9,8 @@ import httpx
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-from manman import auth
 from manman.host.fleet import WorkerRec
+from manman.http import auth
 
 log = logging.getLogger("manman.host.relay")
 

@@ -16,16 +16,16 @@ from typing import Any
 
 import trio
 
-from manman import procs
-from manman.actor import ActorHooks, ServerActor
 from manman.config import WorkerConfig
-from manman.console.broker import LogBroker
-from manman.installers.base import Installer, NoInstall
-from manman.lifecycle import Conflict
 from manman.models import ServerSpec, ServerStatus
-from manman.runners.base import Runner, RunRecord
-from manman.runners.docker import DockerRunner
-from manman.runners.exec import ExecRunner
+from manman.worker import procs
+from manman.worker.actor import ActorHooks, ServerActor
+from manman.worker.console.broker import LogBroker
+from manman.worker.installers.base import Installer, NoInstall
+from manman.worker.machine import Conflict
+from manman.worker.runners.base import Runner, RunRecord
+from manman.worker.runners.docker import DockerRunner
+from manman.worker.runners.exec import ExecRunner
 from manman.worker.store import StoredServer, WorkerStore
 
 log = logging.getLogger("manman.worker")
@@ -86,13 +86,13 @@ class WorkerAgent:
         if method == "exec":
             return Runtime(self.exec_runner, NoInstall())
         if method == "steamcmd":
-            from manman.installers.steamcmd import SteamcmdInstaller
+            from manman.worker.installers.steamcmd import SteamcmdInstaller
 
             return Runtime(self.exec_runner,
                            SteamcmdInstaller(self.cfg.steamcmd, self.cfg.install_timeout,
                                              self.steamcmd_lock, self.owner))
         if method == "docker":
-            from manman.installers.docker import DockerPull
+            from manman.worker.installers.docker import DockerPull
 
             runner = self.docker_runner()
             return Runtime(runner, DockerPull(runner.cli, self.cfg.install_timeout))

@@ -11,9 +11,9 @@ import msgspec
 import trio
 from quart import Response, websocket
 
-from manman import auth, models
-from manman.actor import Busy, ServerActor
-from manman.apikit import (
+from manman import models
+from manman.http import auth
+from manman.http.apikit import (
     LIMIT,
     SINCE,
     TAIL,
@@ -25,10 +25,11 @@ from manman.apikit import (
     query_int,
     same_secret,
 )
-from manman.console.viewer import CommandRefused, Disconnect, run_viewer
-from manman.lifecycle import Conflict
-from manman.metrics import CONTENT_TYPE, worker_metrics
+from manman.http.metrics import CONTENT_TYPE, worker_metrics
+from manman.worker.actor import Busy, ServerActor
 from manman.worker.agent import NotFound, WorkerAgent
+from manman.worker.console.viewer import CommandRefused, Disconnect, run_viewer
+from manman.worker.machine import Conflict
 
 
 class WorkerServerCreate(models.ServerSpec, kw_only=True):
@@ -335,7 +336,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
 
 
 def _error(status: int, code: str, message: str) -> Response:
-    from manman.apikit import error_response
+    from manman.http.apikit import error_response
 
     return error_response(status, code, message)
 

@@ -11,10 +11,10 @@ import msgspec
 import trio
 
 from manman import __version__, models
-from manman.actor import ServerActor
 from manman.config import WorkerConfig
-from manman.lifecycle import Conflict
+from manman.worker.actor import ServerActor
 from manman.worker.agent import WorkerAgent
+from manman.worker.machine import Conflict
 
 log = logging.getLogger("manman.worker.hostlink")
 

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import msgspec
 import trio
 
-from manman import auth
-from manman.apikit import serve, settle_gc
 from manman.config import Config
-from manman.lifecycle import Conflict
+from manman.http import auth
+from manman.http.apikit import serve, settle_gc
+from manman.http.signals import Stopper
 from manman.models import ServerSpec
-from manman.signals import Stopper
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
+from manman.worker.machine import Conflict
 
 log = logging.getLogger("manman.worker")
 

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_worker)
     sub.add_parser("up", parents=[service], help="host + worker in one process, no set-up"
                    ).set_defaults(func=cmd_up)
-    from manman.client_cli import add_client_commands
+    from manman.cli.verbs import add_client_commands
 
     add_client_commands(sub, _common(client=True), _common(client=True, keep_unset=True))
     return parser

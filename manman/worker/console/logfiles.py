@@ -16,7 +16,7 @@ import msgspec
 
 from manman.models import Line
 
-log = logging.getLogger("manman.console")
+log = logging.getLogger("manman.worker.console")
 
 _PREFIX, _SUFFIX = "console-", ".jsonl"
 _decode_batch = msgspec.json.Decoder(list[Line]).decode

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import msgspec
 import trio
 
-from manman.console.broker import LogBroker, gap_frame, iter_frames
 from manman.models import Line
+from manman.worker.console.broker import LogBroker, gap_frame, iter_frames
 
 MAX_CLIENT_FRAME = 32 * 1024
 REPLAY_PAGE = 2000  # lines read from the files at a time, and at most REPLAY_CHARS of text

@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from manman.models import ServerSpec
-from manman.runners.base import GameProcess, LaunchContext, RunRecord, SpawnError, helper_env
+from manman.worker.runners.base import GameProcess, LaunchContext, RunRecord, SpawnError, helper_env
 
 log = logging.getLogger("manman.docker")
 

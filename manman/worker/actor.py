@@ -20,15 +20,15 @@ from pathlib import Path
 
 import trio
 
-from manman import lifecycle, procs
-from manman.console.broker import LogBroker
-from manman.console.lines import LineFramer
-from manman.installers.base import InstallContext, Installer, InstallError
-from manman.lifecycle import Conflict
 from manman.models import ServerSpec, ServerStatus
-from manman.runners.base import GameProcess, LaunchContext, Runner, RunRecord, SpawnError
+from manman.worker import machine, procs
+from manman.worker.console.broker import LogBroker
+from manman.worker.console.lines import LineFramer
+from manman.worker.installers.base import InstallContext, Installer, InstallError
+from manman.worker.machine import Conflict
+from manman.worker.runners.base import GameProcess, LaunchContext, Runner, RunRecord, SpawnError
 
-log = logging.getLogger("manman.actor")
+log = logging.getLogger("manman.worker.actor")
 
 STDIN_QUEUE = 64
 READ_SIZE = 1 << 16
@@ -137,7 +137,7 @@ class ServerActor:
     # -- commands (sync: check and change with no await in between) --------------------------
 
     def start(self) -> None:
-        lifecycle.check("start", self.status.state)
+        machine.check("start", self.status.state)
         self._start_fresh()
 
     def _start_fresh(self) -> None:
@@ -160,7 +160,7 @@ class ServerActor:
         return run
 
     def stop(self) -> None:
-        lifecycle.check("stop", self.status.state)
+        machine.check("stop", self.status.state)
         self.desired_state = "stopped"
         if self.status.state == "crashed":
             self._cancel_backoff()
@@ -170,8 +170,8 @@ class ServerActor:
         self._spawn_task(self._stop_run, self._begin_stop())
 
     def restart(self) -> None:
-        lifecycle.check("restart", self.status.state)
-        if self.status.state in lifecycle.LIVE:
+        machine.check("restart", self.status.state)
+        if self.status.state in machine.LIVE:
             self.desired_state = "running"
             self.status.restarts = 0
             self.crash_times = ()
@@ -180,7 +180,7 @@ class ServerActor:
             self._start_fresh()
 
     def kill(self) -> None:
-        lifecycle.check("kill", self.status.state)
+        machine.check("kill", self.status.state)
         self.desired_state = "stopped"
         if self.status.state == "installing":
             if self._install_scope is not None:
@@ -194,8 +194,8 @@ class ServerActor:
             self._spawn_task(run.proc.kill)
 
     def install(self) -> None:
-        lifecycle.check("install", self.status.state)
-        if self.status.state in lifecycle.LIVE:
+        machine.check("install", self.status.state)
+        if self.status.state in machine.LIVE:
             self._spawn_task(partial(self._stop_then, install=True), self._begin_stop(),
                              lambda: self._start_install(then_start=True))
         else:
@@ -204,14 +204,14 @@ class ServerActor:
                                 and self.status.state != "failed")
 
     def send_console(self, line: str) -> None:
-        lifecycle.check("command", self.status.state)
+        machine.check("command", self.status.state)
         try:
             self._stdin_send.send_nowait(line)
         except trio.WouldBlock:
             raise Busy("console input queue is full; try again") from None
 
     def check_deletable(self) -> None:
-        lifecycle.check("delete", self.status.state)
+        machine.check("delete", self.status.state)
 
     def reopen(self) -> None:
         """A delete that did not go through after shutdown(): restarts work again."""
@@ -369,14 +369,14 @@ class ServerActor:
                 return
 
     def _after_exit(self, run: Run, code: int | None) -> None:
-        how = lifecycle.describe_exit(code)
+        how = machine.describe_exit(code)
         if run.stop_requested or run.kill_requested:
             self._set(state="stopped", ready=False, pid=None, exit_code=code)
             self.broker.note(f"stopped ({how})")
             if self._take_pending_start():
                 self._start_fresh()
             return
-        decision = lifecycle.after_exit(self.spec.restart, self.crash_times, time.time(), code,
+        decision = machine.after_exit(self.spec.restart, self.crash_times, time.time(), code,
                                         run.crash_reason)
         self.crash_times = decision.crash_times
         if decision.state == "stopped":

@@ -13,8 +13,8 @@ from typing import Protocol
 
 import trio
 
-from manman import procs
 from manman.models import ServerSpec
+from manman.worker import procs
 
 
 class SpawnError(Exception):

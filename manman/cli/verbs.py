@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import trio
 
-from manman.client import ClientError, Follow, Frame, HostClient, discover, follow_console
+from manman.cli.client import ClientError, Follow, Frame, HostClient, discover, follow_console
 from manman.config import Config
 
 

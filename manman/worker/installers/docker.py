@@ -6,9 +6,9 @@ import re
 
 import trio
 
-from manman.console.lines import LineFramer
-from manman.installers.base import InstallContext, InstallError
-from manman.runners.docker import DockerCLI
+from manman.worker.console.lines import LineFramer
+from manman.worker.installers.base import InstallContext, InstallError
+from manman.worker.runners.docker import DockerCLI
 
 _LAYER_RE = re.compile(r"^([0-9a-f]{12}): (.+)$")
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import trio
 
-from manman import procs
-from manman.console.lines import LineFramer
-from manman.installers.base import InstallContext, InstallError
-from manman.runners.base import helper_env
+from manman.worker import procs
+from manman.worker.console.lines import LineFramer
+from manman.worker.installers.base import InstallContext, InstallError
+from manman.worker.runners.base import helper_env
 
 _UPDATE_RE = re.compile(
     r"Update state \((0x[0-9a-fA-F]+)\) ([a-zA-Z ]+?), progress: (\d+)[.,](\d+)")

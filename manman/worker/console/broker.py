@@ -16,8 +16,8 @@ from pathlib import Path
 import msgspec
 import trio
 
-from manman.console.logfiles import LogFiles
 from manman.models import Line
+from manman.worker.console.logfiles import LogFiles
 
 _encode = msgspec.json.Encoder().encode
 _decode_lines = msgspec.json.Decoder(list[Line]).decode

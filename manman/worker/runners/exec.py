@@ -10,9 +10,9 @@ from pathlib import Path
 
 import trio
 
-from manman import procs
 from manman.models import ServerSpec
-from manman.runners.base import GameProcess, LaunchContext, RunRecord, SpawnError, base_env
+from manman.worker import procs
+from manman.worker.runners.base import GameProcess, LaunchContext, RunRecord, SpawnError, base_env
 
 
 def resolve_executable(spec: ServerSpec, files_dir: Path, path_env: str | None) -> str:

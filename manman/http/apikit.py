@@ -21,16 +21,18 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from manman.errors import ManmanError
+from manman.http.errors import domain_error_response, error_response, status_of
 from manman.models import validation_message
 
 log = logging.getLogger("manman.api")
+_encode = msgspec.json.Encoder().encode
 
 MAX_BODY = 1 << 20
 # query parameters as OpenAPI describes them (the same bounds query_int enforces)
 SINCE = {"type": "integer", "minimum": 0, "maximum": 1 << 62}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": 10000}
 TAIL = {"type": "integer", "minimum": 0, "maximum": 100000}
-_encode = msgspec.json.Encoder().encode
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 410: "gone",
@@ -46,15 +48,6 @@ class ApiError(Exception):
         self.status = status
         self.code = code or _STATUS_CODES.get(status, "error")
         self.message = message
-
-
-def error_response(status: int, code: str, message: str) -> Response:
-    try:
-        body = _encode({"error": {"code": code, "message": message}})
-    except msgspec.EncodeError:  # a message quoting text no UTF-8 can hold
-        body = _encode({"error": {"code": code, "message": message.encode(
-            "utf-8", "replace").decode()}})
-    return Response(body, status=status, content_type="application/json")
 
 
 async def _drain(resp: Response) -> Response:
@@ -193,6 +186,7 @@ class Api:
         self.authenticate: Authenticator | None = None
         self.on_request: Callable[[str, str, int, float], None] | None = None
         self.app.register_error_handler(ApiError, self._api_error)
+        self.app.register_error_handler(ManmanError, self._domain_error)
         self.app.register_error_handler(HTTPException, self._http_error)
         self.app.register_error_handler(Exception, self._crash)
         self.app.after_request(_drain)
@@ -205,6 +199,10 @@ class Api:
     @staticmethod
     async def _api_error(e: ApiError) -> Response:
         return error_response(e.status, e.code, e.message)
+
+    @staticmethod
+    async def _domain_error(e: ManmanError) -> Response:
+        return domain_error_response(e)
 
     @staticmethod
     async def _http_error(e: HTTPException) -> Response:
@@ -247,6 +245,9 @@ class Api:
                 except ApiError as e:
                     status_code = e.status
                     raise
+                except ManmanError as e:
+                    status_code = status_of(e)
+                    raise
                 finally:
                     if self.on_request is not None:
                         self.on_request(method, path, status_code, time.perf_counter() - started)
@@ -276,7 +277,7 @@ class Api:
         return decorate
 
     def openapi(self) -> dict[str, Any]:
-        from manman.openapi import build_openapi
+        from manman.http.openapi import build_openapi
 
         return build_openapi(self.title, self.version, self.docs)
 

@@ -1,0 +1,1 @@
+"""The `manman` command: services (host | worker | up) and the client verbs."""

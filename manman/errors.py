@@ -1,0 +1,99 @@
+"""manman's domain errors: one tree, each error carrying the code and message of the error JSON.
+
+Domain code (the worker's agent and actor, the host's control, the relay) raises these and
+knows nothing of HTTP; `manman.http.errors` turns each kind into a status in one table, and
+the CLI turns a `StartupError` into one line on stderr.
+"""
+
+from __future__ import annotations
+
+
+class ManmanError(Exception):
+    """Base of every error manman means to report: `code` is the error JSON's `code`."""
+
+    code = "error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(ManmanError):
+    """The request cannot be read at all (not JSON, nested too deeply)."""
+
+    code = "bad_request"
+
+
+class Invalid(ManmanError):
+    """The request is readable but a value in it is not acceptable."""
+
+    code = "invalid"
+
+
+class Unauthorized(ManmanError):
+    """No valid credentials."""
+
+    code = "unauthorized"
+
+
+class Forbidden(ManmanError):
+    """Valid credentials that do not allow this."""
+
+    code = "forbidden"
+
+
+class NotFound(ManmanError):
+    """No such server, worker, file …"""
+
+    code = "not_found"
+
+
+class Conflict(ManmanError):
+    """The request does not fit the current state; nothing was changed. Codes: `conflict`,
+    `invalid_state` (a command the server's state does not accept), `exists`, `frozen`,
+    `worker_shutdown`, `stale_generation`."""
+
+    code = "conflict"
+
+
+class Exists(Conflict):
+    """A name that must be unique is taken."""
+
+    code = "exists"
+
+    @classmethod
+    def server(cls, name: str) -> Exists:
+        return cls(f"a server named {name} exists")
+
+
+class Gone(ManmanError):
+    """The thing asked for was here and is not any more (a retired worker)."""
+
+    code = "gone"
+
+
+class Busy(ManmanError):
+    """It cannot take this now; the same request may succeed shortly (a full console queue)."""
+
+    code = "unavailable"
+
+
+class Unavailable(ManmanError):
+    """Something this needs is away (a worker that misses heartbeats, the database)."""
+
+    code = "unavailable"
+
+
+class WorkerError(ManmanError):
+    """A worker answered, but with a failure the host passes on (HTTP 502)."""
+
+    code = "worker_error"
+
+
+class StartupError(ManmanError):
+    """A service cannot start for a reason its operator can fix; the CLI prints the message
+    as one line and exits 1."""
+
+    code = "startup"

@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by the host and worker APIs: routes, auth, errors, OpenAPI, metrics."""

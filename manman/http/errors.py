@@ -1,0 +1,46 @@
+"""The one table from domain errors to HTTP statuses, and the SPEC's error JSON."""
+
+from __future__ import annotations
+
+import msgspec
+from quart import Response
+
+from manman import errors
+
+# the most specific class listed for an error decides its status
+STATUS: dict[type[errors.ManmanError], int] = {
+    errors.BadRequest: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Gone: 410,
+    errors.Invalid: 422,
+    errors.WorkerError: 502,
+    errors.Busy: 503,
+    errors.Unavailable: 503,
+}
+
+_encode = msgspec.json.Encoder().encode
+
+
+def status_of(e: errors.ManmanError) -> int:
+    for cls in type(e).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    """The SPEC's error JSON: {"error": {"code", "message"}}."""
+    try:
+        body = _encode({"error": {"code": code, "message": message}})
+    except msgspec.EncodeError:  # a message quoting text no UTF-8 can hold
+        body = _encode({"error": {"code": code, "message": message.encode(
+            "utf-8", "replace").decode()}})
+    return Response(body, status=status, content_type="application/json")
+
+
+def domain_error_response(e: errors.ManmanError) -> Response:
+    return error_response(status_of(e), e.code, e.message)
