@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -383,3 +383,55 @@ def docker_host() -> Any:
             yield host
     except DockerUnavailable as e:
         pytest.skip(str(e))
+
+
+# -- a small disk that fills up: a tmpfs of our own (root only) --------------------------------
+
+
+class TinyDisk:
+    """A tmpfs of a few hundred KiB mounted on a test's directory, and a filler file that
+    takes what is left of it (a full disk) until `free()`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        """Take every free block (what is left is less than a page)."""
+        import errno
+        import os
+
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for size in (1 << 16, 4096, 512, 64, 1):
+                while True:
+                    try:
+                        if os.write(fd, b"\0" * size) < size:
+                            break
+                    except OSError as e:
+                        assert e.errno == errno.ENOSPC, e
+                        break
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[TinyDisk]:
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is staged on a tmpfs of the test's own, which needs root")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield TinyDisk(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -631,3 +632,71 @@ async def test_wait_wakes_on_publish_and_state(tmp_path: Path) -> None:
             n.start_soon(later_state)
             await b.wait(2, b.state_version)
     b.close()
+
+
+# == a full disk ==========================================================================
+
+
+def _stored_lines_are_whole(files: LogFiles) -> None:
+    for _, path in files.segments():
+        data = path.read_bytes()
+        assert not data or data.endswith(b"\n"), "a batch was left half-written"
+        for raw in data.splitlines():
+            msgspec.json.decode(raw, type=list[Line])
+
+
+def test_full_disk_stores_a_batch_whole_or_not_at_all(tiny_disk: Any) -> None:
+    files = LogFiles(tiny_disk.path / "console")
+    fill(files, 5, per=3)
+    tiny_disk.fill()
+    big = 200  # a batch larger than what is left: the write is short, then cut back
+    for _ in range(3):
+        first = files.next_seq
+        files.append(first, batch(first, big, "x" * 100), first + big)
+    assert files.write_errors == 3
+    _stored_lines_are_whole(files)
+    tiny_disk.free()
+    fill(files, 2, per=3)  # space is back: the next batches are stored, not glued to a half
+    _stored_lines_are_whole(files)
+    lines = files.read(0, 10_000)
+    assert seqs(lines) == [*range(15), *range(615, 621)]  # the lost batches are a gap
+    files.close()
+
+
+def test_seq_never_goes_back_after_a_crash_on_a_full_disk(tiny_disk: Any) -> None:
+    directory = tiny_disk.path / "console"
+    files = LogFiles(directory)
+    fill(files, 5, per=3)
+    tiny_disk.fill()
+    for _ in range(4):  # viewers saw these from the ring; the disk took none of them
+        first = files.next_seq
+        files.append(first, batch(first, 50, "y" * 100), first + 50)
+    published = files.next_seq
+    assert published == 215
+    # a SIGKILL: nothing closed; the disk is still full at the restart
+    again = LogFiles(directory)
+    assert again.next_seq == published
+    tiny_disk.free()
+    fill(again, 1, per=3)
+    assert seqs(again.read(0, 1000)) == [*range(15), 215, 216, 217]
+    again.close()
+    files.close()
+
+
+def test_a_damaged_line_in_the_middle_is_skipped(tmp_path: Path) -> None:
+    f = LogFiles(tmp_path)
+    fill(f, 2, per=3)
+    f.close()
+    path = f.segments()[-1][1]
+    # an older version's torn write: half a batch glued to the next whole one
+    with path.open("ab") as fh:
+        fh.write(batch(6, 3)[:20] + batch(9, 3) + b"\n")
+        fh.write(b"not json at all\n")
+        fh.write(batch(12, 3) + b"\n")
+    g = LogFiles(tmp_path)
+    assert g.next_seq == 15
+    fill(g, 1, per=3)
+    assert seqs(g.read(0, 100)) == [0, 1, 2, 3, 4, 5, 12, 13, 14, 15, 16, 17]
+    assert seqs(g.read(7, 100)) == [12, 13, 14, 15, 16, 17]
+    assert g.damaged_lines == 4
+    g.close()

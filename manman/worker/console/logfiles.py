@@ -4,10 +4,16 @@ Each file line is one batch of console lines as a JSON array, written with a sin
 `os.write` on an O_APPEND descriptor, so a worker killed with SIGKILL loses nothing that a
 viewer has seen. A segment is named after its first seq, which makes `since` lookups a
 directory listing and `seq` recovery after a restart a read of the newest file's tail.
+
+A full disk: a batch is stored whole or not at all (a short write is truncated back), and a
+batch that could not be stored raises the seq mark (`seq-mark`, a fixed-size file rewritten in
+place, so it needs no new blocks), so a restart never hands out a seq a viewer has seen.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 from pathlib import Path
@@ -19,12 +25,18 @@ from manman.models import Line
 log = logging.getLogger("manman.worker.console")
 
 _PREFIX, _SUFFIX = "console-", ".jsonl"
+_MARK = "seq-mark"
+_MARK_WIDTH = 20  # digits: the file keeps its size, so rewriting it allocates nothing
 _decode_batch = msgspec.json.Decoder(list[Line]).decode
 
 
-def _batch_first_seq(raw: bytes) -> int:
-    """The seq of a batch line's first entry without decoding it (we write `[{"seq":N,`)."""
-    return int(raw[8:raw.index(b",", 8)])
+def _batch_first_seq(raw: bytes) -> int | None:
+    """The seq of a batch line's first entry without decoding it (we write `[{"seq":N,`);
+    None for a line that does not start so (damaged)."""
+    try:
+        return int(raw[8:raw.index(b",", 8)]) if raw.startswith(b'[{"seq":') else None
+    except ValueError:
+        return None
 
 
 class LogFiles:
@@ -38,8 +50,10 @@ class LogFiles:
         self._fd: int | None = None
         self._size = 0
         self.write_errors = 0
+        self.damaged_lines = 0  # unreadable batch lines skipped by read()
         self.last_ts: float | None = None  # of the newest stored line
-        self.next_seq = self._recover()
+        self.next_seq = max(self._recover(), self._read_mark())
+        self._mark_fd = self._open_mark()
 
     # -- segments -------------------------------------------------------------------------
 
@@ -77,6 +91,35 @@ class LogFiles:
             segs.pop()
         return 0
 
+    # -- the seq mark: seqs below it may have been seen although they are not stored -------
+
+    def _read_mark(self) -> int:
+        try:
+            return int((self.dir / _MARK).read_bytes().strip() or b"0")
+        except (OSError, ValueError):
+            return 0
+
+    def _open_mark(self) -> int | None:
+        """Open (or make, with its full size) the mark file now, while there is room."""
+        try:
+            fd = os.open(self.dir / _MARK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as e:
+            log.warning("console log %s: no seq mark (%s)", self.dir, e.strerror or e)
+            return None
+        try:
+            if os.fstat(fd).st_size != _MARK_WIDTH + 1:
+                os.pwrite(fd, b"%0*d\n" % (_MARK_WIDTH, self.next_seq), 0)
+        except OSError:
+            pass  # a full disk: _raise_mark tries again when it matters
+        return fd
+
+    def _raise_mark(self, seq: int) -> None:
+        """Batches up to `seq` were published but not stored: a restart starts at seq."""
+        if self._mark_fd is None:
+            return
+        with contextlib.suppress(OSError):  # then the stored lines alone bound the seq
+            os.pwrite(self._mark_fd, b"%0*d\n" % (_MARK_WIDTH, seq), 0)
+
     # -- writing --------------------------------------------------------------------------
 
     def append(self, first_seq: int, batch: bytes, next_seq: int) -> None:
@@ -90,7 +133,11 @@ class LogFiles:
                 self._open_segment(first_seq)
             assert self._fd is not None
             written = os.write(self._fd, data)
+            if written != len(data):  # the disk filled up mid-batch: store none of it
+                os.ftruncate(self._fd, self._size)
+                raise OSError(errno.ENOSPC, "short write")
         except OSError as e:
+            self._raise_mark(next_seq)
             self.write_errors += 1
             if self.write_errors == 1 or self.write_errors % 1000 == 0:
                 log.error("console log %s: cannot write (%s); %d batches not stored",
@@ -117,6 +164,9 @@ class LogFiles:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._mark_fd is not None:
+            os.close(self._mark_fd)
+            self._mark_fd = None
 
     # -- reading (blocking: call from a thread) --------------------------------------------
 
@@ -139,18 +189,37 @@ class LogFiles:
                     for raw in f:
                         if not raw.endswith(b"\n"):
                             break  # a batch being written right now
-                        if not out and _batch_first_seq(raw) <= since:
+                        if not out and (first := _batch_first_seq(raw)) is not None \
+                                and first <= since:
                             pending = raw  # batches are contiguous: the one before is older
                             continue
                         for batch in (pending, raw) if pending is not None else (raw,):
-                            if _collect(batch, since, budget, out):
+                            if self._collect(path, batch, since, budget, out):
                                 return out
                         pending = None
-                    if pending is not None and _collect(pending, since, budget, out):
+                    if pending is not None and self._collect(path, pending, since, budget,
+                                                             out):
                         return out
             except FileNotFoundError:
                 continue  # rotated away while we read
         return out
+
+    def _collect(self, path: Path, raw: bytes, since: int, budget: _Budget, out: list[Line]
+                 ) -> bool:
+        """Append the batch's lines with seq ≥ since; True when the page is full. A damaged
+        batch (from an older version's torn write, or the disk) is skipped: a gap in seq."""
+        try:
+            lines = _decode_batch(raw)
+        except msgspec.DecodeError:
+            self._damaged(path)
+            return False
+        return _take(lines, since, budget, out)
+
+    def _damaged(self, path: Path) -> None:
+        self.damaged_lines += 1
+        if self.damaged_lines == 1 or self.damaged_lines % 1000 == 0:
+            log.warning("console log %s: skipped %d damaged line(s); their seqs show as a gap",
+                        path, self.damaged_lines)
 
 
 class _Budget:
@@ -170,9 +239,8 @@ class _Budget:
         return self.lines <= 0
 
 
-def _collect(raw: bytes, since: int, budget: _Budget, out: list[Line]) -> bool:
-    """Append the batch's lines with seq ≥ since; True when the page is full."""
-    for line in _decode_batch(raw):
+def _take(lines: list[Line], since: int, budget: _Budget, out: list[Line]) -> bool:
+    for line in lines:
         if line.seq >= since:
             out.append(line)
             if budget.take(line):
