@@ -16,11 +16,11 @@ class LineFramer:
     __slots__ = ("_buf", "_cr_breaks", "_max")
 
     def __init__(self, *, cr_breaks: bool = False, max_line: int = MAX_LINE_BYTES) -> None:
-        self._buf = b""
+        self._buf: bytes | bytearray = b""
         self._cr_breaks = cr_breaks
         self._max = max_line
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes | bytearray) -> list[str]:
         """Lines completed by `data`, in order."""
         buf = self._buf + data if self._buf else data
         held = b""

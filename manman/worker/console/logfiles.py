@@ -189,8 +189,8 @@ class LogFiles:
                     for raw in f:
                         if not raw.endswith(b"\n"):
                             break  # a batch being written right now
-                        if not out and (first := _batch_first_seq(raw)) is not None \
-                                and first <= since:
+                        if not out and (head := _batch_first_seq(raw)) is not None \
+                                and head <= since:
                             pending = raw  # batches are contiguous: the one before is older
                             continue
                         for batch in (pending, raw) if pending is not None else (raw,):

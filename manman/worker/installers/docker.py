@@ -47,11 +47,11 @@ class DockerPull:
         image = ctx.spec.install_identifier
         ctx.files_dir.mkdir(parents=True, exist_ok=True)
         # a daemon that hangs is a failed install, not one that never ends
-        code, out, err = await self.cli.run("image", "inspect", "--format", "{{.Id}}", image,
-                                            timeout=min(self.timeout, 60))
-        if code in (124, 127):  # timed out, or docker cannot run: err says which
+        found, out, err = await self.cli.run("image", "inspect", "--format", "{{.Id}}", image,
+                                             timeout=min(self.timeout, 60))
+        if found in (124, 127):  # timed out, or docker cannot run: err says which
             raise InstallError(err)
-        if code == 0:
+        if found == 0:
             ctx.publish([f"image {image} is present ({out.strip()[:19]})"])
             return
         ctx.publish([f"docker pull {image}"])

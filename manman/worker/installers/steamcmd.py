@@ -144,6 +144,7 @@ class SteamcmdInstaller:
                     await proc.wait()
         if scope.cancelled_caught:
             raise InstallError(f"steamcmd timed out after {self.timeout:g}s")
+        assert code is not None  # not cancelled: the process was waited for
         why = parser.verdict(code)
         if why is not None:
             raise InstallError(why)
