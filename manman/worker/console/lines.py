@@ -68,7 +68,7 @@ class LineFramer:
         return out
 
 
-def _utf8_boundary(data: bytes, limit: int) -> int:
+def _utf8_boundary(data: bytes | bytearray, limit: int) -> int:
     """The largest cut ≤ limit that does not split a UTF-8 sequence (when avoidable)."""
     # the last lead byte before the cut decides: back up only if its sequence crosses it
     # (stray continuation bytes after a whole character are not part of it)
