@@ -77,7 +77,7 @@ class Gone(ManmanError):
 class Busy(ManmanError):
     """It cannot take this now; the same request may succeed shortly (a full console queue)."""
 
-    code = "unavailable"
+    code = "busy"
 
 
 class Unavailable(ManmanError):

@@ -43,4 +43,7 @@ def error_response(status: int, code: str, message: str) -> Response:
 
 
 def domain_error_response(e: errors.ManmanError) -> Response:
-    return error_response(status_of(e), e.code, e.message)
+    status = status_of(e)
+    if status == 500:  # an error no table row covers is a bug, answered like any other crash
+        return error_response(500, "internal", "internal error (see the manman log)")
+    return error_response(status, e.code, e.message)
