@@ -1,4 +1,4 @@
-"""An emulator of Valve's steamcmd for the tests, faithful to shared/reference/steamcmd.md.
+"""An emulator of Valve's steamcmd for the tests, faithful to docs/steamcmd.md.
 
 Called as `steamcmd +force_install_dir DIR +login anonymous +app_update ID validate +quit`;
 like steamcmd.sh, the first process runs the one that does the work as its child.

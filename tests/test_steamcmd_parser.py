@@ -1,4 +1,4 @@
-"""The steamcmd output parser over the real output shapes of shared/reference/steamcmd.md."""
+"""The steamcmd output parser over the real output shapes of docs/steamcmd.md."""
 
 from __future__ import annotations
 

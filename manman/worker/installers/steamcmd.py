@@ -1,7 +1,7 @@
 """steamcmd installs: the output parser (pure) and the installer that runs steamcmd.
 
 steamcmd prints no stable format; the shapes handled here are the ones in
-`shared/reference/steamcmd.md`: `Update state (0x61) downloading, progress: 45,21 (a / b)`
+`docs/steamcmd.md`: `Update state (0x61) downloading, progress: 45,21 (a / b)`
 lines (locale decimals, repeated when stalled, `\\r` line ends, output in bursts), a
 self-update preamble, `Success! App '<id>' fully installed.` / `already up to date.`, and
 errors as `ERROR! …`, `Error! App '<id>' state is 0x… after update job.`, `…FAILED (…)` and
