@@ -1,4 +1,4 @@
-"""The wire types of SPEC.md: ServerSpec validation, updates, decoding."""
+"""The wire types of docs/spec.md: ServerSpec validation, updates, decoding."""
 
 from __future__ import annotations
 
