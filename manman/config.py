@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import socket
+import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 
+from manman.errors import StartupError
 
-class ConfigError(Exception):
-    """A bad config file or value; the message names the key."""
+
+class ConfigError(StartupError):
+    """A bad config file or value; the message names the key and never a secret's value."""
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -31,37 +36,75 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-@dataclass(frozen=True)
-class HostConfig:
+# the upper bound keeps out inf: every duration is a finite number
+Positive = Annotated[float, msgspec.Meta(gt=0, le=sys.float_info.max)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0, le=sys.float_info.max)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class _BadValue(ValueError):
+    """A value a type cannot refuse (a listen address, a URL), raised by `__post_init__`."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+
+
+def _check_listen(key: str, value: str) -> None:
+    try:
+        parse_listen(value)
+    except ValueError as e:
+        raise _BadValue(key, f"{e}, got {value!r}") from None
+
+
+def _check_http_url(key: str, value: str) -> None:
+    parts = urlsplit(value)
+    if value and (parts.scheme not in ("http", "https") or not parts.netloc):
+        raise _BadValue(key, f"expected an http:// or https:// URL, got {value!r}")
+
+
+class HostConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:8700"
     database_url: str = ""
     data_dir: Path = Path("./data/host")
-    worker_timeout: float = 15.0
-    worker_expiry: float = 3600.0
+    worker_timeout: NonNegative = 15.0
+    worker_expiry: NonNegative = 3600.0  # 0: never
     admin_token: str = ""
     join_token: str = ""
-    console_token_ttl: float = 600.0
+    console_token_ttl: Positive = 600.0
     # heartbeats are written to PostgreSQL in batches at most this often (hot path)
-    flush_interval: float = 0.5
+    flush_interval: Positive = 0.5
+
+    def __post_init__(self) -> None:
+        _check_listen("listen", self.listen)
+        # the value is never echoed: it may hold a password
+        if self.database_url and \
+                urlsplit(self.database_url).scheme not in ("postgres", "postgresql"):
+            raise _BadValue("database_url", "expected a postgresql:// URL (or empty for the "
+                                            "embedded PostgreSQL)")
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
+class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str = ""
     host_url: str = "http://127.0.0.1:8700"
     listen: str = "127.0.0.1:8701"
     advertise_url: str = ""
     data_dir: Path = Path("./data/worker")
-    heartbeat_interval: float = 5.0
+    heartbeat_interval: Positive = 5.0
     steamcmd: str = "steamcmd"
     docker: str = "docker"
     docker_network: str = ""  # empty: docker's default network
     join_token: str = ""
     api_token: str = ""
-    install_timeout: float = 3600.0
-    console_ring_bytes: int = 8 * 1024 * 1024
-    log_file_bytes: int = 8 * 1024 * 1024
-    log_files_keep: int = 5
+    install_timeout: Positive = 3600.0
+    console_ring_bytes: PositiveInt = 8 * 1024 * 1024
+    log_file_bytes: PositiveInt = 8 * 1024 * 1024
+    log_files_keep: PositiveInt = 5
+
+    def __post_init__(self) -> None:
+        _check_listen("listen", self.listen)
+        _check_http_url("host_url", self.host_url)
+        _check_http_url("advertise_url", self.advertise_url)
 
     @property
     def standalone(self) -> bool:
@@ -77,97 +120,115 @@ class WorkerConfig:
         return (bound or f"http://{self.listen}").rstrip("/")
 
 
-@dataclass(frozen=True)
-class Config:
-    host: HostConfig = field(default_factory=HostConfig)
-    worker: WorkerConfig = field(default_factory=WorkerConfig)
+class Config(msgspec.Struct, frozen=True):
+    host: HostConfig = msgspec.field(default_factory=HostConfig)
+    worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     # [[server]] tables: specs created at start when no server of that name exists yet
     servers: tuple[dict[str, Any], ...] = ()
     path: Path | None = None
 
 
-_POSITIVE = {"heartbeat_interval", "console_token_ttl", "flush_interval", "install_timeout",
-             "console_ring_bytes", "log_file_bytes", "log_files_keep"}
-_NON_NEGATIVE = {"worker_timeout", "worker_expiry"}
-_URLS = {"host_url", "advertise_url"}
+class _File(msgspec.Struct, forbid_unknown_fields=True):
+    """config.toml's outline; each section is read on its own so env values can override."""
+
+    host: dict[str, Any] = msgspec.field(default_factory=dict)
+    worker: dict[str, Any] = msgspec.field(default_factory=dict)
+    server: list[dict[str, Any]] = msgspec.field(default_factory=list)
 
 
-_SECRETS = {"admin_token", "join_token", "api_token"}
+_Section = TypeVar("_Section", HostConfig, WorkerConfig)
+
+# msgspec's message, then where: "Expected `int` >= 1 - at `$.log_files_keep`"
+_WHERE = re.compile(r"(?P<text>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?", re.DOTALL)
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>.*)`")
+_TYPE = re.compile(r"Expected `(?P<want>\w+)`, got `(?P<got>\w+)`")
+_BOUND = re.compile(r"Expected `(?P<kind>\w+)` (?P<op>[<>]=?) (?P<limit>\S+)")
+_KINDS = {"str": "a string", "float": "a number", "int": "a whole number (int)"}
+_BOUNDS = {">": "greater than {}", ">=": "{} or more", "<": "less than {}", "<=": "{} or less"}
 
 
-def _coerce(section: str, key: str, kind: type, raw: Any, from_env: bool) -> Any:
-    where = f"{section}.{key}"
-    if key in _SECRETS and not isinstance(raw, str):
-        # a secret's value never goes into a message, even a wrong one
-        raise ConfigError(f"config: {where}: expected a string, got a {type(raw).__name__}")
+def _split(e: msgspec.ValidationError) -> tuple[str, str]:
+    """msgspec's message → (what is wrong, the dotted path it is at; '' at the top)."""
+    m = _WHERE.fullmatch(str(e))
+    assert m is not None  # the pattern matches any text
+    return m["text"], m["path"] or ""
+
+
+@cache
+def _numbers(cls: type[msgspec.Struct]) -> frozenset[str]:
+    """The fields holding numbers: never secrets, so their bad values may be shown."""
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return frozenset(f.name for f in info.fields
+                     if isinstance(f.type, msgspec.inspect.IntType | msgspec.inspect.FloatType))
+
+
+def _non_finite(value: Any) -> bool:
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _problem(e: msgspec.ValidationError, name: str, raw: Mapping[str, Any],
+             numbers: frozenset[str]) -> str:
+    """One line naming `name.key`; shows the bad value only of a number."""
+    if isinstance(e.__cause__, _BadValue):
+        return f"config: {name}.{e.__cause__.key}: {e.__cause__}"
+    text, key = _split(e)
+    if unknown := _UNKNOWN.fullmatch(text):
+        return f"config: unknown key {name}.{unknown['key']}"
+    shown = key in numbers and key in raw
+    got = f", got {raw[key]!r}" if shown else ""
+    if shown and _non_finite(raw[key]) and (_BOUND.fullmatch(text) or "range" in text):
+        problem = "expected a finite number"
+    elif typed := _TYPE.fullmatch(text):
+        want = _KINDS.get(typed["want"], typed["want"])
+        got = got or f", got {typed['got']}"
+        problem = f"expected {want}"
+    elif bound := _BOUND.fullmatch(text):
+        op, limit = bound["op"], float(bound["limit"])
+        if bound["kind"] == "int" and op == ">=":  # msgspec states an int's gt=0 as >= 1
+            op, limit = ">", limit - 1
+        problem = "must be " + _BOUNDS[op].format(f"{limit:g}")
+    else:
+        problem = text[:1].lower() + text[1:]
+    return f"config: {name}.{key}: {problem}{got}"
+
+
+def _dec_hook(kind: type, value: Any) -> Any:
     if kind is Path:
-        kind = str
-    if kind is str:
-        if not isinstance(raw, str):
-            raise ConfigError(f"config: {where}: expected a string, got {raw!r}")
-        value: Any = raw
-    elif kind in (float, int):
-        if isinstance(raw, bool):
-            raise ConfigError(f"config: {where}: expected a number, got {raw!r}")
-        if from_env or isinstance(raw, str):
-            try:
-                raw = float(raw) if kind is float else int(str(raw), 10)
-            except (ValueError, OverflowError):
-                raise ConfigError(f"config: {where}: expected a number, got {raw!r}") from None
-        if not isinstance(raw, int | float) or (kind is int and isinstance(raw, float)):
-            raise ConfigError(f"config: {where}: expected {kind.__name__}, got {raw!r}")
-        try:
-            value = kind(raw)
-        except OverflowError:
-            raise ConfigError(f"config: {where}: number out of range, got {raw!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"config: {where}: expected a finite number, got {raw!r}")
-        if key in _POSITIVE and value <= 0:
-            raise ConfigError(f"config: {where}: must be greater than 0, got {raw!r}")
-        if key in _NON_NEGATIVE and value < 0:
-            raise ConfigError(f"config: {where}: must be 0 or more, got {raw!r}")
-    else:  # pragma: no cover - every field is one of the kinds above
-        raise AssertionError(kind)
-    if key == "listen":
-        try:
-            parse_listen(value)
-        except ValueError as e:
-            raise ConfigError(f"config: {where}: {e}, got {value!r}") from None
-    # the value is never echoed: it may hold a password
-    if key == "database_url" and value and \
-            urlsplit(value).scheme not in ("postgres", "postgresql"):
-        raise ConfigError(f"config: {where}: expected a postgresql:// URL (or empty for "
-                          "the embedded PostgreSQL)")
-    if key in _URLS and value:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(
-                f"config: {where}: expected an http:// or https:// URL, got {value!r}")
-    return value
+        if isinstance(value, str):
+            return Path(value)
+        raise ValueError("expected a string")
+    raise NotImplementedError
 
 
-def _section(cls: type, name: str, table: Mapping[str, Any], env: Mapping[str, str],
-             base: Path) -> Any:
-    hints = get_type_hints(cls)
-    for key in table:
-        if key not in hints:
-            raise ConfigError(f"config: unknown key {name}.{key}")
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        key, kind = f.name, hints[f.name]
-        env_key = f"MANMAN_{name.upper()}_{key.upper()}"
-        if env_key in env:
-            value = _coerce(name, key, kind, env[env_key], from_env=True)
-        elif key in table:
-            value = _coerce(name, key, kind, table[key], from_env=False)
-        else:
-            value = f.default
-        if kind is Path:
-            # relative paths are relative to the config file, wherever manman is started from
-            p = Path(value).expanduser()
-            value = p if p.is_absolute() else base / p
-        values[key] = value
-    return cls(**values)
+def _convert(raw: dict[str, Any], cls: type[_Section], name: str, strict: bool) -> _Section:
+    try:
+        return msgspec.convert(raw, cls, strict=strict, dec_hook=_dec_hook)
+    except msgspec.ValidationError as e:
+        raise ConfigError(_problem(e, name, raw, _numbers(cls))) from None
+
+
+def _section(cls: type[_Section], name: str, table: dict[str, Any], env: Mapping[str, str],
+             base: Path) -> _Section:
+    numbers = _numbers(cls)
+    text: dict[str, Any] = {}
+    for key in cls.__struct_fields__:
+        value = env.get(f"MANMAN_{name.upper()}_{key.upper()}")
+        if value is None and key in numbers and isinstance(table.get(key), str):
+            value = table[key]  # a quoted number in the file is read like an env value
+        if value is not None:
+            text[key] = value.strip() if key in numbers else value
+    # TOML values are typed, so strict (1.0 is not an int); env values are text to parse
+    from_file = _convert({k: v for k, v in table.items() if k not in text}, cls, name, True)
+    from_text = _convert(text, cls, name, False)
+    values = {key: getattr(from_text, key) for key in text}
+    # relative paths are relative to the config file, wherever manman is started from
+    data_dir = values.get("data_dir", from_file.data_dir).expanduser()
+    values["data_dir"] = data_dir if data_dir.is_absolute() else base / data_dir
+    return msgspec.structs.replace(from_file, **values)
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
@@ -187,22 +248,22 @@ def load_config(path: str | os.PathLike[str] | None = None,
         except (tomllib.TOMLDecodeError, ValueError) as e:
             raise ConfigError(f"config: {cfg_path} is not valid TOML: {e}") from None
     base = cfg_path.resolve().parent if cfg_path else Path.cwd()
-    for key in data:
-        if key not in ("host", "worker", "server"):
-            raise ConfigError(f"config: unknown key {key}")
-    for name in ("host", "worker"):
-        if not isinstance(data.get(name, {}), dict):
-            raise ConfigError(f"config: {name} must be a table")
-    host = _section(HostConfig, "host", data.get("host", {}), env, base)
-    worker = _section(WorkerConfig, "worker", data.get("worker", {}), env, base)
-    servers = data.get("server", [])
-    if not isinstance(servers, list) or not all(isinstance(s, dict) for s in servers):
-        raise ConfigError("config: server must be an array of tables ([[server]])")
+    try:
+        file = msgspec.convert(data, _File)
+    except msgspec.ValidationError as e:
+        text, where = _split(e)
+        if unknown := _UNKNOWN.fullmatch(text):
+            raise ConfigError(f"config: unknown key {unknown['key']}") from None
+        if where.startswith("server"):
+            raise ConfigError("config: server must be an array of tables ([[server]])") from None
+        raise ConfigError(f"config: {where} must be a table") from None
+    host = _section(HostConfig, "host", file.host, env, base)
+    worker = _section(WorkerConfig, "worker", file.worker, env, base)
     from manman.models import ServerSpec, validation_message
 
-    for i, s in enumerate(servers):
+    for i, s in enumerate(file.server):
         try:
             msgspec.convert(s, ServerSpec)
         except msgspec.ValidationError as e:
             raise ConfigError(f"config: server[{i}]: {validation_message(e)}") from None
-    return Config(host=host, worker=worker, servers=tuple(servers), path=cfg_path)
+    return Config(host=host, worker=worker, servers=tuple(file.server), path=cfg_path)

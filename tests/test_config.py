@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from manman.config import (
     load_config,
     parse_listen,
 )
+from manman.errors import StartupError
 
 
 def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
@@ -65,13 +65,14 @@ def test_no_file_means_defaults_relative_to_cwd(tmp_path: Path,
     assert cfg.path is None
     assert cfg.host.data_dir == tmp_path / "data" / "host"
     assert cfg.worker.data_dir == tmp_path / "data" / "worker"
-    assert cfg.host.listen == HostConfig.listen
+    assert cfg.host.listen == HostConfig().listen
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:
     cfg = load(tmp_path, "")
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError, match="immutable"):
         cfg.host.listen = "x"  # type: ignore[misc]
+    assert cfg.host.listen == "127.0.0.1:8700"
 
 
 def test_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,6 +178,7 @@ def test_unrelated_env_is_ignored(tmp_path: Path) -> None:
     ("MANMAN_HOST_WORKER_TIMEOUT", "soon", ["host.worker_timeout", "number"]),
     ("MANMAN_HOST_WORKER_TIMEOUT", "nan", ["host.worker_timeout", "finite"]),
     ("MANMAN_HOST_WORKER_TIMEOUT", "inf", ["host.worker_timeout", "finite"]),
+    ("MANMAN_HOST_WORKER_TIMEOUT", "1e999", ["host.worker_timeout", "finite"]),
     ("MANMAN_HOST_WORKER_TIMEOUT", "-1", ["host.worker_timeout", "0 or more"]),
     ("MANMAN_WORKER_LOG_FILES_KEEP", "2.5", ["worker.log_files_keep", "number"]),
     ("MANMAN_WORKER_LOG_FILES_KEEP", "0", ["worker.log_files_keep", "greater than 0"]),
@@ -189,6 +191,16 @@ def test_bad_env_value_names_the_key(tmp_path: Path, key: str, value: str,
     msg = error(tmp_path, "", {key: value})
     for w in words:
         assert w in msg
+
+
+def test_env_override_spares_the_file_value_it_replaces(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '[worker]\nlisten = "nowhere"\n', {"MANMAN_WORKER_LISTEN": "127.0.0.1:9"})
+    assert cfg.worker.listen == "127.0.0.1:9"
+
+
+def test_quoted_number_in_the_file_is_read_like_an_env_value(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '[worker]\nheartbeat_interval = " 3 "\nlog_files_keep = "4"\n')
+    assert cfg.worker.heartbeat_interval == 3.0 and cfg.worker.log_files_keep == 4
 
 
 def test_env_wins_over_the_file(tmp_path: Path) -> None:
@@ -253,6 +265,7 @@ def test_absolute_and_home_data_dir(tmp_path: Path) -> None:
     ("[host]\nworker_expiry = -0.5\n", ["host.worker_expiry", "0 or more"]),
     ("[host]\nworker_timeout = inf\n", ["host.worker_timeout", "finite"]),
     ("[host]\nworker_timeout = nan\n", ["host.worker_timeout", "finite"]),
+    ("[host]\nworker_expiry = -inf\n", ["host.worker_expiry", "finite"]),
     ("[host]\nconsole_token_ttl = 0\n", ["host.console_token_ttl", "greater than 0"]),
     ("[host]\nflush_interval = -1\n", ["host.flush_interval", "greater than 0"]),
     ("[worker]\nheartbeat_interval = 0\n", ["worker.heartbeat_interval", "greater than 0"]),
@@ -277,6 +290,26 @@ def test_bad_value_names_the_key(tmp_path: Path, text: str, words: list[str]) ->
     msg = error(tmp_path, text)
     for w in words:
         assert w in msg, msg
+
+
+@pytest.mark.parametrize(("text", "env", "secret"), [
+    ("[host]\nadmin_token = 987654\n", {}, "987654"),
+    ("[worker]\napi_token = 987654\n", {}, "987654"),
+    ("[worker]\njoin_token = [987654]\n", {}, "987654"),
+    ("[host]\ndatabase_url = 'mysql://u:hunter2@db/x'\n", {}, "hunter2"),
+    ("", {"MANMAN_HOST_DATABASE_URL": "http://u:hunter2@db/x"}, "hunter2"),
+])
+def test_a_secret_is_never_in_the_message(tmp_path: Path, text: str, env: dict[str, str],
+                                          secret: str) -> None:
+    msg = error(tmp_path, text, env)
+    assert secret not in msg
+    assert msg.split(":")[1].strip() in {"host.admin_token", "worker.api_token",
+                                         "worker.join_token", "host.database_url"}, msg
+
+
+def test_config_error_is_a_startup_error(tmp_path: Path) -> None:
+    with pytest.raises(StartupError):
+        load(tmp_path, "[host]\nlisten = 1\n")
 
 
 def test_bad_toml(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
@@ -169,9 +168,9 @@ async def run_up(cfg: Config, *, handle_signals: bool = False,
             nursery.start_soon(stopper.watch)
         with stopper.starting:
             host: HostHandle = await nursery.start(run_host, cfg)
-            wcfg = dataclasses.replace(cfg.worker, host_url=host.url,
-                                       join_token=host.secrets.join_token)
-            worker = await nursery.start(run_worker, dataclasses.replace(cfg, worker=wcfg))
+            wcfg = msgspec.structs.replace(cfg.worker, host_url=host.url,
+                                           join_token=host.secrets.join_token)
+            worker = await nursery.start(run_worker, msgspec.structs.replace(cfg, worker=wcfg))
             await _seed(host.control, worker.link.worker_id, cfg)
             _banner(cfg, host)
             stopper.started()
