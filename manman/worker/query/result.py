@@ -1,0 +1,35 @@
+"""What one game query found: the result every probe returns, and the one parse error."""
+
+from __future__ import annotations
+
+import time
+
+from msgspec import Struct
+
+
+class ParseError(ValueError):
+    """A reply that is not what the protocol says: truncated, wrong header, oversized."""
+
+
+class QueryResult(Struct, frozen=True, kw_only=True, gc=False):
+    """One probe's outcome; `ok=False` always carries a short `error`."""
+
+    ok: bool
+    players: int | None = None
+    max_players: int | None = None
+    map: str | None = None
+    version: str | None = None
+    # the server's own name (A2S) or MOTD (Minecraft), for people; not part of status
+    name: str | None = None
+    latency_ms: float | None = None
+    checked_at: float = 0.0
+    error: str | None = None
+
+
+def failed(reason: str) -> QueryResult:
+    """A failed probe, stamped now; the reason is cut so a hostile reply cannot bloat status."""
+    return QueryResult(ok=False, error=reason[:200], checked_at=time.time())
+
+
+def elapsed_ms(started: float, ended: float) -> float:
+    return round((ended - started) * 1000.0, 3)
