@@ -175,26 +175,25 @@ def parse_status_json(raw: bytes) -> SlpStatus:
 def motd_text(description: Any) -> str:
     """Plain text of a description: a string, or a chat component with `text` and `extra`."""
     parts: list[str] = []
-    _collect(description, parts, 0)
+    _collect(description, parts, 0, [MAX_MOTD * 2])
     return _FORMAT_CODE.sub("", "".join(parts))[:MAX_MOTD]
 
 
-def _collect(node: Any, parts: list[str], depth: int) -> None:
-    # a bound on depth and on collected text: a hostile component tree stays cheap
-    if depth > 16 or sum(map(len, parts)) > MAX_MOTD * 2:
+def _collect(node: Any, parts: list[str], depth: int, budget: list[int]) -> None:
+    # bounds on depth and on collected text: a hostile component tree stays cheap
+    if depth > 16 or budget[0] <= 0:
         return
+    if isinstance(node, dict):
+        text = node.get("text")
+        node = [text, node.get("extra")]
     if isinstance(node, str):
         parts.append(node)
-    elif isinstance(node, dict):
-        text = node.get("text")
-        if isinstance(text, str):
-            parts.append(text)
-        extra = node.get("extra")
-        if isinstance(extra, list):
-            _collect(extra, parts, depth + 1)
+        budget[0] -= len(node)
     elif isinstance(node, list):
         for item in node:
-            _collect(item, parts, depth + 1)
+            _collect(item, parts, depth + 1, budget)
+            if budget[0] <= 0:
+                return
 
 
 async def query_minecraft(host: str, port: int, timeout: float) -> QueryResult:
