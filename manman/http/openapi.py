@@ -1,4 +1,4 @@
-"""OpenAPI 3.1 from the routes as declared (apikit.RouteDoc) and the msgspec wire types."""
+"""OpenAPI 3.1 from the routes as declared (app.RouteDoc) and the msgspec wire types."""
 
 from __future__ import annotations
 
