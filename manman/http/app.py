@@ -159,7 +159,7 @@ class RouteDoc:
     method: str
     path: str
     summary: str
-    auth: str
+    auth: str  # the role the API's authenticator checks; "none": anyone
     body: type[Any] | None
     response: Any
     status: int
@@ -169,7 +169,7 @@ class RouteDoc:
     media: str = "application/json"
 
 
-# (the route's auth role, its path parameters) -> who is calling, or a domain error
+# (the route's role, its path parameters) -> who is calling, or a domain error
 Authenticator = Callable[[str, dict[str, str]], Awaitable[Any]]
 
 
