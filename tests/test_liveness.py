@@ -271,7 +271,7 @@ async def test_closing_the_link_while_a_report_is_due_is_clean(host: RunningHost
                                                  desired_state="running"), expect=201)
     await host.api.wait_for("cl1", state="running")
     link = w.handle.link
-    link._on_change(w.agent.actors[s["id"]])  # a report is due in 10 ms
+    link.server_changed(w.agent.actors[s["id"]])  # a report is due in 10 ms
     await link.closing()
     await trio.sleep(0.2)  # the reporter would have posted by now
     await link.closing()  # twice is harmless

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 from trio_websocket import open_websocket_url
 
+from manman.errors import Conflict
 from manman.http import auth
 from manman.models import ServerSpec
-from manman.worker.machine import Conflict
 from tests.conftest import ADMIN, Client, RunningHost, RunningWorker, fake_spec
 
 
@@ -43,7 +44,10 @@ async def test_a_stop_during_a_restart_wins(worker: RunningWorker) -> None:
     await api.post("/server/rs/restart", expect=202)  # stopping: waits out stop_timeout
     await api.request("PUT", "/server/rs", json={"desired_state": "stopped"}, expect=200)
     s = await api.wait_for("rs", state="stopped", timeout=10)
-    await trio.sleep(1)
+    # every task (the restart's own among them) has done all it could: a start it made
+    # would show now
+    with trio.fail_after(10):
+        await trio.testing.wait_all_tasks_blocked()
     s = await api.get("/server/rs")
     assert s["state"] == "stopped" and s["desired_state"] == "stopped", s
 

@@ -4,7 +4,6 @@ that reconnects and resumes from the last seq it printed."""
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +13,7 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
+from manman.backoff import Backoff
 from manman.config import Config, parse_listen
 from manman.models import check_api_url
 
@@ -117,11 +117,12 @@ class Follow:
 async def follow_console(url: str, token: str, server_id: str, start: Follow,
                          on_frame: Callable[[Frame], None],
                          outgoing: trio.MemoryReceiveChannel[str] | None = None,
-                         on_status: Callable[[str], None] | None = None) -> None:
+                         on_status: Callable[[str], object] | None = None) -> None:
     """Print a server's console until cancelled: reconnect with backoff after a dropped
     connection and resume from the last seq printed, so nothing is lost or printed twice."""
     ws_base = url.replace("https://", "wss://").replace("http://", "ws://")
-    delay = 0.2
+    # jittered: the followers of one host that went away do not all come back at once
+    backoff = Backoff(0.3, 15, jitter=2 / 3)
     while True:
         query = f"since={start.next_seq}" if start.next_seq is not None else \
             f"tail={start.tail}"
@@ -130,9 +131,9 @@ async def follow_console(url: str, token: str, server_id: str, start: Follow,
         refused: int | None = None
         try:
             async with open_websocket_url(
-                    target, extra_headers=[("Authorization", f"Bearer {token}")],
+                    target, extra_headers=[(b"Authorization", f"Bearer {token}".encode())],
                     receive_buffer_size=None, max_message_size=4 << 20) as ws:
-                delay = 0.2
+                backoff.reset()
                 await _session(ws, start, on_frame, outgoing)
         except* ServerGone as group:
             raise ClientError(str(group.exceptions[0])) from None
@@ -147,8 +148,7 @@ async def follow_console(url: str, token: str, server_id: str, start: Follow,
             raise ClientError(f"the host refused the console ({refused})")
         if on_status:
             on_status(f"{problem or 'connection closed'}; reconnecting")
-        await trio.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 2, 10)
+        await trio.sleep(backoff.next())
 
 
 async def _session(ws: Any, pos: Follow, on_frame: Callable[[Frame], None],

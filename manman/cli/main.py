@@ -14,6 +14,7 @@ import trio
 
 from manman import __version__
 from manman.config import Config, ConfigError, load_config
+from manman.errors import StartupError
 
 
 def _die(message: str, code: int = 1) -> int:
@@ -60,6 +61,8 @@ def _startup_failure(e: BaseException) -> str | None:
     if not leaves or all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         return ""
     leaf = next(leaf for leaf in leaves if not isinstance(leaf, KeyboardInterrupt))
+    if isinstance(leaf, StartupError):
+        return leaf.message
     if isinstance(leaf, SystemExit):
         return str(leaf.code).removeprefix("manman: ") if leaf.code else ""
     if isinstance(leaf, OSError):

@@ -437,7 +437,8 @@ def _run_console(main: Any) -> None:
         # nothing more can be written: point stdout at /dev/null so exiting does not complain
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except* ClientError as group:
-        refused = group.exceptions[0]  # type: ignore[assignment]
+        first = group.exceptions[0]
+        refused = first if isinstance(first, ClientError) else ClientError(str(first))
     if refused is not None:
         raise refused
 

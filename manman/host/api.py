@@ -15,7 +15,7 @@ from manman.host.control import Control, _worker_error
 from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay, Unreachable
 from manman.http import auth
-from manman.http.apikit import (
+from manman.http.app import (
     LIMIT,
     SINCE,
     TAIL,
@@ -88,7 +88,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
     api = Api("manman.host", "manman host API", "1")
     fleet: Fleet = control.fleet
     metrics = host_metrics(fleet)
-    api.on_request = metrics.observe
+    api.requests = metrics
     relay: Relay = control.relay
 
     def identify(token: str | None, server_key: str | None) -> Principal:

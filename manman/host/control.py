@@ -17,7 +17,7 @@ from manman import models
 from manman.host.fleet import Fleet, ServerRec, WorkerRec
 from manman.host.relay import Relay, Unreachable
 from manman.host.store import HostStore, NameTaken
-from manman.http.apikit import ApiError
+from manman.http.app import ApiError
 
 log = logging.getLogger("manman.host")
 

@@ -19,7 +19,7 @@ from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay
 from manman.host.store import HostStore
 from manman.http import auth
-from manman.http.apikit import ApiError, serve, settle_gc
+from manman.http.app import ApiError, serve, settle_gc
 from manman.http.signals import Stopper
 from manman.models import ServerSpec
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -20,6 +21,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ApiMetrics:
+    """One API's registry and its request counts (the API's `RequestObserver`)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("manman_api_requests", "API requests answered",
@@ -60,42 +63,50 @@ class LiveCollector(Collector):
         yield from self._collect()
 
 
-def worker_metrics(agent: Any, link: Any | None) -> ApiMetrics:
-    m = ApiMetrics()
-    m.installs = Histogram(  # type: ignore[attr-defined]
-        "manman_install_seconds", "Install durations", ["method", "result"],
-        registry=m.registry, buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600))
+class WorkerMetrics(ApiMetrics):
+    """The worker's metrics; also the agent's `InstallObserver`."""
 
-    def collect() -> Iterator[Metric]:
-        yield _by("manman_servers", "Servers by state", "state",
-                  Tally(a.status.state for a in agent.actors.values()))
-        restarts = GaugeMetricFamily("manman_server_restarts",
-                                     "Automatic restarts since the last start by a person",
-                                     labels=["server"])
-        lines = CounterMetricFamily("manman_console_lines", "Console lines read",
-                                    labels=["server"])
-        size = CounterMetricFamily("manman_console_bytes", "Console JSON bytes stored",
-                                   labels=["server"])
-        gaps = CounterMetricFamily("manman_console_gaps", "Gap frames sent to viewers",
-                                   labels=["server"])
-        viewers = GaugeMetricFamily("manman_console_viewers", "Live console viewers",
-                                    labels=["server"])
-        for a in agent.actors.values():
-            name = a.spec.name
-            restarts.add_metric([name], a.status.restarts)
-            lines.add_metric([name], a.broker.lines_total)
-            size.add_metric([name], a.broker.bytes_total)
-            gaps.add_metric([name], a.broker.gaps)
-            viewers.add_metric([name], a.broker.viewers)
-        yield from (restarts, lines, size, gaps, viewers)
-        if link is not None:
-            yield _counter("manman_heartbeats_sent", "Heartbeats the host answered",
-                           link.heartbeats_sent)
-            yield _counter("manman_heartbeats_failed", "Heartbeats the host did not answer",
-                           link.heartbeats_failed)
+    def __init__(self) -> None:
+        super().__init__()
+        self.installs = Histogram(
+            "manman_install_seconds", "Install durations", ["method", "result"],
+            registry=self.registry, buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600))
 
-    m.registry.register(LiveCollector(collect))
-    return m
+    def install_finished(self, method: str, ok: bool, seconds: float) -> None:
+        self.installs.labels(method, "ok" if ok else "failed").observe(seconds)
+
+    def watch(self, agent: Any, link: Any | None) -> None:
+        """Read the servers (and the host link's heartbeats) at each scrape."""
+        self.registry.register(LiveCollector(partial(_worker_state, agent, link)))
+
+
+def _worker_state(agent: Any, link: Any | None) -> Iterator[Metric]:
+    yield _by("manman_servers", "Servers by state", "state",
+              Tally(a.status.state for a in agent.actors.values()))
+    restarts = GaugeMetricFamily("manman_server_restarts",
+                                 "Automatic restarts since the last start by a person",
+                                 labels=["server"])
+    lines = CounterMetricFamily("manman_console_lines", "Console lines read",
+                                labels=["server"])
+    size = CounterMetricFamily("manman_console_bytes", "Console JSON bytes stored",
+                               labels=["server"])
+    gaps = CounterMetricFamily("manman_console_gaps", "Gap frames sent to viewers",
+                               labels=["server"])
+    viewers = GaugeMetricFamily("manman_console_viewers", "Live console viewers",
+                                labels=["server"])
+    for a in agent.actors.values():
+        name = a.spec.name
+        restarts.add_metric([name], a.status.restarts)
+        lines.add_metric([name], a.broker.lines_total)
+        size.add_metric([name], a.broker.bytes_total)
+        gaps.add_metric([name], a.broker.gaps)
+        viewers.add_metric([name], a.broker.viewers)
+    yield from (restarts, lines, size, gaps, viewers)
+    if link is not None:
+        yield _counter("manman_heartbeats_sent", "Heartbeats the host answered",
+                       link.heartbeats_sent)
+        yield _counter("manman_heartbeats_failed", "Heartbeats the host did not answer",
+                       link.heartbeats_failed)
 
 
 def host_metrics(fleet: Any) -> ApiMetrics:

@@ -1,18 +1,21 @@
-"""OpenAPI 3.1 from the routes as declared (apikit.RouteDoc) and the msgspec wire types."""
+"""OpenAPI 3.1 from the routes as declared (app.RouteDoc) and the msgspec wire types."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from manman.models import ErrorReply
 
+if TYPE_CHECKING:
+    from manman.http.app import RouteDoc
+
 _REF = "#/components/schemas/{name}"
 
 
-def build_openapi(title: str, version: str, docs: list[Any]) -> dict[str, Any]:
+def build_openapi(title: str, version: str, docs: list[RouteDoc]) -> dict[str, Any]:
     types: list[Any] = [ErrorReply]
     for d in docs:
         if d.body is not None:
@@ -70,6 +73,6 @@ def build_openapi(title: str, version: str, docs: list[Any]) -> dict[str, Any]:
     }
 
 
-def _op_id(d: Any) -> str:
+def _op_id(d: RouteDoc) -> str:
     name = re.sub(r"[^a-zA-Z0-9]+", "_", d.path).strip("_") or "root"
     return f"{'ws' if d.websocket else d.method.lower()}_{name}"

@@ -10,19 +10,22 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal, Protocol
 
+import msgspec
 import trio
 
+from manman import errors, models
+from manman.backoff import Backoff
 from manman.config import WorkerConfig
 from manman.models import ServerSpec, ServerStatus
-from manman.worker import procs
-from manman.worker.actor import ActorHooks, ServerActor
+from manman.worker import machine, procs
+from manman.worker.actor import ActorHooks, Busy, ServerActor
 from manman.worker.console.broker import LogBroker
 from manman.worker.installers.base import Installer, NoInstall
-from manman.worker.machine import Conflict
 from manman.worker.runners.base import Runner, RunRecord
 from manman.worker.runners.docker import DockerRunner
 from manman.worker.runners.exec import ExecRunner
@@ -33,21 +36,53 @@ log = logging.getLogger("manman.worker")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
-class NotFound(Exception):
-    pass
+WorkerState = Literal["alive", "frozen", "shutdown"]
+# what the API's power routes ask of a server
+Action = Literal["start", "stop", "kill", "restart", "install"]
+# a process, an install or a pending restart: a delete with stop=true waits for it to end
+_STOP_BEFORE_DELETE = machine.LIVE | {"installing", "crashed"}
 
 
-class Frozen(Conflict):
-    def __init__(self) -> None:
-        super().__init__("the worker is frozen: it accepts no changes until unfrozen", "frozen")
+class ServerObserver(Protocol):
+    """Told of every change of a server's state, and of its deletion (the host link)."""
+
+    def server_changed(self, actor: ServerActor) -> None: ...
+
+
+class InstallObserver(Protocol):
+    """Told of every install that ended (the metrics)."""
+
+    def install_finished(self, method: str, ok: bool, seconds: float) -> None: ...
 
 
 def new_server_id() -> str:
     return secrets.token_hex(6)
 
 
+@contextlib.contextmanager
+def invalid_values() -> Iterator[None]:
+    """The one place a ValueError (a value models.py refuses) becomes `errors.Invalid`."""
+    try:
+        yield
+    except ValueError as e:
+        raise errors.Invalid(str(e)) from None
+
+
+@contextlib.contextmanager
+def actor_errors() -> Iterator[None]:
+    """The actor's own exceptions as domain errors (until the actor raises those itself)."""
+    try:
+        yield
+    except machine.Conflict as e:
+        raise errors.Conflict(str(e), e.code) from None
+    except Busy as e:
+        raise errors.Busy(str(e), "busy") from None
+
+
 @dataclass
-class Runtime:
+class RunnerAndInstaller:
+    """How the servers of one install method are installed and run."""
+
     runner: Runner
     installer: Installer
 
@@ -55,11 +90,11 @@ class Runtime:
 class WorkerAgent:
     """All the servers of one machine."""
 
-    def __init__(self, cfg: WorkerConfig) -> None:
+    def __init__(self, cfg: WorkerConfig, *, installs: InstallObserver | None = None) -> None:
         self.cfg = cfg
         self.data_dir = Path(cfg.data_dir)
         self.actors: dict[str, ServerActor] = {}
-        self.status = "alive"
+        self.status: WorkerState = "alive"
         self.store: WorkerStore | None = None
         self.shutdown_requested = trio.Event()  # graceful: stop every server, then exit
         self._keep_desired = True
@@ -75,28 +110,31 @@ class WorkerAgent:
         self._dirty_wake = trio.Event()
         self._store_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
-        self.on_change: list[object] = []  # callables(actor) run on every state change
-        self.install_observer: Any = None  # (method, result) -> histogram child
+        self._observers: list[ServerObserver] = []
+        self._installs = installs
         self.started_at = time.time()
 
-    # -- runtimes by install method ----------------------------------------------------------
+    def add_observer(self, observer: ServerObserver) -> None:
+        self._observers.append(observer)
 
-    def runtime_for(self, spec: ServerSpec) -> Runtime:
+    # -- runners and installers by install method ----------------------------------------------
+
+    def runner_and_installer(self, spec: ServerSpec) -> RunnerAndInstaller:
         method = spec.install_method
         if method == "exec":
-            return Runtime(self.exec_runner, NoInstall())
+            return RunnerAndInstaller(self.exec_runner, NoInstall())
         if method == "steamcmd":
             from manman.worker.installers.steamcmd import SteamcmdInstaller
 
-            return Runtime(self.exec_runner,
+            return RunnerAndInstaller(self.exec_runner,
                            SteamcmdInstaller(self.cfg.steamcmd, self.cfg.install_timeout,
                                              self.steamcmd_lock, self.owner))
         if method == "docker":
             from manman.worker.installers.docker import DockerPull
 
             runner = self.docker_runner()
-            return Runtime(runner, DockerPull(runner.cli, self.cfg.install_timeout))
-        raise ValueError(f"unknown install method {method!r}")
+            return RunnerAndInstaller(runner, DockerPull(runner.cli, self.cfg.install_timeout))
+        raise errors.Invalid(f"unknown install method {method!r}")
 
     # -- the worker's life -------------------------------------------------------------------
 
@@ -132,7 +170,7 @@ class WorkerAgent:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await self._flush()
+                await self.flush()
                 for actor in self.actors.values():
                     actor.broker.close()
                 await self.store.close()
@@ -169,34 +207,40 @@ class WorkerAgent:
     # -- servers -----------------------------------------------------------------------------
 
     def get(self, key: str) -> ServerActor:
+        """A server by id or name."""
         actor = self.actors.get(key)
         if actor is None:
             for a in self.actors.values():
                 if a.spec.name == key:
                     return a
-            raise NotFound(key)
+            raise errors.NotFound(f"server {key[:100]} not found")
         return actor
 
     def check_writable(self, actor: ServerActor | None = None) -> None:
         if self.status == "frozen":
-            raise Frozen()
+            raise errors.Conflict("the worker is frozen: it accepts no changes until unfrozen",
+                                  "frozen")
         if self.status == "shutdown":
-            raise Conflict("the worker is shutting down", "shutting_down")
+            raise errors.Conflict("the worker is shutting down", "shutting_down")
         if actor is not None and actor.id in self.removing:
-            raise Conflict("the server is being deleted", "deleting")
+            raise errors.Conflict("the server is being deleted", "deleting")
 
     async def create(self, spec: ServerSpec, server_id: str | None = None,
                      generation: int = 1) -> ServerActor:
+        """A new server; `server_id` comes from the host (a standalone worker makes one)."""
+        if server_id is None and not self.cfg.standalone:
+            # the host would remove it at the next heartbeat: its servers are made there
+            raise errors.Conflict("this worker is managed by its host: create servers there",
+                                  "managed_by_host")
         self.check_writable()
         if server_id is not None:
             if not _ID_RE.fullmatch(server_id):
-                raise ValueError("id must be lowercase letters, digits and '-' (≤ 64)")
+                raise errors.Invalid("id must be lowercase letters, digits and '-' (≤ 64)")
             if server_id in self.actors or server_id in self._creating:
-                raise Conflict(f"a server with id {server_id} exists", "exists")
-        if spec.name in self._creating or any(a.spec.name == spec.name
-                                              for a in self.actors.values()):
-            raise Conflict(f"a server named {spec.name} exists", "exists")
-        self.runtime_for(spec)  # refuse an install method this worker cannot run, first
+                raise errors.Exists(f"a server with id {server_id} exists")
+        if spec.name in self._creating or self._name_taken(spec.name):
+            raise errors.Exists.server(spec.name)
+        self.runner_and_installer(spec)  # refuse an install method this worker cannot run
         stored = StoredServer(
             id=server_id or new_server_id(), spec=spec, generation=generation,
             desired_state=spec.desired_state, status=ServerStatus(updated_at=time.time()),
@@ -214,6 +258,43 @@ class WorkerAgent:
         finally:
             self._creating -= claimed
 
+    def _name_taken(self, name: str) -> bool:
+        return any(a.spec.name == name for a in self.actors.values())
+
+    def update(self, actor: ServerActor, change: models.ServerUpdate,
+               generation: int | None = None) -> None:
+        """A client's change of a server's spec; `generation` from the host (a late push of
+        an older one is refused), else the next one."""
+        self.check_writable(actor)
+        if change.name is not msgspec.UNSET and change.name != actor.spec.name and \
+                self._name_taken(change.name):
+            raise errors.Exists.server(change.name)
+        with invalid_values():
+            spec = models.apply_update(actor.spec, change)
+        if generation is None:
+            generation = actor.generation + 1
+        if generation < actor.generation:  # a late push: a newer spec is already here
+            raise errors.Conflict(f"generation {generation} is older than the server's "
+                                  f"{actor.generation}", "stale_generation")
+        actor.update_spec(spec, generation, change.restart_on_change)
+
+    def act(self, actor: ServerActor, action: Action) -> None:
+        """A power action asked by a client; refused when the server's state does not allow it."""
+        self.check_writable(actor)
+        with actor_errors():
+            {"start": actor.start, "stop": actor.stop, "kill": actor.kill,
+             "restart": actor.restart, "install": actor.install}[action]()
+
+    def send_console(self, actor: ServerActor, line: str) -> None:
+        """One line to the server's stdin (to the actor rebuilt after a fault, if it was)."""
+        with invalid_values():
+            models.check_console_line(line)
+        current = self.actors.get(actor.id)
+        if current is None:
+            raise errors.NotFound("the server was deleted")
+        with actor_errors():
+            current.send_console(line)
+
     async def _add_actor(self, stored: StoredServer, recovering: bool) -> ServerActor:
         actor = self._build_actor(stored)
         if recovering and (stored.run_pid or stored.run_instance):
@@ -225,18 +306,19 @@ class WorkerAgent:
         return actor
 
     def _build_actor(self, stored: StoredServer, broker: LogBroker | None = None) -> ServerActor:
-        runtime = self.runtime_for(stored.spec)
+        how = self.runner_and_installer(stored.spec)
         server_dir = self.data_dir / "servers" / stored.id
         broker = broker or LogBroker(server_dir / "logs", ring_bytes=self.cfg.console_ring_bytes,
                                      file_bytes=self.cfg.log_file_bytes,
                                      files_keep=self.cfg.log_files_keep)
         actor = ServerActor(
             stored.id, stored.spec, generation=stored.generation, server_dir=server_dir,
-            runner=runtime.runner, installer=runtime.installer, broker=broker,
+            runner=how.runner, installer=how.installer, broker=broker,
             hooks=ActorHooks(changed=self._changed, persist_now=self._persist_now,
-                             installed=self._installed),
+                             installed=self._installs.install_finished
+                             if self._installs is not None else None),
             status=stored.status, installed=stored.installed, crash_times=stored.crash_times)
-        actor.desired_state = stored.desired_state  # type: ignore[assignment]
+        actor.desired_state = stored.desired_state
         return actor
 
     async def _keep_running(self, actor: ServerActor,
@@ -245,7 +327,7 @@ class WorkerAgent:
         never takes the worker or another server down."""
         with trio.CancelScope() as scope:
             self._scopes[actor.id] = scope
-            delay = 0.5
+            backoff = Backoff(0.5, 30)
             while True:
                 try:
                     await actor.serve(task_status=task_status)
@@ -258,8 +340,7 @@ class WorkerAgent:
                     with contextlib.suppress(Exception):
                         actor.broker.note("manman internal error; the server's supervisor "
                                           "restarts")
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 30)
+                    await trio.sleep(backoff.next())
                     actor = self._rebuild(actor, record)
 
     def _rebuild(self, old: ServerActor, record: RunRecord) -> ServerActor:
@@ -269,6 +350,16 @@ class WorkerAgent:
         self.actors[new.id] = new
         return new
 
+    async def remove(self, actor: ServerActor, *, stop: bool, purge: bool) -> bool:
+        """A client's delete: True once deleted; False when the server is still live and
+        `stop` asks to stop it first, in the background (its stop_timeout may be longer than
+        any client should wait)."""
+        if stop and actor.status.state in _STOP_BEFORE_DELETE:
+            self.delete_later(actor, purge)
+            return False
+        await self.delete(actor, purge=purge)
+        return True
+
     async def delete(self, actor: ServerActor, *, stop: bool = False, purge: bool = False
                      ) -> None:
         self.check_writable()
@@ -276,8 +367,9 @@ class WorkerAgent:
             await actor.shutdown()
         try:
             self.check_writable()  # the worker may have begun to shut down meanwhile
-            actor.check_deletable()
-        except Conflict:
+            with actor_errors():
+                actor.check_deletable()
+        except errors.Conflict:
             actor.reopen()
             raise
         scope = self._scopes.pop(actor.id, None)
@@ -291,12 +383,11 @@ class WorkerAgent:
             await self.store.delete(actor.id)
         if purge:
             await trio.to_thread.run_sync(shutil.rmtree, actor.server_dir, True)
-        for hook in self.on_change:
-            hook(actor)  # type: ignore[operator]
+        for observer in self._observers:
+            observer.server_changed(actor)
 
     def delete_later(self, actor: ServerActor, purge: bool) -> None:
-        """Stop a live server gracefully and delete it once stopped, in the background: a
-        stop may take its whole stop_timeout, longer than any client should wait."""
+        """Stop a live server gracefully and delete it once stopped, in the background."""
         self.check_writable(actor)
         self.removing.add(actor.id)
         assert self._nursery is not None
@@ -306,14 +397,14 @@ class WorkerAgent:
         try:
             await actor.shutdown()
             await self.delete(actor, purge=purge)
-        except Conflict as e:
+        except errors.Conflict as e:
             log.warning("server %s not deleted: %s", actor.id, e)
         finally:
             self.removing.discard(actor.id)
 
     async def set_frozen(self, frozen: bool) -> None:
         if self.status == "shutdown":
-            raise Conflict("the worker is shutting down", "shutting_down")
+            raise errors.Conflict("the worker is shutting down", "shutting_down")
         self.status = "frozen" if frozen else "alive"
         assert self.store is not None
         async with self._store_lock:
@@ -329,15 +420,11 @@ class WorkerAgent:
             crash_times=actor.crash_times, run_pid=rec.pid, run_pid_start=rec.pid_start,
             run_instance=rec.instance)
 
-    def _installed(self, method: str, ok: bool, seconds: float) -> None:
-        if self.install_observer is not None:
-            self.install_observer(method, "ok" if ok else "failed").observe(seconds)
-
     def _changed(self, actor: ServerActor) -> None:
         self._dirty.add(actor.id)
         self._dirty_wake.set()
-        for hook in self.on_change:
-            hook(actor)  # type: ignore[operator]
+        for observer in self._observers:
+            observer.server_changed(actor)
 
     async def _persist_now(self, actor: ServerActor) -> None:
         self._dirty.discard(actor.id)
@@ -351,13 +438,14 @@ class WorkerAgent:
             self._dirty_wake = trio.Event()
             await trio.sleep(0.05)  # a burst of changes becomes one transaction
             try:
-                await self._flush()
+                await self.flush()
             except Exception:  # a full disk: keep the servers running, try again later
                 log.exception("cannot save the servers' state; retrying")
                 await trio.sleep(1)
                 self._dirty_wake.set()
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Save now the state changes not saved yet (they are saved in batches)."""
         ids, self._dirty = self._dirty, set()
         rows = [self._stored(self.actors[i]) for i in ids if i in self.actors]
         if rows and self.store is not None:

@@ -11,25 +11,23 @@ import msgspec
 import trio
 from quart import Response, websocket
 
-from manman import models
+from manman import errors, models
 from manman.http import auth
-from manman.http.apikit import (
+from manman.http.app import (
     LIMIT,
     SINCE,
     TAIL,
     Api,
-    ApiError,
     bearer_token,
     json_response,
     query_bool,
     query_int,
     same_secret,
 )
-from manman.http.metrics import CONTENT_TYPE, worker_metrics
-from manman.worker.actor import Busy, ServerActor
-from manman.worker.agent import NotFound, WorkerAgent
-from manman.worker.console.viewer import CommandRefused, Disconnect, run_viewer
-from manman.worker.machine import Conflict
+from manman.http.metrics import CONTENT_TYPE, WorkerMetrics
+from manman.worker.actor import ServerActor
+from manman.worker.agent import Action, WorkerAgent
+from manman.worker.console.viewer import Disconnect, run_viewer
 
 
 class WorkerServerCreate(models.ServerSpec, kw_only=True):
@@ -80,13 +78,8 @@ class WorkerSecrets:
 LOG_PAGE_CHARS = 8 << 20
 
 
-def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | None = None
+def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: WorkerMetrics
                      ) -> Api:
-    api = Api("manman.worker", "manman worker API", "1")
-    metrics = worker_metrics(agent, link)
-    api.on_request = metrics.observe
-    agent.install_observer = metrics.installs.labels  # type: ignore[attr-defined]
-
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         token = bearer_token()
         if same_secret(token, secrets.admin_secret):
@@ -95,35 +88,24 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
             try:
                 claims = auth.verify_console_token(secrets.console_key, token)
             except auth.TokenRejected as e:
-                raise ApiError(401, str(e), e.code) from None
+                raise errors.Unauthorized(str(e), e.code) from None
             if role != "console":
-                raise ApiError(403, "this token does not allow that", "forbidden")
+                raise errors.Forbidden("this token does not allow that")
             scopes = frozenset(str(claims["scope"]).split())
             server = params.get("server_id")
             try:
                 actor_id = agent.get(server).id if server else None
-            except NotFound:
+            except errors.NotFound:
                 actor_id = None
             if auth.READ not in scopes or claims["sub"] not in (server, actor_id):
-                raise ApiError(403, "this token does not allow that", "forbidden")
+                raise errors.Forbidden("this token does not allow that")
+            exp = claims["exp"]  # an integer: PyJWT checked it
             return Principal(admin=False, server_id=str(claims["sub"]), scopes=scopes,
-                             expires_at=float(claims["exp"]))  # type: ignore[arg-type]
-        raise ApiError(401, "a valid token is required", "unauthorized")
+                             expires_at=float(exp) if isinstance(exp, int | float) else None)
+        raise errors.Unauthorized("a valid token is required")
 
-    api.authenticate = authenticate
-    app = api.app
-
-    @app.errorhandler(NotFound)
-    async def _not_found(e: NotFound) -> Response:
-        return _error(404, "not_found", f"server {str(e)[:100]} not found")
-
-    @app.errorhandler(Conflict)
-    async def _conflict(e: Conflict) -> Response:
-        return _error(409, e.code, str(e))
-
-    @app.errorhandler(Busy)
-    async def _busy(e: Busy) -> Response:
-        return _error(503, "busy", str(e))
+    api = Api("manman.worker", "manman worker API", "1", authenticate=authenticate,
+              requests=metrics)
 
     def view(actor: ServerActor) -> models.Server:
         server = models.server_view(actor.id, actor.spec, actor.status,
@@ -140,8 +122,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
                summary="The worker's status, server count and resources")
     async def status(who: Principal) -> Response:
         return json_response(models.WorkerRuntimeStatus(
-            status=agent.status, servers=len(agent.actors),  # type: ignore[arg-type]
-            resources=agent.resources()))
+            status=agent.status, servers=len(agent.actors), resources=agent.resources()))
 
     @api.route("GET", "/healthz", auth="none", response=dict, summary="Liveness")
     async def healthz() -> Response:
@@ -186,16 +167,9 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
     @api.route("POST", "/server", body=WorkerServerCreate, response=models.Server, status=201,
                errors=(409,), summary="Create a server (a host passes its own id)")
     async def create(who: Principal, body: WorkerServerCreate) -> Response:
-        if body.id is None and not agent.cfg.standalone:
-            # the host would remove it at the next heartbeat: its servers are made there
-            raise ApiError(409, "this worker is managed by its host: create servers there",
-                           "managed_by_host")
         spec = models.ServerSpec(**{f: getattr(body, f)
                                     for f in models.ServerSpec.__struct_fields__})
-        try:
-            actor = await agent.create(spec, body.id, body.generation)
-        except ValueError as e:
-            raise ApiError(422, str(e), "invalid") from None
+        actor = await agent.create(spec, body.id, body.generation)
         return json_response(view(actor), 201)
 
     @api.route("GET", "/server/{server_id}", response=models.Server, summary="One server")
@@ -206,20 +180,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
                errors=(409,), summary="Change a server's spec")
     async def update(who: Principal, server_id: str, body: WorkerServerUpdate) -> Response:
         actor = agent.get(server_id)
-        agent.check_writable(actor)
-        if body.name is not msgspec.UNSET and body.name != actor.spec.name and any(
-                a.spec.name == body.name for a in agent.actors.values()):
-            raise ApiError(409, f"a server named {body.name} exists", "exists")
-        try:
-            spec = models.apply_update(actor.spec, body)
-        except ValueError as e:
-            raise ApiError(422, str(e), "invalid") from None
-        generation = body.generation if body.generation is not msgspec.UNSET \
-            else actor.generation + 1
-        if generation < actor.generation:  # a late push: a newer spec is already here
-            raise ApiError(409, f"generation {generation} is older than the server's "
-                           f"{actor.generation}", "stale_generation")
-        actor.update_spec(spec, generation, body.restart_on_change)
+        agent.update(actor, body, None if body.generation is msgspec.UNSET else body.generation)
         return json_response(view(actor))
 
     @api.route("DELETE", "/server/{server_id}", response=Deleted, errors=(202, 409),
@@ -228,42 +189,32 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
                        "also deletes its files)")
     async def delete(who: Principal, server_id: str) -> Response:
         actor = agent.get(server_id)
-        stop, purge = query_bool("stop"), query_bool("purge")
-        if stop and actor.status.state in ("installing", "starting", "running", "stopping",
-                                           "crashed"):
-            agent.delete_later(actor, purge)
-            return json_response(Deleted(actor.id, False), 202)
-        await agent.delete(actor, purge=purge)
-        return json_response(Deleted(actor.id, True))
+        if await agent.remove(actor, stop=query_bool("stop"), purge=query_bool("purge")):
+            return json_response(Deleted(actor.id, True))
+        return json_response(Deleted(actor.id, False), 202)
 
-    def power(action: str, summary: str) -> None:
-        @api.route("POST", f"/server/{{server_id}}/{action}", response=models.Server,
+    def power(path: str, action: Action, summary: str) -> None:
+        @api.route("POST", f"/server/{{server_id}}/{path}", response=models.Server,
                    status=202, errors=(409,), summary=summary)
         async def handler(who: Principal, server_id: str) -> Response:
             actor = agent.get(server_id)
-            agent.check_writable(actor)
-            {"start": actor.start, "shutdown": actor.stop, "kill": actor.kill,
-             "restart": actor.restart, "install": actor.install}[action]()
+            agent.act(actor, action)
             return json_response(view(actor), 202)
 
-        handler.__name__ = f"power_{action}"
+        handler.__name__ = f"power_{path}"
 
-    power("start", "Start the server")
-    power("shutdown", "Stop the server gracefully")
-    power("kill", "Kill the server's processes now")
-    power("restart", "Stop, then start the server")
-    power("install", "Install or update the game (stops and restarts a running server)")
+    power("start", "start", "Start the server")
+    power("shutdown", "stop", "Stop the server gracefully")
+    power("kill", "kill", "Kill the server's processes now")
+    power("restart", "restart", "Stop, then start the server")
+    power("install", "install",
+          "Install or update the game (stops and restarts a running server)")
 
     @api.route("POST", "/server/{server_id}/command", body=models.ConsoleInput,
                response=models.CommandAccepted, status=202, errors=(409, 503),
                summary="One console line to the game's stdin")
     async def command(who: Principal, server_id: str, body: models.ConsoleInput) -> Response:
-        actor = agent.get(server_id)
-        try:
-            models.check_console_line(body.data)
-        except ValueError as e:
-            raise ApiError(422, str(e), "invalid") from None
-        actor.send_console(body.data)
+        agent.send_console(agent.get(server_id), body.data)
         return json_response(models.CommandAccepted(uuid.uuid4().hex, True), 202)
 
     @api.route("GET", "/server/{server_id}/health", response=dict,
@@ -308,17 +259,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
             return agent.actors.get(actor.id, actor)
 
         async def on_command(line: str) -> None:
-            try:
-                models.check_console_line(line)
-                if actor.id not in agent.actors:
-                    raise CommandRefused("not_found", "the server was deleted")
-                current().send_console(line)
-            except ValueError as e:
-                raise CommandRefused("invalid", str(e)) from None
-            except Conflict as e:
-                raise CommandRefused(e.code, str(e)) from None
-            except Busy as e:
-                raise CommandRefused("busy", str(e)) from None
+            agent.send_console(actor, line)
 
         try:
             await run_viewer(actor.broker, websocket.send, websocket.receive,
@@ -333,12 +274,6 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, link: object | 
                 await websocket.close(1000)
 
     return api
-
-
-def _error(status: int, code: str, message: str) -> Response:
-    from manman.http.apikit import error_response
-
-    return error_response(status, code, message)
 
 
 def issue_console_token(secrets: WorkerSecrets, server_id: str, write: bool,

@@ -10,11 +10,11 @@ import httpx
 import msgspec
 import trio
 
-from manman import __version__, models
+from manman import __version__, errors, models
+from manman.backoff import Backoff
 from manman.config import WorkerConfig
 from manman.worker.actor import ServerActor
-from manman.worker.agent import WorkerAgent
-from manman.worker.machine import Conflict
+from manman.worker.agent import WorkerAgent, WorkerState
 
 log = logging.getLogger("manman.worker.hostlink")
 
@@ -37,6 +37,8 @@ def observed(actor: ServerActor) -> models.ObservedServer:
 
 
 class HostLink:
+    """The agent's `ServerObserver`: a state change is reported to the host at once."""
+
     def __init__(self, agent: WorkerAgent, cfg: WorkerConfig) -> None:
         self.agent = agent
         self.cfg = cfg
@@ -50,7 +52,6 @@ class HostLink:
         self.heartbeats_failed = 0
         self.last_error: str | None = None
         self._tasks: trio.CancelScope | None = None  # registration, reports, heartbeats
-        agent.on_change.append(self._on_change)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -67,9 +68,9 @@ class HostLink:
             self.worker_id, self.token = worker_id, token
             return token
         if not self.cfg.join_token:
-            raise SystemExit("manman: config: worker.join_token is needed to join a host "
-                             "(or set worker.host_url = \"\" to run standalone)")
-        delay = 0.5
+            raise errors.StartupError("config: worker.join_token is needed to join a host "
+                                      "(or set worker.host_url = \"\" to run standalone)")
+        backoff = Backoff(0.5, 15)
         while True:
             try:
                 r = await self.http.post("/worker", json={"name": self.cfg.effective_name()},
@@ -79,13 +80,13 @@ class HostLink:
                     creds = msgspec.json.decode(r.content, type=models.WorkerCredentials)
                     break
                 if r.status_code in (401, 403):
-                    raise SystemExit(f"manman: the host refused the join token ({r.status_code})")
+                    raise errors.StartupError(
+                        f"the host refused the join token ({r.status_code})")
                 log.warning("join: host answered %s; retrying", r.status_code)
             except httpx.HTTPError as e:
                 log.warning("join: host %s unreachable (%s); retrying", self.cfg.host_url,
                             type(e).__name__)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 15)
+            await trio.sleep(backoff.next())
         self.worker_id, self.token = creds.worker_id, creds.token
         await store.set_meta({"worker_id": creds.worker_id, "worker_token": creds.token})
         log.info("joined host %s as worker %s", self.cfg.host_url, creds.worker_id)
@@ -118,7 +119,7 @@ class HostLink:
             address=api_url.split("//", 1)[-1].rsplit(":", 1)[0], version=__version__,
             capacity={k: v for k, v in self.agent.resources().items()
                       if k in ("cpus", "memory_total")})
-        delay = 0.5
+        backoff = Backoff(0.5, 15)
         while True:
             try:
                 r = await self.http.post(f"/worker/{self.worker_id}",
@@ -133,15 +134,14 @@ class HostLink:
                     # not transient (a proxy's 404 would be): this host never issued this
                     # identity (its data was reset, or it is another host); rejoining would
                     # make the host remove every server this worker holds: a person decides
-                    raise SystemExit(
-                        f"manman: the host at {self.cfg.host_url} does not know this worker "
+                    raise errors.StartupError(
+                        f"the host at {self.cfg.host_url} does not know this worker "
                         f"({r.status_code}); to join it as a new worker, remove "
                         f"{self.cfg.data_dir / 'worker.sqlite3'} (its servers are forgotten)")
                 self._error(f"register: host answered {r.status_code}")
             except httpx.HTTPError as e:
                 self._error(f"register: host unreachable ({type(e).__name__})")
-            await trio.sleep(delay)
-            delay = min(delay * 2, 15)
+            await trio.sleep(backoff.next())
 
     def _error(self, message: str) -> None:
         if message != self.last_error:
@@ -155,10 +155,10 @@ class HostLink:
             await self.heartbeat(nursery)
             await trio.sleep_until(started + interval)
 
-    def heartbeat_body(self, status: str | None = None) -> models.Heartbeat:
+    def heartbeat_body(self, status: WorkerState | None = None) -> models.Heartbeat:
         actors = list(self.agent.actors.values())
-        st = status or ("frozen" if self.agent.status == "frozen" else "alive")
-        return models.Heartbeat(status=st,  # type: ignore[arg-type]
+        st: WorkerState = status or ("frozen" if self.agent.status == "frozen" else "alive")
+        return models.Heartbeat(status=st,
                                 servers=[observed(a) for a in actors],
                                 generations={a.id: a.generation for a in actors})
 
@@ -204,7 +204,7 @@ class HostLink:
                     await agent.create(d.spec, d.id, d.generation)
                 elif actor.generation < d.generation:  # never back to an older spec
                     actor.update_spec(d.spec, d.generation, restart_on_change=d.restart)
-            except (Conflict, ValueError) as e:
+            except errors.ManmanError as e:
                 log.warning("cannot apply server %s: %s", d.id, e)
             except Exception:  # one server's trouble (a disk error) must not stop the rest
                 log.exception("cannot apply server %s", d.id)
@@ -218,14 +218,14 @@ class HostLink:
         try:
             await self.agent.delete(actor, stop=True, purge=purge)
             log.info("removed server %s (deleted on the host)", actor.id)
-        except Conflict as e:
+        except errors.Conflict as e:
             log.warning("cannot remove server %s now: %s", actor.id, e)
         finally:
             self._removing.discard(actor.id)
 
     # -- state changes reach the host at once -------------------------------------------------
 
-    def _on_change(self, actor: ServerActor) -> None:
+    def server_changed(self, actor: ServerActor) -> None:
         self._changed.add(actor.id)
         self._changed_wake.set()
 

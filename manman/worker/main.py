@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 import trio
 
+from manman import errors
 from manman.config import Config
 from manman.http import auth
-from manman.http.apikit import serve, settle_gc
+from manman.http.app import serve, settle_gc
+from manman.http.metrics import WorkerMetrics
 from manman.http.signals import Stopper
 from manman.models import ServerSpec
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
-from manman.worker.machine import Conflict
+
+if TYPE_CHECKING:
+    from manman.worker.hostlink import HostLink
 
 log = logging.getLogger("manman.worker")
 
@@ -27,7 +32,7 @@ class WorkerHandle:
     agent: WorkerAgent
     url: str
     secrets: WorkerSecrets
-    link: object | None = None
+    link: HostLink | None = None
 
 
 async def run_worker(cfg: Config, *, handle_signals: bool = False,
@@ -36,7 +41,8 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
     """Run a worker until it is shut down (POST /shutdown, SIGINT/SIGTERM, or its host).
     Needs the asyncio bridge loop open (manman.aio.open_loop)."""
     wcfg = cfg.worker
-    agent = WorkerAgent(wcfg)
+    metrics = WorkerMetrics()
+    agent = WorkerAgent(wcfg, installs=metrics)
     stopper = Stopper(agent.request_shutdown)
     agent_up = False
 
@@ -54,7 +60,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
             with stopper.starting:
                 await nursery.start(agent.run)
                 agent_up = True
-                link = None
+                link: HostLink | None = None
                 if wcfg.standalone:
                     admin_secret = wcfg.api_token or auth.load_or_create_token(
                         wcfg.data_dir / "api-token")
@@ -62,9 +68,11 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     from manman.worker.hostlink import HostLink
 
                     link = HostLink(agent, wcfg)
+                    agent.add_observer(link)
                     admin_secret = await link.identity()
+                metrics.watch(agent, link)
                 secrets = WorkerSecrets(admin_secret)
-                api = build_worker_api(agent, secrets, link)
+                api = build_worker_api(agent, secrets, metrics)
                 stop_api = trio.Event()
                 url = await nursery.start(serve, api.app, wcfg.listen, stop_api)
                 if wcfg.standalone:
@@ -99,5 +107,5 @@ async def _seed(agent: WorkerAgent, cfg: Config) -> None:
             continue
         try:
             await agent.create(spec)
-        except (Conflict, ValueError) as e:
+        except errors.ManmanError as e:
             log.warning("config server %s not created: %s", spec.name, e)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import aiosqlite
 import msgspec
@@ -54,7 +55,7 @@ class StoredServer:
     id: str
     spec: ServerSpec
     generation: int
-    desired_state: str
+    desired_state: Literal["running", "stopped"]
     status: ServerStatus
     installed: bool
     crash_times: tuple[float, ...]

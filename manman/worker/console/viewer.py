@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import msgspec
 import trio
 
+from manman.errors import ManmanError
 from manman.models import Line
 from manman.worker.console.broker import LogBroker, gap_frame, iter_frames
 
@@ -63,14 +64,6 @@ class ViewerLimits:
 
 class Disconnect(Exception):
     """Close the websocket (a client that keeps breaking the rules)."""
-
-
-class CommandRefused(Exception):
-    """A console command that cannot be delivered; the client gets an `error` frame."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 Send = Callable[[str], Awaitable[None]]
@@ -225,7 +218,7 @@ async def _receiver(send: Send, receive: Receive,
                 continue
             try:
                 await on_command(msg.data)
-            except CommandRefused as e:
-                await send(error_frame(e.code, str(e)))
+            except ManmanError as e:  # not delivered: the client gets an `error` frame
+                await send(error_frame(e.code, e.message))
         else:
             await refuse("bad_frame", f"unknown frame type {msg.type[:40]!r}")

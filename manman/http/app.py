@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -21,7 +21,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from manman.errors import ManmanError
+from manman.errors import BadRequest, Invalid, ManmanError
 from manman.http.errors import domain_error_response, error_response, status_of
 from manman.models import validation_message
 
@@ -30,9 +30,9 @@ _encode = msgspec.json.Encoder().encode
 
 MAX_BODY = 1 << 20
 # query parameters as OpenAPI describes them (the same bounds query_int enforces)
-SINCE = {"type": "integer", "minimum": 0, "maximum": 1 << 62}
-LIMIT = {"type": "integer", "minimum": 1, "maximum": 10000}
-TAIL = {"type": "integer", "minimum": 0, "maximum": 100000}
+SINCE: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 1 << 62}
+LIMIT: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 10000}
+TAIL: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 100000}
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 410: "gone",
@@ -41,7 +41,7 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
 
 
 class ApiError(Exception):
-    """An answer with the SPEC's error JSON: {"error": {"code", "message"}}."""
+    """Being removed: the host's last users raise `manman.errors` instead."""
 
     def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
@@ -104,9 +104,9 @@ def query_int(name: str, default: int | None, *, lo: int = 0, hi: int = 1 << 62)
     try:
         value = int(raw, 10)
     except ValueError:
-        raise ApiError(422, f"query parameter {name} must be an integer", "invalid") from None
+        raise Invalid(f"query parameter {name} must be an integer") from None
     if not lo <= value <= hi:
-        raise ApiError(422, f"query parameter {name} must be between {lo} and {hi}", "invalid")
+        raise Invalid(f"query parameter {name} must be between {lo} and {hi}")
     return value
 
 
@@ -119,26 +119,26 @@ def query_bool(name: str) -> bool:
         return False
     if raw in ("1", "true", "yes"):
         return True
-    raise ApiError(422, f"query parameter {name} must be true or false", "invalid")
+    raise Invalid(f"query parameter {name} must be true or false")
 
 
 async def read_body(model: type[Any]) -> Any:
-    data = await request.get_data(cache=False)
+    data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     if not data.strip():
-        raise ApiError(400, "a JSON body is required", "bad_request")
+        raise BadRequest("a JSON body is required")
     if b"\\u0000" in data and _NUL_ESCAPE.search(data):
         # JSON can carry NUL only escaped; no text of ours may hold one (PostgreSQL cannot)
-        raise ApiError(422, "NUL characters are not accepted", "invalid")
+        raise Invalid("NUL characters are not accepted")
     try:
         value = msgspec.json.decode(data, type=model)
     except msgspec.ValidationError as e:
-        raise ApiError(422, validation_message(e), "invalid") from None
+        raise Invalid(validation_message(e)) from None
     except msgspec.DecodeError as e:
-        raise ApiError(400, f"body is not valid JSON: {e}", "bad_request") from None
+        raise BadRequest(f"body is not valid JSON: {e}") from None
     except RecursionError:
-        raise ApiError(400, "body is nested too deeply", "bad_request") from None
+        raise BadRequest("body is nested too deeply") from None
     if b"\\u" in data.lower() and _has_lone_surrogate(data):
-        raise ApiError(422, "text with unpaired UTF-16 surrogates is not accepted", "invalid")
+        raise Invalid("text with unpaired UTF-16 surrogates is not accepted")
     return value
 
 
@@ -159,7 +159,7 @@ class RouteDoc:
     method: str
     path: str
     summary: str
-    auth: str
+    auth: str  # the role the API's authenticator checks; "none": anyone
     body: type[Any] | None
     response: Any
     status: int
@@ -169,13 +169,22 @@ class RouteDoc:
     media: str = "application/json"
 
 
+# (the route's role, its path parameters) -> who is calling, or a domain error
 Authenticator = Callable[[str, dict[str, str]], Awaitable[Any]]
+
+
+class RequestObserver(Protocol):
+    """Told of every answered request (the metrics)."""
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None: ...
 
 
 class Api:
     """A Quart-trio app whose routes are declared once for both serving and OpenAPI."""
 
-    def __init__(self, name: str, title: str, version: str) -> None:
+    def __init__(self, name: str, title: str, version: str, *,
+                 authenticate: Authenticator | None = None,
+                 requests: RequestObserver | None = None) -> None:
         self.app = QuartTrio(name)
         self.app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
         self.app.config["BODY_TIMEOUT"] = 30
@@ -183,8 +192,8 @@ class Api:
         self.title = title
         self.version = version
         self.docs: list[RouteDoc] = []
-        self.authenticate: Authenticator | None = None
-        self.on_request: Callable[[str, str, int, float], None] | None = None
+        self.authenticate = authenticate
+        self.requests = requests
         self.app.register_error_handler(ApiError, self._api_error)
         self.app.register_error_handler(ManmanError, self._domain_error)
         self.app.register_error_handler(HTTPException, self._http_error)
@@ -249,8 +258,9 @@ class Api:
                     status_code = status_of(e)
                     raise
                 finally:
-                    if self.on_request is not None:
-                        self.on_request(method, path, status_code, time.perf_counter() - started)
+                    if self.requests is not None:
+                        self.requests.observe(method, path, status_code,
+                                              time.perf_counter() - started)
 
             self.app.add_url_rule(_quart_path(path), endpoint=f"{method} {path}",
                                   view_func=handler, methods=[method])
