@@ -15,8 +15,10 @@ from manman.presets.model import (
     PLACEHOLDER_RE,
     PlayerPatterns,
     Preset,
-    combined_ready_pattern,
     coerce,
+    combined_ready_pattern,
+    flat_args,
+    placeholders,
 )
 
 REDACTED = "********"
@@ -85,22 +87,21 @@ def resolve_variables(preset: Preset, values: Mapping[str, object]) -> tuple[dic
         raise Invalid(f"vars: {unknown[0][:64]!r} is not a variable of preset {preset.name}")
     texts: dict[str, str] = {}
     secrets: list[str] = []
-    whole_args = {a[2:-2] for a in preset.args
+    whole_args = {a[2:-2] for a in flat_args(preset.args)
                   if PLACEHOLDER_RE.fullmatch(a) is not None}
     for var in preset.variables:
         value = values.get(var.name, var.default)
         if value is None:
             if var.required:
                 raise Invalid(f"vars.{var.name}: required by preset {preset.name}")
-            value = False if var.type == "bool" else ""
-            if var.type == "int":
-                raise Invalid(f"vars.{var.name}: an int variable needs a value or a default")
+            value = False if var.type == "bool" else ""  # an int has a default (checked)
         try:
             text = coerce(var, value)
         except ValueError as e:
             raise Invalid(f"vars.{var.name}: {e}") from None
-        # a value that is a whole argument must not turn into an option of the game
-        if var.name in whole_args and text[:1] in ("-", "+"):
+        # a user's text that is a whole argument must not turn into an option of the game
+        if var.type in ("string", "secret") and var.name in whole_args \
+                and text[:1] in ("-", "+"):
             raise Invalid(f"vars.{var.name}: must not start with '-' or '+'")
         if var.type == "secret" and text:
             secrets.append(text)
@@ -137,6 +138,16 @@ def _fill(template: str, texts: Mapping[str, str]) -> str:
     return PLACEHOLDER_RE.sub(lambda m: texts[m.group(1)], template)
 
 
+def _fill_args(args: list[str | list[str]], texts: Mapping[str, str]) -> list[str]:
+    out: list[str] = []
+    for item in args:
+        if isinstance(item, str):
+            out.append(_fill(item, texts))
+        elif all(texts[ref] for part in item for ref in placeholders(part)):
+            out.extend(_fill(part, texts) for part in item)
+    return out
+
+
 def expand(preset: Preset, vars: Mapping[str, object], overrides: Mapping[str, Any],
            ports: Mapping[str, int] | None = None) -> Expansion:
     """The spec `preset` makes with `vars`; `overrides` (any spec field, `name` among them)
@@ -146,7 +157,7 @@ def expand(preset: Preset, vars: Mapping[str, object], overrides: Mapping[str, A
     texts.update({f"port.{p.name}": str(p.port) for p in named})
     spec: dict[str, Any] = {
         "game_id": preset.game_id,
-        "args": [_fill(a, texts) for a in preset.args],
+        "args": _fill_args(preset.args, texts),
         "env": {k: _fill(v, texts) for k, v in preset.env.items()},
         "stop_command": preset.stop_command,
         "stop_timeout": preset.stop_timeout,

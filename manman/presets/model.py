@@ -76,7 +76,9 @@ class Preset(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     title: Annotated[str, Meta(min_length=1, max_length=128)]
     game_id: GameId
     executable: Template | None = None
-    args: Annotated[list[Template], Meta(max_length=256)] = msgspec.field(default_factory=list)
+    # a list inside args is a group, left out whole when a variable in it is empty
+    args: Annotated[list[Template | Annotated[list[Template], Meta(min_length=1, max_length=8)]],
+                    Meta(max_length=256)] = msgspec.field(default_factory=list)
     env: dict[str, Template] = msgspec.field(default_factory=dict)
     ports: Annotated[list[PortDef], Meta(max_length=64)] = msgspec.field(default_factory=list)
     ready_patterns: Annotated[list[Pattern], Meta(max_length=16)] = msgspec.field(
@@ -120,6 +122,10 @@ def combined_ready_pattern(patterns: list[str]) -> str | None:
     if len(patterns) == 1:
         return patterns[0]
     return "|".join(f"(?:{p})" for p in patterns)
+
+
+def flat_args(args: list[str | list[str]]) -> list[str]:
+    return [a for item in args for a in ([item] if isinstance(item, str) else item)]
 
 
 def parse_range(rule: str) -> tuple[int, int]:
@@ -184,6 +190,8 @@ def coerce(var: Variable, value: object) -> str:
 
 
 def check_variable(var: Variable, where: str) -> None:
+    if var.type == "int" and var.default is None and not var.required:
+        raise ValueError(f"{where}: an int that is not required needs a default")
     if var.type == "secret" and var.default is not None:
         raise ValueError(f"{where}.default: a secret has no default (it would not be secret)")
     if var.type != "bool" and (var.true_text != "true" or var.false_text != "false"):
@@ -250,7 +258,11 @@ def check_preset(preset: Preset) -> None:
     if preset.executable is not None:
         check_template(preset.executable, "executable")
     for i, arg in enumerate(preset.args):
-        check_template(arg, f"args[{i}]")
+        if isinstance(arg, str):
+            check_template(arg, f"args[{i}]")
+        else:
+            for j, part in enumerate(arg):
+                check_template(part, f"args[{i}][{j}]")
     for key, value in preset.env.items():
         check_template(value, f"env.{key}")
     # fields that are not templates must not look like one: a `{{` there is a mistake
