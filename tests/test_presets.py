@@ -289,3 +289,10 @@ def test_the_steamcmd_executable_stays_inside_the_install(tmp_path: Path) -> Non
     with pytest.raises(StartupError) as e:
         PresetCatalog.load(tmp_path)
     assert "executable" in e.value.message
+
+
+def test_a_file_too_big_is_refused_by_name(tmp_path: Path) -> None:
+    path = write_preset(tmp_path, "huge.toml", extra="# " + "x" * (300 * 1024))
+    with pytest.raises(StartupError) as e:
+        PresetCatalog.load(tmp_path)
+    assert str(path) in e.value.message and "bytes" in e.value.message

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from manman.errors import NotFound, StartupError
-from manman.presets.model import Preset, parse_preset
+from manman.presets.model import MAX_FILE_BYTES, Preset, parse_preset
 
 MAX_FILES = 1000
 
@@ -37,7 +37,9 @@ def _toml_files(folder: Traversable) -> list[Traversable]:
 def load_file(path: Traversable) -> Preset:
     """One preset file; StartupError names the file and the key at fault."""
     try:
-        return parse_preset(path.read_bytes())
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # a bigger file is refused, not read whole
+        return parse_preset(data)
     except OSError as e:
         raise StartupError(f"preset file {path}: cannot be read: {e.strerror or e}") from None
     except ValueError as e:

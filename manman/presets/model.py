@@ -19,6 +19,7 @@ MAX_RULE = 1024
 PLACEHOLDER_RE = re.compile(r"\{\{([^{}]*)\}\}")
 _VAR_REF_RE = re.compile(VARIABLE_NAME[1:-1])
 _PORT_REF_RE = re.compile(r"port\.([a-z][a-z0-9_]{0,31})")
+_QUERY_PORT_RE = re.compile(r"\{\{port\.([a-z][a-z0-9_]{0,31})\}\}")
 _RANGE_RE = re.compile(r"(-?[0-9]{1,10})\.\.(-?[0-9]{1,10})")
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2")
@@ -269,7 +270,7 @@ def check_preset(preset: Preset) -> None:
     plain = [("stop_command", preset.stop_command or ""), ("title", preset.title)]
     plain += [(f"ready_patterns[{i}]", p) for i, p in enumerate(preset.ready_patterns)]
     for where, text in plain:
-        if placeholders(text):
+        if "{{" in text or "}}" in text:
             raise ValueError(f"{where}: placeholders are only expanded in executable, args, "
                              "env and query.port")
     if preset.stop_command is not None and preset.stop_signal is not None:
@@ -280,9 +281,8 @@ def check_preset(preset: Preset) -> None:
             if q.port is not None:
                 raise ValueError("query.port: a console query has no port")
         else:
-            ref = _PORT_REF_RE.fullmatch(q.port[2:-2]) if q.port and len(q.port) > 4 else None
-            if q.port is None or not (q.port.startswith("{{") and q.port.endswith("}}")) \
-                    or ref is None or ref.group(1) not in port_names:
+            ref = _QUERY_PORT_RE.fullmatch(q.port or "")
+            if ref is None or ref.group(1) not in port_names:
                 raise ValueError("query.port: must be {{port.NAME}} of a port in `ports`")
     for i, p in enumerate(preset.ready_patterns):
         _compile(p, f"ready_patterns[{i}]")
