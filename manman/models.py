@@ -52,6 +52,8 @@ STATES = ("created", "installing", "stopped", "starting", "running", "stopping",
 ServerState = Literal["created", "installing", "stopped", "starting", "running", "stopping",
                       "crashed", "failed", "unknown"]
 WorkerStatus = Literal["alive", "frozen", "shutdown", "unknown"]
+# what a worker says of itself, and what the host holds of it: never `unknown`
+KnownWorkerStatus = Literal["alive", "frozen", "shutdown"]
 
 
 def _no_nul(value: str, what: str) -> None:
@@ -247,12 +249,16 @@ class Server(Struct, kw_only=True):
 
 
 def server_view(server_id: str, spec: ServerSpec, status: ServerStatus, *, generation: int,
-                observed_generation: int, worker_status: str, log_url: str) -> Server:
+                observed_generation: int, worker_status: WorkerStatus, log_url: str) -> Server:
     return Server(
         id=server_id, **{f: getattr(spec, f) for f in spec.__struct_fields__},
         **{f: getattr(status, f) for f in status.__struct_fields__},
         generation=generation, observed_generation=observed_generation,
-        worker_status=worker_status, log_url=log_url)  # type: ignore[arg-type]
+        worker_status=worker_status, log_url=log_url)
+
+
+class ServerList(Struct):
+    servers: list[Server]
 
 
 CommandType = Literal["start", "stop", "restart", "kill", "install", "health", "command"]
@@ -401,9 +407,25 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
     started_at: float | None = None
     updated_at: float = 0.0
 
+    @classmethod
+    def of(cls, server_id: str, generation: int, status: ServerStatus) -> ObservedServer:
+        """A worker's report of one server's status, fitted to the wire: an error may quote
+        a game's output, and PostgreSQL text holds no NUL."""
+        fields = {f: getattr(status, f) for f in ServerStatus.__struct_fields__}
+        if status.error:
+            fields["error"] = status.error[:4096].replace("\x00", "\ufffd")
+        return cls(id=server_id, observed_generation=generation, **fields)
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(**{f: getattr(self, f) for f in ServerStatus.__struct_fields__})
+
+
+# a report carries every field of a status (ObservedServer.of and .status copy them by name)
+assert set(ServerStatus.__struct_fields__) <= set(ObservedServer.__struct_fields__)
+
 
 class Heartbeat(Struct, forbid_unknown_fields=True, kw_only=True):
-    status: Literal["alive", "frozen", "shutdown"] = "alive"
+    status: KnownWorkerStatus = "alive"
     servers: Annotated[list[ObservedServer], Meta(max_length=10000)] = msgspec.field(
         default_factory=list)
     # the generations the worker holds, so the host can answer with only what is missing

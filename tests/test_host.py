@@ -86,7 +86,7 @@ async def test_two_workers_servers_commands_update_delete(host: RunningHost, hos
     r = await api.request("DELETE", "/server/three", expect=200)
     assert r.json() == {"id": s3["id"], "deleted": True}
     # every accepted command was recorded
-    await trio.sleep(0.3)
+    await host.control.flush()
     rows = await host.control.store.fetch(
         "SELECT type, delivered, actor FROM commands WHERE server_id = $1 ORDER BY at", s2["id"])
     assert [r["type"] for r in rows] == ["start", "command", "restart", "kill", "kill",
@@ -251,16 +251,20 @@ async def test_restart_of_a_stopped_server_starts_it_once(host: RunningHost, hos
     w = await hosted("rs")
     api = host.api
     # it ignores its stop command while it boots: a second restart would cost stop_timeout
-    await api.post("/server", fake_spec("rs1", "--ignore-stop", stop_timeout=3,
+    await api.post("/server", fake_spec("rs1", "--ignore-stop", stop_timeout=10,
                                         worker_id=w.handle.link.worker_id), expect=201)
     await api.wait_for("rs1", state="stopped")
     r = await api.post("/server/rs1/command", {"type": "restart"}, expect=202)
     assert r["delivered"] is True
-    s = await api.wait_for("rs1", state="running", timeout=2.5)
+    # one start takes well under 5 s; a second restart would wait out the 10 s stop_timeout
+    s = await api.wait_for("rs1", state="running", timeout=5)
     await trio.sleep(0.5)
     assert (await api.get("/server/rs1"))["pid"] == s["pid"]
     page = await api.get("/server/rs1/log?since=0&limit=1000")
     assert sum(ln["text"].startswith("started (pid") for ln in page["lines"]) == 1
+    # it ignores stop: killed, the worker's shutdown does not wait out stop_timeout
+    await api.post("/server/rs1/command", {"type": "kill"}, expect=202)
+    await api.wait_for("rs1", state="stopped")
 
 
 async def test_a_delete_waiting_for_a_worker_that_is_retired_completes(

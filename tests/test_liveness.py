@@ -273,5 +273,9 @@ async def test_closing_the_link_while_a_report_is_due_is_clean(host: RunningHost
     link = w.handle.link
     link.server_changed(w.agent.actors[s["id"]])  # a report is due in 10 ms
     await link.closing()
-    await trio.sleep(0.2)  # the reporter would have posted by now
+    # the reporter ended before it took the change: nothing can post on the closed client
+    assert link.http.is_closed and s["id"] in link._changed
+    # and the host heard the link's last word
+    assert host.fleet.workers[link.worker_id].reported == "shutdown"
     await link.closing()  # twice is harmless
+    assert link.http.is_closed

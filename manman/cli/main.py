@@ -7,14 +7,13 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
-from manman import __version__
+from manman import __version__, errors
 from manman.config import Config, ConfigError, load_config
-from manman.errors import StartupError
 
 
 def _die(message: str, code: int = 1) -> int:
@@ -30,7 +29,7 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _run_service(fn: Callable[..., object], cfg: Config) -> int:
+def _run_service(fn: Callable[..., Awaitable[None]], cfg: Config) -> int:
     from manman import aio
 
     async def main() -> None:
@@ -54,17 +53,15 @@ def _leaves(e: BaseException) -> list[BaseException]:
 
 
 def _startup_failure(e: BaseException) -> str | None:
-    """One line for a failure an operator can fix (a port in use, a directory it cannot
-    write; a database it cannot reach comes as SystemExit from the host); "" for Ctrl-C; None
-    for a bug (its traceback)."""
+    """One line for a failure an operator can fix (a StartupError: a database it cannot
+    reach…; a port in use, a directory it cannot write); "" for Ctrl-C; None for a bug (its
+    traceback)."""
     leaves = [leaf for leaf in _leaves(e) if not isinstance(leaf, trio.Cancelled)]
     if not leaves or all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         return ""
     leaf = next(leaf for leaf in leaves if not isinstance(leaf, KeyboardInterrupt))
-    if isinstance(leaf, StartupError):
+    if isinstance(leaf, errors.StartupError):
         return leaf.message
-    if isinstance(leaf, SystemExit):
-        return str(leaf.code).removeprefix("manman: ") if leaf.code else ""
     if isinstance(leaf, OSError):
         if leaf.errno == errno.EADDRINUSE:
             return ("cannot listen: address already in use (see host.listen / worker.listen, "

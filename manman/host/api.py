@@ -4,14 +4,13 @@ heartbeat, console viewers watch through the host's websocket proxy."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import msgspec
 import trio
 from quart import Response, request, websocket
 
-from manman import models
-from manman.host.control import Control, _worker_error
+from manman import errors, models
+from manman.host.control import HostControl
 from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay, Unreachable
 from manman.http import auth
@@ -20,13 +19,13 @@ from manman.http.app import (
     SINCE,
     TAIL,
     Api,
-    ApiError,
     bearer_token,
     json_response,
     query_bool,
     query_int,
     same_secret,
 )
+from manman.http.auth import Principal
 from manman.http.metrics import CONTENT_TYPE, host_metrics
 from manman.worker.console.viewer import error_frame
 
@@ -41,7 +40,7 @@ def _static(name: str) -> Response:
     suffix = name[name.rfind("."):] if "." in name else ""
     files = {p.name: p for p in resources.files("manman.web").iterdir()}
     if suffix not in _WEB_TYPES or name not in files:
-        raise ApiError(404, "no such file", "not_found")
+        raise errors.NotFound("no such file")
     resp = Response(files[name].read_bytes(), content_type=_WEB_TYPES[suffix])
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["Content-Security-Policy"] = (
@@ -49,10 +48,6 @@ def _static(name: str) -> Response:
         "frame-ancestors 'none'")
     resp.headers["X-Content-Type-Options"] = "nosniff"
     return resp
-
-
-class ServerList(msgspec.Struct):
-    servers: list[models.Server]
 
 
 class WorkerList(msgspec.Struct):
@@ -68,23 +63,21 @@ class Ack(msgspec.Struct):
     ok: bool
 
 
-@dataclass
-class Principal:
-    kind: str  # admin | join | worker | console
-    worker_id: str | None = None
-    server_id: str | None = None
-    scopes: frozenset[str] = frozenset()
-    expires_at: float | None = None
-
-    @property
-    def label(self) -> str:
-        return self.kind if self.kind != "worker" else f"worker:{self.worker_id}"
-
-
 PROXY_SESSION_TTL = 24 * 3600.0  # an admin's proxied console: reconnects once a day
 
 
-def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -> Api:
+def _query_in(name: str, schema: dict[str, object]) -> int | None:
+    """An optional integer query parameter, within the bounds its schema documents."""
+    lo, hi = schema["minimum"], schema["maximum"]
+    assert isinstance(lo, int) and isinstance(hi, int)
+    return query_int(name, None, lo=lo, hi=hi)
+
+
+def _not_allowed() -> errors.Forbidden:
+    return errors.Forbidden("this token does not allow that")
+
+
+def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: float) -> Api:
     api = Api("manman.host", "manman host API", "1")
     fleet: Fleet = control.fleet
     metrics = host_metrics(fleet)
@@ -102,8 +95,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
             worker_id, _, _ = rest.partition("_")
             w = fleet.workers.get(worker_id)
             if w is not None and same_secret(token, secrets.worker_token(w.id, w.token_version)):
-                if w.status == "shutdown":
-                    raise ApiError(410, "this worker was shut down by its host", "gone")
+                control.check_not_retired(w)
                 return Principal("worker", worker_id=w.id)
         if token and token.count(".") == 2:
             # checked with the key of the worker of the server it names; a valid one for
@@ -112,16 +104,13 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
             s = fleet.servers.get(claimed) if claimed else None
             w = fleet.workers.get(s.worker_id) if s else None
             if s is not None and w is not None:
-                try:
-                    claims = auth.verify_console_token(secrets.console_key(w), token)
-                except auth.TokenRejected as e:
-                    raise ApiError(401, str(e), e.code) from None
+                claims = auth.verify_console_token(secrets.console_key(w), token)
                 if claims["sub"] != s.id or not server_key or fleet.server(server_key) is not s:
-                    raise ApiError(403, "this token does not allow that", "forbidden")
+                    raise _not_allowed()
                 return Principal("console", server_id=s.id,
-                                 scopes=frozenset(str(claims["scope"]).split()),
-                                 expires_at=float(claims["exp"]))  # type: ignore[arg-type]
-        raise ApiError(401, "a valid token is required", "unauthorized")
+                                 scopes=frozenset(claims["scope"].split()),
+                                 expires_at=float(claims["exp"]))
+        raise errors.Unauthorized("a valid token is required")
 
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         who = identify(bearer_token(), params.get("server_id"))
@@ -135,7 +124,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
             "report": who.kind == "worker",
         }[role]
         if not allowed:
-            raise ApiError(403, "this token does not allow that", "forbidden")
+            raise _not_allowed()
         return who
 
     api.authenticate = authenticate
@@ -164,7 +153,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
 
     # -- servers ---------------------------------------------------------------------------
 
-    @api.route("GET", "/server", response=ServerList, summary="List servers",
+    @api.route("GET", "/server", response=models.ServerList, summary="List servers",
                query={"worker_id": "string", "game_id": "string", "state": "string"})
     async def list_servers(who: Principal) -> Response:
         wid, game, state = (request.args.get(k) for k in ("worker_id", "game_id", "state"))
@@ -176,7 +165,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
             if state and view.state != state:
                 continue
             out.append(view)
-        return json_response(ServerList(out))
+        return json_response(models.ServerList(out))
 
     @api.route("POST", "/server", body=models.ServerSpec, response=models.Server, status=201,
                errors=(409,), summary="Create a server; it is pushed to its worker at once")
@@ -219,27 +208,13 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
                summary="Stored console lines, and a websocket URL and token to watch live")
     async def log_history(who: Principal, server_id: str) -> Response:
         s = control.server(server_id)
-        w = control.worker(s.worker_id)
         params = {k: str(v) for k, rng in (("since", SINCE), ("limit", LIMIT))
-                  if (v := query_int(k, None, lo=rng["minimum"], hi=rng["maximum"]))
-                  is not None}
-        if not fleet.reachable(w):
-            raise ApiError(503, f"worker {w.name} is {fleet.worker_status(w)}", "unavailable")
-        try:
-            r = await relay.call(w, "GET", f"/server/{s.id}/log", params=params)
-        except Unreachable as e:
-            raise ApiError(503, str(e), "unavailable") from None
-        if r.status_code != 200:
-            raise _worker_error(r)
-        try:
-            page = msgspec.json.decode(r.content, type=models.LogPage)
-        except msgspec.MsgspecError:
-            raise ApiError(502, f"worker {w.name} answered something that is not a log page",
-                           "worker_error") from None
+                  if (v := _query_in(k, rng)) is not None}
+        w, page = await control.log_page(s, params)
         scopes = [auth.READ, auth.WRITE] if who.kind == "admin" else sorted(who.scopes)
         wanted = request.args.get("scope")
         if wanted not in (None, "read", "write"):
-            raise ApiError(422, "scope must be read or write", "invalid")
+            raise errors.Invalid("scope must be read or write")
         if wanted == "read":  # a token to hand to someone who may only watch
             scopes = [auth.READ]
         now = time.time()
@@ -255,11 +230,8 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
                    summary="The live console, proxied from the worker")
     async def log_ws(who: Principal, server_id: str) -> None:
         s = control.server(server_id)
-        w = control.worker(s.worker_id)
-        if not fleet.reachable(w):
-            raise ApiError(503, f"worker {w.name} is {fleet.worker_status(w)}", "unavailable")
-        query = {k: query_int(k, None, lo=rng["minimum"], hi=rng["maximum"])
-                 for k, rng in (("since", SINCE), ("tail", TAIL))}
+        w = control.reachable_worker(s)
+        query = {k: _query_in(k, rng) for k, rng in (("since", SINCE), ("tail", TAIL))}
         scopes = [auth.READ, auth.WRITE] if who.kind == "admin" else sorted(who.scopes)
         # the upstream token never leaves the host: an admin's session (its token does not
         # expire) is not cut every console_token_ttl; a console token's ends with it
@@ -277,15 +249,7 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
                response=Ack, summary="A worker's status report for one of its servers")
     async def server_report(who: Principal, server_id: str,
                             body: models.ObservedServer) -> Response:
-        w = control.worker(who.worker_id or "")
-        if body.id != server_id:
-            raise ApiError(422, "the body's id is not the server in the path", "invalid")
-        s = fleet.servers.get(server_id)
-        if s is None:
-            raise ApiError(404, f"server {server_id[:100]} not found", "not_found")
-        if not fleet.observe(w, body):
-            raise ApiError(403, "this server belongs to another worker", "forbidden")
-        fleet.touch(w)
+        control.report(who.worker_id or "", server_id, body)
         return json_response(Ack(True))
 
     # -- workers ---------------------------------------------------------------------------
@@ -332,10 +296,6 @@ def build_host_api(control: Control, secrets: HostSecrets, console_ttl: float) -
                response=models.HeartbeatReply, errors=(410,),
                summary="Heartbeat with observed states; the reply carries missing specs")
     async def heartbeat(who: Principal, worker_id: str, body: models.Heartbeat) -> Response:
-        w = control.worker(worker_id)
-        reply = fleet.heartbeat(w, body)
-        for s in fleet.deleted_on_worker(w, body.generations):
-            control.finished_deletes.append(s.id)
-        return json_response(reply)
+        return json_response(control.heartbeat(worker_id, body))
 
     return api

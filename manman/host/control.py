@@ -1,6 +1,9 @@
-"""The host's operations on servers and workers: desired state to PostgreSQL first, then
-memory, then a push to the worker (fast path). A push that fails is not an error: the next
-heartbeat carries what the worker lacks (slow path)."""
+"""The host's operations on servers and workers, and the loops that keep them true: desired
+state to PostgreSQL first, then memory, then a push to the worker (fast path). A push that
+fails is not an error: the next heartbeat carries what the worker lacks (slow path).
+
+Named `HostControl`, not `Control`: it is the host's half of the control plane, as
+`WorkerAgent` is the worker's; the API and the CLI's verbs also "control" servers."""
 
 from __future__ import annotations
 
@@ -8,18 +11,23 @@ import logging
 import secrets
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import msgspec
 import trio
 
-from manman import models
+from manman import errors, models
 from manman.host.fleet import Fleet, ServerRec, WorkerRec
 from manman.host.relay import Relay, Unreachable
-from manman.host.store import HostStore, NameTaken
-from manman.http.app import ApiError
+from manman.host.store import HostStore
 
 log = logging.getLogger("manman.host")
+
+# deletes the workers finished, waiting for the next flush; when full, a later heartbeat
+# names the same servers again (a deleting server the worker no longer holds)
+FINISHED_DELETES_QUEUE = 1000
+LIVENESS_INTERVAL = 0.5
 
 
 def _spec_body(s: ServerRec) -> dict[str, Any]:
@@ -31,54 +39,56 @@ def _spec_body(s: ServerRec) -> dict[str, Any]:
     return body
 
 
-def _worker_error(r: Any) -> ApiError:
-    """A worker's refusal for the caller: its 404/409/422/503 mean the same to the caller; its
-    401/403/5xx are the worker's trouble, not the caller's (502: a 401 would tell a valid
-    admin their token is wrong)."""
-    try:
-        err = r.json()["error"]
-        message, code = str(err["message"]), str(err["code"])
-    except (ValueError, KeyError, TypeError):
-        return ApiError(502, f"worker answered {r.status_code}", "worker_error")
-    if r.status_code in (401, 403) or r.status_code < 400 or \
-            (r.status_code >= 500 and r.status_code != 503):  # 503: busy, try again
-        return ApiError(502, f"worker answered {r.status_code}: {message[:200]}",
-                        "worker_error")
-    return ApiError(r.status_code, message, code)
-
-
-class Control:
+class HostControl:
     def __init__(self, store: HostStore, fleet: Fleet, relay: Relay) -> None:
         self.store = store
         self.fleet = fleet
         self.relay = relay
-        self.finished_deletes: list[str] = []
         self._spec_locks: dict[str, trio.Lock] = {}
+        self._finished, self._finished_out = trio.open_memory_channel[str](
+            FINISHED_DELETES_QUEUE)
+        self._flush_lock = trio.Lock()
 
-    # -- lookups with the SPEC's errors ------------------------------------------------------
+    # -- lookups and the SPEC's refusals ---------------------------------------------------
 
     def server(self, key: str) -> ServerRec:
         s = self.fleet.server(key)
         if s is None or s.deleting:
-            raise ApiError(404, f"server {key[:100]} not found", "not_found")
+            raise errors.NotFound(f"server {key[:100]} not found")
         return s
 
     def worker(self, worker_id: str) -> WorkerRec:
         w = self.fleet.workers.get(worker_id)
         if w is None:
-            raise ApiError(404, f"worker {worker_id[:100]} not found", "not_found")
+            raise errors.NotFound(f"worker {worker_id[:100]} not found")
         return w
 
-    def _writable(self, w: WorkerRec) -> None:
+    @staticmethod
+    def check_not_retired(w: WorkerRec) -> None:
+        """A retired worker's own calls: its token no longer buys anything."""
         if w.status == "shutdown":
-            raise ApiError(409, f"worker {w.name} is shut down", "worker_shutdown")
-        if w.status == "frozen":
-            raise ApiError(409, f"worker {w.name} is frozen: it accepts no changes", "frozen")
+            raise errors.Gone("this worker was shut down by its host")
 
-    def _need_reachable(self, w: WorkerRec) -> None:
+    @staticmethod
+    def _not_shut_down(w: WorkerRec) -> None:
+        if w.status == "shutdown":
+            raise errors.Conflict(f"worker {w.name} is shut down", "worker_shutdown")
+
+    @staticmethod
+    def _not_frozen(w: WorkerRec) -> None:
+        if w.status == "frozen":
+            raise errors.Conflict(f"worker {w.name} is frozen: it accepts no changes", "frozen")
+
+    def _writable(self, w: WorkerRec) -> None:
+        self._not_shut_down(w)
+        self._not_frozen(w)
+
+    def reachable_worker(self, s: ServerRec) -> WorkerRec:
+        """The worker of a server, for a call that needs it now."""
+        w = self.worker(s.worker_id)
         if not self.fleet.reachable(w):
-            raise ApiError(503, f"worker {w.name} is {self.fleet.worker_status(w)}",
-                           "unavailable")
+            raise errors.Unavailable(f"worker {w.name} is {self.fleet.worker_status(w)}")
+        return w
 
     async def _push(self, w: WorkerRec, method: str, path: str, json: Any = None,
                     params: dict[str, str] | None = None) -> bool:
@@ -86,11 +96,13 @@ class Control:
         if not self.fleet.reachable(w):
             return False
         try:
-            r = await self.relay.call(w, method, path, json=json, params=params)
+            await self.relay.call(w, method, path, json=json, params=params)
         except Unreachable as e:
             log.info("push to %s failed: %s", w.name, e)
             return False
-        return r.status_code < 400
+        except errors.ManmanError:  # refused: the heartbeat's answer settles it
+            return False
+        return True
 
     # -- servers ---------------------------------------------------------------------------
 
@@ -98,20 +110,17 @@ class Control:
         if spec.worker_id is None:
             live = [w for w in self.fleet.workers.values() if w.status != "shutdown"]
             if len(live) != 1:
-                raise ApiError(422, "worker_id is required (more than one worker)", "invalid")
+                raise errors.Invalid("worker_id is required (more than one worker)")
             spec = msgspec.structs.replace(spec, worker_id=live[0].id)
         assert spec.worker_id is not None
         w = self.worker(spec.worker_id)
         self._writable(w)
         if self.fleet.name_taken(spec.name):
-            raise ApiError(409, f"a server named {spec.name} exists", "exists")
+            raise errors.Exists.server(spec.name)
         now = time.time()
         s = ServerRec(id=secrets.token_hex(6), name=spec.name, worker_id=w.id, spec=spec,
                       generation=1, created_at=now, updated_at=now)
-        try:
-            await self.store.insert_server(s.id, s.name, w.id, spec, now)
-        except NameTaken:  # another request won the race
-            raise ApiError(409, f"a server named {spec.name} exists", "exists") from None
+        await self.store.insert_server(s.id, s.name, w.id, spec, now)
         self.fleet.add_server(s)
         body = msgspec.to_builtins(spec)
         body.update(id=s.id, generation=s.generation)
@@ -126,9 +135,9 @@ class Control:
             try:
                 new = models.apply_update(spec, update)
             except ValueError as e:
-                raise ApiError(422, str(e), "invalid") from None
+                raise errors.Invalid(str(e)) from None
             if new.name != s.name and self.fleet.name_taken(new.name, but=s.id):
-                raise ApiError(409, f"a server named {new.name} exists", "exists")
+                raise errors.Exists.server(new.name)
             return new
 
         body = await self._change_spec(s, change, restart=update.restart_on_change)
@@ -136,8 +145,9 @@ class Control:
         await self._push(w, "PUT", f"/server/{s.id}", json=body)
         return s
 
-    async def _change_spec(self, s: ServerRec, change: Any, restart: bool = False
-                           ) -> dict[str, Any]:
+    async def _change_spec(self, s: ServerRec,
+                           change: Callable[[models.ServerSpec], models.ServerSpec],
+                           restart: bool = False) -> dict[str, Any]:
         """Read, change and write a spec as one step: concurrent changes of one server queue
         instead of overwriting each other. Returns what the worker's PUT takes. restart:
         the change asks for a restart, also when the worker only gets it by heartbeat."""
@@ -146,18 +156,15 @@ class Control:
             spec = change(s.spec)
             generation, now = s.generation + 1, time.time()
             restart_generation = generation if restart else s.restart_generation
-            try:
-                await self.store.update_server_spec(s.id, spec.name, spec, generation, now,
-                                                    restart_generation)
-            except NameTaken:  # another rename won the race
-                raise ApiError(409, f"a server named {spec.name} exists", "exists") from None
+            await self.store.update_server_spec(s.id, spec.name, spec, generation, now,
+                                                restart_generation)
             if spec.name != s.name:
                 self.fleet.rename(s, spec.name)
             s.spec, s.generation, s.updated_at = spec, generation, now
             s.restart_generation = restart_generation
             return _spec_body(s)
 
-    async def set_desired(self, s: ServerRec, desired: str) -> bool:
+    async def set_desired(self, s: ServerRec, desired: Literal["running", "stopped"]) -> bool:
         """start/stop: a new generation with that desired state, pushed to the worker."""
         body = await self._change_spec(
             s, lambda spec: msgspec.structs.replace(spec, desired_state=desired))
@@ -168,8 +175,7 @@ class Control:
         first (up to its stop_timeout, not while the client waits), and a worker that is
         away removes it when it is back."""
         w = self.worker(s.worker_id)
-        if w.status == "frozen":
-            raise ApiError(409, f"worker {w.name} is frozen: it accepts no changes", "frozen")
+        self._not_frozen(w)
         await self.store.mark_deleting(s.id, purge)
         s.deleting, s.purge = True, purge
         if w.status == "shutdown":
@@ -179,15 +185,12 @@ class Control:
             return False
         try:
             # a live server stops first on the worker (202): the heartbeat tells when it went
-            r = await self.relay.call(w, "DELETE", f"/server/{s.id}",
-                                      params={"stop": "true",
-                                              "purge": "true" if purge else "false"})
+            gone = await self.relay.delete_server(w, s.id, purge)
         except Unreachable:
             return False  # the heartbeat's `remove` list finishes it
-        if r.status_code in (200, 404):
+        if gone:
             await self.forget(s.id)
-            return True
-        return False
+        return gone
 
     async def forget(self, server_id: str) -> None:
         await self.store.delete_server(server_id)
@@ -212,9 +215,9 @@ class Control:
                 else:
                     delivered = await self._push(w, "POST", f"/server/{s.id}/restart")
             else:
-                delivered, result = await self._direct(w, s, cmd)
-        except ApiError as e:
-            self._audit(actor, s, cmd, False, f"{e.status} {e.code}")
+                delivered, result = await self._direct(s, cmd)
+        except errors.ManmanError as e:
+            self._audit(actor, s, cmd, False, f"{e.code}: {e.message}")
             raise
         accepted = models.CommandAccepted(command_id=uuid.uuid4().hex, delivered=delivered)
         self._audit(actor, s, cmd, delivered, msgspec.json.encode(result).decode()
@@ -225,39 +228,26 @@ class Control:
                                           result=result)
         return accepted
 
-    async def _direct(self, w: WorkerRec, s: ServerRec, cmd: models.Command
-                      ) -> tuple[bool, Any]:
+    async def _direct(self, s: ServerRec, cmd: models.Command) -> tuple[bool, Any]:
         """kill, install, health, command: they need the worker now."""
         if cmd.type == "command":
             if not cmd.data:
-                raise ApiError(422, "a console command needs `data`", "invalid")
+                raise errors.Invalid("a console command needs `data`")
             try:
                 models.check_console_line(cmd.data)
             except ValueError as e:
-                raise ApiError(422, str(e), "invalid") from None
-        self._need_reachable(w)
-        method, path, body = {
-            "kill": ("POST", f"/server/{s.id}/kill", None),
-            "install": ("POST", f"/server/{s.id}/install", None),
-            "health": ("GET", f"/server/{s.id}/health", None),
-            "command": ("POST", f"/server/{s.id}/command", {"data": cmd.data}),
-        }[cmd.type]
-        try:
-            r = await self.relay.call(w, method, path, json=body)
-        except Unreachable as e:
-            raise ApiError(503, str(e), "unavailable") from None
-        if r.status_code >= 400:
-            raise _worker_error(r)
+                raise errors.Invalid(str(e)) from None
+        w = self.reachable_worker(s)
+        if cmd.type == "health":
+            return True, await self.relay.health(w, s.id)
+        if cmd.type == "command":
+            await self.relay.call(w, "POST", f"/server/{s.id}/command", json={"data": cmd.data})
+        else:  # kill, install
+            await self.relay.call(w, "POST", f"/server/{s.id}/{cmd.type}")
         if cmd.type == "kill":
             # the worker now holds `stopped` as desired: so does the host, in a new generation
             await self.set_desired(s, "stopped")
-        if cmd.type != "health":
-            return True, None
-        try:
-            return True, r.json()
-        except ValueError:
-            raise ApiError(502, f"worker {w.name} answered a health probe with no JSON",
-                           "worker_error") from None
+        return True, None
 
     def _audit(self, actor: str, s: ServerRec, cmd: models.Command, delivered: bool,
                result: str, command_id: str | None = None) -> None:
@@ -265,6 +255,37 @@ class Control:
         self.fleet.record_command((command_id or uuid.uuid4().hex, time.time(), actor, s.id,
                                    s.worker_id, cmd.type, data, delivered,
                                    result[:1000].replace("\x00", "\ufffd")))
+
+    async def log_page(self, s: ServerRec, params: dict[str, str]
+                       ) -> tuple[WorkerRec, models.LogPage]:
+        """Stored console lines of a server, from its worker (which must be reachable)."""
+        w = self.reachable_worker(s)
+        return w, await self.relay.log_page(w, s.id, params)
+
+    # -- what workers tell the host ------------------------------------------------------------
+
+    def report(self, worker_id: str, server_id: str, obs: models.ObservedServer) -> None:
+        """A worker's status report for one of its servers (memory only)."""
+        w = self.worker(worker_id)
+        if obs.id != server_id:
+            raise errors.Invalid("the body's id is not the server in the path")
+        if server_id not in self.fleet.servers:
+            raise errors.NotFound(f"server {server_id[:100]} not found")
+        if not self.fleet.observe(w, obs):
+            raise errors.Forbidden("this server belongs to another worker")
+        self.fleet.touch(w)
+
+    def heartbeat(self, worker_id: str, hb: models.Heartbeat) -> models.HeartbeatReply:
+        """Record a heartbeat (memory only) and answer it; deletes the worker finished are
+        forgotten by the next flush."""
+        w = self.worker(worker_id)
+        reply = self.fleet.heartbeat(w, hb)
+        for s in self.fleet.deleted_on_worker(w, hb.generations):
+            try:
+                self._finished.send_nowait(s.id)
+            except trio.WouldBlock:
+                break  # the next heartbeat names them again
+        return reply
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -277,8 +298,7 @@ class Control:
         return w
 
     async def register(self, w: WorkerRec, reg: models.WorkerRegister) -> WorkerRec:
-        if w.status == "shutdown":
-            raise ApiError(410, "this worker was shut down by its host", "gone")
+        self.check_not_retired(w)
         await self.store.update_worker(w.id, name=reg.name, api_url=reg.api_url.rstrip("/"),
                                        address=reg.address, version=reg.version,
                                        capacity=reg.capacity, registered=True)
@@ -288,18 +308,18 @@ class Control:
         return w
 
     async def update_worker(self, w: WorkerRec, update: models.WorkerUpdate) -> WorkerRec:
-        if w.status == "shutdown":
-            raise ApiError(409, f"worker {w.name} is shut down", "worker_shutdown")
-        fields: dict[str, Any] = {}
+        self._not_shut_down(w)
+        fields: dict[str, str] = {}
         if update.name is not msgspec.UNSET:
             fields["name"] = update.name
         if update.status is not msgspec.UNSET:
             fields["status"] = update.status
         if fields:
             await self.store.update_worker(w.id, **fields)
-            for k, v in fields.items():
-                setattr(w, k, v)
+        if update.name is not msgspec.UNSET:
+            w.name = update.name
         if update.status is not msgspec.UNSET:
+            w.status = update.status
             await self._push(w, "POST", "/freeze" if update.status == "frozen" else "/unfreeze")
         return w
 
@@ -311,7 +331,7 @@ class Control:
                 with trio.move_on_after(3):
                     await self.relay.call(w, "POST", "/shutdown", params={"retire": "true"},
                                           timeout=3)
-            except Unreachable:
+            except errors.ManmanError:
                 pass  # retired all the same: its token stops working now
         await self.store.update_worker(w.id, status="shutdown")
         w.status = "shutdown"
@@ -323,3 +343,66 @@ class Control:
         they could never finish, and their names would stay taken."""
         for s in self.fleet.deleting_on_retired():
             await self.forget(s.id)
+
+    # -- the loops -------------------------------------------------------------------------
+
+    async def run(self, flush_interval: float, stop: trio.Event, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The batched writes (`flush`, every flush_interval) and the liveness judge, until
+        cancelled. stop: set when the host stops answering heartbeats; from then on it
+        must not judge them."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._flush_loop, flush_interval)
+            nursery.start_soon(self._liveness_loop, stop)
+            task_status.started()
+
+    async def flush(self) -> None:
+        """Write what piled up in memory (heartbeats, observed states, the command audit) and
+        forget the servers whose deletes the workers finished. Flushes queue: when one
+        returns, what was recorded before it was called is written (or failed to be)."""
+        async with self._flush_lock:
+            await self.fleet.flush()  # survives database errors by itself
+            done: set[str] = set()
+            while True:
+                try:
+                    done.add(self._finished_out.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            for sid in done:
+                try:
+                    if sid in self.fleet.servers:
+                        await self.forget(sid)
+                except Exception:  # PostgreSQL away: the worker's next heartbeat names it again
+                    log.exception("cannot delete server %s yet", sid)
+
+    async def _flush_loop(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            await self.flush()
+
+    async def _liveness_loop(self, stop: trio.Event) -> None:
+        """Workers past worker_expiry without a heartbeat are asked to shut down and
+        retired. Time the host itself was down does not count: every worker gets
+        worker_expiry from the host's start to be heard from."""
+        fleet = self.fleet
+        # monotonic: a wall clock stepped forward (NTP, a restored VM) must not retire the fleet
+        started = time.monotonic()
+        while True:
+            await trio.sleep(LIVENESS_INTERVAL)
+            if stop.is_set():
+                return  # a host that no longer answers heartbeats must not judge them
+            fleet.sweep()
+            if fleet.worker_expiry <= 0:
+                continue
+            now = time.monotonic()
+            for w in list(fleet.workers.values()):
+                # never heard from (joined, not registered): counted from when it joined
+                heard = w.seen if w.seen is not None else \
+                    now - max(0.0, time.time() - w.created_at)
+                last = max(heard, started)
+                if w.status != "shutdown" and now - last > fleet.worker_expiry:
+                    try:
+                        await self.retire_worker(
+                            w, f"no heartbeat for {fleet.worker_expiry:g}s")
+                    except Exception:
+                        log.exception("cannot retire worker %s yet", w.id)

@@ -12,8 +12,12 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:  # imported at run time only where the server starts, its warnings silenced
+    from pgserver import PostgresServer
 
 log = logging.getLogger("manman.host.embedded")
 
@@ -21,7 +25,7 @@ log = logging.getLogger("manman.host.embedded")
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = (data_dir / "postgres").resolve()
-        self._server: object | None = None
+        self._server: PostgresServer | None = None
         self.uri = ""
 
     def _prune_dead_handles(self) -> None:
@@ -56,7 +60,7 @@ class EmbeddedPostgres:
         server = self._server
         self._server = None
         if server is not None:
-            await trio.to_thread.run_sync(server.cleanup)  # type: ignore[attr-defined]
+            await trio.to_thread.run_sync(server.cleanup)
 
 
 def _pid_alive(pid: int) -> bool:

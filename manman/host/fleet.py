@@ -26,7 +26,7 @@ HEARTBEAT_PERSIST_EVERY = 5.0  # seconds between writes of a worker's last_heart
 class WorkerRec:
     id: str
     name: str
-    status: str  # what the host holds: alive | frozen | shutdown
+    status: models.KnownWorkerStatus  # what the host holds
     created_at: float
     api_url: str = ""
     address: str = ""
@@ -35,7 +35,8 @@ class WorkerRec:
     token_version: int = 1
     registered: bool = False
     last_heartbeat: float | None = None  # wall clock, survives host restarts
-    reported: str = "alive"  # what the worker said of itself: `shutdown` when it stops
+    # what the worker said of itself: `shutdown` when it stops
+    reported: models.KnownWorkerStatus = "alive"
     seen: float | None = None  # monotonic time of the last contact with this host process
     persisted_heartbeat: float = 0.0
 
@@ -130,7 +131,7 @@ class Fleet:
             if self._by_name.get(s.name) == server_id:
                 del self._by_name[s.name]
 
-    def worker_status(self, w: WorkerRec) -> str:
+    def worker_status(self, w: WorkerRec) -> models.WorkerStatus:
         """What an operator sees: the host's record, or `unknown` without recent heartbeats."""
         if w.status == "shutdown" or w.reported == "shutdown":
             return "shutdown"
@@ -145,14 +146,11 @@ class Fleet:
 
     def server_view(self, s: ServerRec) -> models.Server:
         w = self.workers.get(s.worker_id)
-        wstatus = self.worker_status(w) if w else "unknown"
-        obs = s.observed
+        wstatus: models.WorkerStatus = self.worker_status(w) if w else "unknown"
         status = models.ServerStatus(updated_at=s.updated_at)
-        if obs is not None:
-            status = models.ServerStatus(
-                state=obs.state, ready=obs.ready, pid=obs.pid, exit_code=obs.exit_code,
-                restarts=obs.restarts, error=obs.error, install_progress=obs.install_progress,
-                started_at=obs.started_at, updated_at=max(obs.updated_at, s.updated_at))
+        if s.observed is not None:
+            status = s.observed.status()
+            status.updated_at = max(status.updated_at, s.updated_at)
         if wstatus in ("unknown", "shutdown"):
             status.state = "unknown"
         return models.server_view(s.id, s.spec, status, generation=s.generation,
@@ -160,7 +158,7 @@ class Fleet:
                                   worker_status=wstatus, log_url=f"/server/{s.id}/log/ws")
 
     def worker_view(self, w: WorkerRec) -> models.Worker:
-        return models.Worker(id=w.id, name=w.name, status=self.worker_status(w),  # type: ignore
+        return models.Worker(id=w.id, name=w.name, status=self.worker_status(w),
                              api_url=w.api_url, address=w.address, version=w.version,
                              capacity=w.capacity,
                              servers=len(self._by_worker.get(w.id, ())),
@@ -213,8 +211,8 @@ class Fleet:
         for sid in held:
             if sid not in mine:
                 remove.append(models.RemoveServer(sid))
-        status = "frozen" if w.status == "frozen" else "alive"
-        return models.HeartbeatReply(status=status, servers=desired, remove=remove)  # type: ignore
+        return models.HeartbeatReply(status="frozen" if w.status == "frozen" else "alive",
+                                     servers=desired, remove=remove)
 
     def deleting_on_retired(self) -> list[ServerRec]:
         return [s for s in self.servers.values() if s.deleting and

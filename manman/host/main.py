@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import msgspec
 import trio
 
+from manman import errors
 from manman.config import Config
 from manman.host.api import build_host_api
-from manman.host.control import Control
+from manman.host.control import HostControl
 from manman.host.embedded import EmbeddedPostgres
 from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay
 from manman.host.store import HostStore
 from manman.http import auth
-from manman.http.app import ApiError, serve, settle_gc
+from manman.http.app import serve, settle_gc
 from manman.http.signals import Stopper
 from manman.models import ServerSpec
 
@@ -32,7 +32,7 @@ class HostHandle:
 
     url: str
     secrets: HostSecrets
-    control: Control
+    control: HostControl
     stop_event: trio.Event
     stopped: trio.Event
 
@@ -58,7 +58,7 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
     embedded = None
     stopped = trio.Event()
     store: HostStore | None = None
-    control: Control | None = None
+    control: HostControl | None = None
     relay = Relay(secrets)
     stop = trio.Event()
     stopper = Stopper(stop.set)
@@ -74,11 +74,10 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
                 store = await _open_store(db_url, bool(hcfg.database_url))
                 fleet = Fleet(store, hcfg.worker_timeout, hcfg.worker_expiry)
                 await fleet.load()
-                control = Control(store, fleet, relay)
+                control = HostControl(store, fleet, relay)
                 await control.forget_deleted_on_retired()
                 api = build_host_api(control, secrets, hcfg.console_token_ttl)
-                loops.start_soon(_flush_loop, control, hcfg.flush_interval)
-                loops.start_soon(_liveness_loop, control, stop)
+                await loops.start(control.run, hcfg.flush_interval, stop)
                 async with trio.open_nursery() as api_nursery:
                     url = await api_nursery.start(serve, api.app, hcfg.listen, stop)
                     log.info("host listening on %s", url)
@@ -112,49 +111,8 @@ async def _open_store(url: str, configured: bool) -> HostStore:
         password = urlsplit(url).password
         if password:
             text = text.replace(password, "***")
-        raise SystemExit(f"manman: host.database_url: cannot connect to PostgreSQL: {text}"
-                         ) from None
-
-
-async def _flush_loop(control: Control, interval: float) -> None:
-    while True:
-        await trio.sleep(interval)
-        await control.fleet.flush()  # survives database errors by itself
-        done, control.finished_deletes = set(control.finished_deletes), []
-        for sid in done:
-            try:
-                if sid in control.fleet.servers:
-                    await control.forget(sid)
-            except Exception:  # PostgreSQL away: this one and the rest wait for next time
-                log.exception("cannot delete server %s yet", sid)
-                control.finished_deletes.append(sid)
-
-
-async def _liveness_loop(control: Control, stop: trio.Event) -> None:
-    """Workers past worker_expiry without a heartbeat are asked to shut down and retired.
-    Time the host itself was down does not count: every worker gets worker_expiry from the
-    host's start to be heard from."""
-    fleet = control.fleet
-    # monotonic: a wall clock stepped forward (NTP, a restored VM) must not retire the fleet
-    started = time.monotonic()
-    while True:
-        await trio.sleep(0.5)
-        if stop.is_set():
-            return  # a host that no longer answers heartbeats must not judge them
-        fleet.sweep()
-        if fleet.worker_expiry <= 0:
-            continue
-        now = time.monotonic()
-        for w in list(fleet.workers.values()):
-            # never heard from (joined, not registered): counted from when it joined
-            heard = w.seen if w.seen is not None else now - max(0.0, time.time() - w.created_at)
-            last = max(heard, started)
-            if w.status != "shutdown" and now - last > fleet.worker_expiry:
-                try:
-                    await control.retire_worker(
-                        w, f"no heartbeat for {fleet.worker_expiry:g}s")
-                except Exception:
-                    log.exception("cannot retire worker %s yet", w.id)
+        raise errors.StartupError(
+            f"host.database_url: cannot connect to PostgreSQL: {text}") from None
 
 
 async def run_up(cfg: Config, *, handle_signals: bool = False,
@@ -193,7 +151,7 @@ async def _until(event: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _seed(control: Control, worker_id: str, cfg: Config) -> None:
+async def _seed(control: HostControl, worker_id: str, cfg: Config) -> None:
     """The config's [[server]] entries that do not exist yet, on this machine's worker."""
     for raw in cfg.servers:
         spec = msgspec.convert({**raw, "worker_id": raw.get("worker_id") or worker_id},
@@ -202,7 +160,7 @@ async def _seed(control: Control, worker_id: str, cfg: Config) -> None:
             continue
         try:
             await control.create_server(spec)
-        except ApiError as e:
+        except errors.ManmanError as e:
             log.warning("config server %s not created: %s", spec.name, e.message)
 
 

@@ -1,4 +1,7 @@
-"""Calls from the host to its workers: HTTP (httpx on trio) and the console websocket proxy."""
+"""Calls from the host to its workers: HTTP (httpx on trio) and the console websocket proxy.
+
+The relay is where a worker's HTTP reply ends: each call returns what the worker answered,
+decoded, or raises the domain error the caller should see (`manman.errors`)."""
 
 from __future__ import annotations
 
@@ -6,9 +9,11 @@ import logging
 from typing import Any
 
 import httpx
+import msgspec
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
+from manman import errors, models
 from manman.host.fleet import WorkerRec
 from manman.http import auth
 
@@ -17,8 +22,28 @@ log = logging.getLogger("manman.host.relay")
 CALL_TIMEOUT = 5.0
 
 
-class Unreachable(Exception):
+class Unreachable(errors.Unavailable):
     """The worker did not answer (down, network, timeout)."""
+
+
+# a worker's refusal that means the same to the host's caller keeps its status
+_PASSED_ON: dict[int, type[errors.ManmanError]] = {
+    400: errors.BadRequest, 404: errors.NotFound, 409: errors.Conflict, 410: errors.Gone,
+    422: errors.Invalid, 503: errors.Unavailable}
+
+
+def worker_error(status: int, content: bytes) -> errors.ManmanError:
+    """A worker's failure for the caller: its 400/404/409/410/422/503 mean the same to the
+    caller; its 401/403/5xx are the worker's trouble, not the caller's (502: a 401 would tell
+    a valid admin their token is wrong)."""
+    try:
+        err = msgspec.json.decode(content, type=models.ErrorReply).error
+    except msgspec.MsgspecError:
+        return errors.WorkerError(f"worker answered {status}")
+    passed_on = _PASSED_ON.get(status)
+    if passed_on is None:
+        return errors.WorkerError(f"worker answered {status}: {err.message[:200]}")
+    return passed_on(err.message, err.code)
 
 
 class HostSecrets:
@@ -48,9 +73,9 @@ class Relay:
         self._http = httpx.AsyncClient(timeout=CALL_TIMEOUT, limits=httpx.Limits(
             max_connections=1000, max_keepalive_connections=200))
 
-    async def call(self, w: WorkerRec, method: str, path: str, *, json: Any = None,
-                   params: dict[str, str] | None = None, timeout: float = CALL_TIMEOUT
-                   ) -> httpx.Response:
+    async def _request(self, w: WorkerRec, method: str, path: str, *, json: Any = None,
+                       params: dict[str, str] | None = None, timeout: float = CALL_TIMEOUT
+                       ) -> httpx.Response:
         if not w.api_url:
             raise Unreachable(f"worker {w.name} has not registered an API URL")
         token = self.secrets.worker_token(w.id, w.token_version)
@@ -60,6 +85,43 @@ class Relay:
                 headers={"Authorization": f"Bearer {token}"})
         except Exception as e:  # HTTPError, and httpx's InvalidURL for a URL it cannot use
             raise Unreachable(f"worker {w.name} unreachable: {type(e).__name__}") from None
+
+    async def call(self, w: WorkerRec, method: str, path: str, *, json: Any = None,
+                   params: dict[str, str] | None = None, timeout: float = CALL_TIMEOUT
+                   ) -> bytes:
+        """The body of the worker's answer; a failure as the caller's domain error
+        (`Unreachable` when it did not answer)."""
+        r = await self._request(w, method, path, json=json, params=params, timeout=timeout)
+        if r.status_code >= 400:
+            raise worker_error(r.status_code, r.content)
+        return r.content
+
+    async def health(self, w: WorkerRec, server_id: str) -> Any:
+        """What the worker's health probe of one server found (JSON)."""
+        content = await self.call(w, "GET", f"/server/{server_id}/health")
+        try:
+            return msgspec.json.decode(content)
+        except msgspec.DecodeError:
+            raise errors.WorkerError(f"worker {w.name} answered a health probe with no JSON"
+                                     ) from None
+
+    async def log_page(self, w: WorkerRec, server_id: str, params: dict[str, str]
+                       ) -> models.LogPage:
+        r = await self._request(w, "GET", f"/server/{server_id}/log", params=params)
+        if r.status_code != 200:
+            raise worker_error(r.status_code, r.content)
+        try:
+            return msgspec.json.decode(r.content, type=models.LogPage)
+        except msgspec.MsgspecError:
+            raise errors.WorkerError(
+                f"worker {w.name} answered something that is not a log page") from None
+
+    async def delete_server(self, w: WorkerRec, server_id: str, purge: bool) -> bool:
+        """True when the server is gone from the worker now; False when it goes later (a
+        live one stops first: 202) or the worker refused."""
+        r = await self._request(w, "DELETE", f"/server/{server_id}", params={
+            "stop": "true", "purge": "true" if purge else "false"})
+        return r.status_code in (200, 404)
 
     async def aclose(self) -> None:
         with trio.move_on_after(1):

@@ -15,15 +15,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from manman import aio
+from manman import aio, errors
 
 log = logging.getLogger("manman.host.store")
 
 _MIGRATION_LOCK = 0x6D616E6D616E  # "manman": one host migrates at a time
-
-
-class NameTaken(Exception):
-    """Another server has this name (the unique index: a concurrent create or rename won)."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -131,7 +127,7 @@ class HostStore:
                 "updated_at) VALUES ($1, $2, $3, $4, 1, $5, $5)", server_id, name, worker_id,
                 msgspec.to_builtins(spec), now)
         except asyncpg.UniqueViolationError:
-            raise NameTaken(name) from None
+            raise errors.Exists.server(name) from None  # a concurrent create or rename won
 
     async def update_server_spec(self, server_id: str, name: str, spec: Any, generation: int,
                                  now: float, restart_generation: int) -> None:
@@ -141,7 +137,7 @@ class HostStore:
                 "restart_generation = $6 WHERE id = $1", server_id, name,
                 msgspec.to_builtins(spec), generation, now, restart_generation)
         except asyncpg.UniqueViolationError:
-            raise NameTaken(name) from None
+            raise errors.Exists.server(name) from None  # a concurrent create or rename won
 
     async def mark_deleting(self, server_id: str, purge: bool) -> None:
         await self.execute("UPDATE servers SET deleting = true, purge = $2 WHERE id = $1",

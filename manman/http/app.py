@@ -22,7 +22,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from manman.errors import BadRequest, Invalid, ManmanError
-from manman.http.errors import domain_error_response, error_response, status_of
+from manman.http.errors import HTTP_CODES, domain_error_response, error_response, status_of
 from manman.models import validation_message
 
 log = logging.getLogger("manman.api")
@@ -33,22 +33,6 @@ MAX_BODY = 1 << 20
 SINCE: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 1 << 62}
 LIMIT: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 10000}
 TAIL: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 100000}
-
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 409: "conflict", 410: "gone",
-                 413: "body_too_large", 415: "unsupported_media_type", 422: "invalid",
-                 429: "rate_limited", 502: "worker_error", 503: "unavailable"}
-
-
-class ApiError(Exception):
-    """Being removed: the host's last users raise `manman.errors` instead."""
-
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code or _STATUS_CODES.get(status, "error")
-        self.message = message
-
 
 async def _drain(resp: Response) -> Response:
     """Read what is left of the request's body before answering: one left unread (an error
@@ -194,7 +178,6 @@ class Api:
         self.docs: list[RouteDoc] = []
         self.authenticate = authenticate
         self.requests = requests
-        self.app.register_error_handler(ApiError, self._api_error)
         self.app.register_error_handler(ManmanError, self._domain_error)
         self.app.register_error_handler(HTTPException, self._http_error)
         self.app.register_error_handler(Exception, self._crash)
@@ -206,18 +189,13 @@ class Api:
         return json_response(self.openapi())
 
     @staticmethod
-    async def _api_error(e: ApiError) -> Response:
-        return error_response(e.status, e.code, e.message)
-
-    @staticmethod
     async def _domain_error(e: ManmanError) -> Response:
         return domain_error_response(e)
 
     @staticmethod
     async def _http_error(e: HTTPException) -> Response:
         status = e.code or 500
-        resp = error_response(status, _STATUS_CODES.get(status, "error"),
-                              e.description or e.name)
+        resp = error_response(status, HTTP_CODES.get(status, "error"), e.description or e.name)
         allowed = getattr(e, "valid_methods", None)
         if status == 405 and allowed:
             resp.headers["Allow"] = ", ".join(sorted(allowed))
@@ -251,9 +229,6 @@ class Api:
                     resp = await fn(**params)
                     status_code = resp.status_code
                     return resp
-                except ApiError as e:
-                    status_code = e.status
-                    raise
                 except ManmanError as e:
                     status_code = status_of(e)
                     raise

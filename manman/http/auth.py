@@ -1,11 +1,16 @@
-"""Tokens: generated secrets kept in files (mode 0600), hashed storage, constant-time checks."""
+"""Tokens: generated secrets kept in files (mode 0600), hashed storage, constant-time checks;
+who a request comes from (`Principal`)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypedDict
+
+from manman import errors
 
 
 def new_token() -> str:
@@ -36,12 +41,37 @@ CONSOLE_AUDIENCE = "manman-console"
 READ, WRITE = "console:read", "console:write"
 
 
-class TokenRejected(Exception):
-    """A console token that is expired, tampered with or malformed."""
+@dataclass(frozen=True)
+class Principal:
+    """Who a request comes from: an admin; a worker joining (`join`) or calling as itself
+    (`worker`); or the holder of a console token for one server (`console`)."""
 
-    def __init__(self, message: str, code: str = "unauthorized") -> None:
-        super().__init__(message)
-        self.code = code
+    kind: Literal["admin", "join", "worker", "console"]
+    worker_id: str | None = None
+    server_id: str | None = None  # a console token's server
+    scopes: frozenset[str] = frozenset()
+    expires_at: float | None = None  # a console token's expiry; None: does not expire
+
+    @property
+    def admin(self) -> bool:
+        return self.kind == "admin"
+
+    def can_write(self) -> bool:
+        return self.admin or WRITE in self.scopes
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.kind != "worker" else f"worker:{self.worker_id}"
+
+
+class TokenRejected(errors.Unauthorized):
+    """A console token that is expired (code `token_expired`), tampered with or malformed."""
+
+
+class ConsoleClaims(TypedDict):
+    sub: str  # the server's id
+    scope: str  # READ and/or WRITE, space-separated
+    exp: float
 
 
 def console_key(worker_secret: str) -> bytes:
@@ -59,7 +89,7 @@ def sign_console_token(key: bytes, server_id: str, scopes: list[str], ttl: float
     return jwt.encode(claims, key, algorithm="HS256")
 
 
-def verify_console_token(key: bytes, token: str) -> dict[str, object]:
+def verify_console_token(key: bytes, token: str) -> ConsoleClaims:
     import jwt
 
     try:
@@ -69,9 +99,11 @@ def verify_console_token(key: bytes, token: str) -> dict[str, object]:
         raise TokenRejected("the console token expired", "token_expired") from None
     except jwt.PyJWTError:
         raise TokenRejected("invalid token") from None
-    if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("scope"), str):
+    sub, scope, exp = claims.get("sub"), claims.get("scope"), claims.get("exp")
+    if not isinstance(sub, str) or not isinstance(scope, str) or \
+            not isinstance(exp, int | float):
         raise TokenRejected("invalid token")
-    return claims
+    return ConsoleClaims(sub=sub, scope=scope, exp=exp)
 
 
 def claimed_server(token: str) -> str | None:

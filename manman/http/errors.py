@@ -21,6 +21,11 @@ STATUS: dict[type[errors.ManmanError], int] = {
     errors.Unavailable: 503,
 }
 
+# the codes of answers the HTTP layer gives by itself (werkzeug's exceptions)
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "body_too_large",
+              415: "unsupported_media_type", 422: "invalid", 429: "rate_limited"}
+
 _encode = msgspec.json.Encoder().encode
 
 

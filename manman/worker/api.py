@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 
 import msgspec
 import trio
@@ -24,6 +23,7 @@ from manman.http.app import (
     query_int,
     same_secret,
 )
+from manman.http.auth import Principal
 from manman.http.metrics import CONTENT_TYPE, WorkerMetrics
 from manman.worker.actor import ServerActor
 from manman.worker.agent import Action, WorkerAgent
@@ -41,10 +41,6 @@ class WorkerServerUpdate(models.ServerUpdate, kw_only=True):
     generation: models.Generation | msgspec.UnsetType = msgspec.UNSET
 
 
-class ServerList(msgspec.Struct):
-    servers: list[models.Server]
-
-
 class Deleted(msgspec.Struct):
     id: str
     deleted: bool
@@ -52,17 +48,6 @@ class Deleted(msgspec.Struct):
 
 class StatusReply(msgspec.Struct):
     status: str
-
-
-@dataclass
-class Principal:
-    admin: bool
-    server_id: str | None = None  # a console token's server
-    scopes: frozenset[str] = frozenset()
-    expires_at: float | None = None
-
-    def can_write(self) -> bool:
-        return self.admin or auth.WRITE in self.scopes
 
 
 class WorkerSecrets:
@@ -83,7 +68,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         token = bearer_token()
         if same_secret(token, secrets.admin_secret):
-            return Principal(admin=True)
+            return Principal("admin")
         if token and token.count(".") == 2:  # a console token (JWT)
             try:
                 claims = auth.verify_console_token(secrets.console_key, token)
@@ -99,9 +84,8 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
                 actor_id = None
             if auth.READ not in scopes or claims["sub"] not in (server, actor_id):
                 raise errors.Forbidden("this token does not allow that")
-            exp = claims["exp"]  # an integer: PyJWT checked it
-            return Principal(admin=False, server_id=str(claims["sub"]), scopes=scopes,
-                             expires_at=float(exp) if isinstance(exp, int | float) else None)
+            return Principal("console", server_id=claims["sub"], scopes=scopes,
+                             expires_at=float(claims["exp"]))
         raise errors.Unauthorized("a valid token is required")
 
     api = Api("manman.worker", "manman worker API", "1", authenticate=authenticate,
@@ -153,7 +137,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
 
     # -- servers -------------------------------------------------------------------------
 
-    @api.route("GET", "/server", response=ServerList, summary="List servers",
+    @api.route("GET", "/server", response=models.ServerList, summary="List servers",
                query={"game_id": "string", "state": "string"})
     async def list_servers(who: Principal) -> Response:
         from quart import request
@@ -162,7 +146,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
         out = [view(a) for a in agent.actors.values()
                if (not game_id or a.spec.game_id == game_id)
                and (not state or a.status.state == state)]
-        return json_response(ServerList(out))
+        return json_response(models.ServerList(out))
 
     @api.route("POST", "/server", body=WorkerServerCreate, response=models.Server, status=201,
                errors=(409,), summary="Create a server (a host passes its own id)")

@@ -26,14 +26,7 @@ class Retired(Exception):
 
 
 def observed(actor: ServerActor) -> models.ObservedServer:
-    st = actor.status
-    return models.ObservedServer(
-        id=actor.id, observed_generation=actor.generation, state=st.state, ready=st.ready,
-        pid=st.pid, exit_code=st.exit_code, restarts=st.restarts,
-        # an error may quote a game's or steamcmd's output: no NUL may reach the host
-        error=st.error[:4096].replace("\x00", "\ufffd") if st.error else None,
-        install_progress=st.install_progress,
-        started_at=st.started_at, updated_at=st.updated_at)
+    return models.ObservedServer.of(actor.id, actor.generation, actor.status)
 
 
 class HostLink:
