@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 import socket
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -16,7 +17,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from manman.errors import StartupError
+from manman.errors import ManmanError, StartupError
+from manman.models import ServerSpec, validation_message
+
+log = logging.getLogger("manman.config")
 
 
 class ConfigError(StartupError):
@@ -126,6 +130,21 @@ class Config(msgspec.Struct, frozen=True):
     # [[server]] tables: specs created at start when no server of that name exists yet
     servers: tuple[dict[str, Any], ...] = ()
     path: Path | None = None
+
+    async def seed(self, exists: Callable[[str], bool],
+                   create: Callable[[ServerSpec], Awaitable[object]],
+                   worker_id: str | None = None) -> None:
+        """Create the [[server]] entries whose name does not exist yet (on `worker_id`, when a
+        host seeds its own machine's worker); one that cannot be made is a warning."""
+        for raw in self.servers:
+            spec = msgspec.convert({**raw, "worker_id": raw.get("worker_id") or worker_id},
+                                   ServerSpec)
+            if exists(spec.name):
+                continue
+            try:
+                await create(spec)
+            except ManmanError as e:
+                log.warning("config server %s not created: %s", spec.name, e.message)
 
 
 class _File(msgspec.Struct, forbid_unknown_fields=True):
@@ -259,8 +278,6 @@ def load_config(path: str | os.PathLike[str] | None = None,
         raise ConfigError(f"config: {where} must be a table") from None
     host = _section(HostConfig, "host", file.host, env, base)
     worker = _section(WorkerConfig, "worker", file.worker, env, base)
-    from manman.models import ServerSpec, validation_message
-
     for i, s in enumerate(file.server):
         try:
             msgspec.convert(s, ServerSpec)

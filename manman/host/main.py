@@ -21,7 +21,6 @@ from manman.host.store import HostStore
 from manman.http import auth
 from manman.http.app import serve, settle_gc
 from manman.http.signals import Stopper
-from manman.models import ServerSpec
 
 log = logging.getLogger("manman.host")
 
@@ -129,7 +128,8 @@ async def run_up(cfg: Config, *, handle_signals: bool = False,
             wcfg = msgspec.structs.replace(cfg.worker, host_url=host.url,
                                            join_token=host.secrets.join_token)
             worker = await nursery.start(run_worker, msgspec.structs.replace(cfg, worker=wcfg))
-            await _seed(host.control, worker.link.worker_id, cfg)
+            await cfg.seed(host.control.fleet.name_taken, host.control.create_server,
+                           worker.link.worker_id)
             _banner(cfg, host)
             stopper.started()
             task_status.started((host, worker))
@@ -149,19 +149,6 @@ async def run_up(cfg: Config, *, handle_signals: bool = False,
 async def _until(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
-
-
-async def _seed(control: HostControl, worker_id: str, cfg: Config) -> None:
-    """The config's [[server]] entries that do not exist yet, on this machine's worker."""
-    for raw in cfg.servers:
-        spec = msgspec.convert({**raw, "worker_id": raw.get("worker_id") or worker_id},
-                               ServerSpec)
-        if control.fleet.name_taken(spec.name):
-            continue
-        try:
-            await control.create_server(spec)
-        except errors.ManmanError as e:
-            log.warning("config server %s not created: %s", spec.name, e.message)
 
 
 def _banner(cfg: Config, host: HostHandle) -> None:

@@ -238,7 +238,7 @@ class WorkerAgent:
                 raise errors.Invalid("id must be lowercase letters, digits and '-' (≤ 64)")
             if server_id in self.actors or server_id in self._creating:
                 raise errors.Exists(f"a server with id {server_id} exists")
-        if spec.name in self._creating or self._name_taken(spec.name):
+        if spec.name in self._creating or self.name_taken(spec.name):
             raise errors.Exists.server(spec.name)
         self.runner_and_installer(spec)  # refuse an install method this worker cannot run
         stored = StoredServer(
@@ -258,7 +258,7 @@ class WorkerAgent:
         finally:
             self._creating -= claimed
 
-    def _name_taken(self, name: str) -> bool:
+    def name_taken(self, name: str) -> bool:
         return any(a.spec.name == name for a in self.actors.values())
 
     def update(self, actor: ServerActor, change: models.ServerUpdate,
@@ -267,7 +267,7 @@ class WorkerAgent:
         an older one is refused), else the next one."""
         self.check_writable(actor)
         if change.name is not msgspec.UNSET and change.name != actor.spec.name and \
-                self._name_taken(change.name):
+                self.name_taken(change.name):
             raise errors.Exists.server(change.name)
         with invalid_values():
             spec = models.apply_update(actor.spec, change)

@@ -6,16 +6,13 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import msgspec
 import trio
 
-from manman import errors
 from manman.config import Config
 from manman.http import auth
 from manman.http.app import serve, settle_gc
 from manman.http.metrics import WorkerMetrics
 from manman.http.signals import Stopper
-from manman.models import ServerSpec
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
 
@@ -76,7 +73,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 stop_api = trio.Event()
                 url = await nursery.start(serve, api.app, wcfg.listen, stop_api)
                 if wcfg.standalone:
-                    await _seed(agent, cfg)
+                    await cfg.seed(agent.name_taken, agent.create)
                 else:
                     assert link is not None
                     await nursery.start(link.run, wcfg.effective_advertise_url(url))
@@ -97,15 +94,3 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
         if link is not None:
             await link.closing()
         nursery.cancel_scope.cancel()
-
-
-async def _seed(agent: WorkerAgent, cfg: Config) -> None:
-    """Create the config's [[server]] entries that do not exist yet (by name)."""
-    for raw in cfg.servers:
-        spec = msgspec.convert(raw, ServerSpec)
-        if any(a.spec.name == spec.name for a in agent.actors.values()):
-            continue
-        try:
-            await agent.create(spec)
-        except errors.ManmanError as e:
-            log.warning("config server %s not created: %s", spec.name, e)
