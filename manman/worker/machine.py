@@ -336,13 +336,12 @@ class ServerMachine:
         self.probe_failures = 0
 
     def probe_failed(self, run_id: int) -> list[Effect]:
-        """A tcp health probe of this run failed; enough in a row kill it as a crash (not
-        when a stop began meanwhile: a graceful stop is not a crash)."""
+        """A tcp health probe of this run failed; enough in a row kill it as a crash (only
+        while `running`: a stop that began meanwhile is not a crash)."""
         self.probe_failures += 1
         health = self.spec.health
         run = self._current(run_id)
-        if self.probe_failures < health.failures or run is None or not run.spawned \
-                or self.state != "running" or run.stop_requested or run.kill_requested:
+        if self.probe_failures < health.failures or run is None or self.state != "running":
             return []
         self.probe_failures = 0
         run.crash_reason = (f"health check failed: tcp port {health.tcp_port} "
