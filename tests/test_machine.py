@@ -567,6 +567,9 @@ def test_a_health_probe_kills_a_run_as_a_crash_with_its_reason() -> None:
     r = run_id(m)
     assert m.probe_failed(r) == [] and m.probe_failed(r) == []
     m.probe_ok()  # a good probe starts the count again
+    assert m.probes_passed == 1
+    assert m.probe_failed(r) == [] and m.probe_failed(r) == []
+    m.probe_idle()  # so does an interval with nothing to probe
     assert m.probe_failed(r) == [] and m.probe_failed(r) == []
     effects = m.probe_failed(r)
     reason = "health check failed: tcp port 27015 not accepting connections (3 probes)"
@@ -785,7 +788,7 @@ def test_events_of_an_old_run_are_ignored() -> None:
     assert m.ready_seen(old) == []
     assert m.stop_overdue(old, 1) == [] and m.stop_write_failed(old, 1) == []
     assert m.probe_failed(old) == []
-    m.probe_failures = 0
+    m.probe_idle()
     assert snapshot(m) == before and run_id(m) == new
 
 

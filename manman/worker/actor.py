@@ -408,8 +408,9 @@ class ServerActor:
             health = self.spec.health
             await trio.sleep(health.interval)
             run = self.run
-            if health.tcp_port is None or self.status.state != "running" or run is None \
-                    or await tcp_probe("127.0.0.1", health.tcp_port, health.timeout):
+            if health.tcp_port is None or self.status.state != "running" or run is None:
+                self.machine.probe_idle()
+            elif await tcp_probe("127.0.0.1", health.tcp_port, health.timeout):
                 self.machine.probe_ok()
             else:
                 self._apply(self.machine.probe_failed(run.id))

@@ -166,7 +166,8 @@ class ServerMachine:
         self.installing = False  # an install job is running
         self.install_then_start = False
         self.backoff: int | None = None  # the token of the restart being waited for
-        self.probe_failures = 0
+        self.probe_failures = 0  # in a row
+        self.probes_passed = 0
         self._ids = 0
 
     @property
@@ -332,7 +333,12 @@ class ServerMachine:
         return [Note(f"did not stop within {timeout:g}s: killing"), Kill(run_id)]
 
     def probe_ok(self) -> None:
-        """A health probe passed, or there was nothing to probe: the failure count restarts."""
+        """A tcp health probe passed: the failure count restarts."""
+        self.probe_failures = 0
+        self.probes_passed += 1
+
+    def probe_idle(self) -> None:
+        """Nothing to probe (no port, not running): the failure count restarts."""
         self.probe_failures = 0
 
     def probe_failed(self, run_id: int) -> list[Effect]:
