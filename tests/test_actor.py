@@ -27,7 +27,7 @@ class FakeGame:
     """A GameProcess in trio: `quit` on stdin ends it with 0, `crash N` with N, SIGTERM with
     -SIGTERM unless it ignores it, kill with -SIGKILL."""
 
-    pid: int
+    pid: int | None
     instance: str
     ignore_stop: bool = False
     ignore_term: bool = False
@@ -35,10 +35,11 @@ class FakeGame:
     code: int | None = None
     done: trio.Event = field(default_factory=trio.Event)
     abandoned: bool = False
+    stdout: trio.abc.ReceiveStream = field(init=False)
+    stderr: trio.abc.ReceiveStream | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._out, self.stdout = trio.testing.memory_stream_one_way_pair()
-        self.stderr = None
 
     async def say(self, *lines: str) -> None:
         await self._out.send_all("".join(f"{line}\n" for line in lines).encode())
