@@ -45,8 +45,9 @@ async def test_crash_loop_ends_in_failed(worker: RunningWorker) -> None:
     s = await api.wait_for("c2", state="failed", timeout=20)
     assert s["restarts"] == 2 and s["exit_code"] == 9
     assert "crash loop: 3 crashes" in s["error"]
-    await trio.sleep(0.3)
-    assert (await api.get("/server/c2"))["state"] == "failed"  # no further restart
+    actor = worker.agent.get("c2")  # no further restart: none is scheduled, no run is left
+    assert actor.machine.backoff is None and actor.run is None
+    assert (await api.get("/server/c2"))["state"] == "failed"
     # a person starts it again: counts reset
     await api.post("/server/c2/start", expect=202)
     s = await api.wait_for("c2", state="failed", timeout=20)
@@ -85,7 +86,8 @@ async def test_stop_cancels_a_scheduled_restart(worker: RunningWorker) -> None:
     await api.post("/server/c3/shutdown", expect=202)
     s = await api.wait_for("c3", state="stopped")
     assert s["desired_state"] == "stopped"
-    await trio.sleep(2.5)
+    actor = worker.agent.get("c3")  # the scheduled restart is cancelled, no run is left
+    assert actor.machine.backoff is None and actor.run is None
     assert (await api.get("/server/c3"))["state"] == "stopped"
 
 
@@ -107,7 +109,10 @@ async def test_failing_tcp_health_probe_counts_as_a_crash(worker: RunningWorker)
     s = await api.wait_for("h1", state="running")
     probe = await api.get("/server/h1/health")
     assert probe["process_alive"] is True and probe["tcp_ok"] is True
-    await trio.sleep(0.6)  # healthy probes do nothing
+    actor = worker.agent.get("h1")
+    with trio.fail_after(10):  # healthy probes do nothing
+        while actor.machine.probes_passed < 3:
+            await trio.sleep(0.05)
     assert (await api.get("/server/h1"))["pid"] == s["pid"]
     await api.post("/server/h1/command", {"data": "close-port"}, expect=202)
     s2 = await api.wait_for("h1", state="running", restarts=1, timeout=10)
