@@ -23,7 +23,7 @@ from manman.backoff import Backoff
 from manman.config import WorkerConfig
 from manman.models import ServerSpec, ServerStatus
 from manman.worker import machine, procs
-from manman.worker.actor import ActorHooks, Busy, ServerActor
+from manman.worker.actor import ActorHooks, ServerActor
 from manman.worker.console.broker import LogBroker
 from manman.worker.installers.base import Installer, NoInstall
 from manman.worker.runners.base import Runner, RunRecord
@@ -66,17 +66,6 @@ def invalid_values() -> Iterator[None]:
         yield
     except ValueError as e:
         raise errors.Invalid(str(e)) from None
-
-
-@contextlib.contextmanager
-def actor_errors() -> Iterator[None]:
-    """The actor's own exceptions as domain errors (until the actor raises those itself)."""
-    try:
-        yield
-    except machine.Conflict as e:
-        raise errors.Conflict(str(e), e.code) from None
-    except Busy as e:
-        raise errors.Busy(str(e), "busy") from None
 
 
 @dataclass
@@ -281,9 +270,8 @@ class WorkerAgent:
     def act(self, actor: ServerActor, action: Action) -> None:
         """A power action asked by a client; refused when the server's state does not allow it."""
         self.check_writable(actor)
-        with actor_errors():
-            {"start": actor.start, "stop": actor.stop, "kill": actor.kill,
-             "restart": actor.restart, "install": actor.install}[action]()
+        {"start": actor.start, "stop": actor.stop, "kill": actor.kill,
+         "restart": actor.restart, "install": actor.install}[action]()
 
     def send_console(self, actor: ServerActor, line: str) -> None:
         """One line to the server's stdin (to the actor rebuilt after a fault, if it was)."""
@@ -292,8 +280,7 @@ class WorkerAgent:
         current = self.actors.get(actor.id)
         if current is None:
             raise errors.NotFound("the server was deleted")
-        with actor_errors():
-            current.send_console(line)
+        current.send_console(line)
 
     async def _add_actor(self, stored: StoredServer, recovering: bool) -> ServerActor:
         actor = self._build_actor(stored)
@@ -367,8 +354,7 @@ class WorkerAgent:
             await actor.shutdown()
         try:
             self.check_writable()  # the worker may have begun to shut down meanwhile
-            with actor_errors():
-                actor.check_deletable()
+            actor.check_deletable()
         except errors.Conflict:
             actor.reopen()
             raise
