@@ -1,4 +1,4 @@
-"""The wire types of SPEC.md, validated once at the edge (msgspec)."""
+"""The wire types of docs/spec.md, validated once at the edge (msgspec)."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ async def bg(aio_loop: object) -> AsyncIterator[trio.Nursery]:
 
 
 class Client:
-    """An HTTP client of one manman API with the SPEC's conventions."""
+    """An HTTP client of one manman API with the conventions of docs/spec.md."""
 
     def __init__(self, base_url: str, token: str) -> None:
         self.base_url = base_url

@@ -39,7 +39,7 @@ from manman.worker.machine import (
     describe_exit,
 )
 
-# The table as reviewed against SPEC.md; a change to ALLOWED must change this on purpose.
+# The table as docs/spec.md gives it; a change to ALLOWED must change this on purpose.
 EXPECTED: dict[str, set[str]] = {
     "start": {"created", "stopped", "crashed", "failed"},
     "stop": {"starting", "running", "crashed"},

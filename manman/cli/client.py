@@ -52,7 +52,7 @@ def discover(cfg: Config, host_url: str | None, token: str | None) -> tuple[str,
 
 
 class HostClient:
-    """Calls to the host API; errors become ClientError with the SPEC's message."""
+    """Calls to the host API; errors become ClientError with the message of the error JSON."""
 
     def __init__(self, url: str, token: str, timeout: float = 30) -> None:
         self.url = url

@@ -1,4 +1,4 @@
-"""The host API of SPEC.md: admins manage servers and workers, workers join, register and
+"""The host API of docs/spec.md: admins manage servers and workers, workers join, register and
 heartbeat, console viewers watch through the host's websocket proxy."""
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class HostControl:
             FINISHED_DELETES_QUEUE)
         self._flush_lock = trio.Lock()
 
-    # -- lookups and the SPEC's refusals ---------------------------------------------------
+    # -- lookups and the contract's refusals ---------------------------------------------------
 
     def server(self, key: str) -> ServerRec:
         s = self.fleet.server(key)

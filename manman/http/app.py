@@ -1,5 +1,6 @@
 """What the host and worker APIs share: routes that document themselves (OpenAPI), bodies
-validated once at the edge, the SPEC's error JSON for every failure, and serving on trio."""
+validated once at the edge, the error JSON of docs/spec.md for every failure, serving on
+trio."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one table from domain errors to HTTP statuses, and the SPEC's error JSON."""
+"""The one table from domain errors to HTTP statuses, and the error JSON of docs/spec.md."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def status_of(e: errors.ManmanError) -> int:
 
 
 def error_response(status: int, code: str, message: str) -> Response:
-    """The SPEC's error JSON: {"error": {"code", "message"}}."""
+    """The error JSON of docs/spec.md: {"error": {"code", "message"}}."""
     try:
         body = _encode({"error": {"code": code, "message": message}})
     except msgspec.EncodeError:  # a message quoting text no UTF-8 can hold

@@ -43,7 +43,7 @@ def build_openapi(title: str, version: str, docs: list[RouteDoc]) -> dict[str, A
         responses: dict[str, Any] = {}
         if d.websocket:
             op["description"] = ("A websocket (HTTP Upgrade). Frames follow the console "
-                                 "protocol of SPEC.md.")
+                                 "protocol of docs/spec.md.")
             op["x-websocket"] = True
             responses["101"] = {"description": "Switching to the websocket protocol"}
         elif d.media != "application/json":

@@ -1,4 +1,4 @@
-"""The worker API of SPEC.md: for its host (worker token), or for people when standalone
+"""The worker API of docs/spec.md: for its host (worker token), or for people when standalone
 (its api_token), and for console viewers with a host-signed console token."""
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
 
     @api.websocket("/server/{server_id}/log/ws", auth="console",
                    query={"since": SINCE, "tail": TAIL, "token": "string"},
-                   summary="The live console (SPEC's console websocket protocol)")
+                   summary="The live console (the console websocket protocol of docs/spec.md)")
     async def log_ws(who: Principal, server_id: str) -> None:
         actor = agent.get(server_id)
         since = query_int("since", None)

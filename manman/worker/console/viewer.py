@@ -1,4 +1,4 @@
-"""One live console viewer: the SPEC's websocket protocol over any send/receive pair.
+"""One live console viewer: the websocket protocol of docs/spec.md over any send/receive pair.
 
 The sender follows the broker from its own cursor (replay from the files first, then the
 ring); the receiver answers pings and passes commands on, within the frame-size and rate
