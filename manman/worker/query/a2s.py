@@ -10,11 +10,12 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from functools import partial
 
 import trio
 from msgspec import Struct
 
-from manman.worker.query.result import ParseError, QueryResult, elapsed_ms, failed
+from manman.worker.query.result import ParseError, QueryResult, elapsed_ms, guarded
 
 SIMPLE_HEADER = b"\xff\xff\xff\xff"
 SPLIT_HEADER = b"\xfe\xff\xff\xff"
@@ -184,14 +185,8 @@ def _parse_info(r: _Reader) -> A2SInfo:
 
 async def query_a2s(host: str, port: int, timeout: float) -> QueryResult:
     """Ask one server for A2S_INFO; every failure is an `ok=False` result, never a raise."""
-    try:
-        with trio.move_on_after(timeout):
-            return await _exchange(host, port)
-        return failed(f"no A2S reply within {timeout:g}s")
-    except ParseError as e:
-        return failed(str(e))
-    except OSError as e:
-        return failed(f"A2S: {e.strerror or e}")
+    return await guarded(partial(_exchange, host, port), protocol="A2S", reply="A2S",
+                         timeout=timeout)
 
 
 async def _exchange(host: str, port: int) -> QueryResult:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
+import trio
 from msgspec import Struct
 
 
@@ -33,3 +35,17 @@ def failed(reason: str) -> QueryResult:
 
 def elapsed_ms(started: float, ended: float) -> float:
     return round((ended - started) * 1000.0, 3)
+
+
+async def guarded(exchange: Callable[[], Awaitable[QueryResult]], *, protocol: str, reply: str,
+                  timeout: float) -> QueryResult:
+    """Run one probe's exchange: a timeout, a bad reply or a socket error is an `ok=False`
+    result, never a raise."""
+    try:
+        with trio.move_on_after(timeout):
+            return await exchange()
+        return failed(f"no {reply} reply within {timeout:g}s")
+    except ParseError as e:
+        return failed(str(e))
+    except (OSError, trio.BrokenResourceError) as e:
+        return failed(f"{protocol}: {getattr(e, 'strerror', None) or e or type(e).__name__}")

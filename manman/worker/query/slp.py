@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 import struct
 import time
+from functools import partial
 from typing import Annotated, Any
 
 import msgspec
 import trio
 from msgspec import Meta, Struct
 
-from manman.worker.query.result import ParseError, QueryResult, elapsed_ms, failed
+from manman.worker.query.result import ParseError, QueryResult, elapsed_ms, guarded
 
 # a status reply is JSON of a few KiB (more with a favicon); anything past this is hostile
 MAX_REPLY = 64 * 1024
@@ -198,14 +199,8 @@ def _collect(node: Any, parts: list[str], depth: int, budget: list[int]) -> None
 
 async def query_minecraft(host: str, port: int, timeout: float) -> QueryResult:
     """Server List Ping one server; every failure is an `ok=False` result, never a raise."""
-    try:
-        with trio.move_on_after(timeout):
-            return await _exchange(host, port)
-        return failed(f"no status reply within {timeout:g}s")
-    except ParseError as e:
-        return failed(str(e))
-    except (OSError, trio.BrokenResourceError) as e:
-        return failed(f"SLP: {getattr(e, 'strerror', None) or e or type(e).__name__}")
+    return await guarded(partial(_exchange, host, port), protocol="SLP", reply="status",
+                         timeout=timeout)
 
 
 async def _exchange(host: str, port: int) -> QueryResult:
