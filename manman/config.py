@@ -173,13 +173,18 @@ def _split(e: msgspec.ValidationError) -> tuple[str, str]:
     return m["text"], m["path"] or ""
 
 
+# values never echoed in a message, even a wrong one (a URL may hold a password)
+_SECRETS = frozenset({"admin_token", "join_token", "api_token", "database_url"})
+
+
 @cache
-def _numbers(cls: type[msgspec.Struct]) -> frozenset[str]:
-    """The fields holding numbers: never secrets, so their bad values may be shown."""
+def _numbers(cls: type[msgspec.Struct],
+             kinds: tuple[type, ...] = (msgspec.inspect.IntType, msgspec.inspect.FloatType)
+             ) -> frozenset[str]:
+    """The fields holding numbers (of `kinds`)."""
     info = msgspec.inspect.type_info(cls)
     assert isinstance(info, msgspec.inspect.StructType)
-    return frozenset(f.name for f in info.fields
-                     if isinstance(f.type, msgspec.inspect.IntType | msgspec.inspect.FloatType))
+    return frozenset(f.name for f in info.fields if isinstance(f.type, kinds))
 
 
 def _non_finite(value: Any) -> bool:
@@ -191,13 +196,13 @@ def _non_finite(value: Any) -> bool:
 
 def _problem(e: msgspec.ValidationError, name: str, raw: Mapping[str, Any],
              numbers: frozenset[str]) -> str:
-    """One line naming `name.key`; shows the bad value only of a number."""
+    """One line naming `name.key`; shows the bad value unless it may be a secret."""
     if isinstance(e.__cause__, _BadValue):
         return f"config: {name}.{e.__cause__.key}: {e.__cause__}"
     text, key = _split(e)
     if unknown := _UNKNOWN.fullmatch(text):
         return f"config: unknown key {name}.{unknown['key']}"
-    shown = key in numbers and key in raw
+    shown = key in raw and key not in _SECRETS
     got = f", got {raw[key]!r}" if shown else ""
     if shown and _non_finite(raw[key]) and (_BOUND.fullmatch(text) or "range" in text):
         problem = "expected a finite number"
@@ -213,6 +218,15 @@ def _problem(e: msgspec.ValidationError, name: str, raw: Mapping[str, Any],
     else:
         problem = text[:1].lower() + text[1:]
     return f"config: {name}.{key}: {problem}{got}"
+
+
+def _whole_number(name: str, key: str, value: str) -> int:
+    """An int from text as Python reads one ('1_000' too); msgspec alone would take '2.0'."""
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise ConfigError(f"config: {name}.{key}: expected a whole number (int), "
+                          f"got {value!r}") from None
 
 
 def _dec_hook(kind: type, value: Any) -> Any:
@@ -232,7 +246,7 @@ def _convert(raw: dict[str, Any], cls: type[_Section], name: str, strict: bool) 
 
 def _section(cls: type[_Section], name: str, table: dict[str, Any], env: Mapping[str, str],
              base: Path) -> _Section:
-    numbers = _numbers(cls)
+    numbers, ints = _numbers(cls), _numbers(cls, (msgspec.inspect.IntType,))
     text: dict[str, Any] = {}
     for key in cls.__struct_fields__:
         value = env.get(f"MANMAN_{name.upper()}_{key.upper()}")
@@ -240,6 +254,8 @@ def _section(cls: type[_Section], name: str, table: dict[str, Any], env: Mapping
             value = table[key]  # a quoted number in the file is read like an env value
         if value is not None:
             text[key] = value.strip() if key in numbers else value
+        if key in ints and value is not None:
+            text[key] = _whole_number(name, key, text[key])
     # TOML values are typed, so strict (1.0 is not an int); env values are text to parse
     from_file = _convert({k: v for k, v in table.items() if k not in text}, cls, name, True)
     from_text = _convert(text, cls, name, False)

@@ -92,6 +92,15 @@ class WorkerError(ManmanError):
     code = "worker_error"
 
 
+class Relayed(ManmanError):
+    """A worker's refusal that no other error names (405, 413, 415, 429 …), passed on to the
+    host's caller with the worker's own status, code and message."""
+
+    def __init__(self, message: str, code: str, status: int) -> None:
+        super().__init__(message, code)
+        self.status = status
+
+
 class StartupError(ManmanError):
     """A service cannot start for a reason its operator can fix; the CLI prints the message
     as one line and exits 1."""

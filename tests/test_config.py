@@ -169,6 +169,12 @@ def test_env_string_to_float_and_int(tmp_path: Path) -> None:
     assert cfg.worker.log_files_keep == 7
 
 
+def test_an_int_from_text_is_read_as_python_reads_one(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "[worker]\nlog_file_bytes = '1_000_000'\n",
+               {"MANMAN_WORKER_LOG_FILES_KEEP": "1_000"})
+    assert (cfg.worker.log_files_keep, cfg.worker.log_file_bytes) == (1000, 1_000_000)
+
+
 def test_unrelated_env_is_ignored(tmp_path: Path) -> None:
     cfg = load(tmp_path, "", {"MANMAN_HOST_NOPE": "1", "MANMAN_OTHER": "x", "PATH": "/bin"})
     assert cfg.host == load(tmp_path, "").host
@@ -180,7 +186,9 @@ def test_unrelated_env_is_ignored(tmp_path: Path) -> None:
     ("MANMAN_HOST_WORKER_TIMEOUT", "inf", ["host.worker_timeout", "finite"]),
     ("MANMAN_HOST_WORKER_TIMEOUT", "1e999", ["host.worker_timeout", "finite"]),
     ("MANMAN_HOST_WORKER_TIMEOUT", "-1", ["host.worker_timeout", "0 or more"]),
-    ("MANMAN_WORKER_LOG_FILES_KEEP", "2.5", ["worker.log_files_keep", "number"]),
+    ("MANMAN_WORKER_LOG_FILES_KEEP", "2.5", ["worker.log_files_keep", "whole number"]),
+    ("MANMAN_WORKER_LOG_FILES_KEEP", "2.0", ["worker.log_files_keep", "whole number", "'2.0'"]),
+    ("MANMAN_WORKER_LOG_FILE_BYTES", "1e6", ["worker.log_file_bytes", "whole number"]),
     ("MANMAN_WORKER_LOG_FILES_KEEP", "0", ["worker.log_files_keep", "greater than 0"]),
     ("MANMAN_WORKER_HEARTBEAT_INTERVAL", "0", ["worker.heartbeat_interval", "greater than 0"]),
     ("MANMAN_WORKER_LISTEN", "nope", ["worker.listen", "HOST:PORT"]),
@@ -255,8 +263,8 @@ def test_absolute_and_home_data_dir(tmp_path: Path) -> None:
     ("verbose = true\n", ["unknown key verbose"]),
     ("host = 3\n", ["host must be a table"]),
     ("worker = 'x'\n", ["worker must be a table"]),
-    ("[host]\nlisten = 8700\n", ["host.listen", "string"]),
-    ("[worker]\nname = 5\n", ["worker.name", "string"]),
+    ("[host]\nlisten = 8700\n", ["host.listen", "string", "got 8700"]),
+    ("[worker]\nname = 5\n", ["worker.name", "string", "got 5"]),
     ("[worker]\ndata_dir = 5\n", ["worker.data_dir", "string"]),
     ("[host]\nworker_timeout = true\n", ["host.worker_timeout", "number"]),
     ("[host]\nworker_timeout = [1]\n", ["host.worker_timeout"]),

@@ -33,7 +33,7 @@ _PASSED_ON: dict[int, type[errors.ManmanError]] = {
 
 
 def worker_error(status: int, content: bytes) -> errors.ManmanError:
-    """A worker's failure for the caller: its 400/404/409/410/422/503 mean the same to the
+    """A worker's failure for the caller: its 4xx (but 401/403) and 503 mean the same to the
     caller; its 401/403/5xx are the worker's trouble, not the caller's (502: a 401 would tell
     a valid admin their token is wrong)."""
     try:
@@ -41,9 +41,11 @@ def worker_error(status: int, content: bytes) -> errors.ManmanError:
     except msgspec.MsgspecError:
         return errors.WorkerError(f"worker answered {status}")
     passed_on = _PASSED_ON.get(status)
-    if passed_on is None:
-        return errors.WorkerError(f"worker answered {status}: {err.message[:200]}")
-    return passed_on(err.message, err.code)
+    if passed_on is not None:
+        return passed_on(err.message, err.code)
+    if 400 <= status < 500 and status not in (401, 403):
+        return errors.Relayed(err.message, err.code, status)
+    return errors.WorkerError(f"worker answered {status}: {err.message[:200]}")
 
 
 class HostSecrets:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 from quart import Response
 
@@ -24,12 +26,17 @@ STATUS: dict[type[errors.ManmanError], int] = {
 # the codes of answers the HTTP layer gives by itself (werkzeug's exceptions)
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "body_too_large",
-              415: "unsupported_media_type", 422: "invalid", 429: "rate_limited"}
+              415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
+              502: "worker_error", 503: "unavailable"}
+
+log = logging.getLogger("manman.http")
 
 _encode = msgspec.json.Encoder().encode
 
 
 def status_of(e: errors.ManmanError) -> int:
+    if isinstance(e, errors.Relayed):
+        return e.status
     for cls in type(e).__mro__:
         status = STATUS.get(cls)
         if status is not None:
@@ -50,5 +57,6 @@ def error_response(status: int, code: str, message: str) -> Response:
 def domain_error_response(e: errors.ManmanError) -> Response:
     status = status_of(e)
     if status == 500:  # an error no table row covers is a bug, answered like any other crash
+        log.error("request failed: %s has no status in the table: %s", type(e).__name__, e)
         return error_response(500, "internal", "internal error (see the manman log)")
     return error_response(status, e.code, e.message)
