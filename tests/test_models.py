@@ -490,3 +490,22 @@ def test_worker_names_hold_no_control_characters() -> None:
     ok = msgspec.json.decode(b'{"name": "w-1", "api_url": "http://[::1]:8701"}',
                              type=models.WorkerRegister)
     assert ok.api_url == "http://[::1]:8701"
+
+
+def test_a_report_keeps_every_field_of_a_status() -> None:
+    from manman.models import ObservedServer, ServerStatus
+    # a value for each field that differs from its default, so a field left out shows
+    status = ServerStatus(state="running", ready=True, pid=42, exit_code=3, restarts=2,
+                          error="boom", install_progress=50.0, started_at=1.5, updated_at=2.5)
+    for f in ServerStatus.__struct_fields__:
+        assert getattr(status, f) != getattr(ServerStatus(), f), f
+    observed = ObservedServer.of("s1", 7, status)
+    assert (observed.id, observed.observed_generation) == ("s1", 7)
+    assert observed.status() == status
+
+
+def test_a_report_fits_an_error_to_the_wire() -> None:
+    from manman.models import ObservedServer, ServerStatus
+    observed = ObservedServer.of("s1", 1, ServerStatus(error="a\x00b" + "x" * 5000))
+    assert observed.error is not None
+    assert len(observed.error) == 4096 and "\x00" not in observed.error
