@@ -92,6 +92,8 @@ class FakeRunner:
         self.spawn_times: list[float] = []
         self.leftover: FakeGame | None = None
         self.removed: list[int] = []
+        self.adopting: trio.Event | None = None  # set: adopt waits for it (a slow recovery)
+        self.adopt_called = trio.Event()
 
     async def spawn(self, ctx: LaunchContext) -> FakeGame:
         game = FakeGame(1000 + len(self.games), ctx.instance, **self.game)
@@ -103,6 +105,9 @@ class FakeRunner:
 
     async def adopt(self, record: RunRecord, spec: ServerSpec, since: float | None = None
                     ) -> FakeGame | None:
+        self.adopt_called.set()
+        if self.adopting is not None:
+            await self.adopting.wait()
         return self.leftover
 
     async def remove_leftover(self, record: RunRecord) -> list[int]:
@@ -115,8 +120,10 @@ class Watch:
     def __init__(self) -> None:
         self._changed = trio.Event()
         self.states: list[str] = []
+        self.calls = 0
 
     def changed(self, actor: ServerActor) -> None:
+        self.calls += 1
         if not self.states or self.states[-1] != actor.status.state:
             self.states.append(actor.status.state)
         self._changed.set()
@@ -372,3 +379,43 @@ async def test_console_lines_reach_the_game_and_a_full_queue_is_busy(
     assert len(accepted) in (64, 65)  # the queue, and maybe one the waiting writer took
     await trio.testing.wait_all_tasks_blocked()
     assert runner.games[0].stdin == accepted
+
+
+async def test_a_command_during_recovery_is_busy_and_never_spawns_beside_the_leftover(
+        tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    runner = FakeRunner(nursery)
+    runner.leftover = FakeGame(77, "old-token")
+    runner.adopting = trio.Event()
+    watch = Watch()
+    actor = ServerActor("s1", make_spec(desired_state="running"), generation=1,
+                        server_dir=tmp_path, runner=runner, installer=NoInstall(),
+                        broker=LogBroker(tmp_path / "logs"),
+                        hooks=ActorHooks(changed=watch.changed, persist_now=watch.persist_now),
+                        wall_clock=trio.current_time)
+    actor.leftover = RunRecord("s1", 77, None, "old-token")
+    nursery.start_soon(actor.serve)
+    await runner.adopt_called.wait()
+    for command in (actor.start, actor.restart, actor.stop, actor.kill):
+        with pytest.raises(Busy):
+            command()
+    with pytest.raises(Busy):
+        actor.update_spec(make_spec(desired_state="running", args=["-x"]), 2, True)
+    runner.adopting.set()
+    await actor.started.wait()
+    await watch.until(lambda: actor.status.state == "running")
+    assert runner.games == [] and actor.status.pid == 77 and actor.generation == 1
+    actor.restart()  # after recovery, commands act again
+    await watch.until(lambda: len(runner.games) == 1)
+
+
+async def test_one_batch_of_effects_is_one_state_message_and_one_report(
+        tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    from manman.worker import machine
+    actor, watch = await serve(nursery, tmp_path, make_spec(), FakeRunner(nursery))
+    calls, version = watch.calls, actor.broker.state_version
+    actor._apply([machine.Changed(), machine.Note("one"), machine.Changed(), machine.Persist()])
+    assert (watch.calls, actor.broker.state_version) == (calls + 1, version + 1)
+    actor._apply([machine.Persist(), machine.Persist()])
+    assert (watch.calls, actor.broker.state_version) == (calls + 2, version + 1)
+    actor._apply([machine.Note("no change")])
+    assert (watch.calls, actor.broker.state_version) == (calls + 2, version + 1)

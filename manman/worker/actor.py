@@ -147,19 +147,26 @@ class ServerActor:
     # -- commands (sync: the machine checks and changes with no await in between) -----------
 
     def start(self) -> None:
-        self._apply(self.machine.start())
+        self._apply(self._recovered().start())
 
     def stop(self) -> None:
-        self._apply(self.machine.stop())
+        self._apply(self._recovered().stop())
 
     def restart(self) -> None:
-        self._apply(self.machine.restart())
+        self._apply(self._recovered().restart())
 
     def kill(self) -> None:
-        self._apply(self.machine.kill())
+        self._apply(self._recovered().kill())
 
     def install(self) -> None:
-        self._apply(self.machine.install())
+        self._apply(self._recovered().install())
+
+    def _recovered(self) -> ServerMachine:
+        """The machine, once recovery is over: until the actor knows whether a process is
+        left from before, a start could spawn a second one beside it."""
+        if not self.started.is_set():
+            raise Busy("the server is being recovered; try again")
+        return self.machine
 
     def send_console(self, line: str) -> None:
         machine.check("command", self.status.state)
@@ -178,8 +185,9 @@ class ServerActor:
     def update_spec(self, spec: ServerSpec, generation: int, restart_on_change: bool) -> None:
         """Apply a new spec: its desired state acts at once; other changes take effect on the
         next start, or now with restart_on_change."""
+        m = self._recovered()
         self.generation = generation
-        self._apply(self.machine.update_spec(spec, restart_on_change))
+        self._apply(m.update_spec(spec, restart_on_change))
 
     async def shutdown(self, keep_desired: bool = False) -> None:
         """Stop the game gracefully (worker shutdown, delete); returns when it has exited.
@@ -202,17 +210,13 @@ class ServerActor:
     # -- effects -----------------------------------------------------------------------------
 
     def _apply(self, effects: list[Effect]) -> None:
+        changed = persist = False  # once per batch: one state message, one save and report
         for effect in effects:
             match effect:
                 case machine.Changed():
-                    st = self.status
-                    st.updated_at = self._now()
-                    self.broker.set_state({"state": st.state, "ready": st.ready, "pid": st.pid,
-                                           "exit_code": st.exit_code, "restarts": st.restarts,
-                                           "install_progress": st.install_progress})
-                    self.hooks.changed(self)
+                    changed = True
                 case machine.Persist():
-                    self.hooks.changed(self)
+                    persist = True
                 case machine.Note(text):
                     self.broker.note(text)
                 case machine.Spawn(run_id):
@@ -248,6 +252,14 @@ class ServerActor:
                     if self._backoff is not None:
                         self._backoff.cancel()
                         self._backoff = None
+        if changed:
+            st = self.status
+            st.updated_at = self._now()
+            self.broker.set_state({"state": st.state, "ready": st.ready, "pid": st.pid,
+                                   "exit_code": st.exit_code, "restarts": st.restarts,
+                                   "install_progress": st.install_progress})
+        if changed or persist:
+            self.hooks.changed(self)
 
     def _live(self, run_id: int) -> Run | None:
         """The current run if it is this one and has not exited."""
