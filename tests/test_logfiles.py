@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -700,3 +701,14 @@ def test_a_damaged_line_in_the_middle_is_skipped(tmp_path: Path) -> None:
     assert seqs(g.read(7, 100)) == [12, 13, 14, 15, 16, 17]
     assert g.damaged_lines == 4
     g.close()
+
+
+def test_a_servers_console_files_hold_one_descriptor(tmp_path: Path) -> None:
+    # a worker with hundreds of servers must not spend a descriptor per server on the mark
+    before = len(os.listdir("/proc/self/fd"))
+    files = LogFiles(tmp_path, max_bytes=1 << 20, keep=2)
+    files.append(0, b'[{"seq":0,"ts":1.0,"stream":"stdout","text":"a"}]', 1)
+    assert len(os.listdir("/proc/self/fd")) == before + 1
+    assert (tmp_path / "seq-mark").stat().st_size == 21  # made at its full size up front
+    files.close()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -48,6 +48,7 @@ class HostControl:
         self._finished, self._finished_out = trio.open_memory_channel[str](
             FINISHED_DELETES_QUEUE)
         self._flush_lock = trio.Lock()
+        self._forget_later: set[str] = set()  # finished deletes the database refused
 
     # -- lookups and the contract's refusals ---------------------------------------------------
 
@@ -362,7 +363,7 @@ class HostControl:
         returns, what was recorded before it was called is written (or failed to be)."""
         async with self._flush_lock:
             await self.fleet.flush()  # survives database errors by itself
-            done: set[str] = set()
+            done, self._forget_later = self._forget_later, set()
             while True:
                 try:
                     done.add(self._finished_out.receive_nowait())
@@ -372,8 +373,9 @@ class HostControl:
                 try:
                     if sid in self.fleet.servers:
                         await self.forget(sid)
-                except Exception:  # PostgreSQL away: the worker's next heartbeat names it again
+                except Exception:  # PostgreSQL away: tried again at the next flush
                     log.exception("cannot delete server %s yet", sid)
+                    self._forget_later.add(sid)
 
     async def _flush_loop(self, interval: float) -> None:
         while True:

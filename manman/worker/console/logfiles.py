@@ -53,7 +53,7 @@ class LogFiles:
         self.damaged_lines = 0  # unreadable batch lines skipped by read()
         self.last_ts: float | None = None  # of the newest stored line
         self.next_seq = max(self._recover(), self._read_mark())
-        self._mark_fd = self._open_mark()
+        self._make_mark()
 
     # -- segments -------------------------------------------------------------------------
 
@@ -99,26 +99,30 @@ class LogFiles:
         except (OSError, ValueError):
             return 0
 
-    def _open_mark(self) -> int | None:
-        """Open (or make, with its full size) the mark file now, while there is room."""
+    def _make_mark(self) -> None:
+        """Make the mark file with its full size now, while there is room; it is opened
+        again only when a batch fails (a descriptor per server held for that is too many)."""
         try:
             fd = os.open(self.dir / _MARK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         except OSError as e:
             log.warning("console log %s: no seq mark (%s)", self.dir, e.strerror or e)
-            return None
+            return
         try:
             if os.fstat(fd).st_size != _MARK_WIDTH + 1:
                 os.pwrite(fd, b"%0*d\n" % (_MARK_WIDTH, self.next_seq), 0)
         except OSError:
             pass  # a full disk: _raise_mark tries again when it matters
-        return fd
+        finally:
+            os.close(fd)
 
     def _raise_mark(self, seq: int) -> None:
         """Batches up to `seq` were published but not stored: a restart starts at seq."""
-        if self._mark_fd is None:
-            return
         with contextlib.suppress(OSError):  # then the stored lines alone bound the seq
-            os.pwrite(self._mark_fd, b"%0*d\n" % (_MARK_WIDTH, seq), 0)
+            fd = os.open(self.dir / _MARK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                os.pwrite(fd, b"%0*d\n" % (_MARK_WIDTH, seq), 0)
+            finally:
+                os.close(fd)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -164,9 +168,6 @@ class LogFiles:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._mark_fd is not None:
-            os.close(self._mark_fd)
-            self._mark_fd = None
 
     # -- reading (blocking: call from a thread) --------------------------------------------
 
