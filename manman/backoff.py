@@ -1,10 +1,18 @@
-"""One exponential backoff for every retry loop (joining a host, heartbeats, an actor's
-restart after a fault, a console client's reconnect): pure, the caller sleeps."""
+"""One exponential backoff for every retry: joining and registering with a host, an actor's
+restart after a fault, a console client's reconnect (`Backoff`), and a crashed game's restart,
+which the server machine works out from its crash count (`exponential`). Pure: callers sleep."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+
+def exponential(initial: float, maximum: float, attempt: int) -> float:
+    """The delay before retry number `attempt` (1-based): initial, doubling, capped."""
+    if attempt <= 0:
+        return 0.0
+    return min(initial * (2.0 ** min(attempt - 1, 64)), maximum)
 
 
 @dataclass
@@ -16,18 +24,15 @@ class Backoff:
     initial: float
     maximum: float
     jitter: float = 0.0
-    _next: float = 0.0
-
-    def __post_init__(self) -> None:
-        self._next = self.initial
+    _attempt: int = 0
 
     def next(self) -> float:
         """The delay to sleep now; the one after it is twice as long (up to the maximum)."""
-        delay = self._next
-        self._next = min(self._next * 2, self.maximum)
+        self._attempt += 1
+        delay = exponential(self.initial, self.maximum, self._attempt)
         if self.jitter:
             delay *= 1 - self.jitter * random.random()
         return delay
 
     def reset(self) -> None:
-        self._next = self.initial
+        self._attempt = 0

@@ -52,8 +52,10 @@ class NotFound(ManmanError):
 
 class Conflict(ManmanError):
     """The request does not fit the current state; nothing was changed. Codes: `conflict`,
-    `invalid_state` (a command the server's state does not accept), `exists`, `frozen`,
-    `worker_shutdown`, `stale_generation`."""
+    `invalid_state` (a command the server's state does not accept), `exists`, `frozen` and
+    `worker_shutdown` (host: the worker takes no power commands), `shutting_down` and
+    `deleting` (worker: it or the server is going away), `stale_generation` (worker: a spec
+    older than the one it holds)."""
 
     code = "conflict"
 

@@ -543,7 +543,7 @@ def test_a_person_start_after_a_crash_loop_counts_again() -> None:
 
 def test_a_backoff_that_elapses_after_a_stop_does_nothing() -> None:
     m = crashed()
-    token = m.backoff
+    token = m.backoff_token
     assert token is not None
     m.stop()
     assert m.backoff_elapsed(token) == []
@@ -552,12 +552,12 @@ def test_a_backoff_that_elapses_after_a_stop_does_nothing() -> None:
 
 def test_an_old_backoff_does_not_restart_twice() -> None:
     m = crashed()
-    old = m.backoff
+    old = m.backoff_token
     assert old is not None
     m.start()  # a person's start during the backoff: starting now
     m.spawned(run_id(m), 5, NOW)
     m.exited(run_id(m), 1, NOW + 1)
-    assert m.state == "crashed" and m.backoff != old
+    assert m.state == "crashed" and m.backoff_token != old
     assert m.backoff_elapsed(old) == []
     assert m.state == "crashed"
 
@@ -746,7 +746,7 @@ def test_a_worker_restart_stops_the_game_but_keeps_it_wanted() -> None:
 
 def test_a_delete_of_a_crashed_server_cancels_its_restart() -> None:
     m = crashed()
-    token = m.backoff
+    token = m.backoff_token
     assert token is not None
     assert kinds(m.shutdown(keep_desired=False)) == [CancelBackoff, Changed]
     assert m.state == "stopped" and m.desired == "stopped"

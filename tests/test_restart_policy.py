@@ -46,7 +46,7 @@ async def test_crash_loop_ends_in_failed(worker: RunningWorker) -> None:
     assert s["restarts"] == 2 and s["exit_code"] == 9
     assert "crash loop: 3 crashes" in s["error"]
     actor = worker.agent.get("c2")  # no further restart: none is scheduled, no run is left
-    assert actor.machine.backoff is None and actor.run is None
+    assert actor.machine.backoff_token is None and actor.run is None
     assert (await api.get("/server/c2"))["state"] == "failed"
     # a person starts it again: counts reset
     await api.post("/server/c2/start", expect=202)
@@ -87,7 +87,7 @@ async def test_stop_cancels_a_scheduled_restart(worker: RunningWorker) -> None:
     s = await api.wait_for("c3", state="stopped")
     assert s["desired_state"] == "stopped"
     actor = worker.agent.get("c3")  # the scheduled restart is cancelled, no run is left
-    assert actor.machine.backoff is None and actor.run is None
+    assert actor.machine.backoff_token is None and actor.run is None
     assert (await api.get("/server/c3"))["state"] == "stopped"
 
 

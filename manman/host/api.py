@@ -115,12 +115,12 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         who = identify(bearer_token(), params.get("server_id"))
         allowed = {
-            "admin": who.kind == "admin",
+            "admin": who.admin,
             "join": who.kind == "join",
             "worker": who.kind == "worker" and who.worker_id == params.get("worker_id",
                                                                            who.worker_id),
             "console": who.kind in ("admin", "console") and (
-                who.kind == "admin" or auth.READ in who.scopes),
+                who.admin or auth.READ in who.scopes),
             "report": who.kind == "worker",
         }[role]
         if not allowed:
@@ -211,7 +211,7 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
         params = {k: str(v) for k, rng in (("since", SINCE), ("limit", LIMIT))
                   if (v := _query_in(k, rng)) is not None}
         w, page = await control.log_page(s, params)
-        scopes = [auth.READ, auth.WRITE] if who.kind == "admin" else sorted(who.scopes)
+        scopes = [auth.READ, auth.WRITE] if who.admin else sorted(who.scopes)
         wanted = request.args.get("scope")
         if wanted not in (None, "read", "write"):
             raise errors.Invalid("scope must be read or write")
@@ -232,7 +232,7 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
         s = control.server(server_id)
         w = control.reachable_worker(s)
         query = {k: _query_in(k, rng) for k, rng in (("since", SINCE), ("tail", TAIL))}
-        scopes = [auth.READ, auth.WRITE] if who.kind == "admin" else sorted(who.scopes)
+        scopes = [auth.READ, auth.WRITE] if who.admin else sorted(who.scopes)
         # the upstream token never leaves the host: an admin's session (its token does not
         # expire) is not cut every console_token_ttl; a console token's ends with it
         ttl = PROXY_SESSION_TTL if who.expires_at is None else who.expires_at - time.time()

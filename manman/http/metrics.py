@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # for types only: the HTTP kit does not depend on either side at run time
+    from manman.host.fleet import Fleet
+    from manman.worker.agent import WorkerAgent
+    from manman.worker.hostlink import HostLink
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -75,12 +80,12 @@ class WorkerMetrics(ApiMetrics):
     def install_finished(self, method: str, ok: bool, seconds: float) -> None:
         self.installs.labels(method, "ok" if ok else "failed").observe(seconds)
 
-    def watch(self, agent: Any, link: Any | None) -> None:
+    def watch(self, agent: WorkerAgent, link: HostLink | None) -> None:
         """Read the servers (and the host link's heartbeats) at each scrape."""
         self.registry.register(LiveCollector(partial(_worker_state, agent, link)))
 
 
-def _worker_state(agent: Any, link: Any | None) -> Iterator[Metric]:
+def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]:
     yield _by("manman_servers", "Servers by state", "state",
               Tally(a.status.state for a in agent.actors.values()))
     restarts = GaugeMetricFamily("manman_server_restarts",
@@ -109,7 +114,7 @@ def _worker_state(agent: Any, link: Any | None) -> Iterator[Metric]:
                        link.heartbeats_failed)
 
 
-def host_metrics(fleet: Any) -> ApiMetrics:
+def host_metrics(fleet: Fleet) -> ApiMetrics:
     m = ApiMetrics()
 
     def collect() -> Iterator[Metric]:

@@ -30,7 +30,7 @@ from manman.worker.installers.base import InstallContext, Installer, InstallErro
 from manman.worker.machine import Desired, Effect, ServerMachine
 from manman.worker.runners.base import GameProcess, LaunchContext, Runner, RunRecord, SpawnError
 
-__all__ = ["ActorHooks", "Busy", "Run", "ServerActor", "tcp_probe"]
+__all__ = ["ActorHooks", "Run", "ServerActor", "tcp_probe"]
 
 log = logging.getLogger("manman.worker.actor")
 
@@ -48,7 +48,6 @@ class Run:
     proc: GameProcess | None = None
     spawned: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
-    exit_code: int | None = None
     ready_re: re.Pattern[str] | None = None  # while waiting for the ready line
 
 
@@ -67,12 +66,13 @@ class ServerActor:
     def __init__(self, server_id: str, spec: ServerSpec, *, generation: int, server_dir: Path,
                  runner: Runner, installer: Installer, broker: LogBroker, hooks: ActorHooks,
                  status: ServerStatus | None = None, installed: bool = False,
-                 crash_times: tuple[float, ...] = (),
+                 crash_times: tuple[float, ...] = (), desired: Desired | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.id = server_id
         self.generation = generation
         self.machine = ServerMachine(spec, status=status, crash_times=crash_times,
-                                     installed=installed or not installer.needed)
+                                     installed=installed or not installer.needed,
+                                     desired=desired)
         self.server_dir = server_dir
         self.files_dir = server_dir / "files"
         self.runner = runner
@@ -112,10 +112,6 @@ class ServerActor:
     @property
     def desired_state(self) -> Desired:
         return self.machine.desired
-
-    @desired_state.setter
-    def desired_state(self, value: Desired) -> None:
-        self.machine.desired = value
 
     # -- the actor's life -----------------------------------------------------------------
 
@@ -310,7 +306,6 @@ class ServerActor:
         finally:
             if code is None:
                 proc.abandon()
-            run.exit_code = code
             run.exited.set()  # set even when this task fails: stop and delete wait for it
         # (cancelled, self.run stays: the worker records it, a rebuilt actor re-attaches)
         if self.run is run:

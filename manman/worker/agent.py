@@ -36,7 +36,6 @@ log = logging.getLogger("manman.worker")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
-WorkerState = Literal["alive", "frozen", "shutdown"]
 # what the API's power routes ask of a server
 Action = Literal["start", "stop", "kill", "restart", "install"]
 # a process, an install or a pending restart: a delete with stop=true waits for it to end
@@ -83,7 +82,7 @@ class WorkerAgent:
         self.cfg = cfg
         self.data_dir = Path(cfg.data_dir)
         self.actors: dict[str, ServerActor] = {}
-        self.status: WorkerState = "alive"
+        self.status: models.KnownWorkerStatus = "alive"
         self.store: WorkerStore | None = None
         self.shutdown_requested = trio.Event()  # graceful: stop every server, then exit
         self._keep_desired = True
@@ -298,15 +297,14 @@ class WorkerAgent:
         broker = broker or LogBroker(server_dir / "logs", ring_bytes=self.cfg.console_ring_bytes,
                                      file_bytes=self.cfg.log_file_bytes,
                                      files_keep=self.cfg.log_files_keep)
-        actor = ServerActor(
+        return ServerActor(
             stored.id, stored.spec, generation=stored.generation, server_dir=server_dir,
             runner=how.runner, installer=how.installer, broker=broker,
             hooks=ActorHooks(changed=self._changed, persist_now=self._persist_now,
                              installed=self._installs.install_finished
                              if self._installs is not None else None),
-            status=stored.status, installed=stored.installed, crash_times=stored.crash_times)
-        actor.desired_state = stored.desired_state
-        return actor
+            status=stored.status, installed=stored.installed, crash_times=stored.crash_times,
+            desired=stored.desired_state)
 
     async def _keep_running(self, actor: ServerActor,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -70,10 +70,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
         if same_secret(token, secrets.admin_secret):
             return Principal("admin")
         if token and token.count(".") == 2:  # a console token (JWT)
-            try:
-                claims = auth.verify_console_token(secrets.console_key, token)
-            except auth.TokenRejected as e:
-                raise errors.Unauthorized(str(e), e.code) from None
+            claims = auth.verify_console_token(secrets.console_key, token)  # or Unauthorized
             if role != "console":
                 raise errors.Forbidden("this token does not allow that")
             scopes = frozenset(str(claims["scope"]).split())

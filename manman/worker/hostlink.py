@@ -14,7 +14,7 @@ from manman import __version__, errors, models
 from manman.backoff import Backoff
 from manman.config import WorkerConfig
 from manman.worker.actor import ServerActor
-from manman.worker.agent import WorkerAgent, WorkerState
+from manman.worker.agent import WorkerAgent
 
 log = logging.getLogger("manman.worker.hostlink")
 
@@ -148,9 +148,10 @@ class HostLink:
             await self.heartbeat(nursery)
             await trio.sleep_until(started + interval)
 
-    def heartbeat_body(self, status: WorkerState | None = None) -> models.Heartbeat:
+    def heartbeat_body(self, status: models.KnownWorkerStatus | None = None) -> models.Heartbeat:
         actors = list(self.agent.actors.values())
-        st: WorkerState = status or ("frozen" if self.agent.status == "frozen" else "alive")
+        # a worker shutting down says so only in its last heartbeat (`status`)
+        st = status or ("frozen" if self.agent.status == "frozen" else "alive")
         return models.Heartbeat(status=st,
                                 servers=[observed(a) for a in actors],
                                 generations={a.id: a.generation for a in actors})

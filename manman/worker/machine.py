@@ -14,6 +14,7 @@ import signal
 from dataclasses import dataclass
 from typing import Literal
 
+from manman.backoff import exponential
 from manman.errors import Conflict
 from manman.models import RestartSpec, ServerSpec, ServerStatus
 
@@ -165,7 +166,7 @@ class ServerMachine:
         self.closing = False  # shutdown began: nothing starts again
         self.installing = False  # an install job is running
         self.install_then_start = False
-        self.backoff: int | None = None  # the token of the restart being waited for
+        self.backoff_token: int | None = None  # the token of the restart being waited for
         self.probe_failures = 0  # in a row
         self.probes_passed = 0
         self._ids = 0
@@ -390,14 +391,14 @@ class ServerMachine:
                       error=decision.error)
             out.append(Note(f"crashed ({decision.error}); restarting in {delay:g}s"))
             self._ids += 1
-            self.backoff = self._ids
-            out.append(StartBackoff(self.backoff, delay))
+            self.backoff_token = self._ids
+            out.append(StartBackoff(self.backoff_token, delay))
         return out
 
     def backoff_elapsed(self, token: int) -> list[Effect]:
-        if token != self.backoff:
+        if token != self.backoff_token:
             return []  # cancelled, or an older one
-        self.backoff = None
+        self.backoff_token = None
         out: list[Effect] = []
         if self.state != "crashed" or self.closing:
             return out
@@ -519,8 +520,8 @@ class ServerMachine:
         return pending and self.desired == "running" and not self.closing
 
     def _cancel_backoff(self, out: list[Effect]) -> None:
-        if self.backoff is not None:
-            self.backoff = None
+        if self.backoff_token is not None:
+            self.backoff_token = None
             out.append(CancelBackoff())
 
     def _new_run(self) -> RunFlags:
@@ -571,10 +572,7 @@ class ExitDecision:
 
 def backoff(policy: RestartSpec, crashes: int) -> float:
     """Delay before the restart that follows the `crashes`-th crash in the window (1-based)."""
-    if crashes <= 0:
-        return 0.0
-    delay = policy.backoff_initial * (2.0 ** min(crashes - 1, 64))
-    return min(delay, policy.backoff_max)
+    return exponential(policy.backoff_initial, policy.backoff_max, crashes)
 
 
 def after_exit(policy: RestartSpec, crash_times: tuple[float, ...], now: float,

@@ -47,11 +47,11 @@ class DockerPull:
         image = ctx.spec.install_identifier
         ctx.files_dir.mkdir(parents=True, exist_ok=True)
         # a daemon that hangs is a failed install, not one that never ends
-        found, out, err = await self.cli.run("image", "inspect", "--format", "{{.Id}}", image,
-                                             timeout=min(self.timeout, 60))
-        if found in (124, 127):  # timed out, or docker cannot run: err says which
+        inspect_rc, out, err = await self.cli.run("image", "inspect", "--format", "{{.Id}}",
+                                                  image, timeout=min(self.timeout, 60))
+        if inspect_rc in (124, 127):  # timed out, or docker cannot run: err says which
             raise InstallError(err)
-        if found == 0:
+        if inspect_rc == 0:
             ctx.publish([f"image {image} is present ({out.strip()[:19]})"])
             return
         ctx.publish([f"docker pull {image}"])
