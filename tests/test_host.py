@@ -258,7 +258,12 @@ async def test_restart_of_a_stopped_server_starts_it_once(host: RunningHost, hos
     assert r["delivered"] is True
     # one start takes well under 5 s; a second restart would wait out the 10 s stop_timeout
     s = await api.wait_for("rs1", state="running", timeout=5)
-    await trio.sleep(0.5)
+    # two heartbeats later any command still queued for the worker has been delivered
+    link = w.handle.link
+    sent = link.heartbeats_sent
+    with trio.fail_after(5):
+        while link.heartbeats_sent < sent + 2:
+            await trio.sleep(0.05)
     assert (await api.get("/server/rs1"))["pid"] == s["pid"]
     page = await api.get("/server/rs1/log?since=0&limit=1000")
     assert sum(ln["text"].startswith("started (pid") for ln in page["lines"]) == 1

@@ -101,7 +101,10 @@ async def test_a_host_down_longer_than_worker_expiry_retires_nobody(
     with trio.fail_after(10):
         while (await api.get(f"/worker/{w.handle.link.worker_id}"))["status"] != "alive":
             await trio.sleep(0.1)
-    await trio.sleep(1.5)  # several liveness sweeps later: still there, still running
+    sweeps = second.control.liveness_sweeps
+    with trio.fail_after(10):  # three liveness sweeps later: still there, still running
+        while second.control.liveness_sweeps < sweeps + 3:
+            await trio.sleep(0.1)
     assert (await api.get(f"/worker/{w.handle.link.worker_id}"))["status"] == "alive"
     assert (await api.get(f"/server/{s['id']}"))["state"] == "running"
     assert not w.agent.shutdown_requested.is_set()

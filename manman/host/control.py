@@ -49,6 +49,7 @@ class HostControl:
             FINISHED_DELETES_QUEUE)
         self._flush_lock = trio.Lock()
         self._forget_later: set[str] = set()  # finished deletes the database refused
+        self.liveness_sweeps = 0  # how many times the liveness loop has judged the workers
 
     # -- lookups and the contract's refusals ---------------------------------------------------
 
@@ -395,6 +396,7 @@ class HostControl:
                 return  # a host that no longer answers heartbeats must not judge them
             fleet.sweep()
             if fleet.worker_expiry <= 0:
+                self.liveness_sweeps += 1
                 continue
             now = time.monotonic()
             for w in list(fleet.workers.values()):
@@ -408,3 +410,4 @@ class HostControl:
                             w, f"no heartbeat for {fleet.worker_expiry:g}s")
                     except Exception:
                         log.exception("cannot retire worker %s yet", w.id)
+            self.liveness_sweeps += 1
