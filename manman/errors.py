@@ -12,6 +12,7 @@ class ManmanError(Exception):
     """Base of every error manman means to report: `code` is the error JSON's `code`."""
 
     code = "error"
+    retry_after: int | None = None  # seconds worth waiting before a retry (HTTP Retry-After)
 
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
@@ -86,6 +87,17 @@ class Unavailable(ManmanError):
     """Something this needs is away (a worker that misses heartbeats, the database)."""
 
     code = "unavailable"
+
+
+class DatabaseUnavailable(Unavailable):
+    """PostgreSQL did not answer a write in time, or refused the connection: the change was
+    not made (or, for a commit whose fate is not known yet, the message says so)."""
+
+    retry_after = 5
+
+    def __init__(self, message: str = "the database is unavailable; nothing was changed"
+                 ) -> None:
+        super().__init__(message)
 
 
 class WorkerError(ManmanError):

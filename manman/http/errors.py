@@ -59,4 +59,7 @@ def domain_error_response(e: errors.ManmanError) -> Response:
     if status == 500:  # an error no table row covers is a bug, answered like any other crash
         log.error("request failed: %s has no status in the table: %s", type(e).__name__, e)
         return error_response(500, "internal", "internal error (see the manman log)")
-    return error_response(status, e.code, e.message)
+    resp = error_response(status, e.code, e.message)
+    if e.retry_after is not None:
+        resp.headers["Retry-After"] = str(e.retry_after)
+    return resp
