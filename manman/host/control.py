@@ -7,12 +7,13 @@ Named `HostControl`, not `Control`: it is the host's half of the control plane, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import trio
@@ -20,9 +21,11 @@ import trio
 from manman import errors, models
 from manman.host.fleet import Fleet, ServerRec, WorkerRec
 from manman.host.relay import Relay, Unreachable
-from manman.host.store import HostStore
+from manman.host.store import CommitUnknown, HostStore
 
 log = logging.getLogger("manman.host")
+
+T = TypeVar("T")
 
 # deletes the workers finished, waiting for the next flush; when full, a later heartbeat
 # names the same servers again (a deleting server the worker no longer holds)
@@ -50,6 +53,39 @@ class HostControl:
         self._flush_lock = trio.Lock()
         self._forget_later: set[str] = set()  # finished deletes the database refused
         self.liveness_sweeps = 0  # how many times the liveness loop has judged the workers
+        # writes whose COMMIT got no answer, with their change to memory: learnt before any
+        # other write, applied when it happened
+        self._unsettled: list[tuple[CommitUnknown, Callable[[], None]]] = []
+        self._settle_lock = trio.Lock()
+
+    # -- the database first, then memory ----------------------------------------------------------
+
+    async def _save(self, write: Callable[[], Awaitable[T]], apply: Callable[[], None]) -> T:
+        """Write to PostgreSQL, then `apply` the change to memory: memory only ever shows
+        what the database holds. A DatabaseUnavailable leaves both as they were."""
+        await self.settle()
+        try:
+            result = await write()
+        except CommitUnknown as e:
+            self._unsettled.append((e, apply))
+            raise
+        apply()
+        return result
+
+    async def settle(self) -> None:
+        """Learn what became of the commits that got no answer, and apply those that
+        happened; until then every write answers 503 (DatabaseUnavailable)."""
+        async with self._settle_lock:
+            while self._unsettled:
+                e, apply = self._unsettled[0]
+                outcome = await self.store.commit_outcome(e.xid, e.pid)
+                if outcome is None:
+                    raise errors.DatabaseUnavailable()
+                self._unsettled.pop(0)
+                if outcome == "committed":
+                    apply()
+                elif outcome == "unknown":  # too old for PostgreSQL to tell: a restart reloads
+                    log.error("cannot learn whether transaction %d was committed", e.xid)
 
     # -- lookups and the contract's refusals ---------------------------------------------------
 
@@ -122,8 +158,8 @@ class HostControl:
         now = time.time()
         s = ServerRec(id=secrets.token_hex(6), name=spec.name, worker_id=w.id, spec=spec,
                       generation=1, created_at=now, updated_at=now)
-        await self.store.insert_server(s.id, s.name, w.id, spec, now)
-        self.fleet.add_server(s)
+        await self._save(lambda: self.store.insert_server(s.id, s.name, w.id, spec, now),
+                         lambda: self.fleet.add_server(s))
         body = msgspec.to_builtins(spec)
         body.update(id=s.id, generation=s.generation)
         await self._push(w, "POST", "/server", json=body)
@@ -158,12 +194,15 @@ class HostControl:
             spec = change(s.spec)
             generation, now = s.generation + 1, time.time()
             restart_generation = generation if restart else s.restart_generation
-            await self.store.update_server_spec(s.id, spec.name, spec, generation, now,
-                                                restart_generation)
-            if spec.name != s.name:
-                self.fleet.rename(s, spec.name)
-            s.spec, s.generation, s.updated_at = spec, generation, now
-            s.restart_generation = restart_generation
+
+            def apply() -> None:
+                if spec.name != s.name:
+                    self.fleet.rename(s, spec.name)
+                s.spec, s.generation, s.updated_at = spec, generation, now
+                s.restart_generation = restart_generation
+
+            await self._save(lambda: self.store.update_server_spec(
+                s.id, spec.name, spec, generation, now, restart_generation), apply)
             return _spec_body(s)
 
     async def set_desired(self, s: ServerRec, desired: Literal["running", "stopped"]) -> bool:
@@ -178,11 +217,13 @@ class HostControl:
         away removes it when it is back."""
         w = self.worker(s.worker_id)
         self._not_frozen(w)
-        await self.store.mark_deleting(s.id, purge)
-        s.deleting, s.purge = True, purge
+
+        def apply() -> None:
+            s.deleting, s.purge = True, purge
+
+        await self._save(lambda: self.store.mark_deleting(s.id, purge), apply)
         if w.status == "shutdown":
-            await self.forget(s.id)
-            return True
+            return await self._forget_now(s.id)
         if not self.fleet.reachable(w):
             return False
         try:
@@ -191,13 +232,25 @@ class HostControl:
         except Unreachable:
             return False  # the heartbeat's `remove` list finishes it
         if gone:
-            await self.forget(s.id)
+            return await self._forget_now(s.id)
         return gone
 
+    async def _forget_now(self, server_id: str) -> bool:
+        """The delete is done but for the row: False (202) when the database cannot take
+        that now; a flush finishes it."""
+        try:
+            await self.forget(server_id)
+        except errors.DatabaseUnavailable:
+            self._forget_later.add(server_id)
+            return False
+        return True
+
     async def forget(self, server_id: str) -> None:
-        await self.store.delete_server(server_id)
-        self.fleet.remove_server(server_id)
-        self._spec_locks.pop(server_id, None)
+        def apply() -> None:
+            self.fleet.remove_server(server_id)
+            self._spec_locks.pop(server_id, None)
+
+        await self._save(lambda: self.store.delete_server(server_id), apply)
 
     async def command(self, s: ServerRec, cmd: models.Command, actor: str
                       ) -> models.CommandAccepted:
@@ -248,7 +301,9 @@ class HostControl:
             await self.relay.call(w, "POST", f"/server/{s.id}/{cmd.type}")
         if cmd.type == "kill":
             # the worker now holds `stopped` as desired: so does the host, in a new generation
-            await self.set_desired(s, "stopped")
+            # the kill happened all the same: answered as delivered, not 503
+            with contextlib.suppress(errors.DatabaseUnavailable):
+                await self.set_desired(s, "stopped")
         return True, None
 
     def _audit(self, actor: str, s: ServerRec, cmd: models.Command, delivered: bool,
@@ -295,17 +350,23 @@ class HostControl:
         now = time.time()
         w = WorkerRec(id=secrets.token_hex(8), name=name or "worker", status="alive",
                       created_at=now)
-        await self.store.insert_worker(w.id, w.name, now)
-        self.fleet.workers[w.id] = w
+
+        def apply() -> None:
+            self.fleet.workers[w.id] = w
+
+        await self._save(lambda: self.store.insert_worker(w.id, w.name, now), apply)
         return w
 
     async def register(self, w: WorkerRec, reg: models.WorkerRegister) -> WorkerRec:
         self.check_not_retired(w)
-        await self.store.update_worker(w.id, name=reg.name, api_url=reg.api_url.rstrip("/"),
-                                       address=reg.address, version=reg.version,
-                                       capacity=reg.capacity, registered=True)
-        w.name, w.api_url, w.address = reg.name, reg.api_url.rstrip("/"), reg.address
-        w.version, w.capacity, w.registered = reg.version, reg.capacity, True
+
+        def apply() -> None:
+            w.name, w.api_url, w.address = reg.name, reg.api_url.rstrip("/"), reg.address
+            w.version, w.capacity, w.registered = reg.version, reg.capacity, True
+
+        await self._save(lambda: self.store.update_worker(
+            w.id, name=reg.name, api_url=reg.api_url.rstrip("/"), address=reg.address,
+            version=reg.version, capacity=reg.capacity, registered=True), apply)
         self.fleet.touch(w)
         return w
 
@@ -316,12 +377,16 @@ class HostControl:
             fields["name"] = update.name
         if update.status is not msgspec.UNSET:
             fields["status"] = update.status
+
+        def apply() -> None:
+            if update.name is not msgspec.UNSET:
+                w.name = update.name
+            if update.status is not msgspec.UNSET:
+                w.status = update.status
+
         if fields:
-            await self.store.update_worker(w.id, **fields)
-        if update.name is not msgspec.UNSET:
-            w.name = update.name
+            await self._save(lambda: self.store.update_worker(w.id, **fields), apply)
         if update.status is not msgspec.UNSET:
-            w.status = update.status
             await self._push(w, "POST", "/freeze" if update.status == "frozen" else "/unfreeze")
         return w
 
@@ -335,8 +400,11 @@ class HostControl:
                                           timeout=3)
             except errors.ManmanError:
                 pass  # retired all the same: its token stops working now
-        await self.store.update_worker(w.id, status="shutdown")
-        w.status = "shutdown"
+
+        def apply() -> None:
+            w.status = "shutdown"
+
+        await self._save(lambda: self.store.update_worker(w.id, status="shutdown"), apply)
         log.info("worker %s (%s) shut down: %s", w.name, w.id, reason)
         await self.forget_deleted_on_retired()
 
@@ -364,6 +432,10 @@ class HostControl:
         returns, what was recorded before it was called is written (or failed to be)."""
         async with self._flush_lock:
             await self.fleet.flush()  # survives database errors by itself
+            try:
+                await self.settle()
+            except errors.DatabaseUnavailable:
+                return  # the outage log says it; what is below waits for the database too
             done, self._forget_later = self._forget_later, set()
             while True:
                 try:
@@ -374,7 +446,9 @@ class HostControl:
                 try:
                     if sid in self.fleet.servers:
                         await self.forget(sid)
-                except Exception:  # PostgreSQL away: tried again at the next flush
+                except errors.DatabaseUnavailable:
+                    self._forget_later.add(sid)  # tried again at the next flush
+                except Exception:
                     log.exception("cannot delete server %s yet", sid)
                     self._forget_later.add(sid)
 
@@ -408,6 +482,8 @@ class HostControl:
                     try:
                         await self.retire_worker(
                             w, f"no heartbeat for {fleet.worker_expiry:g}s")
+                    except errors.DatabaseUnavailable:
+                        pass  # retired at a later round; the outage log says why
                     except Exception:
                         log.exception("cannot retire worker %s yet", w.id)
             self.liveness_sweeps += 1

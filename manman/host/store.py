@@ -7,6 +7,8 @@ memory (host.fleet) and written here in batches.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -14,8 +16,10 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import trio
 
 from manman import aio, errors
+from manman.host.outage import DatabaseHealth
 
 log = logging.getLogger("manman.host.store")
 
@@ -61,22 +65,147 @@ async def _migrate(conn: asyncpg.Connection) -> list[str]:
 
 
 async def _open(url: str) -> tuple[asyncpg.Pool, list[str]]:
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=4, init=_init_connection,
+    # min_size 0: no idle connection to keep up, so an outage logs nothing by itself (a
+    # floor to restore logged a traceback every second)
+    pool = await asyncpg.create_pool(url, min_size=0, max_size=4, init=_init_connection,
                                      command_timeout=30)
     async with pool.acquire() as conn:
         applied = await _migrate(conn)
     return pool, applied
 
 
-async def _transaction(pool: asyncpg.Pool,
-                       body: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
-    async with pool.acquire() as conn, conn.transaction():
-        return await body(conn)
+# -- every call bounded ------------------------------------------------------------------------
+
+DATABASE_TIMEOUT = 5.0  # each call, all in: well under the CLI's 30 s, so an answer comes first
+SETTLE_TIMEOUT = 5.0  # learning whether a commit that got no answer happened
+WAIT_BEFORE_TERMINATE = 2.0  # a slow commit may still finish before its backend is ended
+
+# the database is away (refused, reset, shutting down, out of resources), not the request wrong
+_AWAY: tuple[type[BaseException], ...] = (
+    OSError, asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError)
+
+Body = Callable[[asyncpg.Connection], Awaitable[Any]]
+
+
+class _Lost(Exception):
+    """The database stopped answering. xid: COMMIT of that transaction was sent, so whether
+    it happened is not known; result: what the transaction's statements returned."""
+
+    def __init__(self, reason: str, xid: int | None = None, pid: int = 0,
+                 result: Any = None) -> None:
+        super().__init__(reason)
+        self.reason, self.xid, self.pid, self.result = reason, xid, pid, result
+
+
+class CommitUnknown(errors.DatabaseUnavailable):
+    """A COMMIT got no answer and the database could not tell in time whether it happened:
+    the host learns it (`HostStore.commit_outcome`) before its next write."""
+
+    def __init__(self, xid: int, pid: int, what: str) -> None:
+        super().__init__(f"the database did not confirm this change ({what[:200]}); whether "
+                         "it was saved is checked when the database is back: read it back "
+                         "before trying again")
+        self.xid, self.pid = xid, pid
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+async def _bounded(pool: asyncpg.Pool, body: Body, timeout: float, write: bool) -> Any:
+    """(asyncio) `body(conn)` on a pooled connection, in a transaction when `write`, all of
+    it within `timeout`. When the time is up the connection is terminated: a hung server
+    answers nothing, not even a cancel, and cancelling the call instead would wait for
+    asyncpg's rollback and release on that same server. BEGIN and COMMIT are sent apart so
+    that a failure before COMMIT is known to have changed nothing. Raises _Lost when the
+    database is away; the request's own errors (a name taken) pass as they are."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        conn = await pool.acquire(timeout=timeout)
+    except _AWAY as e:
+        raise _Lost(_reason(e)) from None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        conn.terminate()
+
+    timer = loop.call_at(deadline, expire)
+    xid: int | None = None
+    committing = False
+    result: Any = None
+    try:
+        if not write:
+            return await body(conn)
+        await conn.execute("BEGIN")
+        xid = await conn.fetchval("SELECT txid_current()")
+        try:
+            result = await body(conn)
+        except asyncpg.PostgresError as e:
+            if not isinstance(e, _AWAY):
+                await conn.execute("ROLLBACK")  # the request's own error: the link is fine
+            raise
+        committing = True
+        await conn.execute("COMMIT")
+        return result
+    except asyncio.CancelledError:
+        conn.terminate()  # cut short mid-protocol: not fit for reuse
+        raise
+    except Exception as e:
+        if not (expired or isinstance(e, _AWAY) or conn.is_closed()):
+            raise
+        conn.terminate()
+        reason = f"no answer within {timeout:g} s" if expired else _reason(e)
+        raise _Lost(reason, xid if committing else None, conn.get_server_pid(),
+                    result) from None
+    finally:
+        timer.cancel()
+        # a failed release terminated it: the pool connects anew next time
+        with contextlib.suppress(Exception):
+            await pool.release(conn, timeout=max(0.1, deadline - loop.time()))
+
+
+async def _commit_outcome(pool: asyncpg.Pool, xid: int, pid: int, timeout: float) -> str | None:
+    """(asyncio) "committed" or "aborted" for transaction `xid` whose COMMIT got no answer,
+    once its backend `pid` can no longer change that (after WAIT_BEFORE_TERMINATE it is
+    ended); "unknown" when it is too old to tell; None when the database does not answer."""
+    loop = asyncio.get_running_loop()
+    terminate_at = loop.time() + min(WAIT_BEFORE_TERMINATE, timeout / 2)
+
+    async def ask(conn: asyncpg.Connection) -> str:
+        ended = False
+        while True:
+            status = await conn.fetchval("SELECT txid_status($1)", xid)
+            if status != "in progress":
+                return status or "unknown"
+            if not ended and loop.time() >= terminate_at:
+                await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+                ended = True
+            await asyncio.sleep(0.05)
+
+    try:
+        return await _bounded(pool, ask, timeout, write=False)
+    except _Lost:
+        return None
+
+
+async def _close(pool: asyncpg.Pool, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except _AWAY:  # TimeoutError is an OSError
+        pool.terminate()
 
 
 class HostStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, timeout: float = DATABASE_TIMEOUT) -> None:
         self.pool = pool
+        self.timeout = timeout
+        self.health = DatabaseHealth()
 
     @classmethod
     async def open(cls, url: str) -> HostStore:
@@ -86,33 +215,69 @@ class HostStore:
         return cls(pool)
 
     async def close(self) -> None:
-        await aio.call(self.pool.close)
+        await aio.call(_close, self.pool, self.timeout)
+
+    async def _call(self, body: Body, *, write: bool, what: str | None = None) -> Any:
+        """`body(conn)` (an asyncio coroutine function), bounded. Raises DatabaseUnavailable
+        when the database is away and nothing was changed, CommitUnknown when a write's
+        COMMIT got no answer and its outcome could not be learnt. what: a write an API
+        request asked for (its outcome is learnt; its refusal is logged in one line); None
+        for the batched writes, which are simply retried (they are idempotent)."""
+        try:
+            # bounded by the timeout: a caller cancelled meanwhile must not leave memory
+            # behind what the database holds
+            with trio.CancelScope(shield=True):
+                result = await aio.call(_bounded, self.pool, body, self.timeout, write)
+        except _Lost as lost:
+            if lost.xid is not None and what is not None:
+                outcome = await self.commit_outcome(lost.xid, lost.pid)
+                if outcome == "committed":
+                    return lost.result
+                if outcome is None:
+                    self.health.failed(lost.reason)
+                    log.info("%s: not confirmed by the database (%s)", what, lost.reason)
+                    raise CommitUnknown(lost.xid, lost.pid, what) from None
+            self.health.failed(lost.reason)
+            if what is not None:
+                log.info("%s: refused, the database is unavailable (%s)", what, lost.reason)
+            raise errors.DatabaseUnavailable() from None
+        self.health.ok()
+        return result
+
+    async def commit_outcome(self, xid: int, pid: int) -> str | None:
+        """"committed", "aborted" or "unknown" (too old to tell) for a commit that got no
+        answer; None while the database does not answer."""
+        with trio.CancelScope(shield=True):
+            outcome = await aio.call(_commit_outcome, self.pool, xid, pid, SETTLE_TIMEOUT)
+        if outcome is not None:
+            self.health.ok()
+        return outcome
+
+    async def probe(self) -> bool:
+        """Does the database answer? (Ends an outage in the log as soon as it does.)"""
+        try:
+            await self._call(lambda conn: conn.fetchval("SELECT 1"), write=False)
+        except errors.DatabaseUnavailable:
+            return False
+        return True
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        return await aio.call(self.pool.fetch, sql, *args)
+        return await self._call(lambda conn: conn.fetch(sql, *args), write=False)
 
-    async def execute(self, sql: str, *args: Any) -> str:
-        return await aio.call(self.pool.execute, sql, *args)
-
-    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
-            await aio.call(self.pool.executemany, sql, rows)
-
-    async def transaction(self, body: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
-        """Run `body(conn)` (an asyncio coroutine function) in one transaction."""
-        return await aio.call(_transaction, self.pool, body)
+    async def execute(self, sql: str, *args: Any, what: str = "a write") -> str:
+        return await self._call(lambda conn: conn.execute(sql, *args), write=True, what=what)
 
     # -- workers ---------------------------------------------------------------------------
 
     async def insert_worker(self, worker_id: str, name: str, created_at: float) -> None:
         await self.execute("INSERT INTO workers (id, name, created_at) VALUES ($1, $2, $3)",
-                           worker_id, name, created_at)
+                           worker_id, name, created_at, what=f"join of worker {name}")
 
     async def update_worker(self, worker_id: str, **fields: Any) -> None:
         cols = list(fields)
         sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, 2))
         await self.execute(f"UPDATE workers SET {sets} WHERE id = $1", worker_id,
-                           *fields.values())
+                           *fields.values(), what=f"update of worker {worker_id}")
 
     async def load_workers(self) -> list[asyncpg.Record]:
         return await self.fetch("SELECT * FROM workers ORDER BY created_at")
@@ -125,7 +290,7 @@ class HostStore:
             await self.execute(
                 "INSERT INTO servers (id, name, worker_id, spec, generation, created_at, "
                 "updated_at) VALUES ($1, $2, $3, $4, 1, $5, $5)", server_id, name, worker_id,
-                msgspec.to_builtins(spec), now)
+                msgspec.to_builtins(spec), now, what=f"create of server {name}")
         except asyncpg.UniqueViolationError:
             raise errors.Exists.server(name) from None  # a concurrent create or rename won
 
@@ -135,16 +300,18 @@ class HostStore:
             await self.execute(
                 "UPDATE servers SET name = $2, spec = $3, generation = $4, updated_at = $5, "
                 "restart_generation = $6 WHERE id = $1", server_id, name,
-                msgspec.to_builtins(spec), generation, now, restart_generation)
+                msgspec.to_builtins(spec), generation, now, restart_generation,
+                what=f"update of server {name}")
         except asyncpg.UniqueViolationError:
             raise errors.Exists.server(name) from None  # a concurrent create or rename won
 
     async def mark_deleting(self, server_id: str, purge: bool) -> None:
         await self.execute("UPDATE servers SET deleting = true, purge = $2 WHERE id = $1",
-                           server_id, purge)
+                           server_id, purge, what=f"delete of server {server_id}")
 
     async def delete_server(self, server_id: str) -> None:
-        await self.execute("DELETE FROM servers WHERE id = $1", server_id)
+        await self.execute("DELETE FROM servers WHERE id = $1", server_id,
+                           what=f"removal of server {server_id}")
 
     async def load_servers(self) -> list[asyncpg.Record]:
         return await self.fetch("SELECT * FROM servers ORDER BY created_at")
@@ -154,7 +321,9 @@ class HostStore:
     async def flush(self, heartbeats: list[tuple[str, float]],
                     observed: list[tuple[str, Any, int]],
                     commands: list[tuple[Any, ...]]) -> None:
-        """One transaction for everything that piled up since the last flush."""
+        """One transaction for a batch of what piled up in memory. Idempotent (a command row
+        already there is skipped), so a batch whose outcome is not known is simply written
+        again."""
 
         async def body(conn: asyncpg.Connection) -> None:
             if heartbeats:
@@ -169,7 +338,8 @@ class HostStore:
             if commands:
                 await conn.executemany(
                     "INSERT INTO commands (id, at, actor, server_id, worker_id, type, data, "
-                    "delivered, result) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", commands)
+                    "delivered, result) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                    "ON CONFLICT (id) DO NOTHING", commands)
 
         if heartbeats or observed or commands:
-            await self.transaction(body)
+            await self._call(body, write=True)
