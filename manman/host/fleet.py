@@ -2,7 +2,9 @@
 
 Loaded from PostgreSQL at start and kept in memory; API writes go to the database first and
 then here. Heartbeats and status reports only touch memory and are written in batches
-(`flush`), so the heartbeat path does no database I/O.
+(`flush`), so the heartbeat path does no database I/O. The batches' records that matter
+after a crash (the command audit, observed states) go through the on-disk spool first and
+wait there for PostgreSQL as long as it takes (manman.host.spool).
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import trio
 
-from manman import models
+from manman import errors, models
+from manman.host.spool import CommandRow, ObservedRow, Spool
 from manman.host.store import HostStore
 
 log = logging.getLogger("manman.host.fleet")
 
 HEARTBEAT_PERSIST_EVERY = 5.0  # seconds between writes of a worker's last_heartbeat
+DROP_LOG_EVERY = 60.0
+FLUSH_CHUNK = 1000  # command rows a transaction: a long outage's backlog fits the timeout
 
 
 @dataclass(eq=False)
@@ -58,8 +64,10 @@ class ServerRec:
 
 
 class Fleet:
-    def __init__(self, store: HostStore, worker_timeout: float, worker_expiry: float) -> None:
+    def __init__(self, store: HostStore, worker_timeout: float, worker_expiry: float,
+                 spool: Spool | None = None) -> None:
         self.store = store
+        self.spool = spool
         self.worker_timeout = worker_timeout
         self.worker_expiry = worker_expiry
         self.workers: dict[str, WorkerRec] = {}
@@ -67,8 +75,13 @@ class Fleet:
         self._by_worker: dict[str, dict[str, ServerRec]] = {}  # the heartbeat's index
         self._by_name: dict[str, str] = {}
         self._dirty_observed: set[str] = set()
-        self._commands: list[tuple[Any, ...]] = []
-        self._flush_failures = 0
+        self._commands: list[CommandRow] = []  # accepted, not in the spool yet
+        # in the spool (or memory, without one), not in PostgreSQL yet
+        self._pending_commands: list[CommandRow] = []
+        self._pending_observed: dict[str, ObservedRow] = {}
+        self.records_dropped = 0  # command rows the full spool had no room for
+        self._drop_logged = -DROP_LOG_EVERY
+        store.health.waiting = lambda: sum(self.pending_records().values())
         self.heartbeats_received = 0
         self.heartbeats_missed = 0
         self._last_status: dict[str, str] = {}
@@ -76,6 +89,15 @@ class Fleet:
     # -- loading ---------------------------------------------------------------------------
 
     async def load(self) -> None:
+        if self.spool is not None:  # what a crashed host left, before the rows it updates
+            spool = self.spool
+            commands, observed = await trio.to_thread.run_sync(spool.load)
+            if commands or observed:
+                log.info("%s: %d command records and %d observed states from before the "
+                         "last stop", spool.path, len(commands), len(observed))
+                self._pending_commands = commands
+                self._pending_observed = {o[0]: o for o in observed}
+                await self._write_pending([])
         now_wall, now_mono = time.time(), time.monotonic()
         for r in await self.store.load_workers():
             w = WorkerRec(id=r["id"], name=r["name"], status=r["status"],
@@ -236,7 +258,15 @@ class Fleet:
     def record_command(self, row: tuple[Any, ...]) -> None:
         self._commands.append(row)
 
+    def pending_records(self) -> dict[str, int]:
+        """Records waiting for PostgreSQL, by kind (for /metrics and the outage log)."""
+        return {"command": len(self._commands) + len(self._pending_commands),
+                "observed": len(self._dirty_observed | self._pending_observed.keys())}
+
     async def flush(self) -> None:
+        """Spool what piled up since the last flush, then write everything pending to
+        PostgreSQL. A database that is away keeps it pending (no error: the store's outage
+        log says so); the spool is emptied once PostgreSQL holds it all."""
         beats = []
         for w in self.workers.values():
             if w.last_heartbeat and w.last_heartbeat - w.persisted_heartbeat >= \
@@ -250,19 +280,70 @@ class Fleet:
                 observed.append((sid, msgspec.to_builtins(s.observed), s.observed_generation))
         self._dirty_observed = set()
         commands, self._commands = self._commands, []
-        try:
-            await self.store.flush(beats, observed, commands)
-            self._flush_failures = 0
-        except Exception:
-            self._flush_failures += 1
-            if self._flush_failures >= 3:
-                # one bad row must not stall every later write: give this batch up
-                log.exception("flush to PostgreSQL failed 3 times; dropped %d command records "
-                              "and %d observed states", len(commands), len(observed))
-                self._flush_failures = 0
-                return
-            log.exception("flush to PostgreSQL failed; retrying")
-            self._commands[:0] = commands
-            self._dirty_observed.update(o[0] for o in observed)
+        if commands or observed:
+            kept = len(commands)
+            if self.spool is not None:
+                kept, _ = await trio.to_thread.run_sync(self.spool.append, commands, observed)
+            if kept < len(commands):
+                self._drop(len(commands) - kept)
+            self._pending_commands.extend(commands[:kept])
+            # observed states are at most one a server: memory holds them whatever the spool
+            self._pending_observed.update((o[0], o) for o in observed)
+        if not (beats or self._pending_commands or self._pending_observed):
+            if not self.store.health.up:
+                await self.store.probe()  # to notice (and log) the end of an outage
+            return
+        if not await self._write_pending(beats):
             for w_id, _ in beats:
-                self.workers[w_id].persisted_heartbeat = 0.0
+                if w_id in self.workers:
+                    self.workers[w_id].persisted_heartbeat = 0.0
+
+    async def _write_pending(self, beats: list[tuple[str, float]]) -> bool:
+        """Write the pending records in chunks; True when PostgreSQL holds them all."""
+        first = True
+        while first or self._pending_commands:
+            chunk = self._pending_commands[:FLUSH_CHUNK]
+            observed = list(self._pending_observed.values()) if first else []
+            try:
+                await self.store.flush(beats if first else [], observed, chunk)
+            except errors.DatabaseUnavailable:
+                return False
+            except Exception:  # a record PostgreSQL refuses must not hold up the others
+                log.exception("PostgreSQL refused a batch; writing its records one by one")
+                try:
+                    await self._write_one_by_one(beats if first else [], observed, chunk)
+                except errors.DatabaseUnavailable:
+                    return False
+            del self._pending_commands[:len(chunk)]
+            for o in observed:
+                if self._pending_observed.get(o[0]) is o:
+                    del self._pending_observed[o[0]]
+            first = False
+        if self.spool is not None and not self._pending_observed:
+            await trio.to_thread.run_sync(self.spool.clear)
+        return True
+
+    async def _write_one_by_one(self, beats: list[tuple[str, float]],
+                                observed: list[ObservedRow], commands: list[CommandRow]
+                                ) -> None:
+        bad = 0
+        one: tuple[list[tuple[str, float]], list[ObservedRow], list[CommandRow]]
+        for one in ([([b], [], []) for b in beats] + [([], [o], []) for o in observed] +
+                    [([], [], [c]) for c in commands]):
+            try:
+                await self.store.flush(*one)
+            except errors.DatabaseUnavailable:
+                raise
+            except Exception as e:
+                bad += 1
+                log.error("PostgreSQL refused a record, dropped: %s: %s", type(e).__name__, e)
+        self.records_dropped += bad
+
+    def _drop(self, n: int) -> None:
+        self.records_dropped += n
+        now = time.monotonic()
+        if now - self._drop_logged >= DROP_LOG_EVERY:  # one line a minute while it is full
+            self._drop_logged = now
+            log.error("the spool is full (%d bytes): command records are dropped until "
+                      "PostgreSQL takes them; %d dropped so far",
+                      self.spool.bound if self.spool else 0, self.records_dropped)

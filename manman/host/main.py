@@ -17,6 +17,7 @@ from manman.host.control import HostControl
 from manman.host.embedded import EmbeddedPostgres
 from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay
+from manman.host.spool import FILE_NAME, Spool
 from manman.host.store import HostStore
 from manman.http import auth
 from manman.http.app import serve, settle_gc
@@ -71,7 +72,8 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
                     embedded = EmbeddedPostgres(hcfg.data_dir)
                     db_url = await embedded.start()
                 store = await _open_store(db_url, bool(hcfg.database_url))
-                fleet = Fleet(store, hcfg.worker_timeout, hcfg.worker_expiry)
+                fleet = Fleet(store, hcfg.worker_timeout, hcfg.worker_expiry,
+                              Spool(hcfg.data_dir / FILE_NAME))
                 await fleet.load()
                 control = HostControl(store, fleet, relay)
                 await control.forget_deleted_on_retired()
