@@ -453,9 +453,13 @@ class HostControl:
                     self._forget_later.add(sid)
 
     async def _flush_loop(self, interval: float) -> None:
-        while True:
-            await trio.sleep(interval)
-            await self.flush()
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(interval)
+                # to disk every interval, even while a write to a hung database waits
+                await self.fleet.spool_new()
+                if not self._flush_lock.locked():
+                    nursery.start_soon(self.flush)
 
     async def _liveness_loop(self, stop: trio.Event) -> None:
         """Workers past worker_expiry without a heartbeat are asked to shut down and

@@ -79,6 +79,7 @@ class Fleet:
         # in the spool (or memory, without one), not in PostgreSQL yet
         self._pending_commands: list[CommandRow] = []
         self._pending_observed: dict[str, ObservedRow] = {}
+        self._spool_lock = trio.Lock()
         self.records_dropped = 0  # command rows the full spool had no room for
         self._drop_logged = -DROP_LOG_EVERY
         store.health.waiting = lambda: sum(self.pending_records().values())
@@ -263,6 +264,30 @@ class Fleet:
         return {"command": len(self._commands) + len(self._pending_commands),
                 "observed": len(self._dirty_observed | self._pending_observed.keys())}
 
+    async def spool_new(self) -> None:
+        """Move what was recorded since the last call from memory to the spool (one write and
+        one fsync): from then on a host crash does not lose it. Called every flush_interval
+        whatever PostgreSQL does, so a hung database does not widen what a crash loses."""
+        async with self._spool_lock:
+            observed = []
+            for sid in self._dirty_observed:
+                s = self.servers.get(sid)
+                if s is not None and s.observed is not None:
+                    observed.append((sid, msgspec.to_builtins(s.observed),
+                                     s.observed_generation))
+            self._dirty_observed = set()
+            commands, self._commands = self._commands, []
+            if not (commands or observed):
+                return
+            kept = len(commands)
+            if self.spool is not None:
+                kept, _ = await trio.to_thread.run_sync(self.spool.append, commands, observed)
+            if kept < len(commands):
+                self._drop(len(commands) - kept)
+            self._pending_commands.extend(commands[:kept])
+            # observed states are at most one a server: memory holds them whatever the spool
+            self._pending_observed.update((o[0], o) for o in observed)
+
     async def flush(self) -> None:
         """Spool what piled up since the last flush, then write everything pending to
         PostgreSQL. A database that is away keeps it pending (no error: the store's outage
@@ -273,22 +298,7 @@ class Fleet:
                     HEARTBEAT_PERSIST_EVERY:
                 beats.append((w.id, w.last_heartbeat))
                 w.persisted_heartbeat = w.last_heartbeat
-        observed = []
-        for sid in self._dirty_observed:
-            s = self.servers.get(sid)
-            if s is not None and s.observed is not None:
-                observed.append((sid, msgspec.to_builtins(s.observed), s.observed_generation))
-        self._dirty_observed = set()
-        commands, self._commands = self._commands, []
-        if commands or observed:
-            kept = len(commands)
-            if self.spool is not None:
-                kept, _ = await trio.to_thread.run_sync(self.spool.append, commands, observed)
-            if kept < len(commands):
-                self._drop(len(commands) - kept)
-            self._pending_commands.extend(commands[:kept])
-            # observed states are at most one a server: memory holds them whatever the spool
-            self._pending_observed.update((o[0], o) for o in observed)
+        await self.spool_new()
         if not (beats or self._pending_commands or self._pending_observed):
             if not self.store.health.up:
                 await self.store.probe()  # to notice (and log) the end of an outage
@@ -314,13 +324,15 @@ class Fleet:
                     await self._write_one_by_one(beats if first else [], observed, chunk)
                 except errors.DatabaseUnavailable:
                     return False
-            del self._pending_commands[:len(chunk)]
+            del self._pending_commands[:len(chunk)]  # spool_new only appends meanwhile
             for o in observed:
-                if self._pending_observed.get(o[0]) is o:
+                if self._pending_observed.get(o[0]) is o:  # not replaced by a newer one
                     del self._pending_observed[o[0]]
             first = False
-        if self.spool is not None and not self._pending_observed:
-            await trio.to_thread.run_sync(self.spool.clear)
+        if self.spool is not None:
+            async with self._spool_lock:  # nothing spooled meanwhile may be cut
+                if not (self._pending_commands or self._pending_observed):
+                    await trio.to_thread.run_sync(self.spool.clear)
         return True
 
     async def _write_one_by_one(self, beats: list[tuple[str, float]],

@@ -128,12 +128,13 @@ async def _bounded(pool: asyncpg.Pool, body: Body, timeout: float, write: bool) 
         conn = await pool.acquire(timeout=timeout)
     except _AWAY as e:
         raise _Lost(_reason(e)) from None
+    pid = conn.get_server_pid()
     expired = False
 
     def expire() -> None:
         nonlocal expired
         expired = True
-        conn.terminate()
+        _terminate(conn)
 
     timer = loop.call_at(deadline, expire)
     xid: int | None = None
@@ -154,20 +155,32 @@ async def _bounded(pool: asyncpg.Pool, body: Body, timeout: float, write: bool) 
         await conn.execute("COMMIT")
         return result
     except asyncio.CancelledError:
-        conn.terminate()  # cut short mid-protocol: not fit for reuse
+        _terminate(conn)  # cut short mid-protocol: not fit for reuse
         raise
     except Exception as e:
-        if not (expired or isinstance(e, _AWAY) or conn.is_closed()):
+        if not (expired or isinstance(e, _AWAY) or _closed(conn)):
             raise
-        conn.terminate()
+        _terminate(conn)
         reason = f"no answer within {timeout:g} s" if expired else _reason(e)
-        raise _Lost(reason, xid if committing else None, conn.get_server_pid(),
-                    result) from None
+        raise _Lost(reason, xid if committing else None, pid, result) from None
     finally:
         timer.cancel()
         # a failed release terminated it: the pool connects anew next time
         with contextlib.suppress(Exception):
             await pool.release(conn, timeout=max(0.1, deadline - loop.time()))
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    # a connection already closed has gone back to the pool: its proxy refuses every call
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
+def _closed(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 async def _commit_outcome(pool: asyncpg.Pool, xid: int, pid: int, timeout: float) -> str | None:
