@@ -9,6 +9,7 @@ wait there for PostgreSQL as long as it takes (manman.host.spool).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -309,26 +310,26 @@ class Fleet:
                     self.workers[w_id].persisted_heartbeat = 0.0
 
     async def _write_pending(self, beats: list[tuple[str, float]]) -> bool:
-        """Write the pending records in chunks; True when PostgreSQL holds them all."""
-        first = True
-        while first or self._pending_commands:
-            chunk = self._pending_commands[:FLUSH_CHUNK]
-            observed = list(self._pending_observed.values()) if first else []
+        """Write the pending records, FLUSH_CHUNK a transaction (a long outage's backlog
+        must not outgrow the database timeout); True when PostgreSQL holds them all."""
+        while beats or self._pending_observed or self._pending_commands:
+            observed = list(itertools.islice(self._pending_observed.values(), FLUSH_CHUNK))
+            chunk = self._pending_commands[:FLUSH_CHUNK - len(observed)]
             try:
-                await self.store.flush(beats if first else [], observed, chunk)
+                await self.store.flush(beats, observed, chunk)
             except errors.DatabaseUnavailable:
                 return False
             except Exception:  # a record PostgreSQL refuses must not hold up the others
                 log.exception("PostgreSQL refused a batch; writing its records one by one")
                 try:
-                    await self._write_one_by_one(beats if first else [], observed, chunk)
+                    await self._write_one_by_one(beats, observed, chunk)
                 except errors.DatabaseUnavailable:
                     return False
+            beats = []
             del self._pending_commands[:len(chunk)]  # spool_new only appends meanwhile
             for o in observed:
                 if self._pending_observed.get(o[0]) is o:  # not replaced by a newer one
                     del self._pending_observed[o[0]]
-            first = False
         if self.spool is not None:
             async with self._spool_lock:  # nothing spooled meanwhile may be cut
                 if not (self._pending_commands or self._pending_observed):
