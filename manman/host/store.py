@@ -64,11 +64,16 @@ async def _migrate(conn: asyncpg.Connection) -> list[str]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset query at each release (a round trip per call): the store sets no session
+    state, and asyncpg still rolls back a transaction left open."""
+
+
 async def _open(url: str) -> tuple[asyncpg.Pool, list[str]]:
     # min_size 0: no idle connection to keep up, so an outage logs nothing by itself (a
     # floor to restore logged a traceback every second)
     pool = await asyncpg.create_pool(url, min_size=0, max_size=4, init=_init_connection,
-                                     command_timeout=30)
+                                     reset=_keep_session, command_timeout=30)
     async with pool.acquire() as conn:
         applied = await _migrate(conn)
     return pool, applied
