@@ -158,10 +158,13 @@ class WorkerAgent:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await self.flush()
-                for actor in self.actors.values():
-                    actor.broker.close()
-                await self.store.close()
+                try:
+                    await self._last_save()
+                finally:
+                    # even when the save failed: aiosqlite's thread would keep the process
+                    for actor in self.actors.values():
+                        actor.broker.close()
+                    await self.store.close()
             self.stopped.set()
 
     def docker_runner(self) -> DockerRunner:
@@ -417,16 +420,39 @@ class WorkerAgent:
             await self.store.save([self._stored(actor)])
 
     async def _persister(self) -> None:
+        failing_since: float | None = None  # one line when saving fails, one when it works
         while True:
             await self._dirty_wake.wait()
             self._dirty_wake = trio.Event()
             await trio.sleep(0.05)  # a burst of changes becomes one transaction
             try:
                 await self.flush()
-            except Exception:  # a full disk: keep the servers running, try again later
-                log.exception("cannot save the servers' state; retrying")
+            except Exception as e:  # a full disk: keep the servers running, try again later
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    if isinstance(e, errors.InsufficientStorage):
+                        log.warning("cannot save the servers' state: %s; retrying every "
+                                    "second", e.message)
+                    else:
+                        log.exception("cannot save the servers' state; retrying every second")
                 await trio.sleep(1)
                 self._dirty_wake.set()
+            else:
+                if failing_since is not None:
+                    log.info("saved the servers' state again (after %.0f s)",
+                             time.monotonic() - failing_since)
+                    failing_since = None
+
+    async def _last_save(self) -> None:
+        """The final save of a stopping worker: a failure is logged, never raised (a
+        shutdown must end). What it loses is observed state only: a desired-state change is
+        saved before it is applied, and the next start recovers what runs from the pids."""
+        try:
+            await self.flush()
+        except errors.InsufficientStorage as e:
+            log.error("cannot save the servers' last state: %s", e.message)
+        except Exception:
+            log.exception("cannot save the servers' last state")
 
     async def flush(self) -> None:
         """Save now the state changes not saved yet (they are saved in batches)."""
