@@ -74,3 +74,62 @@ async def test_sigterm_on_a_full_disk_exits_in_time_and_leaves_no_game(
         assert sum("cannot save the servers' last state" in line for line in worker.log) == 1
     finally:
         worker.stop()
+
+
+async def test_a_change_that_cannot_be_saved_is_refused_and_not_applied(
+        tiny_disk: Any, tmp_path: Path, bg: trio.Nursery) -> None:
+    cfg, data = worker_on(tiny_disk, tmp_path)
+    worker = ManmanProcess(["worker", "--config", str(cfg)])
+    try:
+        api = Client(await worker.start(bg), TOKEN)
+        g = await api.post("/server", fake_spec("g", desired_state="running"), expect=201)
+        running = await api.wait_for("g", state="running")
+        tiny_disk.fill()
+
+        for method, path, body in (("POST", "/server/g/shutdown", None),
+                                   ("POST", "/server/g/kill", None),
+                                   ("POST", "/server/g/restart", None),
+                                   ("PUT", "/server/g", {"desired_state": "stopped"}),
+                                   ("DELETE", "/server/g?stop=true", None),
+                                   ("POST", "/server", fake_spec("new"))):
+            r = await api.request(method, path, json=body)
+            assert r.status_code == 507, (method, path, r.text)
+            assert r.json()["error"]["code"] == "insufficient_storage", r.text
+            assert r.json()["error"]["message"].startswith("disk full: ")
+        s = await api.get("/server/g")
+        assert (s["state"], s["desired_state"], s["pid"]) == ("running", "running",
+                                                              running["pid"])
+        assert (await api.get("/server/new", expect=404))["error"]["code"] == "not_found"
+        await trio.sleep(0.3)  # nothing stops it later either
+        assert (await api.get("/server/g"))["pid"] == running["pid"]
+        assert "Traceback" not in "\n".join(worker.log)
+
+        # space again: the store holds what runs, and a restart keeps it so
+        tiny_disk.free()
+        await api.aclose()
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+        assert stored(data, g["id"]) == ("running", "running")
+        worker = ManmanProcess(["worker", "--config", str(cfg)])
+        api = Client(await worker.start(bg), TOKEN)
+        await api.wait_for("g", state="running", desired_state="running")
+        assert [s["name"] for s in (await api.get("/server"))["servers"]] == ["g"]
+
+        # and a change made with space is saved, and kept by a restart
+        await api.post("/server/g/shutdown", expect=202)
+        assert stored(data, g["id"]) == ("stopped", "running")
+        await api.wait_for("g", state="stopped")
+        await api.post("/shutdown", expect=202)
+        assert await worker.wait() == 0
+        worker = ManmanProcess(["worker", "--config", str(cfg)])
+        api = Client(await worker.start(bg), TOKEN)
+        await trio.sleep(0.3)
+        s = await api.get("/server/g")
+        assert (s["state"], s["desired_state"]) == ("stopped", "stopped")
+        await api.post("/shutdown", expect=202)
+        assert await worker.wait() == 0
+        assert processes_under(data) == set()
+        await api.aclose()
+    finally:
+        worker.stop()

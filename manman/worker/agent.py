@@ -4,16 +4,17 @@ comes back after a crash or SIGKILL with the same servers and no orphaned game p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 import trio
@@ -40,6 +41,9 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 Action = Literal["start", "stop", "kill", "restart", "install"]
 # a process, an install or a pending restart: a delete with stop=true waits for it to end
 _STOP_BEFORE_DELETE = machine.LIVE | {"installing", "crashed"}
+# what a power action makes of the desired state (an install keeps it)
+_DESIRED_AFTER: dict[Action, machine.Desired] = {
+    "start": "running", "restart": "running", "stop": "stopped", "kill": "stopped"}
 
 
 class ServerObserver(Protocol):
@@ -252,10 +256,20 @@ class WorkerAgent:
     def name_taken(self, name: str) -> bool:
         return any(a.spec.name == name for a in self.actors.values())
 
-    def update(self, actor: ServerActor, change: models.ServerUpdate,
-               generation: int | None = None) -> None:
+    async def update(self, actor: ServerActor, change: models.ServerUpdate,
+                     generation: int | None = None) -> None:
         """A client's change of a server's spec; `generation` from the host (a late push of
-        an older one is refused), else the next one."""
+        an older one is refused), else the next one. Saved before it is applied."""
+        spec, generation = self._updated(actor, change, generation)
+        async with self._saved_first(actor, spec=spec, generation=generation,
+                                     desired_state=spec.desired_state):
+            # checked again: a heartbeat may have changed the server while it was saved
+            spec, generation = self._updated(actor, change, generation)
+            actor.update_spec(spec, generation, change.restart_on_change)
+
+    def _updated(self, actor: ServerActor, change: models.ServerUpdate,
+                 generation: int | None) -> tuple[ServerSpec, int]:
+        """The spec and generation an update makes, or the error that refuses it."""
         self.check_writable(actor)
         if change.name is not msgspec.UNSET and change.name != actor.spec.name and \
                 self.name_taken(change.name):
@@ -267,13 +281,36 @@ class WorkerAgent:
         if generation < actor.generation:  # a late push: a newer spec is already here
             raise errors.Conflict(f"generation {generation} is older than the server's "
                                   f"{actor.generation}", "stale_generation")
-        actor.update_spec(spec, generation, change.restart_on_change)
+        return spec, generation
 
-    def act(self, actor: ServerActor, action: Action) -> None:
-        """A power action asked by a client; refused when the server's state does not allow it."""
+    async def act(self, actor: ServerActor, action: Action) -> None:
+        """A power action asked by a client; refused when the server's state does not allow
+        it. Saved (its desired state) before it is applied: on a full disk a stop would be
+        undone by a restart, and a start could not record its process."""
         self.check_writable(actor)
-        {"start": actor.start, "stop": actor.stop, "kill": actor.kill,
-         "restart": actor.restart, "install": actor.install}[action]()
+        machine.check(action, actor.status.state)  # a refused command saves nothing
+        do = {"start": actor.start, "stop": actor.stop, "kill": actor.kill,
+              "restart": actor.restart, "install": actor.install}[action]
+        async with self._saved_first(actor, desired_state=_DESIRED_AFTER.get(
+                action, actor.desired_state)):
+            self.check_writable(actor)
+            do()
+
+    @contextlib.asynccontextmanager
+    async def _saved_first(self, actor: ServerActor, **changes: Any) -> AsyncIterator[None]:
+        """Save the server with `changes`, then run the body that applies them (sync code,
+        under the store lock: no batched save of the old state comes in between). One that
+        cannot be saved raises InsufficientStorage and is not applied: a restart would
+        undo it."""
+        assert self.store is not None
+        async with self._store_lock:
+            await self.store.save([dataclasses.replace(self._stored(actor), **changes)])
+            try:
+                yield
+            except BaseException:
+                # refused after all: the store holds what was not applied; save what is
+                self._mark_dirty(actor)
+                raise
 
     def send_console(self, actor: ServerActor, line: str) -> None:
         """One line to the server's stdin (to the actor rebuilt after a fault, if it was)."""
@@ -343,7 +380,10 @@ class WorkerAgent:
         `stop` asks to stop it first, in the background (its stop_timeout may be longer than
         any client should wait)."""
         if stop and actor.status.state in _STOP_BEFORE_DELETE:
-            self.delete_later(actor, purge)
+            self.check_writable(actor)
+            # the stop is saved first: if the delete cannot be saved later, it stays stopped
+            async with self._saved_first(actor, desired_state="stopped"):
+                self.delete_later(actor, purge)
             return False
         await self.delete(actor, purge=purge)
         return True
@@ -353,21 +393,23 @@ class WorkerAgent:
         self.check_writable()
         if stop:
             await actor.shutdown()
+        assert self.store is not None
         try:
             self.check_writable()  # the worker may have begun to shut down meanwhile
             actor.check_deletable()
-        except errors.Conflict:
+            async with self._store_lock:
+                # gone from the store first: a delete that cannot be saved is refused
+                # (InsufficientStorage) and the server stays (a restart would bring it back)
+                await self.store.delete(actor.id)
+                scope = self._scopes.pop(actor.id, None)
+                if scope is not None:
+                    scope.cancel()
+                self.actors.pop(actor.id, None)
+                self._dirty.discard(actor.id)
+        except (errors.Conflict, errors.InsufficientStorage):
             actor.reopen()
             raise
-        scope = self._scopes.pop(actor.id, None)
-        if scope is not None:
-            scope.cancel()
-        self.actors.pop(actor.id, None)
-        self._dirty.discard(actor.id)
         actor.broker.close(("not_found", "the server was deleted"))
-        assert self.store is not None
-        async with self._store_lock:
-            await self.store.delete(actor.id)
         if purge:
             await trio.to_thread.run_sync(shutil.rmtree, actor.server_dir, True)
         for observer in self._observers:
@@ -384,18 +426,23 @@ class WorkerAgent:
         try:
             await actor.shutdown()
             await self.delete(actor, purge=purge)
-        except errors.Conflict as e:
+        except (errors.Conflict, errors.InsufficientStorage) as e:
             log.warning("server %s not deleted: %s", actor.id, e)
         finally:
             self.removing.discard(actor.id)
 
     async def set_frozen(self, frozen: bool) -> None:
-        if self.status == "shutdown":
+        """Saved before it is applied (InsufficientStorage: not applied)."""
+        if self._shutting_down():
             raise errors.Conflict("the worker is shutting down", "shutting_down")
-        self.status = "frozen" if frozen else "alive"
         assert self.store is not None
         async with self._store_lock:
             await self.store.set_meta({"frozen": "1" if frozen else None})
+            if not self._shutting_down():  # (saved: it holds from the next start)
+                self.status = "frozen" if frozen else "alive"
+
+    def _shutting_down(self) -> bool:
+        return self.status == "shutdown"
 
     # -- persistence: batched on state changes, never per console line -----------------------
 
@@ -408,10 +455,13 @@ class WorkerAgent:
             run_instance=rec.instance)
 
     def _changed(self, actor: ServerActor) -> None:
-        self._dirty.add(actor.id)
-        self._dirty_wake.set()
+        self._mark_dirty(actor)
         for observer in self._observers:
             observer.server_changed(actor)
+
+    def _mark_dirty(self, actor: ServerActor) -> None:
+        self._dirty.add(actor.id)
+        self._dirty_wake.set()
 
     async def _persist_now(self, actor: ServerActor) -> None:
         self._dirty.discard(actor.id)
