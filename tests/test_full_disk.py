@@ -31,6 +31,13 @@ api_token = "{TOKEN}"
     return cfg, data
 
 
+async def fill_when_saved(disk: Any) -> None:
+    """Fill the disk once the worker's batched save of the last change is done: a save cut
+    short by the fill leaves SQLite pages allocated that a later, smaller one could use."""
+    await trio.sleep(0.3)
+    disk.fill()
+
+
 def stored(data: Path, server_id: str) -> tuple[str, str]:
     """(desired_state, spec's desired_state) of one server as the SQLite file holds them."""
     conn = sqlite3.connect(f"file:{data / 'worker.sqlite3'}?mode=ro", uri=True)
@@ -56,7 +63,7 @@ async def test_sigterm_on_a_full_disk_exits_in_time_and_leaves_no_game(
         await api.wait_for("g", state="running")
         assert len(processes_under(data)) >= 2  # the game and its child
         await api.aclose()
-        tiny_disk.fill()
+        await fill_when_saved(tiny_disk)
         assert worker.proc is not None
         began = time.monotonic()
         worker.proc.send_signal(signal.SIGTERM)
@@ -84,7 +91,7 @@ async def test_a_change_that_cannot_be_saved_is_refused_and_not_applied(
         api = Client(await worker.start(bg), TOKEN)
         g = await api.post("/server", fake_spec("g", desired_state="running"), expect=201)
         running = await api.wait_for("g", state="running")
-        tiny_disk.fill()
+        await fill_when_saved(tiny_disk)
 
         for method, path, body in (("POST", "/server/g/shutdown", None),
                                    ("POST", "/server/g/kill", None),
@@ -131,5 +138,74 @@ async def test_a_change_that_cannot_be_saved_is_refused_and_not_applied(
         assert await worker.wait() == 0
         assert processes_under(data) == set()
         await api.aclose()
+    finally:
+        worker.stop()
+
+
+async def test_a_start_on_a_full_disk_says_disk_full_once_and_starts_when_space_returns(
+        tiny_disk: Any, tmp_path: Path, bg: trio.Nursery) -> None:
+    cfg, data = worker_on(tiny_disk, tmp_path)
+    worker = ManmanProcess(["worker", "--config", str(cfg)])
+    try:
+        api = Client(await worker.start(bg), TOKEN)
+        restart = {"policy": "on-failure", "backoff_initial": 0.1, "backoff_max": 0.1}
+        await api.post("/server", fake_spec("g", desired_state="running", restart=restart),
+                       expect=201)
+        first = await api.wait_for("g", state="running")
+        await fill_when_saved(tiny_disk)
+        # it crashes; its restart cannot record the new process before it begins
+        await api.post("/server/g/command", {"data": "crash"}, expect=202)
+        s = await api.wait_for("g", state="starting", pid=None, timeout=10)
+        with trio.move_on_after(10):
+            while not (s["error"] or "").startswith("disk full: "):
+                await trio.sleep(0.05)
+                s = await api.get("/server/g")
+        assert s["error"].startswith("disk full: "), s
+        await trio.sleep(3)  # retries meanwhile: no new process, no new log line
+        s = await api.get("/server/g")
+        assert (s["state"], s["pid"]) == ("starting", None)
+        assert s["error"].startswith("disk full: ")
+        log = "\n".join(worker.log)
+        assert "Traceback" not in log and "actor fault" not in log, log
+        assert sum("cannot start" in line for line in worker.log) == 1, log
+        assert processes_under(data) == set()
+
+        tiny_disk.free()
+        s = await api.wait_for("g", state="running", timeout=20)
+        assert s["error"] is None and s["pid"] not in (None, first["pid"])
+        await api.post("/shutdown", expect=202)
+        assert await worker.wait() == 0
+        assert processes_under(data) == set()
+        await api.aclose()
+    finally:
+        worker.stop()
+
+
+async def test_a_stop_while_a_start_waits_for_space_ends_it(
+        tiny_disk: Any, tmp_path: Path, bg: trio.Nursery) -> None:
+    """The worker's shutdown (which needs no save first) ends a start that waits for space
+    at once: nothing begins, and the worker exits."""
+    cfg, data = worker_on(tiny_disk, tmp_path)
+    worker = ManmanProcess(["worker", "--config", str(cfg)])
+    try:
+        api = Client(await worker.start(bg), TOKEN)
+        restart = {"policy": "on-failure", "backoff_initial": 0.1, "backoff_max": 0.1}
+        await api.post("/server", fake_spec("g", desired_state="running", restart=restart),
+                       expect=201)
+        await api.wait_for("g", state="running")
+        await fill_when_saved(tiny_disk)
+        await api.post("/server/g/command", {"data": "crash"}, expect=202)
+        with trio.move_on_after(10):
+            while not ((await api.get("/server/g"))["error"] or "").startswith("disk full"):
+                await trio.sleep(0.05)
+        s = await api.get("/server/g")
+        assert (s["state"], (s["error"] or "")[:10]) == ("starting", "disk full:"), s
+        await api.aclose()
+        assert worker.proc is not None
+        began = time.monotonic()
+        worker.proc.send_signal(signal.SIGTERM)
+        assert await worker.wait(timeout=10) == 0
+        assert time.monotonic() - began < 5
+        assert processes_under(data) == set()
     finally:
         worker.stop()

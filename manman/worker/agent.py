@@ -253,6 +253,10 @@ class WorkerAgent:
         finally:
             self._creating -= claimed
 
+    def creating(self, server_id: str) -> bool:
+        """A create of this id is under way (saving it)."""
+        return server_id in self._creating
+
     def name_taken(self, name: str) -> bool:
         return any(a.spec.name == name for a in self.actors.values())
 
@@ -303,8 +307,13 @@ class WorkerAgent:
         cannot be saved raises InsufficientStorage and is not applied: a restart would
         undo it."""
         assert self.store is not None
+        row = dataclasses.replace(self._stored(actor), **changes)
+        # stamped: a command is a change, and SQLite skips writing a row identical to the
+        # stored one, so a restart would pass on a full disk, stop the game and then find
+        # it cannot record the new process
+        row.status = msgspec.structs.replace(row.status, updated_at=time.time())
         async with self._store_lock:
-            await self.store.save([dataclasses.replace(self._stored(actor), **changes)])
+            await self.store.save([row])
             try:
                 yield
             except BaseException:
@@ -466,8 +475,12 @@ class WorkerAgent:
     async def _persist_now(self, actor: ServerActor) -> None:
         self._dirty.discard(actor.id)
         assert self.store is not None
-        async with self._store_lock:
-            await self.store.save([self._stored(actor)])
+        try:
+            async with self._store_lock:
+                await self.store.save([self._stored(actor)])
+        except Exception:
+            self._mark_dirty(actor)  # saved in a batch later
+            raise
 
     async def _persister(self) -> None:
         failing_since: float | None = None  # one line when saving fails, one when it works
