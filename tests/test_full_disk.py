@@ -5,6 +5,7 @@ its own (`tiny_disk`) and fills it."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import time
@@ -29,6 +30,17 @@ data_dir = "{data}"
 api_token = "{TOKEN}"
 """)
     return cfg, data
+
+
+def stop_all(worker: ManmanProcess, data: Path) -> None:
+    """Last resort for a test that failed half-way: the worker, and any game it left (before
+    the tiny disk is unmounted and their directory cannot be told any more)."""
+    import os
+
+    worker.stop()
+    for pid in processes_under(data):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 async def fill_when_saved(disk: Any) -> None:
@@ -80,7 +92,7 @@ async def test_sigterm_on_a_full_disk_exits_in_time_and_leaves_no_game(
         assert sum("cannot save the servers' state" in line for line in worker.log) == 1, log
         assert sum("cannot save the servers' last state" in line for line in worker.log) == 1
     finally:
-        worker.stop()
+        stop_all(worker, data)
 
 
 async def test_a_change_that_cannot_be_saved_is_refused_and_not_applied(
@@ -139,7 +151,7 @@ async def test_a_change_that_cannot_be_saved_is_refused_and_not_applied(
         assert processes_under(data) == set()
         await api.aclose()
     finally:
-        worker.stop()
+        stop_all(worker, data)
 
 
 async def test_a_start_on_a_full_disk_says_disk_full_once_and_starts_when_space_returns(
@@ -178,7 +190,7 @@ async def test_a_start_on_a_full_disk_says_disk_full_once_and_starts_when_space_
         assert processes_under(data) == set()
         await api.aclose()
     finally:
-        worker.stop()
+        stop_all(worker, data)
 
 
 async def test_a_stop_while_a_start_waits_for_space_ends_it(
@@ -208,4 +220,4 @@ async def test_a_stop_while_a_start_waits_for_space_ends_it(
         assert time.monotonic() - began < 5
         assert processes_under(data) == set()
     finally:
-        worker.stop()
+        stop_all(worker, data)
