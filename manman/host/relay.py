@@ -33,9 +33,9 @@ _PASSED_ON: dict[int, type[errors.ManmanError]] = {
 
 
 def worker_error(status: int, content: bytes) -> errors.ManmanError:
-    """A worker's failure for the caller: its 4xx (but 401/403), 503 and 507 mean the same to the
-    caller; its 401/403 and other 5xx are the worker's trouble, not the caller's (502: a 401 would tell
-    a valid admin their token is wrong)."""
+    """A worker's failure for the caller: its 4xx (but 401/403), 503 and 507 mean the same to
+    the caller; its 401/403 and other 5xx are the worker's trouble, not the caller's (502: a
+    401 would tell a valid admin their token is wrong)."""
     try:
         err = msgspec.json.decode(content, type=models.ErrorReply).error
     except msgspec.MsgspecError:
