@@ -100,6 +100,13 @@ class DatabaseUnavailable(Unavailable):
         super().__init__(message)
 
 
+class InsufficientStorage(ManmanError):
+    """The change cannot be saved (a full disk), so it was not made; it may succeed once
+    there is space again."""
+
+    code = "insufficient_storage"
+
+
 class WorkerError(ManmanError):
     """A worker answered, but with a failure the host passes on (HTTP 502)."""
 

@@ -274,6 +274,8 @@ class ConsoleInput(Struct, forbid_unknown_fields=True):
 
 
 def check_console_line(data: str) -> None:
+    if not data:  # the host's words too: both answer an empty line alike
+        raise ValueError("a console command needs `data`")
     _no_nul(data, "data")
     if "\n" in data or "\r" in data:
         raise ValueError("data must be one line")

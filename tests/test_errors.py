@@ -14,7 +14,7 @@ def _reply(code: str, message: str = "no") -> bytes:
 
 @pytest.mark.parametrize(("worker", "caller"), [
     (400, 400), (404, 404), (405, 405), (409, 409), (410, 410), (413, 413), (415, 415),
-    (422, 422), (429, 429), (503, 503),
+    (422, 422), (429, 429), (503, 503), (507, 507),
     (401, 502), (403, 502), (500, 502), (502, 502), (200, 502)])
 def test_a_workers_refusal_keeps_its_status_unless_it_is_the_workers_own_trouble(worker, caller):
     e = worker_error(worker, _reply("some_code", "the reason"))

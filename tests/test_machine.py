@@ -871,3 +871,54 @@ def test_install_progress_reports_changes_only() -> None:
     assert kinds(m.install_progress(40.0)) == [Changed]
     assert m.install_progress(40.0) == []
     assert m.status.install_progress == 40.0
+
+
+# -- a start that waits for disk space to record its run ------------------------------------
+
+
+def test_a_blocked_launch_stays_starting_and_says_why_once() -> None:
+    m = starting()
+    rid = run_id(m)
+    assert kinds(m.launch_blocked(rid, "disk full: x")) == [Changed]
+    assert (m.state, m.status.error, m.status.pid) == ("starting", "disk full: x", None)
+    assert m.launch_blocked(rid, "disk full: x") == []  # the same reason: no new change
+    assert m.launch_wanted(rid)
+    m.spawned(rid, 4242, NOW)
+    assert (m.state, m.status.error) == ("running", None)
+
+
+def test_a_stop_calls_a_blocked_launch_off() -> None:
+    m = starting()
+    rid = run_id(m)
+    m.launch_blocked(rid, "disk full: x")
+    m.stop()
+    assert not m.launch_wanted(rid)
+    out = m.launch_called_off(rid)
+    assert kinds(out) == [Changed, Note] and notes(out) == ["stopped before it started"]
+    assert (m.state, m.status.error, m.desired, m.run) == ("stopped", None, "stopped", None)
+    assert m.launch_called_off(rid) == []  # (once)
+
+
+def test_a_restart_calls_a_blocked_launch_off_and_launches_again() -> None:
+    m = starting()
+    rid = run_id(m)
+    m.launch_blocked(rid, "disk full: x")
+    m.restart()
+    out = m.launch_called_off(rid)
+    assert Spawn in kinds(out) and m.state == "starting" and run_id(m) != rid
+
+
+def test_a_shutdown_calls_a_blocked_launch_off_for_good() -> None:
+    m = starting()
+    rid = run_id(m)
+    m.shutdown(keep_desired=True)
+    assert not m.launch_wanted(rid)
+    out = m.launch_called_off(rid)
+    assert Spawn not in kinds(out) and m.state == "stopped" and m.desired == "running"
+
+
+def test_a_blocked_launch_of_an_older_run_is_ignored() -> None:
+    m = starting()
+    assert m.launch_blocked(run_id(m) + 1, "disk full: x") == []
+    assert not m.launch_wanted(run_id(m) + 1)
+    assert m.status.error is None

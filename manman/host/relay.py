@@ -29,13 +29,13 @@ class Unreachable(errors.Unavailable):
 # a worker's refusal that means the same to the host's caller keeps its status
 _PASSED_ON: dict[int, type[errors.ManmanError]] = {
     400: errors.BadRequest, 404: errors.NotFound, 409: errors.Conflict, 410: errors.Gone,
-    422: errors.Invalid, 503: errors.Unavailable}
+    422: errors.Invalid, 503: errors.Unavailable, 507: errors.InsufficientStorage}
 
 
 def worker_error(status: int, content: bytes) -> errors.ManmanError:
-    """A worker's failure for the caller: its 4xx (but 401/403) and 503 mean the same to the
-    caller; its 401/403/5xx are the worker's trouble, not the caller's (502: a 401 would tell
-    a valid admin their token is wrong)."""
+    """A worker's failure for the caller: its 4xx (but 401/403), 503 and 507 mean the same to
+    the caller; its 401/403 and other 5xx are the worker's trouble, not the caller's (502: a
+    401 would tell a valid admin their token is wrong)."""
     try:
         err = msgspec.json.decode(content, type=models.ErrorReply).error
     except msgspec.MsgspecError:

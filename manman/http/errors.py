@@ -21,6 +21,7 @@ STATUS: dict[type[errors.ManmanError], int] = {
     errors.WorkerError: 502,
     errors.Busy: 503,
     errors.Unavailable: 503,
+    errors.InsufficientStorage: 507,
 }
 
 # the codes of answers the HTTP layer gives by itself (werkzeug's exceptions)

@@ -21,7 +21,8 @@ from typing import cast
 
 import trio
 
-from manman.errors import Busy
+from manman.backoff import Backoff
+from manman.errors import Busy, InsufficientStorage
 from manman.models import ServerSpec, ServerStatus
 from manman.worker import machine, procs
 from manman.worker.console.broker import LogBroker
@@ -49,6 +50,7 @@ class Run:
     spawned: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
     ready_re: re.Pattern[str] | None = None  # while waiting for the ready line
+    wake: trio.Event = field(default_factory=trio.Event)  # a command while it waits to begin
 
 
 @dataclass
@@ -256,6 +258,9 @@ class ServerActor:
                                    "install_progress": st.install_progress})
         if changed or persist:
             self.hooks.changed(self)
+        run = self.run
+        if run is not None and run.proc is None:  # waiting to begin: let it look again
+            run.wake.set()
 
     def _live(self, run_id: int) -> Run | None:
         """The current run if it is this one and has not exited."""
@@ -271,7 +276,8 @@ class ServerActor:
     async def _launch(self, run: Run) -> None:
         ctx = LaunchContext(self.id, self.spec, self.files_dir, run.instance)
         try:
-            await self.hooks.persist_now(self)  # the instance token is on disk before a process
+            if not await self._record(run):
+                return
             proc = await self.runner.spawn(ctx)
         except (SpawnError, OSError) as e:  # OSError: a disk that cannot take the state
             if not isinstance(e, SpawnError):
@@ -290,6 +296,37 @@ class ServerActor:
         run.spawned.set()
         self._apply(self.machine.spawned(run.id, proc.pid, self._now()))
         self._spawn_task(self._supervise, run, proc)
+
+    async def _record(self, run: Run) -> bool:
+        """Save the run's instance token before its process exists (no orphan unrecorded).
+        On a full disk it waits for space, retrying, its status's error saying why; False
+        when a stop, kill or shutdown called the start off meanwhile."""
+        backoff = Backoff(0.5, 10)
+        waited = False
+        while True:
+            try:
+                await self.hooks.persist_now(self)
+            except InsufficientStorage as e:
+                if not waited:  # once: the status says it for as long as it lasts
+                    log.warning("server %s cannot start: %s; retrying until there is space",
+                                self.id, e.message)
+                    waited = True
+                self._apply(self.machine.launch_blocked(run.id, e.message))
+                run.wake = trio.Event()
+                if self.machine.launch_wanted(run.id):
+                    with trio.move_on_after(backoff.next()):
+                        await run.wake.wait()
+                if not self.machine.launch_wanted(run.id):
+                    if self.run is run:
+                        self.run = None
+                    run.spawned.set()
+                    run.exited.set()
+                    self._apply(self.machine.launch_called_off(run.id))
+                    return False
+                continue
+            if waited:
+                log.info("server %s: its start is saved now; starting", self.id)
+            return True
 
     async def _supervise(self, run: Run, proc: GameProcess) -> None:
         code: int | None = None

@@ -4,16 +4,17 @@ comes back after a crash or SIGKILL with the same servers and no orphaned game p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 import trio
@@ -40,6 +41,9 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 Action = Literal["start", "stop", "kill", "restart", "install"]
 # a process, an install or a pending restart: a delete with stop=true waits for it to end
 _STOP_BEFORE_DELETE = machine.LIVE | {"installing", "crashed"}
+# what a power action makes of the desired state (an install keeps it)
+_DESIRED_AFTER: dict[Action, machine.Desired] = {
+    "start": "running", "restart": "running", "stop": "stopped", "kill": "stopped"}
 
 
 class ServerObserver(Protocol):
@@ -158,10 +162,13 @@ class WorkerAgent:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await self.flush()
-                for actor in self.actors.values():
-                    actor.broker.close()
-                await self.store.close()
+                try:
+                    await self._last_save()
+                finally:
+                    # even when the save failed: aiosqlite's thread would keep the process
+                    for actor in self.actors.values():
+                        actor.broker.close()
+                    await self.store.close()
             self.stopped.set()
 
     def docker_runner(self) -> DockerRunner:
@@ -246,13 +253,27 @@ class WorkerAgent:
         finally:
             self._creating -= claimed
 
+    def creating(self, server_id: str) -> bool:
+        """A create of this id is under way (saving it)."""
+        return server_id in self._creating
+
     def name_taken(self, name: str) -> bool:
         return any(a.spec.name == name for a in self.actors.values())
 
-    def update(self, actor: ServerActor, change: models.ServerUpdate,
-               generation: int | None = None) -> None:
+    async def update(self, actor: ServerActor, change: models.ServerUpdate,
+                     generation: int | None = None) -> None:
         """A client's change of a server's spec; `generation` from the host (a late push of
-        an older one is refused), else the next one."""
+        an older one is refused), else the next one. Saved before it is applied."""
+        spec, generation = self._updated(actor, change, generation)
+        async with self._saved_first(actor, spec=spec, generation=generation,
+                                     desired_state=spec.desired_state):
+            # checked again: a heartbeat may have changed the server while it was saved
+            spec, generation = self._updated(actor, change, generation)
+            actor.update_spec(spec, generation, change.restart_on_change)
+
+    def _updated(self, actor: ServerActor, change: models.ServerUpdate,
+                 generation: int | None) -> tuple[ServerSpec, int]:
+        """The spec and generation an update makes, or the error that refuses it."""
         self.check_writable(actor)
         if change.name is not msgspec.UNSET and change.name != actor.spec.name and \
                 self.name_taken(change.name):
@@ -264,13 +285,41 @@ class WorkerAgent:
         if generation < actor.generation:  # a late push: a newer spec is already here
             raise errors.Conflict(f"generation {generation} is older than the server's "
                                   f"{actor.generation}", "stale_generation")
-        actor.update_spec(spec, generation, change.restart_on_change)
+        return spec, generation
 
-    def act(self, actor: ServerActor, action: Action) -> None:
-        """A power action asked by a client; refused when the server's state does not allow it."""
+    async def act(self, actor: ServerActor, action: Action) -> None:
+        """A power action asked by a client; refused when the server's state does not allow
+        it. Saved (its desired state) before it is applied: on a full disk a stop would be
+        undone by a restart, and a start could not record its process."""
         self.check_writable(actor)
-        {"start": actor.start, "stop": actor.stop, "kill": actor.kill,
-         "restart": actor.restart, "install": actor.install}[action]()
+        machine.check(action, actor.status.state)  # a refused command saves nothing
+        do = {"start": actor.start, "stop": actor.stop, "kill": actor.kill,
+              "restart": actor.restart, "install": actor.install}[action]
+        async with self._saved_first(actor, desired_state=_DESIRED_AFTER.get(
+                action, actor.desired_state)):
+            self.check_writable(actor)
+            do()
+
+    @contextlib.asynccontextmanager
+    async def _saved_first(self, actor: ServerActor, **changes: Any) -> AsyncIterator[None]:
+        """Save the server with `changes`, then run the body that applies them (sync code,
+        under the store lock: no batched save of the old state comes in between). One that
+        cannot be saved raises InsufficientStorage and is not applied: a restart would
+        undo it."""
+        assert self.store is not None
+        row = dataclasses.replace(self._stored(actor), **changes)
+        # stamped: a command is a change, and SQLite skips writing a row identical to the
+        # stored one, so a restart would pass on a full disk, stop the game and then find
+        # it cannot record the new process
+        row.status = msgspec.structs.replace(row.status, updated_at=time.time())
+        async with self._store_lock:
+            await self.store.save([row])
+            try:
+                yield
+            except BaseException:
+                # refused after all: the store holds what was not applied; save what is
+                self._mark_dirty(actor)
+                raise
 
     def send_console(self, actor: ServerActor, line: str) -> None:
         """One line to the server's stdin (to the actor rebuilt after a fault, if it was)."""
@@ -340,7 +389,10 @@ class WorkerAgent:
         `stop` asks to stop it first, in the background (its stop_timeout may be longer than
         any client should wait)."""
         if stop and actor.status.state in _STOP_BEFORE_DELETE:
-            self.delete_later(actor, purge)
+            self.check_writable(actor)
+            # the stop is saved first: if the delete cannot be saved later, it stays stopped
+            async with self._saved_first(actor, desired_state="stopped"):
+                self.delete_later(actor, purge)
             return False
         await self.delete(actor, purge=purge)
         return True
@@ -350,21 +402,23 @@ class WorkerAgent:
         self.check_writable()
         if stop:
             await actor.shutdown()
+        assert self.store is not None
         try:
             self.check_writable()  # the worker may have begun to shut down meanwhile
             actor.check_deletable()
-        except errors.Conflict:
+            async with self._store_lock:
+                # gone from the store first: a delete that cannot be saved is refused
+                # (InsufficientStorage) and the server stays (a restart would bring it back)
+                await self.store.delete(actor.id)
+                scope = self._scopes.pop(actor.id, None)
+                if scope is not None:
+                    scope.cancel()
+                self.actors.pop(actor.id, None)
+                self._dirty.discard(actor.id)
+        except (errors.Conflict, errors.InsufficientStorage):
             actor.reopen()
             raise
-        scope = self._scopes.pop(actor.id, None)
-        if scope is not None:
-            scope.cancel()
-        self.actors.pop(actor.id, None)
-        self._dirty.discard(actor.id)
         actor.broker.close(("not_found", "the server was deleted"))
-        assert self.store is not None
-        async with self._store_lock:
-            await self.store.delete(actor.id)
         if purge:
             await trio.to_thread.run_sync(shutil.rmtree, actor.server_dir, True)
         for observer in self._observers:
@@ -381,18 +435,23 @@ class WorkerAgent:
         try:
             await actor.shutdown()
             await self.delete(actor, purge=purge)
-        except errors.Conflict as e:
+        except (errors.Conflict, errors.InsufficientStorage) as e:
             log.warning("server %s not deleted: %s", actor.id, e)
         finally:
             self.removing.discard(actor.id)
 
     async def set_frozen(self, frozen: bool) -> None:
-        if self.status == "shutdown":
+        """Saved before it is applied (InsufficientStorage: not applied)."""
+        if self._shutting_down():
             raise errors.Conflict("the worker is shutting down", "shutting_down")
-        self.status = "frozen" if frozen else "alive"
         assert self.store is not None
         async with self._store_lock:
             await self.store.set_meta({"frozen": "1" if frozen else None})
+            if not self._shutting_down():  # (saved: it holds from the next start)
+                self.status = "frozen" if frozen else "alive"
+
+    def _shutting_down(self) -> bool:
+        return self.status == "shutdown"
 
     # -- persistence: batched on state changes, never per console line -----------------------
 
@@ -405,28 +464,58 @@ class WorkerAgent:
             run_instance=rec.instance)
 
     def _changed(self, actor: ServerActor) -> None:
-        self._dirty.add(actor.id)
-        self._dirty_wake.set()
+        self._mark_dirty(actor)
         for observer in self._observers:
             observer.server_changed(actor)
+
+    def _mark_dirty(self, actor: ServerActor) -> None:
+        self._dirty.add(actor.id)
+        self._dirty_wake.set()
 
     async def _persist_now(self, actor: ServerActor) -> None:
         self._dirty.discard(actor.id)
         assert self.store is not None
-        async with self._store_lock:
-            await self.store.save([self._stored(actor)])
+        try:
+            async with self._store_lock:
+                await self.store.save([self._stored(actor)])
+        except Exception:
+            self._mark_dirty(actor)  # saved in a batch later
+            raise
 
     async def _persister(self) -> None:
+        failing_since: float | None = None  # one line when saving fails, one when it works
         while True:
             await self._dirty_wake.wait()
             self._dirty_wake = trio.Event()
             await trio.sleep(0.05)  # a burst of changes becomes one transaction
             try:
                 await self.flush()
-            except Exception:  # a full disk: keep the servers running, try again later
-                log.exception("cannot save the servers' state; retrying")
+            except Exception as e:  # a full disk: keep the servers running, try again later
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    if isinstance(e, errors.InsufficientStorage):
+                        log.warning("cannot save the servers' state: %s; retrying every "
+                                    "second", e.message)
+                    else:
+                        log.exception("cannot save the servers' state; retrying every second")
                 await trio.sleep(1)
                 self._dirty_wake.set()
+            else:
+                if failing_since is not None:
+                    log.info("saved the servers' state again (after %.0f s)",
+                             time.monotonic() - failing_since)
+                    failing_since = None
+
+    async def _last_save(self) -> None:
+        """The final save of a stopping worker: a failure is logged, never raised (a
+        shutdown must end). What it loses is observed state only: a desired-state change is
+        saved before it is applied, and the next start recovers what runs from the pids."""
+        try:
+            await self.flush()
+        except errors.InsufficientStorage as e:
+            log.error("cannot save the servers' last state: %s", e.message)
+        except Exception:
+            log.exception("cannot save the servers' last state")
 
     async def flush(self) -> None:
         """Save now the state changes not saved yet (they are saved in batches)."""

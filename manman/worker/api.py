@@ -114,12 +114,14 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
     async def prometheus() -> Response:
         return Response(metrics.render(), content_type=CONTENT_TYPE)
 
-    @api.route("POST", "/freeze", response=StatusReply, summary="Stop applying changes")
+    @api.route("POST", "/freeze", response=StatusReply, errors=(409, 507),
+               summary="Stop applying changes")
     async def freeze(who: Principal) -> Response:
         await agent.set_frozen(True)
         return json_response(StatusReply(agent.status))
 
-    @api.route("POST", "/unfreeze", response=StatusReply, summary="Resume applying changes")
+    @api.route("POST", "/unfreeze", response=StatusReply, errors=(409, 507),
+               summary="Resume applying changes")
     async def unfreeze(who: Principal) -> Response:
         await agent.set_frozen(False)
         return json_response(StatusReply(agent.status))
@@ -146,7 +148,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
         return json_response(models.ServerList(out))
 
     @api.route("POST", "/server", body=WorkerServerCreate, response=models.Server, status=201,
-               errors=(409,), summary="Create a server (a host passes its own id)")
+               errors=(409, 507), summary="Create a server (a host passes its own id)")
     async def create(who: Principal, body: WorkerServerCreate) -> Response:
         spec = models.ServerSpec(**{f: getattr(body, f)
                                     for f in models.ServerSpec.__struct_fields__})
@@ -158,13 +160,14 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
         return json_response(view(agent.get(server_id)))
 
     @api.route("PUT", "/server/{server_id}", body=WorkerServerUpdate, response=models.Server,
-               errors=(409,), summary="Change a server's spec")
+               errors=(409, 507), summary="Change a server's spec")
     async def update(who: Principal, server_id: str, body: WorkerServerUpdate) -> Response:
         actor = agent.get(server_id)
-        agent.update(actor, body, None if body.generation is msgspec.UNSET else body.generation)
+        await agent.update(actor, body,
+                           None if body.generation is msgspec.UNSET else body.generation)
         return json_response(view(actor))
 
-    @api.route("DELETE", "/server/{server_id}", response=Deleted, errors=(202, 409),
+    @api.route("DELETE", "/server/{server_id}", response=Deleted, errors=(202, 409, 507),
                query={"purge": "boolean", "stop": "boolean"},
                summary="Remove a stopped server (?stop=true stops it first; ?purge=true "
                        "also deletes its files)")
@@ -176,10 +179,10 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
 
     def power(path: str, action: Action, summary: str) -> None:
         @api.route("POST", f"/server/{{server_id}}/{path}", response=models.Server,
-                   status=202, errors=(409,), summary=summary)
+                   status=202, errors=(409, 507), summary=summary)
         async def handler(who: Principal, server_id: str) -> Response:
             actor = agent.get(server_id)
-            agent.act(actor, action)
+            await agent.act(actor, action)
             return json_response(view(actor), 202)
 
         handler.__name__ = f"power_{path}"

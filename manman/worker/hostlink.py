@@ -45,6 +45,9 @@ class HostLink:
         self.heartbeats_failed = 0
         self.last_error: str | None = None
         self._tasks: trio.CancelScope | None = None  # registration, reports, heartbeats
+        # why a server of the host's answers could not be applied, as last logged: every
+        # heartbeat repeats the answer, the log says it once
+        self._refused: dict[str, str] = {}
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -185,10 +188,16 @@ class HostLink:
     async def apply(self, reply: models.HeartbeatReply, nursery: trio.Nursery) -> None:
         """Work towards the host's desired state."""
         agent = self.agent
-        if reply.status == "frozen" and agent.status == "alive":
-            await agent.set_frozen(True)
-        elif reply.status == "alive" and agent.status == "frozen":
-            await agent.set_frozen(False)
+        try:
+            if reply.status == "frozen" and agent.status == "alive":
+                await agent.set_frozen(True)
+            elif reply.status == "alive" and agent.status == "frozen":
+                await agent.set_frozen(False)
+        except errors.InsufficientStorage as e:  # not applied: nothing else is, until saved
+            self._refuse("", f"cannot {'freeze' if reply.status == 'frozen' else 'unfreeze'}"
+                             f" this worker: {e}")
+            return
+        self._refused.pop("", None)
         if agent.status != "alive":
             return  # frozen: keeps running, applies nothing
         for d in reply.servers:
@@ -197,11 +206,23 @@ class HostLink:
                 if actor is None:
                     await agent.create(d.spec, d.id, d.generation)
                 elif actor.generation < d.generation:  # never back to an older spec
+                    # applied now, saved in a batch when it can be: the host holds it
                     actor.update_spec(d.spec, d.generation, restart_on_change=d.restart)
+            except errors.Exists as e:
+                if d.id in agent.actors or agent.creating(d.id):
+                    # the push of a create and this answer raced: it is there, or coming
+                    log.debug("server %s: %s (the push made it)", d.id, e)
+                else:
+                    self._refuse(d.id, f"cannot apply server {d.id}: {e}")
             except errors.ManmanError as e:
-                log.warning("cannot apply server %s: %s", d.id, e)
-            except Exception:  # one server's trouble (a disk error) must not stop the rest
+                self._refuse(d.id, f"cannot apply server {d.id}: {e}")
+            except Exception:  # one server's trouble must not stop the rest
                 log.exception("cannot apply server %s", d.id)
+            else:
+                self._refused.pop(d.id, None)
+        asked = {"", *(d.id for d in reply.servers), *(f"remove {r.id}" for r in reply.remove)}
+        for key in self._refused.keys() - asked:  # no longer asked for: forgotten
+            del self._refused[key]
         for rm in reply.remove:
             actor = agent.actors.get(rm.id)
             if actor is not None and actor.id not in self._removing | agent.removing:
@@ -209,13 +230,21 @@ class HostLink:
                 nursery.start_soon(self._remove, actor, rm.purge)
 
     async def _remove(self, actor: ServerActor, purge: bool) -> None:
+        key = f"remove {actor.id}"
         try:
             await self.agent.delete(actor, stop=True, purge=purge)
             log.info("removed server %s (deleted on the host)", actor.id)
-        except errors.Conflict as e:
-            log.warning("cannot remove server %s now: %s", actor.id, e)
+            self._refused.pop(key, None)
+        except (errors.Conflict, errors.InsufficientStorage) as e:
+            self._refuse(key, f"cannot remove server {actor.id} now: {e}")
         finally:
             self._removing.discard(actor.id)
+
+    def _refuse(self, key: str, message: str) -> None:
+        """Log why the host's answer could not be applied, once while it stays the same."""
+        if self._refused.get(key) != message:
+            log.warning("%s", message)
+            self._refused[key] = message
 
     # -- state changes reach the host at once -------------------------------------------------
 

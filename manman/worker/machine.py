@@ -300,7 +300,34 @@ class ServerMachine:
             return []
         run.spawned = True
         out: list[Effect] = []
+        if self.status.error is not None:  # why it had to wait (launch_blocked): over
+            self._set(out, error=None)
         self._begin_run(out, run, pid, now, adopted=False)
+        return out
+
+    def launch_blocked(self, run_id: int, error: str) -> list[Effect]:
+        """The run cannot begin yet (its record cannot be saved: a full disk); the actor
+        retries. It stays `starting`, and `error` says why."""
+        out: list[Effect] = []
+        if self._current(run_id) is not None and self.status.error != error:
+            self._set(out, error=error)
+        return out
+
+    def launch_wanted(self, run_id: int) -> bool:
+        """A run waiting to begin should still begin (no stop, kill or shutdown came)."""
+        run = self._current(run_id)
+        return run is not None and not (run.stop_requested or run.kill_requested)
+
+    def launch_called_off(self, run_id: int) -> list[Effect]:
+        """A stop, kill or shutdown came while the run waited to begin: it ends as asked,
+        with no process ever started."""
+        run = self._current(run_id)
+        if run is None:
+            return []
+        self.run = None
+        self.status.error = None  # (the wait's reason; stamped by the change below)
+        out: list[Effect] = []
+        self._ended_as_asked(out, run, None, "stopped before it started")
         return out
 
     def spawn_failed(self, run_id: int, error: str) -> list[Effect]:
@@ -364,15 +391,7 @@ class ServerMachine:
         out: list[Effect] = []
         how = describe_exit(code)
         if run.stop_requested or run.kill_requested:
-            self._set(out, state="stopped", ready=False, pid=None, exit_code=code)
-            out.append(Note(f"stopped ({how})"))
-            if self._take_pending_start():
-                self._start_fresh(out)
-            elif run.then is not None and not run.kill_requested and not self.closing:
-                if run.then == "install":  # a reinstall installs even if a stop came
-                    self._start_install(out, then_start=True)
-                elif self.desired == "running":  # a stop during a restart wins
-                    self._launch(out)
+            self._ended_as_asked(out, run, code, f"stopped ({how})")
             return out
         decision = after_exit(self.spec.restart, self.crash_times, now, code, run.crash_reason)
         self.crash_times = decision.crash_times
@@ -431,6 +450,20 @@ class ServerMachine:
         return out
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _ended_as_asked(self, out: list[Effect], run: RunFlags, code: int | None, note: str
+                        ) -> None:
+        """A run ended by a stop or kill: `stopped`, then what was asked next (a start that
+        came meanwhile, the start of a restart, a reinstall)."""
+        self._set(out, state="stopped", ready=False, pid=None, exit_code=code)
+        out.append(Note(note))
+        if self._take_pending_start():
+            self._start_fresh(out)
+        elif run.then is not None and not run.kill_requested and not self.closing:
+            if run.then == "install":  # a reinstall installs even if a stop came
+                self._start_install(out, then_start=True)
+            elif self.desired == "running":  # a stop during a restart wins
+                self._launch(out)
 
     def _start(self, out: list[Effect]) -> None:
         check("start", self.state)

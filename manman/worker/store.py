@@ -6,7 +6,11 @@ runs, each server's last observed status, and what it needs to find a game proce
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,7 +18,7 @@ from typing import Literal
 import aiosqlite
 import msgspec
 
-from manman import aio
+from manman import aio, errors
 from manman.models import ServerSpec, ServerStatus
 
 # aiosqlite logs every statement with its parameters at DEBUG: the worker token among them
@@ -74,6 +78,18 @@ def _owner_only(path: Path) -> None:
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
 
+
+_SQLITE_FULL = 13
+
+
+def disk_full(e: BaseException) -> bool:
+    """SQLite's "database or disk is full" (an OperationalError, not an OSError), or an
+    OSError for no space or no quota left."""
+    if isinstance(e, sqlite3.Error):
+        return (getattr(e, "sqlite_errorcode", 0) & 0xFF) == _SQLITE_FULL
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class WorkerStore:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
@@ -96,27 +112,44 @@ class WorkerStore:
         row = await aio.call(cur.fetchone)
         return row[0] if row else None
 
+    async def _write(self, statements: Callable[[], Awaitable[object]]) -> None:
+        """One transaction: committed whole, or rolled back (a later commit must not carry
+        a change that was refused). A full disk raises `errors.InsufficientStorage`."""
+        try:
+            await statements()
+            await aio.call(self._conn.commit)
+        except (sqlite3.Error, OSError) as e:
+            with contextlib.suppress(sqlite3.Error, OSError):
+                await aio.call(self._conn.rollback)
+            if disk_full(e):
+                raise errors.InsufficientStorage(
+                    f"disk full: cannot save the worker's state ({e})") from None
+            raise
+
     async def set_meta(self, values: dict[str, str | None]) -> None:
-        for key, value in values.items():
-            if value is None:
-                await aio.call(self._conn.execute, "DELETE FROM meta WHERE key = ?", (key,))
-            else:
-                await aio.call(self._conn.execute,
-                               "INSERT INTO meta (key, value) VALUES (?, ?) "
-                               "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                               (key, value))
-        await aio.call(self._conn.commit)
+        async def statements() -> None:
+            for key, value in values.items():
+                if value is None:
+                    await aio.call(self._conn.execute, "DELETE FROM meta WHERE key = ?",
+                                   (key,))
+                else:
+                    await aio.call(self._conn.execute,
+                                   "INSERT INTO meta (key, value) VALUES (?, ?) "
+                                   "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                                   (key, value))
+
+        await self._write(statements)
 
     async def save(self, servers: list[StoredServer]) -> None:
         """Upsert many servers in one transaction."""
         if not servers:
             return
-        await aio.call(self._conn.executemany, _UPSERT, [s.row() for s in servers])
-        await aio.call(self._conn.commit)
+        await self._write(lambda: aio.call(self._conn.executemany, _UPSERT,
+                                           [s.row() for s in servers]))
 
     async def delete(self, server_id: str) -> None:
-        await aio.call(self._conn.execute, "DELETE FROM servers WHERE id = ?", (server_id,))
-        await aio.call(self._conn.commit)
+        await self._write(lambda: aio.call(self._conn.execute,
+                                           "DELETE FROM servers WHERE id = ?", (server_id,)))
 
     async def load(self) -> list[StoredServer]:
         cur = await aio.call(self._conn.execute,
