@@ -21,6 +21,7 @@ from manman.host.store import HostStore
 from manman.http import auth
 from manman.http.app import serve, settle_gc
 from manman.http.signals import Stopper
+from manman.limits import report_open_files
 
 log = logging.getLogger("manman.host")
 
@@ -80,6 +81,7 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
                 async with trio.open_nursery() as api_nursery:
                     url = await api_nursery.start(serve, api.app, hcfg.listen, stop)
                     log.info("host listening on %s", url)
+                    report_open_files()
                     settle_gc()
                     stopper.started()
                     task_status.started(HostHandle(url, secrets, control, stop, stopped))

@@ -13,6 +13,7 @@ from manman.http import auth
 from manman.http.app import serve, settle_gc
 from manman.http.metrics import WorkerMetrics
 from manman.http.signals import Stopper
+from manman.limits import report_open_files
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
 
@@ -78,6 +79,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     assert link is not None
                     await nursery.start(link.run, wcfg.effective_advertise_url(url))
                 log.info("worker %s listening on %s", wcfg.effective_name(), url)
+                report_open_files()
                 settle_gc()
                 stopper.started()
                 task_status.started(WorkerHandle(agent, url, secrets, link))
