@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit
 
 import msgspec
@@ -79,7 +80,9 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
                 api = build_host_api(control, secrets, hcfg.console_token_ttl)
                 await loops.start(control.run, hcfg.flush_interval, stop)
                 async with trio.open_nursery() as api_nursery:
-                    url = await api_nursery.start(serve, api.app, hcfg.listen, stop)
+                    url = await api_nursery.start(
+                        partial(serve, header_timeout=hcfg.header_timeout), api.app,
+                        hcfg.listen, stop)
                     log.info("host listening on %s", url)
                     report_open_files()
                     settle_gc()

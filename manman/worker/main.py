@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -72,7 +73,8 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 secrets = WorkerSecrets(admin_secret)
                 api = build_worker_api(agent, secrets, metrics)
                 stop_api = trio.Event()
-                url = await nursery.start(serve, api.app, wcfg.listen, stop_api)
+                url = await nursery.start(partial(serve, header_timeout=wcfg.header_timeout),
+                                         api.app, wcfg.listen, stop_api)
                 if wcfg.standalone:
                     await cfg.seed(agent.name_taken, agent.create)
                 else:
