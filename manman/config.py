@@ -78,6 +78,8 @@ class HostConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     console_token_ttl: Positive = 600.0
     # heartbeats are written to PostgreSQL in batches at most this often (hot path)
     flush_interval: Positive = 0.5
+    # a new connection that has not sent a whole request head by then is closed
+    header_timeout: Positive = 10.0
 
     def __post_init__(self) -> None:
         _check_listen("listen", self.listen)
@@ -104,6 +106,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     console_ring_bytes: PositiveInt = 8 * 1024 * 1024
     log_file_bytes: PositiveInt = 8 * 1024 * 1024
     log_files_keep: PositiveInt = 5
+    header_timeout: Positive = 10.0  # as the host's
 
     def __post_init__(self) -> None:
         _check_listen("listen", self.listen)

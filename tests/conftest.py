@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +167,11 @@ async def worker(tmp_path: Path, bg: trio.Nursery) -> AsyncIterator[RunningWorke
 class ManmanProcess:
     """`python -m manman …` as a real child process; its log is kept for the test to read."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
         self.args = args
         self.env = env
+        self.preexec = preexec  # run in the child before exec (its limits)
         self.proc: trio.Process | None = None
         self.log: list[str] = []
         self._ready = trio.Event()
@@ -183,7 +185,7 @@ class ManmanProcess:
         env = {**os.environ, **(self.env or {})}
         self.proc = await trio.lowlevel.open_process(
             [PYTHON, "-m", "manman", *self.args], stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=env, cwd=str(HERE.parent))
+            stderr=subprocess.PIPE, env=env, cwd=str(HERE.parent), preexec_fn=self.preexec)
         nursery.start_soon(self._drain, ready_text)
         with trio.fail_after(timeout):
             await self._ready.wait()

@@ -31,6 +31,9 @@ def _setup_logging(verbose: bool) -> None:
 
 def _run_service(fn: Callable[..., Awaitable[None]], cfg: Config) -> int:
     from manman import aio
+    from manman.limits import raise_open_files
+
+    raise_open_files()  # before the first socket; logged once the service is up
 
     async def main() -> None:
         async with aio.open_loop():

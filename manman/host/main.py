@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit
 
 import msgspec
@@ -22,6 +23,7 @@ from manman.host.store import HostStore
 from manman.http import auth
 from manman.http.app import serve, settle_gc
 from manman.http.signals import Stopper
+from manman.limits import report_open_files
 
 log = logging.getLogger("manman.host")
 
@@ -80,8 +82,11 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
                 api = build_host_api(control, secrets, hcfg.console_token_ttl)
                 await loops.start(control.run, hcfg.flush_interval, stop)
                 async with trio.open_nursery() as api_nursery:
-                    url = await api_nursery.start(serve, api.app, hcfg.listen, stop)
+                    url = await api_nursery.start(
+                        partial(serve, header_timeout=hcfg.header_timeout), api.app,
+                        hcfg.listen, stop)
                     log.info("host listening on %s", url)
+                    report_open_files()
                     settle_gc()
                     stopper.started()
                     task_status.started(HostHandle(url, secrets, control, stop, stopped))

@@ -16,13 +16,13 @@ from typing import Any, Protocol
 
 import msgspec
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from manman.errors import BadRequest, Invalid, ManmanError
+from manman.http.connections import HEADER_TIMEOUT, ServeConfig, quiet_accept_errors
 from manman.http.errors import HTTP_CODES, domain_error_response, error_response, status_of
 from manman.models import validation_message
 
@@ -283,17 +283,21 @@ def settle_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def serve(app: QuartTrio, listen: str, shutdown: trio.Event,
+async def serve(app: QuartTrio, listen: str, shutdown: trio.Event, *,
+                header_timeout: float = HEADER_TIMEOUT,
                 task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve `app` on `listen` (port 0: any) until `shutdown` is set; reports the base URL."""
-    cfg = HypercornConfig()
+    """Serve `app` on `listen` (port 0: any) until `shutdown` is set; reports the base URL.
+    A new connection has `header_timeout` seconds to send its first request's head."""
+    quiet_accept_errors()
+    cfg = ServeConfig()
     cfg.bind = [listen]
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
     cfg.websocket_max_message_size = 1 << 20
     cfg.websocket_ping_interval = 20  # a peer gone without a goodbye is found and closed
     cfg.h11_max_incomplete_size = 64 * 1024
-    cfg.keep_alive_timeout = 75
+    cfg.keep_alive_timeout = 75  # between requests; before the first: header_timeout
+    cfg.header_timeout = header_timeout
     cfg.graceful_timeout = 3
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:
         await hypercorn_serve(app, cfg, shutdown_trigger=shutdown.wait, task_status=task_status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -13,6 +14,7 @@ from manman.http import auth
 from manman.http.app import serve, settle_gc
 from manman.http.metrics import WorkerMetrics
 from manman.http.signals import Stopper
+from manman.limits import report_open_files
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
 
@@ -71,13 +73,15 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 secrets = WorkerSecrets(admin_secret)
                 api = build_worker_api(agent, secrets, metrics)
                 stop_api = trio.Event()
-                url = await nursery.start(serve, api.app, wcfg.listen, stop_api)
+                url = await nursery.start(partial(serve, header_timeout=wcfg.header_timeout),
+                                         api.app, wcfg.listen, stop_api)
                 if wcfg.standalone:
                     await cfg.seed(agent.name_taken, agent.create)
                 else:
                     assert link is not None
                     await nursery.start(link.run, wcfg.effective_advertise_url(url))
                 log.info("worker %s listening on %s", wcfg.effective_name(), url)
+                report_open_files()
                 settle_gc()
                 stopper.started()
                 task_status.started(WorkerHandle(agent, url, secrets, link))
