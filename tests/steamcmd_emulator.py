@@ -6,13 +6,28 @@ What it does depends on the app id (see SCENARIOS). Output comes in bursts with 
 lines, some lines end in a bare '\\r', a stalled download repeats its line, and the first run
 in a STEAMCMD_EMU_HOME self-updates first. STEAMCMD_EMU_GAME is the command the installed
 `game/server.sh` runs.
+
+Builds: what "Steam" offers is a JSON file, STEAMCMD_EMU_HOME/published.json, which tests
+write with `publish()` (an app not in it has DEFAULT_BUILD on branch public). `+app_update ID
+[-beta NAME]` installs that branch's build and writes `steamapps/appmanifest_<id>.acf` in the
+real shape. `+app_info_print ID` prints the app's info block in the real shape, answered like
+steamcmd from its cache, `appcache/appinfo.vdf` beside the executable: an app found there is
+printed as cached, however old (`+app_info_update 1` does not refresh it, LinuxGSM#301); one
+not there is fetched and cached. An app update refreshes the cache for its app. App 1090
+prints `No app info for AppID 1090 found, requesting...` and no block (steam-for-linux#11521);
+app 1050 hangs, app 1095 prints without end, app 1040 fails its login.
 """
 
+import json
 import os
 import sys
 import time
 
 HOME = os.environ.get("STEAMCMD_EMU_HOME", "/tmp/steamcmd-emu")
+# steamcmd.sh keeps appcache/, config/, logs/ … in its own directory
+CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "appcache", "appinfo.vdf")
+DEFAULT_BUILD = 8000000
+BRANCH = "public"  # `+app_update ID -beta NAME` sets it
 out = sys.stdout
 
 
@@ -70,10 +85,133 @@ def progress(code, phase, pct, done, total, comma=False, cr=False):
          end="\r" if cr else "\n", burst=True)
 
 
+def _write_json(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)  # a reader sees the old file or the new, never half of one
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def publish(home, app_id, buildid, branch="public", **fields):
+    """For tests: Steam now offers `buildid` on the app's `branch` (extra fields such as
+    description="…" or pwdrequired="1" go into the branch's block)."""
+    path = os.path.join(home, "published.json")
+    state = _read_json(path)
+    app = state.setdefault(str(int(app_id)), {})
+    app[branch] = {"buildid": str(buildid), "timeupdated": str(int(time.time())),
+                   **{k: str(v) for k, v in fields.items()}}
+    app.setdefault("_change", 0)
+    state["_change"] = state.get("_change", 26584392) + 1
+    app["_change"] = state["_change"]
+    _write_json(path, state)
+
+
+def published(app_id):
+    """What Steam's servers hold for the app: {"change": n, "branches": {name: {...}}}."""
+    state = _read_json(os.path.join(HOME, "published.json"))
+    app = dict(state.get(str(int(app_id)), {}))
+    change = app.pop("_change", 26584392)
+    if "public" not in app:
+        app["public"] = {"buildid": str(DEFAULT_BUILD), "timeupdated": "1700000000"}
+    return {"change": change, "branches": app}
+
+
+def cache_app(app_id, info):
+    """Remember the app's info in appinfo.vdf (the real file is binary KeyValues; only its
+    being there or not matters here)."""
+    cache = _read_json(CACHE)
+    cache[str(int(app_id))] = info
+    _write_json(CACHE, cache)
+
+
+def app_info(app_id):
+    """The app's info as steamcmd has it: from its cache if there, else fetched and cached."""
+    cached = _read_json(CACHE).get(str(int(app_id)))
+    if cached is not None:
+        return cached
+    info = published(app_id)
+    cache_app(app_id, info)
+    return info
+
+
+def vdf(key, value, depth):
+    """KeyValues text as steamcmd prints it: tabs, quoted keys and values, escapes."""
+    pad = "\t" * depth
+
+    def q(text):
+        return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    if not isinstance(value, dict):
+        return [f"{pad}{q(key)}\t\t{q(value)}"]
+    lines = [f"{pad}{q(key)}", f"{pad}{{"]
+    for k, v in value.items():
+        lines += vdf(k, v, depth + 1)
+    return [*lines, f"{pad}}}"]
+
+
+def print_app_info(app_id):
+    app = str(int(app_id))
+    if app == "1090":
+        emit(f"No app info for AppID {app} found, requesting...")
+        return
+    info = app_info(app)
+    depot = str(int(app) + 1)
+    block = {
+        "common": {"name": f"Emulated Dedicated Server {app}", "type": "Tool",
+                   "oslist": "windows,linux", "gameid": app},
+        "config": {"installdir": f"emulated {app}", "launch": {"0": {
+            "executable": "game/server.sh", "type": "default",
+            "config": {"oslist": "linux"}}}},
+        "depots": {
+            depot: {"config": {"oslist": "linux"},
+                    # a "public" that is no branch: a parser must follow depots → branches
+                    "manifests": {"public": {"gid": "5396213741391547316", "size": "2730000",
+                                             "download": "1100000"}}},
+            "branches": info["branches"],
+        },
+    }
+    last = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(1700000000))
+    emit(f"AppID : {app}, change number : {info['change']}/0, last change : {last}")
+    for line in vdf(app, block, 0):
+        emit(line, burst=True)
+
+
+def manifest(app_id, buildid, branch):
+    """appmanifest_<id>.acf as steamcmd writes it after an update."""
+    depot = str(int(app_id) + 1)
+    state = {
+        "appid": app_id, "Universe": "1", "name": f"Emulated Dedicated Server {app_id}",
+        "StateFlags": "4", "installdir": f"emulated {app_id}",
+        "LastUpdated": str(int(time.time())), "LastPlayed": "0", "SizeOnDisk": "2730000",
+        "StagingSize": "0", "buildid": buildid, "LastOwner": "0", "DownloadType": "1",
+        "UpdateResult": "0", "BytesToDownload": "1100000", "BytesDownloaded": "1100000",
+        "BytesToStage": "2730000", "BytesStaged": "2730000", "TargetBuildID": buildid,
+        "AutoUpdateBehavior": "0", "AllowOtherDownloadsWhileRunning": "0",
+        "ScheduledAutoUpdate": "0",
+        "InstalledDepots": {depot: {"manifest": "5396213741391547316", "size": "2730000"}},
+        "UserConfig": {} if branch == "public" else {"BetaKey": branch},
+        "MountedConfig": {} if branch == "public" else {"BetaKey": branch},
+    }
+    return "\n".join(vdf("AppState", state, 0)) + "\n"
+
+
 def install_files(directory, app_id):
+    branch = BRANCH
+    info = published(app_id)  # an update asks Steam afresh, and refreshes the cache
+    cache_app(app_id, info)
+    build = info["branches"].get(branch, info["branches"]["public"])["buildid"]
     os.makedirs(os.path.join(directory, "steamapps"), exist_ok=True)
     with open(os.path.join(directory, "steamapps", f"appmanifest_{app_id}.acf"), "w") as f:
-        f.write(f'"AppState"\n{{\n\t"appid"\t\t"{app_id}"\n}}\n')
+        f.write(manifest(app_id, build, branch))
     os.makedirs(os.path.join(directory, "game"), exist_ok=True)
     script = os.path.join(directory, "game", "server.sh")
     game = os.environ.get("STEAMCMD_EMU_GAME", "echo no game")
@@ -103,8 +241,9 @@ def full_install(directory, app_id, validate, comma=False, cr=False, slow=0.0):
 
 
 def main():
+    global BRANCH
     args = sys.argv[1:]
-    directory, app_id, validate = None, None, False
+    directory, app_id, validate, info_app = None, None, False, None
     logged_in = False
     i = 0
     while i < len(args):
@@ -120,18 +259,33 @@ def main():
         elif a == "+app_update":
             app_id = args[i + 1]
             i += 2
+            if i + 1 < len(args) and args[i] == "-beta":
+                BRANCH = args[i + 1]
+                i += 2
             if i < len(args) and args[i] == "validate":
                 validate = True
                 i += 1
+        elif a in ("+app_info_update", "+app_info_print"):
+            if a == "+app_info_print":
+                info_app = args[i + 1]
+            i += 2
         else:
             i += 1
     self_update()
     header()
-    scenario = app_id
+    scenario = app_id or info_app
     if scenario == "1040":
         login(fail=True)
         return 5
     login()
+    if app_id is None and info_app is not None:
+        if info_app == "1050":  # hangs
+            time.sleep(3600)
+        while info_app == "1095":  # prints without end
+            emit("Waiting for app info... " * 10)
+        print_app_info(info_app)
+        emit("Unloading Steam API...OK")
+        return 0
     if scenario == "1000":
         full_install(directory, app_id, validate)
     elif scenario == "1010":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,31 +121,15 @@ class SteamcmdInstaller:
 
     async def _run(self, ctx: InstallContext, app_id: str) -> None:
         ctx.files_dir.mkdir(parents=True, exist_ok=True)
-        argv = [self.steamcmd, "+force_install_dir", str(ctx.files_dir), "+login", "anonymous",
-                "+app_update", app_id, "validate", "+quit"]
-        try:
-            proc = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, env=self.env, cwd=str(ctx.files_dir),
-                start_new_session=True)
-        except OSError as e:
-            raise InstallError(f"cannot run steamcmd ({self.steamcmd}): "
-                               f"{e.strerror or e}") from None
         parser = SteamcmdParser(app_id)
-        code: int | None = None
         try:
-            with trio.move_on_after(self.timeout) as scope:
-                assert proc.stdout is not None
-                await _pump(proc.stdout, parser, ctx)
-                code = await proc.wait()
-        finally:
-            if code is None:  # timed out or cancelled: nothing of steamcmd stays behind
-                procs.signal_group(proc.pid, 9)
-                with trio.CancelScope(shield=True):
-                    await proc.wait()
-        if scope.cancelled_caught:
-            raise InstallError(f"steamcmd timed out after {self.timeout:g}s")
-        assert code is not None  # not cancelled: the process was waited for
+            code = await run_steamcmd(
+                self.steamcmd, ["+force_install_dir", str(ctx.files_dir), "+login", "anonymous",
+                                "+app_update", app_id, "validate", "+quit"],
+                cwd=ctx.files_dir, env=self.env, timeout=self.timeout,
+                on_lines=_Relay(parser, ctx))
+        except SteamcmdError as e:
+            raise InstallError(str(e)) from None
         why = parser.verdict(code)
         if why is not None:
             raise InstallError(why)
@@ -156,27 +141,66 @@ def _has_files(directory: Path) -> bool:
     return any(directory.iterdir())
 
 
-async def _pump(stream: trio.abc.ReceiveStream, parser: SteamcmdParser,
-                ctx: InstallContext) -> None:
+class SteamcmdError(Exception):
+    """steamcmd could not be run, or did not end in time; the message says which."""
+
+
+async def run_steamcmd(steamcmd: str, args: list[str], *, cwd: Path, env: dict[str, str],
+                       timeout: float, on_lines: Callable[[list[str]], None]) -> int:
+    """Run steamcmd with stdin closed, stdout and stderr merged, in its own process group;
+    hand its output to `on_lines` a batch of lines at a time; return the exit code.
+    A timeout, a cancel or an exception from `on_lines` kills the whole group (steamcmd.sh
+    runs the real steamcmd as its child) and waits for it."""
+    try:
+        proc = await trio.lowlevel.open_process(
+            [steamcmd, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env, cwd=str(cwd), start_new_session=True)
+    except OSError as e:
+        raise SteamcmdError(f"cannot run steamcmd ({steamcmd}): {e.strerror or e}") from None
+    code: int | None = None
+    try:
+        with trio.move_on_after(timeout) as scope:
+            assert proc.stdout is not None
+            await _pump(proc.stdout, on_lines)
+            code = await proc.wait()
+    finally:
+        if code is None:  # timed out, cancelled or failed: nothing of steamcmd stays behind
+            procs.signal_group(proc.pid, 9)
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+    if scope.cancelled_caught:
+        raise SteamcmdError(f"steamcmd timed out after {timeout:g}s")
+    assert code is not None  # not cancelled: the process was waited for
+    return code
+
+
+async def _pump(stream: trio.abc.ReceiveStream, on_lines: Callable[[list[str]], None]) -> None:
     framer = LineFramer(cr_breaks=True)
-    last_line = None
     while data := await stream.receive_some(65536):
-        lines = framer.feed(data)
-        _take(lines, parser, ctx, last_line)
-        if lines:
-            last_line = lines[-1]
-    _take(framer.flush(), parser, ctx, last_line)
+        if lines := framer.feed(data):
+            on_lines(lines)
+    if lines := framer.flush():
+        on_lines(lines)
 
 
-def _take(lines: list[str], parser: SteamcmdParser, ctx: InstallContext,
-          last: str | None) -> None:
-    shown = []
-    for line in lines:
-        moved = parser.feed(line)
-        if moved is not None:
-            ctx.progress(moved)
-        if line != last and line.strip():  # a stalled download repeats one line many times
-            shown.append(line)
-        last = line
-    if shown:
-        ctx.publish(shown)
+class _Relay:
+    """An install's output → the parser, the progress and the console."""
+
+    def __init__(self, parser: SteamcmdParser, ctx: InstallContext) -> None:
+        self.parser = parser
+        self.ctx = ctx
+        self.last: str | None = None
+
+    def __call__(self, lines: list[str]) -> None:
+        shown = []
+        last = self.last
+        for line in lines:
+            moved = self.parser.feed(line)
+            if moved is not None:
+                self.ctx.progress(moved)
+            if line != last and line.strip():  # a stalled download repeats one line many times
+                shown.append(line)
+            last = line
+        self.last = last
+        if shown:
+            self.ctx.publish(shown)
