@@ -38,4 +38,5 @@ def test_every_error_in_the_tree_has_a_status_that_is_not_500():
     for cls in subclasses(errors.ManmanError):
         if issubclass(cls, (errors.StartupError, errors.Relayed)):
             continue  # a start-up failure never reaches HTTP; Relayed carries its own
-        assert status_of(cls("x")) != 500, cls
+        e = cls.__new__(cls)  # some take more than a message; the status depends on the class
+        assert status_of(e) != 500, cls
