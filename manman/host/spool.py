@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,21 +84,8 @@ class Spool:
         the command rows that did not fit."""
         lines: list[bytes] = []
         room = self.bound - self.size
-        kept_observed = kept_commands = 0
-        for o in observed:
-            line = _encode(Record("observed", list(o))) + b"\n"
-            if len(line) > room:
-                break
-            lines.append(line)
-            room -= len(line)
-            kept_observed += 1
-        for c in commands:
-            line = _encode(Record("command", list(c))) + b"\n"
-            if len(line) > room:
-                break
-            lines.append(line)
-            room -= len(line)
-            kept_commands += 1
+        kept_observed, room = _fit("observed", observed, room, lines)
+        kept_commands, room = _fit("command", commands, room, lines)
         if lines:
             data = b"".join(lines)
             self._write(data)
@@ -149,3 +137,18 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.truncate(self.path, 0)
             self.size = 0
+
+
+def _fit(kind: str, rows: Sequence[Sequence[Any]], room: int, lines: list[bytes]
+         ) -> tuple[int, int]:
+    """Encode rows of one kind onto `lines` while they fit in `room` bytes; returns how many
+    fit and the room left."""
+    kept = 0
+    for row in rows:
+        line = _encode(Record(kind, list(row))) + b"\n"
+        if len(line) > room:
+            break
+        lines.append(line)
+        room -= len(line)
+        kept += 1
+    return kept, room
