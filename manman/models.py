@@ -74,11 +74,52 @@ class HealthSpec(Struct, gc=False, forbid_unknown_fields=True):
     interval: PositiveSeconds = 5.0
     timeout: PositiveSeconds = 2.0
     failures: Annotated[int, Meta(ge=1, le=1000)] = 3
+    query: QuerySpec | None = None
 
 
-class PortSpec(Struct, gc=False, forbid_unknown_fields=True):
-    port: Port
+PortName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+# `{{port.NAME}}`: a port of the spec's `ports`, as a number once the worker placed it
+PortRef = Annotated[str, Meta(pattern=r"^\{\{port\.[a-z][a-z0-9_]{0,31}\}\}$")]
+_PORT_REF_RE = re.compile(r"\{\{port\.([a-z][a-z0-9_]{0,31})\}\}")
+StopSignal = Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2"]
+
+
+class PortSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """A port the game listens on. `auto`: the worker allocates one from its `port_range`;
+    `follows`: the game derives it, `offset` above the named port (Valheim's query port)."""
+
+    port: Port | Literal["auto"]
     protocol: Literal["tcp", "udp"] = "tcp"
+    name: PortName | None = None
+    follows: PortName | None = None
+    offset: Annotated[int, Meta(ge=1, le=100)] = 1
+
+
+class QuerySpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """Ask the game itself whether it is up and who is on (docs/spec.md, "Queries")."""
+
+    type: Literal["a2s", "minecraft", "tcp", "console"]
+    port: Port | PortRef | None = None  # none for `console`
+    initial_delay: Seconds = 60.0  # failures count only after this long since the start
+    interval: PositiveSeconds = 10.0
+    timeout: PositiveSeconds = 2.0
+    failures: Annotated[int, Meta(ge=1, le=1000)] = 3
+
+
+class PlayerPatterns(Struct, gc=False, forbid_unknown_fields=True):
+    """Regexes with a `(?P<player>…)` group, read where no query protocol counts players."""
+
+    join: Annotated[list[Pattern], Meta(max_length=16)] = msgspec.field(default_factory=list)
+    leave: Annotated[list[Pattern], Meta(max_length=16)] = msgspec.field(default_factory=list)
+
+
+class AutoUpdateSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """When a steamcmd server takes a new Steam build (docs/spec.md, "Steam build updates")."""
+
+    mode: Literal["off", "notify", "when_empty", "immediate"] = "off"
+    check_interval: Annotated[float, Meta(ge=60, le=86400 * 7)] = 600.0
+    announce_command: ConsoleLine | None = None
+    grace: Seconds = 60.0
 
 
 def split_game_id(game_id: str) -> tuple[str, str]:
@@ -102,6 +143,16 @@ class ServerSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     health: HealthSpec = msgspec.field(default_factory=HealthSpec)
     ports: Annotated[list[PortSpec], Meta(max_length=64)] = msgspec.field(default_factory=list)
     desired_state: Literal["running", "stopped"] = "stopped"
+    stop_signal: StopSignal | None = None  # for games that read no stdin (Valheim: SIGINT)
+    player_patterns: PlayerPatterns | None = None
+    restart_needed_patterns: Annotated[list[Pattern], Meta(max_length=16)] = msgspec.field(
+        default_factory=list)
+    auto_update: AutoUpdateSpec = msgspec.field(default_factory=AutoUpdateSpec)
+    preset: Annotated[str, Meta(max_length=64)] | None = None
+    preset_version: Count | None = None
+    # values of a preset's secret variables: in args/env for the game, never in an answer
+    secret_values: Annotated[list[Annotated[str, Meta(max_length=1024)]],
+                             Meta(max_length=64)] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         validate_spec(self)
@@ -162,15 +213,72 @@ def validate_spec(spec: ServerSpec) -> None:
         if "\n" in spec.stop_command or "\r" in spec.stop_command:
             raise ValueError("stop_command must be one line")
     if spec.ready_pattern is not None:
-        try:
-            re.compile(spec.ready_pattern)
-        except (re.error, OverflowError, RecursionError) as e:
-            raise ValueError(f"ready_pattern is not a valid regular expression: {e}") from None
+        _check_regex(spec.ready_pattern, "ready_pattern")
+    for i, p in enumerate(spec.restart_needed_patterns):
+        _check_regex(p, f"restart_needed_patterns[{i}]")
+    if spec.player_patterns is not None:
+        for kind in ("join", "leave"):
+            for i, p in enumerate(getattr(spec.player_patterns, kind)):
+                if "player" not in _check_regex(p, f"player_patterns.{kind}[{i}]").groupindex:
+                    raise ValueError(f"player_patterns.{kind}[{i}]: needs a (?P<player>…) group")
+    if spec.stop_signal is not None and spec.stop_command is not None:
+        raise ValueError("stop_signal: give stop_command or stop_signal, not both")
+    if spec.auto_update.announce_command is not None:
+        _no_nul(spec.auto_update.announce_command, "auto_update.announce_command")
+    if spec.auto_update.mode != "off" and method != "steamcmd":
+        raise ValueError("auto_update: only steamcmd servers take Steam builds")
+    _check_ports(spec)
+
+
+def _check_regex(pattern: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as e:
+        raise ValueError(f"{where} is not a valid regular expression: {e}") from None
+
+
+def _check_ports(spec: ServerSpec) -> None:
+    names: dict[str, PortSpec] = {}
+    for i, p in enumerate(spec.ports):
+        if p.name is not None:
+            if p.name in names:
+                raise ValueError(f"ports[{i}].name: {p.name!r} is given twice")
+            names[p.name] = p
+        if p.port == "auto" and p.name is None:
+            raise ValueError(f"ports[{i}]: an `auto` port needs a name")
+        if p.follows is not None:
+            leader = names.get(p.follows)
+            if leader is None or leader.follows is not None:
+                raise ValueError(f"ports[{i}].follows: must name a port given before it "
+                                 "that follows none")
+            if isinstance(leader.port, int) and p.port != "auto" \
+                    and p.port != leader.port + p.offset:
+                raise ValueError(f"ports[{i}]: follows {p.follows}, so it is "
+                                 f"{leader.port + p.offset}")
+        elif p.offset != 1:
+            raise ValueError(f"ports[{i}].offset: only for a port that follows another")
+    query = spec.health.query
+    if query is not None:
+        if query.type == "console":
+            if query.port is not None:
+                raise ValueError("health.query.port: a console query has no port")
+            if spec.player_patterns is None:
+                raise ValueError("health.query: a console query needs player_patterns")
+        elif query.port is None:
+            raise ValueError(f"health.query.port: an {query.type} query needs a port")
+        elif isinstance(query.port, str) and _port_name(query.port) not in names:
+            raise ValueError(f"health.query.port: {query.port} names no port in `ports`")
+
+
+def _port_name(ref: str) -> str:
+    m = _PORT_REF_RE.fullmatch(ref)
+    return m.group(1) if m else ""
 
 
 # PUT /server/{id}: every field optional; what is given replaces the stored value
 _UPDATABLE = ("name", "executable", "args", "env", "stop_command", "stop_timeout",
-              "ready_pattern", "restart", "health", "ports", "desired_state")
+              "ready_pattern", "restart", "health", "ports", "desired_state", "stop_signal",
+              "player_patterns", "restart_needed_patterns", "auto_update")
 
 
 class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -187,6 +295,11 @@ class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     health: HealthSpec | msgspec.UnsetType = msgspec.UNSET
     ports: Annotated[list[PortSpec], Meta(max_length=64)] | msgspec.UnsetType = msgspec.UNSET
     desired_state: Literal["running", "stopped"] | msgspec.UnsetType = msgspec.UNSET
+    stop_signal: StopSignal | msgspec.UnsetType | None = msgspec.UNSET
+    player_patterns: PlayerPatterns | msgspec.UnsetType | None = msgspec.UNSET
+    restart_needed_patterns: Annotated[list[Pattern], Meta(max_length=16)] | \
+        msgspec.UnsetType = msgspec.UNSET
+    auto_update: AutoUpdateSpec | msgspec.UnsetType = msgspec.UNSET
     restart_on_change: bool = False
 
 
@@ -202,6 +315,22 @@ def apply_update(spec: ServerSpec, update: ServerUpdate) -> ServerSpec:
     return new
 
 
+ShortText = Annotated[str, Meta(max_length=256)]
+
+
+class QueryStatus(Struct, gc=False, kw_only=True):
+    """The last answer of the game's query (`health.query`)."""
+
+    ok: bool
+    players: Count | None = None
+    max_players: Count | None = None
+    map: ShortText | None = None
+    version: ShortText | None = None
+    latency_ms: Annotated[float, Meta(ge=0)] | None = None
+    checked_at: float = 0.0
+    error: ShortText | None = None
+
+
 class ServerStatus(Struct, gc=False, kw_only=True):
     """What a worker observes of one server."""
 
@@ -214,6 +343,12 @@ class ServerStatus(Struct, gc=False, kw_only=True):
     install_progress: float | None = None
     started_at: float | None = None
     updated_at: float = 0.0
+    query: QueryStatus | None = None
+    # the numbers the worker placed `auto` ports on, by port name
+    allocated_ports: dict[PortName, Port] = msgspec.field(default_factory=dict)
+    installed_build: ShortText | None = None
+    latest_build: ShortText | None = None
+    update_available: bool = False
 
 
 class Server(Struct, kw_only=True):
@@ -233,6 +368,12 @@ class Server(Struct, kw_only=True):
     health: HealthSpec
     ports: list[PortSpec]
     desired_state: Literal["running", "stopped"]
+    stop_signal: str | None
+    player_patterns: PlayerPatterns | None
+    restart_needed_patterns: list[str]
+    auto_update: AutoUpdateSpec
+    preset: str | None
+    preset_version: int | None
     state: ServerState
     ready: bool
     pid: int | None
@@ -242,16 +383,54 @@ class Server(Struct, kw_only=True):
     install_progress: float | None
     started_at: float | None
     updated_at: float
+    query: QueryStatus | None
+    allocated_ports: dict[str, int]
+    installed_build: str | None
+    latest_build: str | None
+    update_available: bool
     generation: int
     observed_generation: int
     worker_status: WorkerStatus
     log_url: str
 
 
+REDACTED = "********"
+_VIEW_SPEC_FIELDS = tuple(f for f in ServerSpec.__struct_fields__ if f != "secret_values")
+
+
+def redact(obj: Any, secrets: list[str] | tuple[str, ...]) -> Any:
+    """`obj` with every secret value replaced, in any string of any list or dict."""
+    if not secrets:
+        return obj
+    if isinstance(obj, str):
+        for s in sorted(secrets, key=len, reverse=True):
+            obj = obj.replace(s, REDACTED)
+        return obj
+    if isinstance(obj, list):
+        return [redact(x, secrets) for x in obj]
+    if isinstance(obj, dict):
+        return {k: redact(v, secrets) for k, v in obj.items()}
+    return obj
+
+
+def placed_ports(ports: list[PortSpec], allocated: dict[str, int]) -> list[PortSpec]:
+    """`ports` with each `auto` one shown as the number the worker placed it on."""
+    if not allocated:
+        return ports
+    return [msgspec.structs.replace(p, port=allocated[p.name])
+            if p.port == "auto" and p.name in allocated else p for p in ports]
+
+
 def server_view(server_id: str, spec: ServerSpec, status: ServerStatus, *, generation: int,
                 observed_generation: int, worker_status: WorkerStatus, log_url: str) -> Server:
+    """A server as answered: secret values masked, allocated ports shown as numbers."""
+    fields = {f: getattr(spec, f) for f in _VIEW_SPEC_FIELDS}
+    if spec.secret_values:
+        for f in ("args", "env", "executable", "stop_command"):
+            fields[f] = redact(fields[f], spec.secret_values)
+    fields["ports"] = placed_ports(spec.ports, status.allocated_ports)
     return Server(
-        id=server_id, **{f: getattr(spec, f) for f in spec.__struct_fields__},
+        id=server_id, **fields,
         **{f: getattr(status, f) for f in status.__struct_fields__},
         generation=generation, observed_generation=observed_generation,
         worker_status=worker_status, log_url=log_url)
@@ -408,6 +587,12 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
     install_progress: Annotated[float, Meta(ge=0, le=100)] | None = None
     started_at: float | None = None
     updated_at: float = 0.0
+    query: QueryStatus | None = None
+    allocated_ports: Annotated[dict[PortName, Port], Meta(max_length=64)] = msgspec.field(
+        default_factory=dict)
+    installed_build: ShortText | None = None
+    latest_build: ShortText | None = None
+    update_available: bool = False
 
     @classmethod
     def of(cls, server_id: str, generation: int, status: ServerStatus) -> ObservedServer:
@@ -420,13 +605,20 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
                    restarts=status.restarts,
                    error=error[:4096].replace("\x00", "\ufffd") if error else error,
                    install_progress=status.install_progress, started_at=status.started_at,
-                   updated_at=status.updated_at)
+                   updated_at=status.updated_at, query=status.query,
+                   allocated_ports=status.allocated_ports,
+                   installed_build=status.installed_build, latest_build=status.latest_build,
+                   update_available=status.update_available)
 
     def status(self) -> ServerStatus:
         return ServerStatus(state=self.state, ready=self.ready, pid=self.pid,
                             exit_code=self.exit_code, restarts=self.restarts, error=self.error,
                             install_progress=self.install_progress,
-                            started_at=self.started_at, updated_at=self.updated_at)
+                            started_at=self.started_at, updated_at=self.updated_at,
+                            query=self.query, allocated_ports=self.allocated_ports,
+                            installed_build=self.installed_build,
+                            latest_build=self.latest_build,
+                            update_available=self.update_available)
 
 
 # a report carries every field of a status (tests/test_models.py checks .of and .status keep all)

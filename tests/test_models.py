@@ -63,7 +63,8 @@ def test_defaults_as_json() -> None:
     out = to_builtins(spec())
     assert out["restart"] == {"policy": "on-failure", "max_restarts": 5, "backoff_initial": 1.0,
                               "backoff_max": 300.0, "reset_after": 600.0}
-    assert out["health"] == {"tcp_port": None, "interval": 5.0, "timeout": 2.0, "failures": 3}
+    assert out["health"] == {"tcp_port": None, "interval": 5.0, "timeout": 2.0, "failures": 3,
+                             "query": None}
     assert out["stop_command"] is None and out["desired_state"] == "stopped"
 
 
@@ -493,10 +494,12 @@ def test_worker_names_hold_no_control_characters() -> None:
 
 
 def test_a_report_keeps_every_field_of_a_status() -> None:
-    from manman.models import ObservedServer, ServerStatus
+    from manman.models import ObservedServer, QueryStatus, ServerStatus
     # a value for each field that differs from its default, so a field left out shows
     status = ServerStatus(state="running", ready=True, pid=42, exit_code=3, restarts=2,
-                          error="boom", install_progress=50.0, started_at=1.5, updated_at=2.5)
+                          error="boom", install_progress=50.0, started_at=1.5, updated_at=2.5,
+                          query=QueryStatus(ok=True, players=3), allocated_ports={"game": 27000},
+                          installed_build="7", latest_build="8", update_available=True)
     for f in ServerStatus.__struct_fields__:
         assert getattr(status, f) != getattr(ServerStatus(), f), f
     observed = ObservedServer.of("s1", 7, status)

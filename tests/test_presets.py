@@ -87,8 +87,8 @@ def test_variables_and_ports_fill_the_placeholders(catalog: PresetCatalog) -> No
     assert e.spec["args"] == ["-nographics", "-batchmode", "-name", "manman Valheim",
                               "-port", "30000", "-world", "Midgard", "-password", "hunter22",
                               "-public", "0"]
-    assert e.spec["ports"] == [{"port": 30000, "protocol": "udp"},
-                               {"port": 30001, "protocol": "udp"}]
+    assert [(p["port"], p["protocol"]) for p in e.spec["ports"]] == [(30000, "udp"),
+                                                                     (30001, "udp")]
     assert e.spec["ready_pattern"] == "(?:Game server connected)|(?:DungeonDB Start)"
     assert e.spec["stop_command"] is None and e.extras.stop_signal == "SIGINT"
     assert e.extras.query is not None and e.extras.query.port == 30001

@@ -10,18 +10,15 @@ import msgspec
 from msgspec import Struct
 
 from manman.errors import Invalid
-from manman.models import ServerSpec, to_builtins
+from manman.models import PlayerPatterns, ServerSpec, redact, to_builtins
 from manman.presets.model import (
     PLACEHOLDER_RE,
-    PlayerPatterns,
     Preset,
     coerce,
     combined_ready_pattern,
     flat_args,
     placeholders,
 )
-
-REDACTED = "********"
 
 
 class NamedPort(Struct, frozen=True):
@@ -62,21 +59,6 @@ class Expansion:
 
     def __repr__(self) -> str:
         return f"Expansion(spec={self.redacted_spec()!r}, extras={self.extras!r})"
-
-
-def redact(obj: Any, secrets: tuple[str, ...]) -> Any:
-    """`obj` with every secret value replaced, in any string of any list or dict."""
-    if not secrets:
-        return obj
-    if isinstance(obj, str):
-        for s in sorted(secrets, key=len, reverse=True):
-            obj = obj.replace(s, REDACTED)
-        return obj
-    if isinstance(obj, list):
-        return [redact(x, secrets) for x in obj]
-    if isinstance(obj, dict):
-        return {k: redact(v, secrets) for k, v in obj.items()}
-    return obj
 
 
 def resolve_variables(preset: Preset, values: Mapping[str, object]) -> tuple[dict[str, str],

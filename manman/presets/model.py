@@ -9,7 +9,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from manman.models import ConsoleLine, GameId, Pattern, Port, Seconds, ServerSpec
+from manman.models import (
+    ConsoleLine,
+    GameId,
+    Pattern,
+    PlayerPatterns,
+    Port,
+    Seconds,
+    ServerSpec,
+    StopSignal,
+)
 
 PRESET_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 VARIABLE_NAME = r"^[a-z][a-z0-9_]{0,31}$"
@@ -22,7 +31,6 @@ _PORT_REF_RE = re.compile(r"port\.([a-z][a-z0-9_]{0,31})")
 _QUERY_PORT_RE = re.compile(r"\{\{port\.([a-z][a-z0-9_]{0,31})\}\}")
 _RANGE_RE = re.compile(r"(-?[0-9]{1,10})\.\.(-?[0-9]{1,10})")
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2")
 
 PresetName = Annotated[str, Meta(pattern=PRESET_NAME)]
 VariableName = Annotated[str, Meta(pattern=VARIABLE_NAME)]
@@ -62,13 +70,6 @@ class Query(Struct, forbid_unknown_fields=True, frozen=True):
     port: Annotated[str, Meta(max_length=64)] | None = None  # `{{port.NAME}}`
 
 
-class PlayerPatterns(Struct, forbid_unknown_fields=True, frozen=True):
-    """Regexes with a `(?P<player>…)` group, read where no query protocol tells who is on."""
-
-    join: Annotated[list[Pattern], Meta(max_length=16)] = msgspec.field(default_factory=list)
-    leave: Annotated[list[Pattern], Meta(max_length=16)] = msgspec.field(default_factory=list)
-
-
 class Preset(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """One game's recipe: expands, with a user's variables, into a server spec."""
 
@@ -85,8 +86,7 @@ class Preset(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     ready_patterns: Annotated[list[Pattern], Meta(max_length=16)] = msgspec.field(
         default_factory=list)
     stop_command: ConsoleLine | None = None
-    stop_signal: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2"] | None \
-        = None
+    stop_signal: StopSignal | None = None
     stop_timeout: Seconds = 30.0
     query: Query | None = None
     player_patterns: PlayerPatterns | None = None
