@@ -278,7 +278,8 @@ def _port_name(ref: str) -> str:
 # PUT /server/{id}: every field optional; what is given replaces the stored value
 _UPDATABLE = ("name", "executable", "args", "env", "stop_command", "stop_timeout",
               "ready_pattern", "restart", "health", "ports", "desired_state", "stop_signal",
-              "player_patterns", "restart_needed_patterns", "auto_update")
+              "player_patterns", "restart_needed_patterns", "auto_update", "preset",
+              "preset_version", "secret_values")
 
 
 class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -300,6 +301,11 @@ class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     restart_needed_patterns: Annotated[list[Pattern], Meta(max_length=16)] | \
         msgspec.UnsetType = msgspec.UNSET
     auto_update: AutoUpdateSpec | msgspec.UnsetType = msgspec.UNSET
+    # the host's push carries them whole; a person rarely sets them by hand
+    preset: Annotated[str, Meta(max_length=64)] | msgspec.UnsetType | None = msgspec.UNSET
+    preset_version: Count | msgspec.UnsetType | None = msgspec.UNSET
+    secret_values: Annotated[list[Annotated[str, Meta(max_length=1024)]],
+                             Meta(max_length=64)] | msgspec.UnsetType = msgspec.UNSET
     restart_on_change: bool = False
 
 
