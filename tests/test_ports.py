@@ -160,5 +160,5 @@ def test_port_range_config(tmp_path: Any) -> None:
         load_config(f, env={})
     assert str(e.value).startswith("config: worker.port_range: expected 1 <= FIRST <= LAST")
     f.write_text("[worker]\nport_range = 30000\n")
-    with pytest.raises(ConfigError, match="worker.port_range"):
+    with pytest.raises(ConfigError, match=r"worker\.port_range"):
         load_config(f, env={})
