@@ -92,7 +92,8 @@ class PortSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     protocol: Literal["tcp", "udp"] = "tcp"
     name: PortName | None = None
     follows: PortName | None = None
-    offset: Annotated[int, Meta(ge=1, le=100)] = 1
+    # 0: the same number on the other protocol (a game on tcp and udp)
+    offset: Annotated[int, Meta(ge=0, le=100)] = 1
 
 
 class QuerySpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
@@ -251,6 +252,10 @@ def _check_ports(spec: ServerSpec) -> None:
             if leader is None or leader.follows is not None:
                 raise ValueError(f"ports[{i}].follows: must name a port given before it "
                                  "that follows none")
+            if p.offset == 0 and p.protocol == leader.protocol:
+                raise ValueError(f"ports[{i}].offset: 0 only on the other protocol")
+            if leader.port == "auto" and p.port != "auto":
+                raise ValueError(f"ports[{i}]: follows an auto port, so it is auto too")
             if isinstance(leader.port, int) and p.port != "auto" \
                     and p.port != leader.port + p.offset:
                 raise ValueError(f"ports[{i}]: follows {p.follows}, so it is "

@@ -21,6 +21,7 @@ from typing import cast
 
 import trio
 
+from manman import ports
 from manman.backoff import Backoff
 from manman.errors import Busy, InsufficientStorage
 from manman.models import ServerSpec, ServerStatus
@@ -60,6 +61,8 @@ class ActorHooks:
     changed: Callable[[ServerActor], None]  # persist (batched) and report to the host
     persist_now: Callable[[ServerActor], Awaitable[None]]  # before a spawn: no orphan unrecorded
     installed: Callable[[str, bool, float], None] | None = None  # method, ok, seconds
+    # at each start: the numbers of the `auto` ports (raises SpawnError when none is free)
+    ports: Callable[[ServerActor], dict[str, int]] | None = None
 
 
 class ServerActor:
@@ -274,8 +277,8 @@ class ServerActor:
     # -- process supervision ---------------------------------------------------------------
 
     async def _launch(self, run: Run) -> None:
-        ctx = LaunchContext(self.id, self.spec, self.files_dir, run.instance)
         try:
+            ctx = LaunchContext(self.id, self._launch_spec(), self.files_dir, run.instance)
             if not await self._record(run):
                 return
             proc = await self.runner.spawn(ctx)
@@ -296,6 +299,14 @@ class ServerActor:
         run.spawned.set()
         self._apply(self.machine.spawned(run.id, proc.pid, self._now()))
         self._spawn_task(self._supervise, run, proc)
+
+    def _launch_spec(self) -> ServerSpec:
+        """The spec as launched: ports placed, `{{port.NAME}}` filled in."""
+        allocated = self.hooks.ports(self) if self.hooks.ports else self.status.allocated_ports
+        try:
+            return ports.resolve(self.spec, allocated)
+        except ValueError as e:
+            raise SpawnError(str(e)) from None
 
     async def _record(self, run: Run) -> bool:
         """Save the run's instance token before its process exists (no orphan unrecorded).
