@@ -104,6 +104,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     join_token: str = ""
     api_token: str = ""
     install_timeout: Positive = 3600.0
+    # the shortest auto_update.check_interval this worker honours (each check runs steamcmd)
+    update_check_min_interval: Positive = 60.0
     console_ring_bytes: PositiveInt = 8 * 1024 * 1024
     log_file_bytes: PositiveInt = 8 * 1024 * 1024
     log_files_keep: PositiveInt = 5

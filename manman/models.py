@@ -118,7 +118,8 @@ class AutoUpdateSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
     """When a steamcmd server takes a new Steam build (docs/spec.md, "Steam build updates")."""
 
     mode: Literal["off", "notify", "when_empty", "immediate"] = "off"
-    check_interval: Annotated[float, Meta(ge=60, le=86400 * 7)] = 600.0
+    # each check runs steamcmd; a worker honours no less than its update_check_min_interval
+    check_interval: Annotated[float, Meta(ge=1, le=86400 * 7)] = 600.0
     announce_command: ConsoleLine | None = None
     grace: Seconds = 60.0
 

@@ -29,8 +29,10 @@ from manman.worker import machine, procs
 from manman.worker.console.broker import LogBroker
 from manman.worker.console.lines import LineFramer
 from manman.worker.installers.base import InstallContext, Installer, InstallError
+from manman.worker.installers.steam_builds import SteamBuilds
 from manman.worker.machine import Desired, Effect, ServerMachine
 from manman.worker.runners.base import GameProcess, LaunchContext, Runner, RunRecord, SpawnError
+from manman.worker.updater import Updater
 
 __all__ = ["ActorHooks", "Run", "ServerActor", "tcp_probe"]
 
@@ -72,7 +74,8 @@ class ServerActor:
                  runner: Runner, installer: Installer, broker: LogBroker, hooks: ActorHooks,
                  status: ServerStatus | None = None, installed: bool = False,
                  crash_times: tuple[float, ...] = (), desired: Desired | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 builds: SteamBuilds | None = None, update_min_interval: float = 60.0) -> None:
         self.id = server_id
         self.generation = generation
         self.machine = ServerMachine(spec, status=status, crash_times=crash_times,
@@ -95,6 +98,8 @@ class ServerActor:
         self._install_scope = trio.CancelScope()
         self._install_done = trio.Event()
         self._stdin_send, self._stdin_recv = trio.open_memory_channel[str](STDIN_QUEUE)
+        # steamcmd servers: Steam build checks and auto_update
+        self.updater = Updater(self, builds, update_min_interval) if builds else None
 
     # -- the machine's data, under the names the worker uses ----------------------------------
 
@@ -128,6 +133,8 @@ class ServerActor:
             nursery.start_soon(self._stdin_writer)
             nursery.start_soon(self._health_prober)
             await self._recover()
+            if self.updater is not None:
+                nursery.start_soon(self.updater.serve)
             self.started.set()
             task_status.started()
 
@@ -162,6 +169,10 @@ class ServerActor:
     def install(self) -> None:
         self._apply(self._recovered().install())
 
+    def run_update(self) -> None:
+        """A Steam build update (the updater's): stop, install, start again if it ran."""
+        self._apply(self._recovered().update())
+
     def _recovered(self) -> ServerMachine:
         """The machine, once recovery is over: until the actor knows whether a process is
         left from before, a start could spawn a second one beside it."""
@@ -189,6 +200,8 @@ class ServerActor:
         m = self._recovered()
         self.generation = generation
         self._apply(m.update_spec(spec, restart_on_change))
+        if self.updater is not None:
+            self.updater.spec_changed(spec)
 
     async def shutdown(self, keep_desired: bool = False) -> None:
         """Stop the game gracefully (worker shutdown, delete); returns when it has exited.
@@ -253,6 +266,9 @@ class ServerActor:
                     if self._backoff is not None:
                         self._backoff.cancel()
                         self._backoff = None
+                case machine.UpdateCalledOff(reason):
+                    if self.updater is not None:
+                        self.updater.update_called_off(reason)
         if changed:
             st = self.status
             st.updated_at = self._now()
@@ -264,6 +280,13 @@ class ServerActor:
         run = self.run
         if run is not None and run.proc is None:  # waiting to begin: let it look again
             run.wake.set()
+        if changed and self.updater is not None:
+            self.updater.state_seen()
+
+    def status_changed(self) -> None:
+        """A status field outside the machine's changed (the builds): stamp and report."""
+        self.status.updated_at = self._now()
+        self.hooks.changed(self)
 
     def _live(self, run_id: int) -> Run | None:
         """The current run if it is this one and has not exited."""
@@ -376,6 +399,8 @@ class ServerActor:
                 publish(name, lines)
                 if run.ready_re is not None:
                     self._check_ready(run, run.ready_re, lines)
+                if self.updater is not None and self.updater.patterns:
+                    self.updater.lines(lines)
         publish(name, framer.flush())
 
     def _check_ready(self, run: Run, pattern: re.Pattern[str], lines: list[str]) -> None:
@@ -444,6 +469,8 @@ class ServerActor:
             self.hooks.installed(self.spec.install_method, error is None,
                                  time.monotonic() - began)
         self._apply(self.machine.install_done(error))
+        if self.updater is not None:
+            await self.updater.install_ended(error)
 
     # -- console input, health ----------------------------------------------------------------
 

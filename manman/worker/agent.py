@@ -27,6 +27,7 @@ from manman.worker import listening, machine, procs
 from manman.worker.actor import ActorHooks, ServerActor
 from manman.worker.console.broker import LogBroker
 from manman.worker.installers.base import Installer, NoInstall
+from manman.worker.installers.steam_builds import SteamBuilds
 from manman.worker.runners.base import Runner, RunRecord, SpawnError
 from manman.worker.runners.docker import DockerRunner
 from manman.worker.runners.exec import ExecRunner
@@ -77,6 +78,7 @@ class RunnerAndInstaller:
 
     runner: Runner
     installer: Installer
+    builds: SteamBuilds | None = None  # steamcmd: the build checks of auto_update
 
 
 class WorkerAgent:
@@ -121,9 +123,10 @@ class WorkerAgent:
         if method == "steamcmd":
             from manman.worker.installers.steamcmd import SteamcmdInstaller
 
-            return RunnerAndInstaller(self.exec_runner,
-                           SteamcmdInstaller(self.cfg.steamcmd, self.cfg.install_timeout,
-                                             self.steamcmd_lock, self.owner))
+            installer = SteamcmdInstaller(self.cfg.steamcmd, self.cfg.install_timeout,
+                                          self.steamcmd_lock, self.owner)
+            return RunnerAndInstaller(self.exec_runner, installer, SteamBuilds(
+                self.cfg.steamcmd, self.steamcmd_lock, installer.env))
         if method == "docker":
             from manman.worker.installers.docker import DockerPull
 
@@ -409,7 +412,8 @@ class WorkerAgent:
                              if self._installs is not None else None,
                              ports=self._launch_ports),
             status=stored.status, installed=stored.installed, crash_times=stored.crash_times,
-            desired=stored.desired_state)
+            desired=stored.desired_state, builds=how.builds,
+            update_min_interval=self.cfg.update_check_min_interval)
 
     async def _keep_running(self, actor: ServerActor,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
