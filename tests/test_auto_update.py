@@ -13,6 +13,8 @@ import trio
 
 from tests import steamcmd_emulator as emu
 from tests.conftest import Client, RunningHost, RunningWorker, steamcmd_emulator, worker_config
+from tests.test_cli import manman
+from tests.test_web_console import CHROMIUM, in_browser, open_server, sign_in
 
 APP = "1000"
 FIRST = str(emu.DEFAULT_BUILD)
@@ -142,3 +144,29 @@ async def test_the_builds_reach_the_host(host: RunningHost, hosted: Any, tmp_pat
     async with httpx.AsyncClient() as http:
         text = (await http.get(f"{host.url}/metrics")).text
     assert 'manman_server_update_available{server="h"} 1.0' in text
+    # where a user looks: the CLI's list and show, the web console
+    r = await manman(host, "servers")
+    header, row = r.stdout.decode().splitlines()
+    assert row[header.index("STATE"):].split()[:2] == ["running", "UPDATE"], row
+    r = await manman(host, "server", "show", "h")
+    shown = r.stdout.decode()
+    assert f"installed_build:      {FIRST}" in shown and "auto_update:          notify" in shown
+    assert f"update_available:     yes: build {NEXT} (installed: {FIRST})" in shown
+    if os.path.exists(CHROMIUM):
+        out: dict[str, Any] = {}
+        await trio.to_thread.run_sync(in_browser, host.url, out, web_update_shown)
+        assert out["flag"] == f"update available: build {NEXT}"
+        assert out["build"] == f"{FIRST} — update available: build {NEXT}"
+        assert not out["problems"], out["problems"]
+
+
+def web_update_shown(page: Any, out: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    sign_in(page)
+    row = open_server(page, "h")
+    flag = row.locator(".update-flag")
+    expect(flag).to_be_visible()
+    out["flag"] = flag.get_attribute("title")
+    expect(page.locator("#detail-build-row")).to_be_visible()
+    out["build"] = page.locator("#detail-build").text_content()
