@@ -111,6 +111,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_files_keep: PositiveInt = 5
     header_timeout: Positive = 10.0  # as the host's
     port_range: str = ports.DEFAULT_RANGE  # where `auto` ports are placed: FIRST-LAST
+    # the largest file upload (PUT /server/{id}/files/content) accepted, in bytes
+    files_max_upload: PositiveInt = 100 * 1024 * 1024
 
     def __post_init__(self) -> None:
         _check_listen("listen", self.listen)

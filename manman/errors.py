@@ -122,6 +122,18 @@ class Relayed(ManmanError):
         self.status = status
 
 
+class TooLarge(ManmanError):
+    """A body declared larger than the route accepts (an upload over files_max_upload)."""
+
+    code = "body_too_large"
+
+
+class LengthRequired(ManmanError):
+    """A streamed upload must declare its size (Content-Length) before any byte is taken."""
+
+    code = "length_required"
+
+
 class StartupError(ManmanError):
     """A service cannot start for a reason its operator can fix; the CLI prints the message
     as one line and exits 1."""

@@ -19,6 +19,7 @@ import trio
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Response, request
 from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
 from manman.errors import BadRequest, Invalid, ManmanError
@@ -43,6 +44,10 @@ async def _drain(resp: Response) -> Response:
 
     if not has_request_context() or not (request.content_length or
                                          "transfer-encoding" in request.headers):
+        return resp
+    if getattr(request, "streamed", False) and not 200 <= resp.status_code < 300:
+        # a streamed body has no size cap: one refused is not read, the connection closes
+        resp.headers["Connection"] = "close"
         return resp
     if resp.status_code != 413:
         with trio.move_on_after(5):
@@ -172,6 +177,22 @@ class Api:
                  requests: RequestObserver | None = None) -> None:
         self.app = QuartTrio(name)
         self.app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+        # (method, path pattern) of the routes that read their body as a stream themselves
+        streamed: list[tuple[str, re.Pattern[str]]] = []
+        self._streamed = streamed
+
+        class Request(TrioRequest):
+            """Bodies are capped at MAX_BODY, but for routes declared `stream_body`: they
+            check the declared size before they read, and read in chunks."""
+
+            def __init__(self, method: str, scheme: str, path: str, *args: Any,
+                         **kw: Any) -> None:
+                self.streamed = any(m == method and p.fullmatch(path) for m, p in streamed)
+                if self.streamed:
+                    kw["max_content_length"] = None
+                super().__init__(method, scheme, path, *args, **kw)
+
+        self.app.request_class = Request
         self.app.config["BODY_TIMEOUT"] = 30
         self.app.config["RESPONSE_TIMEOUT"] = None
         self.title = title
@@ -210,8 +231,11 @@ class Api:
     def route(self, method: str, path: str, *, auth: str = "admin", body: type[Any] | None = None,
               response: Any = None, status: int = 200, summary: str = "",
               query: dict[str, Any] | None = None, errors: tuple[int, ...] = (),
-              media: str = "application/json"
+              media: str = "application/json", stream_body: bool = False
               ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Any]]]:
+        if stream_body:
+            self._streamed.append((method, re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+",
+                                                               re.escape(path)))))
         doc = RouteDoc(method, path, summary, auth, body, response, status, query or {}, errors,
                        media=media)
         self.docs.append(doc)

@@ -17,6 +17,8 @@ STATUS: dict[type[errors.ManmanError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.Gone: 410,
+    errors.LengthRequired: 411,
+    errors.TooLarge: 413,
     errors.Invalid: 422,
     errors.WorkerError: 502,
     errors.Busy: 503,
@@ -26,7 +28,8 @@ STATUS: dict[type[errors.ManmanError], int] = {
 
 # the codes of answers the HTTP layer gives by itself (werkzeug's exceptions)
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "body_too_large",
+              405: "method_not_allowed", 409: "conflict", 410: "gone",
+              411: "length_required", 413: "body_too_large",
               415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
               502: "worker_error", 503: "unavailable"}
 

@@ -28,6 +28,8 @@ from manman.http.metrics import CONTENT_TYPE, WorkerMetrics
 from manman.worker.actor import ServerActor
 from manman.worker.agent import Action, WorkerAgent
 from manman.worker.console.viewer import Disconnect, run_viewer
+from manman.worker.files.routes import add_file_routes
+from manman.worker.files.safe import FilesTree
 
 
 class WorkerServerCreate(models.ServerSpec, kw_only=True):
@@ -257,6 +259,8 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
             with trio.move_on_after(1):
                 await websocket.close(1000)
 
+    add_file_routes(api, lambda server_id: FilesTree(agent.get(server_id).files_dir),
+                    agent.cfg.files_max_upload)
     return api
 
 

@@ -1,0 +1,1 @@
+"""A server's files: safe paths beneath its files directory, and the routes over them."""

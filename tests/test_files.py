@@ -1,0 +1,312 @@
+"""The file manager: a standalone worker process and a real host, each attack checked on the
+disk afterwards (what is outside the files directory is unchanged, nothing new appears)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import trio
+
+from tests.conftest import Client, ManmanProcess, RunningHost, fake_spec
+
+TOKEN = "files-test-token"
+MAX_UPLOAD = 1 << 20
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under `root` (links not followed) → what it is and holds."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            if p.is_symlink():
+                out[str(p)] = "link:" + os.readlink(p)
+            elif p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                out[str(p)] = "dir"
+    return out
+
+
+class Standalone:
+    def __init__(self, api: Client, files: Path, outside: Path) -> None:
+        self.api = api
+        self.files = files
+        self.outside = outside
+
+
+@pytest.fixture
+async def standalone(tmp_path: Path, bg: trio.Nursery) -> Any:
+    """`manman worker` as a process, one server `s` whose files directory exists, and an
+    `outside` directory beside it holding a secret."""
+    env = {"MANMAN_WORKER_HOST_URL": "", "MANMAN_WORKER_LISTEN": "127.0.0.1:0",
+           "MANMAN_WORKER_DATA_DIR": str(tmp_path / "worker"),
+           "MANMAN_WORKER_API_TOKEN": TOKEN,
+           "MANMAN_WORKER_FILES_MAX_UPLOAD": str(MAX_UPLOAD)}
+    proc = ManmanProcess(["worker"], env=env)
+    try:
+        api = Client(await proc.start(bg), TOKEN)
+        s = await api.post("/server", fake_spec("s"), expect=201)
+        files = tmp_path / "worker" / "servers" / s["id"] / "files"
+        files.mkdir(parents=True, exist_ok=True)
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "secret").write_text("top secret\n")
+        yield Standalone(api, files, outside)
+        await api.aclose()
+    finally:
+        proc.stop()
+        if proc.proc is not None:
+            await proc.wait()
+
+
+async def put(api: Client, path: str, data: bytes, expect: int = 200, **kw: Any) -> Any:
+    r = await api.request("PUT", "/server/s/files/content", expect, params={"path": path},
+                          content=data, **kw)
+    return r.json()
+
+
+async def ls(api: Client, path: str = "", expect: int = 200, **params: Any) -> Any:
+    return await api.get("/server/s/files", expect, params={"path": path, **params})
+
+
+async def cat(api: Client, path: str, expect: int = 200) -> bytes:
+    r = await api.request("GET", "/server/s/files/content", expect, params={"path": path})
+    return r.content
+
+
+def code(r: Any) -> str:
+    return str(r["error"]["code"])
+
+
+async def normal_flows(api: Client, files: Path) -> None:
+    await api.post("/server/s/files/mkdir", {"path": "world"}, expect=200)
+    blob = os.urandom(300_000)
+    e = await put(api, "world/level.dat", blob)
+    assert e["name"] == "level.dat" and e["type"] == "file" and e["size"] == len(blob)
+    assert (files / "world" / "level.dat").read_bytes() == blob
+    assert await cat(api, "world/level.dat") == blob
+    (files / "world" / "level.dat").chmod(0o640)
+    await put(api, "./world//level.dat", b"small")  # a rewrite keeps the file's mode
+    assert (files / "world" / "level.dat").read_bytes() == b"small"
+    assert (files / "world" / "level.dat").stat().st_mode & 0o777 == 0o640
+    await put(api, "empty.txt", b"")
+    assert await cat(api, "empty.txt") == b""
+    listing = await ls(api)
+    assert [(x["name"], x["type"]) for x in listing["entries"]] == [
+        ("empty.txt", "file"), ("world", "dir")]
+    assert listing["next_cursor"] is None
+    for i in range(5):
+        await put(api, f"world/r{i}.mca", b"x" * i)
+    names, cursor = [], None
+    while True:
+        page = await ls(api, "world", limit=2, **({"cursor": cursor} if cursor else {}))
+        names += [x["name"] for x in page["entries"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert names == ["level.dat", "r0.mca", "r1.mca", "r2.mca", "r3.mca", "r4.mca"]
+    await api.post("/server/s/files/rename", {"from": "world/r0.mca", "to": "r0.mca"},
+                   expect=200)
+    r = await api.post("/server/s/files/rename", {"from": "r0.mca", "to": "empty.txt"},
+                       expect=409)
+    assert code(r) == "exists"
+    await api.post("/server/s/files/delete", {"path": "world"}, expect=200)
+    assert not (files / "world").exists()
+    r = await api.post("/server/s/files/delete", {"path": "world"}, expect=404)
+    assert code(r) == "not_found"
+    r = await api.post("/server/s/files/mkdir", {"path": "r0.mca"}, expect=409)
+    await cat(api, "missing", expect=404)
+    await ls(api, "missing", expect=404)
+    assert sorted(p.name for p in files.iterdir()) == ["empty.txt", "r0.mca"]
+
+
+async def test_normal_flows_on_a_standalone_worker(standalone: Standalone) -> None:
+    await normal_flows(standalone.api, standalone.files)
+    r = await standalone.api.get("/server/nope/files", expect=404)
+    assert code(r) == "not_found"
+
+
+BAD_PATHS = ["../../etc/passwd", "/etc/passwd", "a/../../x", "..", "x\x00y", "n" * 256]
+
+
+async def test_paths_out_of_the_tree_are_refused(standalone: Standalone,
+                                                 tmp_path: Path) -> None:
+    api = standalone.api
+    before = snapshot(tmp_path / "outside"), Path("/etc/passwd").read_bytes()
+    (standalone.files / "a").mkdir()
+    for bad in [*BAD_PATHS, "../outside/secret"]:
+        for r in [await ls(api, bad, expect=422),
+                  (await api.request("GET", "/server/s/files/content", 422,
+                                     params={"path": bad})).json(),
+                  await put(api, bad, b"owned\n", expect=422),
+                  await api.post("/server/s/files/mkdir", {"path": bad}, expect=422),
+                  await api.post("/server/s/files/delete", {"path": bad}, expect=422),
+                  await api.post("/server/s/files/rename", {"from": "a", "to": bad},
+                                 expect=422),
+                  await api.post("/server/s/files/rename", {"from": bad, "to": "b"},
+                                 expect=422)]:
+            assert code(r) == "invalid", (bad, r)
+    r = await api.post("/server/s/files/delete", {"path": ""}, expect=422)
+    assert (snapshot(tmp_path / "outside"), Path("/etc/passwd").read_bytes()) == before
+    assert [p.name for p in standalone.files.iterdir()] == ["a"]
+    assert not (tmp_path / "worker" / "x").exists() and not (tmp_path / "b").exists()
+
+
+async def test_a_symlink_to_root_made_by_the_game_is_never_followed(
+        standalone: Standalone, tmp_path: Path) -> None:
+    api, files = standalone.api, standalone.files
+    (files / "root").symlink_to("/")  # what a compromised game can do in its own directory
+    (files / "out").symlink_to(standalone.outside)
+    (files / "secret").symlink_to(standalone.outside / "secret")
+    before = snapshot(standalone.outside), Path("/etc/passwd").read_bytes()
+    listing = await ls(api)
+    assert {(x["name"], x["type"], x["target"]) for x in listing["entries"]} == {
+        ("root", "link", "/"), ("out", "link", str(standalone.outside)),
+        ("secret", "link", str(standalone.outside / "secret"))}
+    for path in ["root/etc/passwd", "out/secret", "secret", "root", "out"]:
+        await cat(api, path, expect=422)
+        await put(api, path, b"owned\n", expect=422)
+    for path in ["root", "root/etc", "out"]:
+        await ls(api, path, expect=422)
+    await api.post("/server/s/files/mkdir", {"path": "out/new"}, expect=422)
+    await api.post("/server/s/files/delete", {"path": "out/secret"}, expect=422)
+    await api.post("/server/s/files/rename", {"from": "out/secret", "to": "mine"}, expect=422)
+    # deleting the link removes the link, never what it points to
+    await api.post("/server/s/files/delete", {"path": "out"}, expect=200)
+    await api.post("/server/s/files/delete", {"path": "root"}, expect=200)
+    assert (snapshot(standalone.outside), Path("/etc/passwd").read_bytes()) == before
+    assert [p.name for p in files.iterdir()] == ["secret"]
+
+
+async def test_a_directory_swapped_for_a_symlink_between_two_calls(
+        standalone: Standalone) -> None:
+    api, files = standalone.api, standalone.files
+    await api.post("/server/s/files/mkdir", {"path": "d"}, expect=200)
+    await put(api, "d/secret", b"mine\n")
+    assert [x["name"] for x in (await ls(api, "d"))["entries"]] == ["secret"]
+    before = snapshot(standalone.outside)
+    (files / "d").rename(files / "d.old")
+    (files / "d").symlink_to(standalone.outside)  # the game swaps it in between
+    await ls(api, "d", expect=422)
+    await cat(api, "d/secret", expect=422)
+    await put(api, "d/secret", b"owned\n", expect=422)
+    await put(api, "d/new", b"owned\n", expect=422)
+    await api.post("/server/s/files/delete", {"path": "d/secret"}, expect=422)
+    assert snapshot(standalone.outside) == before
+    # and the files directory itself swapped for a link: refused too
+    (files.parent / "files").rename(files.parent / "files.real")
+    files.symlink_to(standalone.outside)
+    await ls(api, "", expect=422)
+    await cat(api, "secret", expect=422)
+    await put(api, "secret", b"owned\n", expect=422)
+    assert snapshot(standalone.outside) == before
+
+
+async def test_a_hard_link_to_a_file_outside_is_neither_read_nor_written(
+        standalone: Standalone) -> None:
+    api, files = standalone.api, standalone.files
+    os.link(standalone.outside / "secret", files / "hl")
+    before = snapshot(standalone.outside)
+    r = await api.request("GET", "/server/s/files/content", 422, params={"path": "hl"})
+    assert "hard links" in r.json()["error"]["message"]
+    assert b"top secret" not in r.content
+    await put(api, "hl", b"owned\n", expect=422)
+    assert snapshot(standalone.outside) == before
+    await api.post("/server/s/files/delete", {"path": "hl"}, expect=200)  # the name only
+    assert snapshot(standalone.outside) == before and not (files / "hl").exists()
+
+
+def raw_put(url: str, path: str, head_extra: str, body: bytes) -> bytes:
+    """An upload written by hand on a socket (what httpx will not send); what came back."""
+    addr = urlsplit(url)
+    sock = socket.create_connection((addr.hostname, addr.port), timeout=10)
+    try:
+        sock.sendall(f"PUT /server/s/files/content?path={path} HTTP/1.1\r\n"
+                     f"Host: x\r\nAuthorization: Bearer {TOKEN}\r\n{head_extra}\r\n".encode()
+                     + body)
+        sock.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+    except OSError:
+        return b""
+    finally:
+        sock.close()
+
+
+async def test_uploads_that_lie_or_are_too_large_leave_no_file(
+        standalone: Standalone) -> None:
+    api, files = standalone.api, standalone.files
+    # over files_max_upload: refused on the declared size, before any byte is written
+    r = await put(api, "big", b"x" * (MAX_UPLOAD + 1), expect=413)
+    assert code(r) == "body_too_large"
+
+    async def chunks() -> Any:
+        yield b"no length"
+
+    r = (await api.request("PUT", "/server/s/files/content", 411, params={"path": "chunked"},
+                           content=chunks())).json()
+    assert code(r) == "length_required"
+    # declares 1 MiB, sends 10 bytes, then hangs up: nothing is kept
+    out = await trio.to_thread.run_sync(raw_put, api.base_url, "short",
+                                        f"Content-Length: {MAX_UPLOAD}\r\n", b"0123456789")
+    assert b" 200 " not in out.split(b"\r\n")[0]
+    # declares 10 bytes (under the limit), sends 2 MiB: only the declared bytes are the body;
+    # the rest is no request at all and closes the connection
+    out2 = await trio.to_thread.run_sync(raw_put, api.base_url, "long",
+                                        "Content-Length: 10\r\n", b"y" * (2 * MAX_UPLOAD))
+    # (HTTP/1.1 cannot tell them from a pipelined request: what is stored is exactly the
+    # declared bytes, never more; the excess is answered 4xx and the connection closed)
+    assert (files / "long").read_bytes() == b"y" * 10
+    first, _, rest = out2.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 4" in rest
+    with trio.fail_after(5):
+        while any(p.name.startswith(".manman-upload") for p in files.iterdir()):
+            await trio.sleep(0.05)
+    assert sorted(p.name for p in files.iterdir() if p.name != "long") == []
+    assert (await api.get("/status"))["status"] == "alive"
+
+
+# -- through the host ------------------------------------------------------------------------
+
+async def test_files_through_the_host(host: RunningHost, hosted: Any, tmp_path: Path) -> None:
+    w = await hosted("fw", files_max_upload=MAX_UPLOAD)
+    api = host.api
+    wid = w.agent.cfg.name and (await api.get("/worker"))["workers"][0]["id"]
+    s = await api.post("/server", fake_spec("s", worker_id=wid), expect=201)
+    await w.api.wait_for(s["id"])
+    files = tmp_path / "fw" / "servers" / s["id"] / "files"
+    await normal_flows(api, files)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("top secret\n")
+    (files / "out").symlink_to(outside)
+    before = snapshot(outside)
+    for bad in ["../../etc/passwd", "/etc/passwd", "out/secret"]:
+        await cat(api, bad, expect=422)
+        await put(api, bad, b"owned\n", expect=422)
+    r = await put(api, "big", b"x" * (MAX_UPLOAD + 1), expect=413)
+    assert code(r) == "body_too_large"
+    big = os.urandom(MAX_UPLOAD)  # streamed both ways
+    await put(api, "blob", big)
+    assert (files / "blob").read_bytes() == big and await cat(api, "blob") == big
+    assert snapshot(outside) == before
+    assert not (files / "big").exists()
+    # the worker away: 503, not a hang
+    await w.shutdown()
+    with trio.fail_after(15):
+        while (await api.get(f"/worker/{wid}"))["status"] == "alive":
+            await trio.sleep(0.1)
+    for r in [await ls(api, expect=503), (await api.request(
+            "GET", "/server/s/files/content", 503, params={"path": "blob"})).json(),
+              await put(api, "x", b"x", expect=503),
+              await api.post("/server/s/files/mkdir", {"path": "m"}, expect=503)]:
+        assert code(r) == "unavailable"
