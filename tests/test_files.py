@@ -223,13 +223,13 @@ async def test_a_hard_link_to_a_file_outside_is_neither_read_nor_written(
     assert snapshot(standalone.outside) == before and not (files / "hl").exists()
 
 
-def raw_put(url: str, path: str, head_extra: str, body: bytes) -> bytes:
+def raw_put(url: str, path: str, head_extra: str, body: bytes, token: str = TOKEN) -> bytes:
     """An upload written by hand on a socket (what httpx will not send); what came back."""
     addr = urlsplit(url)
     sock = socket.create_connection((addr.hostname, addr.port), timeout=10)
     try:
         sock.sendall(f"PUT /server/s/files/content?path={path} HTTP/1.1\r\n"
-                     f"Host: x\r\nAuthorization: Bearer {TOKEN}\r\n{head_extra}\r\n".encode()
+                     f"Host: x\r\nAuthorization: Bearer {token}\r\n{head_extra}\r\n".encode()
                      + body)
         sock.shutdown(socket.SHUT_WR)
         out = b""
@@ -280,7 +280,7 @@ async def test_uploads_that_lie_or_are_too_large_leave_no_file(
 async def test_files_through_the_host(host: RunningHost, hosted: Any, tmp_path: Path) -> None:
     w = await hosted("fw", files_max_upload=MAX_UPLOAD)
     api = host.api
-    wid = w.agent.cfg.name and (await api.get("/worker"))["workers"][0]["id"]
+    wid = (await api.get("/worker"))["workers"][0]["id"]
     s = await api.post("/server", fake_spec("s", worker_id=wid), expect=201)
     await w.api.wait_for(s["id"])
     files = tmp_path / "fw" / "servers" / s["id"] / "files"
@@ -298,8 +298,22 @@ async def test_files_through_the_host(host: RunningHost, hosted: Any, tmp_path: 
     big = os.urandom(MAX_UPLOAD)  # streamed both ways
     await put(api, "blob", big)
     assert (files / "blob").read_bytes() == big and await cat(api, "blob") == big
+    # a client that declares 1 MiB, sends 10 bytes and hangs up: the worker keeps nothing
+    out = await trio.to_thread.run_sync(raw_put, api.base_url, "short",
+                                        f"Content-Length: {MAX_UPLOAD}\r\n", b"0123456789",
+                                        api.token)
+    assert b" 200 " not in out.split(b"\r\n")[0]
+
+    async def chunks() -> Any:
+        yield b"no length"
+
+    r = (await api.request("PUT", "/server/s/files/content", 411, params={"path": "chunked"},
+                           content=chunks())).json()
+    with trio.fail_after(5):
+        while any(p.name.startswith(".manman-upload") for p in files.iterdir()):
+            await trio.sleep(0.05)
+    assert sorted(p.name for p in files.iterdir()) == ["blob", "empty.txt", "out", "r0.mca"]
     assert snapshot(outside) == before
-    assert not (files / "big").exists()
     # the worker away: 503, not a hang
     await w.shutdown()
     with trio.fail_after(15):

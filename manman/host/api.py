@@ -11,6 +11,7 @@ from quart import Response, request, websocket
 
 from manman import errors, models
 from manman.host.control import HostControl
+from manman.host.files import add_file_routes
 from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay, Unreachable
 from manman.http import auth
@@ -298,4 +299,5 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
     async def heartbeat(who: Principal, worker_id: str, body: models.Heartbeat) -> Response:
         return json_response(control.heartbeat(worker_id, body))
 
+    add_file_routes(api, control)
     return api

@@ -20,6 +20,7 @@ from manman.http import auth
 log = logging.getLogger("manman.host.relay")
 
 CALL_TIMEOUT = 5.0
+STREAM_TIMEOUT = 60.0  # a file transfer: the longest pause between two chunks
 
 
 class Unreachable(errors.Unavailable):
@@ -97,6 +98,33 @@ class Relay:
         if r.status_code >= 400:
             raise worker_error(r.status_code, r.content)
         return r.content
+
+    async def open_stream(self, w: WorkerRec, method: str, path: str, *,
+                          params: dict[str, str], content: Any = None,
+                          headers: dict[str, str] | None = None,
+                          timeout: float = STREAM_TIMEOUT) -> httpx.Response:
+        """The worker's answer with its body still to read (`aiter_raw`; the caller
+        `aclose`s it), a request body streamed from `content`; a failure as the caller's
+        domain error. `timeout` bounds each read and write, not the whole transfer."""
+        if not w.api_url:
+            raise Unreachable(f"worker {w.name} has not registered an API URL")
+        token = self.secrets.worker_token(w.id, w.token_version)
+        req = self._http.build_request(
+            method, w.api_url + path, params=params, content=content, timeout=timeout,
+            headers={**(headers or {}), "Authorization": f"Bearer {token}"})
+        try:
+            r = await self._http.send(req, stream=True)
+        except Exception as e:  # as in _request
+            raise Unreachable(f"worker {w.name} unreachable: {type(e).__name__}") from None
+        if r.status_code >= 400:
+            try:
+                body = await r.aread()
+            except httpx.HTTPError:
+                body = b""
+            finally:
+                await r.aclose()
+            raise worker_error(r.status_code, body)
+        return r
 
     async def health(self, w: WorkerRec, server_id: str) -> Any:
         """What the worker's health probe of one server found (JSON)."""
