@@ -4,6 +4,7 @@ disk afterwards (what is outside the files directory is unchanged, nothing new a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 from pathlib import Path
@@ -324,3 +325,45 @@ async def test_files_through_the_host(host: RunningHost, hosted: Any, tmp_path: 
               await put(api, "x", b"x", expect=503),
               await api.post("/server/s/files/mkdir", {"path": "m"}, expect=503)]:
         assert code(r) == "unavailable"
+
+
+async def test_cli_files_verbs(host: RunningHost, hosted: Any, tmp_path: Path) -> None:
+    from tests.test_cli import manman, out
+
+    w = await hosted("cw")
+    s = await host.api.post("/server", fake_spec("s", worker_id=w.handle.link.worker_id),
+                            expect=201)
+    await w.api.wait_for(s["id"])
+    files = tmp_path / "cw" / "servers" / s["id"] / "files"
+    blob = os.urandom(700_000)
+    (tmp_path / "local.bin").write_bytes(blob)
+    r = await manman(host, "files", "mkdir", "s", "world")
+    assert r.returncode == 0, r.stderr
+    r = await manman(host, "files", "put", "s", "world/a.bin", str(tmp_path / "local.bin"))
+    assert r.returncode == 0 and out(r).strip() == "world/a.bin: 700000 bytes written", r.stderr
+    r = await manman(host, "files", "put", "s", "motd.txt", stdin=b"hello\n")
+    assert r.returncode == 0, r.stderr
+    assert (files / "world" / "a.bin").read_bytes() == blob
+    assert (files / "motd.txt").read_bytes() == b"hello\n"
+    r = await manman(host, "files", "get", "s", "motd.txt")
+    assert r.returncode == 0 and r.stdout == b"hello\n"
+    r = await manman(host, "files", "get", "s", "world/a.bin", "-o", str(tmp_path / "back"))
+    assert r.returncode == 0 and (tmp_path / "back").read_bytes() == blob
+    (files / "link").symlink_to("/")
+    r = await manman(host, "files", "ls", "s")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in out(r).splitlines()]
+    assert [(row[0], row[-1]) for row in rows] == [("link", "/"), ("file", "motd.txt"),
+                                                    ("dir", "world/")]
+    r = await manman(host, "files", "ls", "s", "--json")
+    assert {e["name"] for e in json.loads(out(r))} == {"link", "motd.txt", "world"}
+    r = await manman(host, "files", "mv", "s", "motd.txt", "world/motd.txt")
+    assert r.returncode == 0 and (files / "world" / "motd.txt").exists()
+    r = await manman(host, "files", "rm", "s", "world")
+    assert r.returncode == 0 and not (files / "world").exists()
+    r = await manman(host, "files", "get", "s", "../../etc/passwd")
+    assert r.returncode == 1 and r.stdout == b"" and b"(422 invalid)" in r.stderr
+    r = await manman(host, "files", "get", "s", "link/etc/passwd")
+    assert r.returncode == 1 and r.stdout == b"" and b"(422 invalid)" in r.stderr
+    r = await manman(host, "files", "rm", "s", "nope")
+    assert r.returncode == 1 and b"(404 not_found)" in r.stderr

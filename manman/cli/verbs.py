@@ -79,6 +79,10 @@ def add_client_commands(sub: argparse._SubParsersAction, common: argparse.Argume
     co.add_argument("--tail", type=int, default=50, help="lines of history to show first")
     co.set_defaults(func=_run(cmd_console))
 
+    from manman.cli.files import add_files_commands
+
+    add_files_commands(sub, common, verb_common, out, _run)
+
 
 def _spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", "-f", dest="file",

@@ -157,6 +157,7 @@ class RouteDoc:
     errors: tuple[int, ...] = ()
     websocket: bool = False
     media: str = "application/json"
+    stream_body: bool = False  # raw bytes, read by the route as a stream
 
 
 # (the route's role, its path parameters) -> who is calling, or a domain error
@@ -237,7 +238,7 @@ class Api:
             self._streamed.append((method, re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+",
                                                                re.escape(path)))))
         doc = RouteDoc(method, path, summary, auth, body, response, status, query or {}, errors,
-                       media=media)
+                       media=media, stream_body=stream_body)
         self.docs.append(doc)
 
         def decorate(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Any]]:

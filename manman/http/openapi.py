@@ -40,6 +40,10 @@ def build_openapi(title: str, version: str, docs: list[RouteDoc]) -> dict[str, A
         if d.body is not None:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": by_type[d.body]}}}
+        elif d.stream_body:
+            op["requestBody"] = {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}}
         responses: dict[str, Any] = {}
         if d.websocket:
             op["description"] = ("A websocket (HTTP Upgrade). Frames follow the console "
