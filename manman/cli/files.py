@@ -49,7 +49,7 @@ def add_files_commands(sub: argparse._SubParsersAction, common: argparse.Argumen
     p.add_argument("path")
     p.add_argument("to")
     p.set_defaults(func=run(cmd_mv))
-    p = verbs.add_parser("rm", parents=[verb_common], help="delete a file or a directory")
+    p = verbs.add_parser("rm", parents=[verb_common, out], help="delete a file or a directory")
     p.add_argument("server", help="id or name")
     p.add_argument("path")
     p.set_defaults(func=run(cmd_rm))
@@ -183,6 +183,6 @@ def cmd_mv(args: argparse.Namespace, client: HostClient) -> int:
 
 
 def cmd_rm(args: argparse.Namespace, client: HostClient) -> int:
-    client.call("POST", _base(client, args.server) + "/delete", json={"path": args.path})
-    print(f"{args.path}: deleted")
+    r = client.call("POST", _base(client, args.server) + "/delete", json={"path": args.path})
+    print(json.dumps(r, indent=2) if args.json else f"{args.path}: deleted")
     return 0
