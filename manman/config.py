@@ -113,6 +113,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port_range: str = ports.DEFAULT_RANGE  # where `auto` ports are placed: FIRST-LAST
     # the largest file upload (PUT /server/{id}/files/content) accepted, in bytes
     files_max_upload: PositiveInt = 100 * 1024 * 1024
+    # an archive declaring more bytes than this in all is not extracted (a zip bomb)
+    files_max_extract: PositiveInt = 4 * 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         _check_listen("listen", self.listen)

@@ -315,6 +315,12 @@ async def test_files_through_the_host(host: RunningHost, hosted: Any, tmp_path: 
             await trio.sleep(0.05)
     assert sorted(p.name for p in files.iterdir()) == ["blob", "empty.txt", "out", "r0.mca"]
     assert snapshot(outside) == before
+    tar_of(files / "w.tar.gz", [("level.dat", "file", b"level")])
+    tar_of(files / "slip.tar.gz", [("../../../evil", "file", b"evil")])
+    await extract(api, "w.tar.gz", 200)
+    assert (files / "w" / "level.dat").read_bytes() == b"level"
+    r = await extract(api, "slip.tar.gz", 422)
+    assert "'../../../evil'" in r["error"]["message"] and not (files / "slip").exists()
     # the worker away: 503, not a hang
     await w.shutdown()
     with trio.fail_after(15):
@@ -367,3 +373,140 @@ async def test_cli_files_verbs(host: RunningHost, hosted: Any, tmp_path: Path) -
     assert r.returncode == 1 and r.stdout == b"" and b"(422 invalid)" in r.stderr
     r = await manman(host, "files", "rm", "s", "nope")
     assert r.returncode == 1 and b"(404 not_found)" in r.stderr
+
+
+# -- extraction --------------------------------------------------------------------------------
+
+def tar_of(path: Path, members: list[tuple[str, str, bytes | str]], mode: str = "w:gz") -> None:
+    """members: (name, kind file|dir|sym|hard|fifo|chr, content or link target)."""
+    import io
+    import tarfile
+
+    kinds = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE,
+             "hard": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE}
+    with tarfile.open(path, mode) as tf:
+        for name, kind, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.type = kinds[kind]
+            if kind == "file":
+                assert isinstance(data, bytes)
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+            else:
+                if kind in ("sym", "hard"):
+                    assert isinstance(data, str)
+                    ti.linkname = data
+                tf.addfile(ti)
+
+
+def zip_of(path: Path, members: dict[str, bytes]) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+
+
+def zip_bomb(path: Path, members: int = 10, each: int = 1 << 30,
+             declared: int | None = None) -> None:
+    """A real zip of `members` files of `each` zero bytes (10 GiB in ~10 MB): one deflate
+    stream written under each name; `declared`: the size its headers claim instead."""
+    import struct
+    import zlib
+
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros, parts, crc = bytes(1 << 20), [], 0
+    for _ in range(each >> 20):
+        parts.append(comp.compress(zeros))
+        crc = zlib.crc32(zeros, crc)
+    parts.append(comp.flush())
+    data = b"".join(parts)
+    local, central = b"", b""
+    for i in range(members):
+        name = f"zeros{i}.bin".encode()
+        offset = len(local)
+        size = each if declared is None else declared
+        local += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, len(data),
+                             size, len(name), 0) + name + data
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0x21, crc,
+                               len(data), size, len(name), 0, 0, 0, 0, 0, offset) + name
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, members, members, len(central),
+                      len(local), 0)
+    path.write_bytes(local + central + end)
+
+
+async def extract(api: Client, path: str, expect: int, to: str | None = None) -> Any:
+    body = {"path": path, **({"to": to} if to else {})}
+    return await api.post("/server/s/files/extract", body, expect=expect)
+
+
+async def test_extract_tar_and_zip(standalone: Standalone) -> None:
+    api, files = standalone.api, standalone.files
+    tar_of(files / "world.tar.gz", [
+        ("world", "dir", b""), ("world/level.dat", "file", b"level"),
+        ("world/region/r.0.0.mca", "file", b"r" * 70000),
+        ("world/latest", "sym", "region/r.0.0.mca"), ("world/copy.dat", "hard",
+                                                      "world/level.dat")])
+    e = await extract(api, "world.tar.gz", 200)
+    assert e["name"] == "world" and e["type"] == "dir"
+    got = files / "world" / "world"
+    assert (got / "level.dat").read_bytes() == b"level"
+    assert (got / "region" / "r.0.0.mca").read_bytes() == b"r" * 70000
+    assert os.readlink(got / "latest") == "region/r.0.0.mca"
+    assert (got / "copy.dat").read_bytes() == b"level"
+    assert (got / "copy.dat").stat().st_nlink == 1  # a copy: it stays readable here
+    assert await cat(api, "world/world/copy.dat") == b"level"
+    r = await extract(api, "world.tar.gz", 409)
+    assert code(r) == "exists"
+    zip_of(files / "mods.zip", {"mods/a.jar": b"a", "mods/b/": b"", "readme.txt": b"hi"})
+    await extract(api, "mods.zip", 200, to="unpacked")
+    assert (files / "unpacked" / "mods" / "a.jar").read_bytes() == b"a"
+    assert (files / "unpacked" / "mods" / "b").is_dir()
+    await put(api, "notes.txt", b"not an archive")
+    r = await extract(api, "notes.txt", 422)
+    assert "nothing was extracted" in r["error"]["message"] or "archive" in r["error"]["message"]
+    assert not any(p.name.startswith(".manman-extract") for p in files.iterdir())
+
+
+BAD_ARCHIVES: list[tuple[str, list[tuple[str, str, bytes | str]], str]] = [
+    ("tar-slip", [("ok.txt", "file", b"ok"), ("../../evil.txt", "file", b"evil")],
+     "../../evil.txt"),
+    ("absolute", [("ok.txt", "file", b"ok"), ("/tmp/evil.txt", "file", b"evil")],
+     "/tmp/evil.txt"),
+    ("link-out", [("ok.txt", "file", b"ok"), ("up", "sym", "../../..")], "up"),
+    ("link-abs", [("etc", "sym", "/etc")], "etc"),
+    ("hard-out", [("pw", "hard", "/etc/passwd")], "pw"),
+    ("hard-up", [("pw", "hard", "../outside/secret")], "pw"),
+    ("fifo", [("ok.txt", "file", b"ok"), ("pipe", "fifo", b"")], "pipe"),
+    ("device", [("null", "chr", b"")], "null"),
+]
+
+
+async def test_bad_archives_are_refused_whole(standalone: Standalone, tmp_path: Path) -> None:
+    api, files = standalone.api, standalone.files
+    for name, members, _ in BAD_ARCHIVES:
+        tar_of(files / f"{name}.tar", members, "w")
+    zip_of(files / "zip-slip.zip", {"ok.txt": b"ok", "../../evil.txt": b"evil"})
+    # a link inside the tree, then a file written through it: nothing is followed
+    tar_of(files / "through.tar", [("sub", "dir", b""), ("d", "sym", "sub"),
+                                   ("d/x", "file", b"x")], "w")
+    zip_bomb(files / "bomb.zip")
+    zip_bomb(files / "liar.zip", members=1, each=8 << 20, declared=1000)
+    before = snapshot(tmp_path / "outside"), snapshot(files)
+    for name, _, bad in BAD_ARCHIVES:
+        r = await extract(api, f"{name}.tar", 422)
+        assert repr(bad) in r["error"]["message"], (name, r)
+        assert "nothing was extracted" in r["error"]["message"]
+    r = await extract(api, "zip-slip.zip", 422)
+    assert "'../../evil.txt'" in r["error"]["message"]
+    r = await extract(api, "through.tar", 422)
+    assert "'d/x'" in r["error"]["message"]
+    r = await extract(api, "bomb.zip", 422)
+    assert "unpacks to more than" in r["error"]["message"]
+    r = await extract(api, "liar.zip", 422)  # inflates past what it declares: stopped there
+    assert "cannot be read" in r["error"]["message"]
+    assert (snapshot(tmp_path / "outside"), snapshot(files)) == before
+    assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
+    # and an archive that is itself a link, or hard-linked, is not read
+    (files / "alias.tar").symlink_to(files / "tar-slip.tar")
+    await extract(api, "alias.tar", 422)

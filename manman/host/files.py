@@ -15,10 +15,11 @@ from manman.host.control import HostControl
 from manman.host.fleet import WorkerRec
 from manman.http.app import Api
 from manman.http.auth import Principal
-from manman.worker.files.routes import PAGE, Ok, PathBody, RenameBody
+from manman.worker.files.routes import PAGE, ExtractBody, Ok, PathBody, RenameBody
 from manman.worker.files.safe import Entry, Listing
 
 SLOW_CALL = 60.0  # deleting or moving a large tree takes a while on the worker
+EXTRACT_CALL = 1800.0  # the worker answers an extraction once all is written
 
 
 def _json(content: bytes) -> Response:
@@ -90,10 +91,11 @@ def add_file_routes(api: Api, control: HostControl) -> None:
         finally:
             await r.aclose()
 
-    async def post(server_id: str, verb: str, body: msgspec.Struct) -> Response:
+    async def post(server_id: str, verb: str, body: msgspec.Struct,
+                   timeout: float = SLOW_CALL) -> Response:
         w, sid = target(server_id)
         return _json(await relay.call(w, "POST", f"/server/{sid}/files/{verb}",
-                                      json=msgspec.to_builtins(body), timeout=SLOW_CALL))
+                                      json=msgspec.to_builtins(body), timeout=timeout))
 
     @api.route("POST", "/server/{server_id}/files/mkdir", body=PathBody, response=Entry,
                errors=(404, 409, 422, 502, 503), summary="Make a directory")
@@ -111,3 +113,9 @@ def add_file_routes(api: Api, control: HostControl) -> None:
                summary="Delete a file, a link (not its target) or a directory with all in it")
     async def delete(who: Principal, server_id: str, body: PathBody) -> Response:
         return await post(server_id, "delete", body)
+
+    @api.route("POST", "/server/{server_id}/files/extract", body=ExtractBody, response=Entry,
+               errors=(404, 409, 422, 502, 503, 507),
+               summary="Extract an archive into a new directory, all or nothing")
+    async def extract(who: Principal, server_id: str, body: ExtractBody) -> Response:
+        return await post(server_id, "extract", body, EXTRACT_CALL)

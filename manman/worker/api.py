@@ -260,7 +260,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
                 await websocket.close(1000)
 
     add_file_routes(api, lambda server_id: FilesTree(agent.get(server_id).files_dir),
-                    agent.cfg.files_max_upload)
+                    agent.cfg.files_max_upload, agent.cfg.files_max_extract)
     return api
 
 

@@ -13,6 +13,7 @@ from quart import Response, request
 from manman import errors
 from manman.http.app import Api, json_response, query_int
 from manman.http.auth import Principal
+from manman.worker.files.extract import extract as extract_archive
 from manman.worker.files.safe import Entry, FilesTree, Listing
 
 CHUNK = 256 * 1024
@@ -28,6 +29,11 @@ class PathBody(msgspec.Struct, forbid_unknown_fields=True):
 class RenameBody(msgspec.Struct, forbid_unknown_fields=True):
     from_: str = msgspec.field(name="from")
     to: str
+
+
+class ExtractBody(msgspec.Struct, forbid_unknown_fields=True):
+    path: str
+    to: str | None = None  # a new directory; default: beside the archive, named after it
 
 
 class Ok(msgspec.Struct):
@@ -63,7 +69,8 @@ async def file_chunks(fd: int, size: int) -> AsyncIterator[bytes]:
         os.close(fd)
 
 
-def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: int) -> None:
+def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: int,
+                    max_extract: int) -> None:
     """`files_of(server_id)`: that server's tree (NotFound for no such server)."""
 
     async def run(fn: Callable[..., object], *args: object) -> object:
@@ -144,3 +151,11 @@ def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: 
     async def delete(who: Principal, server_id: str, body: PathBody) -> Response:
         await run(files_of(server_id).delete, body.path)
         return json_response(Ok(True))
+
+    @api.route("POST", "/server/{server_id}/files/extract", body=ExtractBody, response=Entry,
+               errors=(404, 409, 422, 507),
+               summary="Extract a tar, tar.gz/bz2/xz/zst or zip archive into a new directory, "
+                       "all or nothing (a bad member refuses the whole archive)")
+    async def extract(who: Principal, server_id: str, body: ExtractBody) -> Response:
+        tree = files_of(server_id)
+        return json_response(await run(extract_archive, tree, body.path, body.to, max_extract))

@@ -31,7 +31,7 @@ MAX_NAME = 255  # bytes: the limit of Linux file systems
 MAX_PATH = 4096
 MAX_DEPTH = 256
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a fifo the game left must not hang; it is refused after the fstat
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -140,7 +140,7 @@ class FilesTree:
     def _open_root(self) -> int:
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         try:  # the files directory itself may not be a link either
-            return os.open(self.root, _DIR)
+            return os.open(self.root, DIR_FLAGS)
         except OSError as e:
             raise os_error(e, ()) from None
 
@@ -152,7 +152,7 @@ class FilesTree:
         try:
             for i, name in enumerate(parts):
                 try:
-                    child = os.open(name, _DIR, dir_fd=fd)
+                    child = os.open(name, DIR_FLAGS, dir_fd=fd)
                 except OSError as e:
                     raise os_error(e, parts[:i + 1]) from None
                 os.close(fd)
