@@ -108,6 +108,12 @@
       pad(d.getMilliseconds(), 3);
   }
 
+  function day(ts) {
+    const d = new Date(ts * 1000);
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+      pad(d.getHours()) + ":" + pad(d.getMinutes());
+  }
+
   function duration(seconds) {
     seconds = Math.max(0, Math.floor(seconds));
     const d = Math.floor(seconds / 86400);
@@ -306,6 +312,7 @@
     }
     const s = findServer(key);
     if (s) selectedId = s.id;
+    resetFiles();
     show($("no-selection"), false);
     show($("server-view"), true);
     term = new Console(selectedId);
@@ -676,6 +683,239 @@
     }
   }
 
+  // -- files ---------------------------------------------------------------------------------
+  // The server's files directory through the host (the worker checks every path). File text
+  // is untrusted like console text: it only reaches the page as textContent or a value.
+
+  const EDIT_MAX = 4 * 1024 * 1024;   // files larger than this are download-only
+  let filesPath = "";                 // the directory shown, relative to the files directory
+  let editing = null;                 // the path open in the editor
+
+  function joinPath(dir, name) { return dir ? dir + "/" + name : name; }
+
+  function filesUrl(suffix, path) {
+    return "/server/" + enc(selectedId) + "/files" + suffix + "?path=" + enc(path);
+  }
+
+  async function fetchRaw(method, url, body) {
+    const used = token;
+    if (!used) throw new AuthError("not signed in");
+    const init = { method, cache: "no-store", credentials: "omit",
+      headers: { Authorization: "Bearer " + used } };
+    if (body !== undefined) init.body = body;
+    let resp;
+    try {
+      resp = await fetch(url, init);
+    } catch (e) {
+      throw new ApiError(0, "unreachable", "the host is unreachable (" + e.message + ")");
+    }
+    if (resp.ok) return resp;
+    let err = {};
+    try { err = (await resp.json()).error || {}; } catch (e) { err = {}; }
+    if (resp.status === 401) {
+      if (token === used) signOut("Signed out: " + (err.message || "token refused"), true);
+      throw new AuthError(err.message || "token refused");
+    }
+    throw new ApiError(resp.status, err.code || "http_" + resp.status,
+      err.message || "HTTP " + resp.status);
+  }
+
+  function filesMessage(text, kind) { setMessage($("files-message"), text, kind); }
+
+  function filesFailed(e) {
+    if (!(e instanceof AuthError)) filesMessage(e.message, "error");
+  }
+
+  function resetFiles() {
+    filesPath = "";
+    closeEditor();
+    $("files").tBodies[0].replaceChildren();
+    filesMessage("");
+    if ($("files-panel").open) loadFiles();
+  }
+
+  async function loadFiles() {
+    if (!selectedId || !$("files-panel").open) return;
+    const id = selectedId;
+    const dir = filesPath;
+    $("files-path").textContent = "/" + dir;
+    $("files-up").disabled = !dir;
+    const entries = [];
+    let cursor = null;
+    try {
+      do {
+        const page = await api("GET", "/server/" + enc(id) + "/files?limit=1000&path=" +
+          enc(dir) + (cursor ? "&cursor=" + enc(cursor) : ""));
+        entries.push(...page.entries);
+        cursor = page.next_cursor;
+      } while (cursor);
+    } catch (e) {
+      if (id === selectedId && dir === filesPath) filesFailed(e);
+      return;
+    }
+    if (id !== selectedId || dir !== filesPath) return;
+    renderFiles(entries);
+  }
+
+  function renderFiles(entries) {
+    const body = $("files").tBodies[0];
+    body.replaceChildren();
+    entries.sort((a, b) => (a.type === "dir" ? 0 : 1) - (b.type === "dir" ? 0 : 1) ||
+      (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const e of entries) {
+      const tr = body.insertRow();
+      tr.dataset.name = e.name;
+      tr.dataset.type = e.type;
+      const name = tr.insertCell();
+      name.className = "name";
+      const path = joinPath(filesPath, e.name);
+      if (e.type === "dir" || (e.type === "file" && e.size <= EDIT_MAX)) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = e.name + (e.type === "dir" ? "/" : "");
+        b.addEventListener("click", () => {
+          if (e.type === "dir") { filesPath = path; closeEditor(); loadFiles(); }
+          else openEditor(path);
+        });
+        name.append(b);
+      } else {
+        name.append(document.createTextNode(e.name));
+      }
+      if (e.type === "link" || e.type === "other") {
+        const k = document.createElement("span");
+        k.className = "kind";
+        k.textContent = e.type === "link" ? "→ " + (e.target || "") + " (link, not followed)"
+          : "(" + e.type + ")";
+        name.append(k);
+      }
+      const size = tr.insertCell();
+      size.className = "num";
+      size.textContent = e.type === "file" ? String(e.size) : "";
+      tr.insertCell().textContent = day(e.mtime);
+      const acts = tr.insertCell();
+      acts.className = "acts";
+      if (e.type === "file") {
+        const dl = document.createElement("button");
+        dl.type = "button";
+        dl.className = "small-btn";
+        dl.textContent = "Download";
+        dl.addEventListener("click", () => download(path, e.name));
+        acts.append(dl);
+      }
+      const del = document.createElement("button");
+      del.type = "button";
+      del.className = "small-btn danger";
+      del.dataset.role = "delete";
+      del.textContent = "Delete";
+      del.addEventListener("click", () => {
+        if (del.dataset.armed !== "1") {   // a second click confirms
+          del.dataset.armed = "1";
+          del.textContent = "Delete " + e.name + "?";
+          return;
+        }
+        removeFile(path);
+      });
+      acts.append(del);
+    }
+  }
+
+  async function removeFile(path) {
+    try {
+      await api("POST", "/server/" + enc(selectedId) + "/files/delete", { path });
+      filesMessage(path + " deleted", "ok");
+      if (editing === path) closeEditor();
+    } catch (e) {
+      filesFailed(e);
+    }
+    loadFiles();
+  }
+
+  async function download(path, name) {
+    try {
+      const blob = await (await fetchRaw("GET", filesUrl("/content", path))).blob();
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = name;
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    } catch (e) {
+      filesFailed(e);
+    }
+  }
+
+  async function openEditor(path) {
+    const id = selectedId;
+    let text;
+    try {
+      const buf = await (await fetchRaw("GET", filesUrl("/content", path))).arrayBuffer();
+      if (buf.byteLength > EDIT_MAX) throw new ApiError(0, "too_large", "too large to edit");
+      text = new TextDecoder("utf-8", { fatal: true }).decode(buf);
+    } catch (e) {
+      if (e instanceof TypeError) filesMessage(path + " is not UTF-8 text: download it", "error");
+      else filesFailed(e);
+      return;
+    }
+    if (id !== selectedId) return;
+    editing = path;
+    $("editor-path").textContent = path;
+    $("editor-text").value = text;
+    show($("editor"), true);
+    filesMessage("");
+  }
+
+  function closeEditor() {
+    editing = null;
+    $("editor-text").value = "";
+    show($("editor"), false);
+  }
+
+  async function saveEditor() {
+    if (editing === null) return;
+    const path = editing;
+    const button = $("editor-save");
+    button.disabled = true;
+    try {
+      const blob = new Blob([$("editor-text").value], { type: "application/octet-stream" });
+      await fetchRaw("PUT", filesUrl("/content", path), blob);
+      filesMessage(path + " saved", "ok");
+      loadFiles();
+    } catch (e) {
+      filesFailed(e);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function uploadFile(ev) {
+    const input = ev.target;
+    const file = input.files && input.files[0];
+    input.value = "";
+    if (!file) return;
+    const path = joinPath(filesPath, file.name);
+    filesMessage("uploading " + path + "…");
+    try {
+      await fetchRaw("PUT", filesUrl("/content", path), file);
+      filesMessage(path + " uploaded", "ok");
+    } catch (e) {
+      filesFailed(e);
+    }
+    loadFiles();
+  }
+
+  async function makeFolder() {
+    const name = $("files-name").value.trim();
+    if (!name) return;
+    try {
+      await api("POST", "/server/" + enc(selectedId) + "/files/mkdir",
+        { path: joinPath(filesPath, name) });
+      $("files-name").value = "";
+      filesMessage("");
+    } catch (e) {
+      filesFailed(e);
+    }
+    loadFiles();
+  }
+
   // -- wiring --------------------------------------------------------------------------------
 
   function init() {
@@ -703,6 +943,17 @@
       const el = $("console");
       el.scrollTop = el.scrollHeight;
     });
+    $("files-panel").addEventListener("toggle", () => loadFiles());
+    $("files-up").addEventListener("click", () => {
+      filesPath = filesPath.includes("/") ? filesPath.slice(0, filesPath.lastIndexOf("/")) : "";
+      closeEditor();
+      loadFiles();
+    });
+    $("files-refresh").addEventListener("click", () => loadFiles());
+    $("files-mkdir").addEventListener("click", makeFolder);
+    $("files-upload").addEventListener("change", uploadFile);
+    $("editor-save").addEventListener("click", saveEditor);
+    $("editor-close").addEventListener("click", closeEditor);
     window.addEventListener("hashchange", route);
     setInterval(() => { if (token && selectedId) renderServerView(); }, 1000);   // uptime
     if (token) showMain();
