@@ -321,6 +321,9 @@ async def test_files_through_the_host(host: RunningHost, hosted: Any, tmp_path: 
     assert (files / "w" / "level.dat").read_bytes() == b"level"
     r = await extract(api, "slip.tar.gz", 422)
     assert "'../../../evil'" in r["error"]["message"] and not (files / "slip").exists()
+    await api.post("/server/s/files/archive", {"paths": ["w"], "to": "w2.zip"}, expect=200)
+    await extract(api, "w2.zip", 200)
+    assert (files / "w2" / "w" / "level.dat").read_bytes() == b"level"
     # the worker away: 503, not a hang
     await w.shutdown()
     with trio.fail_after(15):
@@ -577,3 +580,66 @@ async def test_web_console_file_browser(host: RunningHost, hosted: Any, tmp_path
     assert (files / "plugins").is_dir() and not (files / "root").is_symlink()
     assert Path("/etc/passwd").exists() and not (tmp_path / "escape").exists()
     assert not [u for u in out["requested"] if "test-admin-token" in u]
+
+
+async def test_archive_then_extract_round_trip(standalone: Standalone) -> None:
+    api, files = standalone.api, standalone.files
+    (files / "world" / "region").mkdir(parents=True)
+    (files / "world" / "level.dat").write_bytes(b"level")
+    (files / "world" / "region" / "r.mca").write_bytes(os.urandom(200_000))
+    (files / "world" / "latest").symlink_to("region/r.mca")  # stored as a link
+    (files / "world" / "region" / "r.mca").chmod(0o640)
+    for name in ("w.tar.gz", "w.zip", "w.tar"):
+        e = await api.post("/server/s/files/archive", {"paths": ["world"], "to": name},
+                           expect=200)
+        assert e["name"] == name and e["size"] > 0
+        out = name.replace(".", "-")
+        await extract(api, name, 200, to=out)
+        got = files / out / "world"
+        assert (got / "level.dat").read_bytes() == b"level"
+        assert (got / "region" / "r.mca").read_bytes() == (
+            files / "world" / "region" / "r.mca").read_bytes()
+        assert os.readlink(got / "latest") == "region/r.mca"
+    assert not any(p.name.startswith(".manman-") for p in files.iterdir())
+    # a link to / is stored as what it is, not what it points to; extracting it is refused
+    (files / "world" / "root").symlink_to("/")
+    await api.post("/server/s/files/archive", {"paths": ["world"], "to": "r.tar"}, expect=200)
+    import tarfile
+
+    with tarfile.open(files / "r.tar") as tf:
+        root = tf.getmember("world/root")
+        assert root.issym() and root.linkname == "/"
+        assert not any(n.startswith("world/root/") for n in tf.getnames())
+    r = await extract(api, "r.tar", 422)
+    assert "'world/root'" in r["error"]["message"]
+    # the whole directory, by default
+    await api.post("/server/s/files/archive", {"to": "all.tar"}, expect=200)
+    with tarfile.open(files / "all.tar") as tf:
+        names = tf.getnames()
+    assert "world/level.dat" in names and "all.tar" not in names
+    r = await api.post("/server/s/files/archive", {"to": "x.rar"}, expect=422)
+    assert "must end in" in r["error"]["message"]
+
+
+async def test_archive_refuses_what_it_must_not_read(standalone: Standalone) -> None:
+    api, files = standalone.api, standalone.files
+    (files / "world").mkdir()
+    (files / "world" / "ok.dat").write_bytes(b"ok")
+    os.link(standalone.outside / "secret", files / "world" / "secret")
+    r = await api.post("/server/s/files/archive", {"paths": ["world"], "to": "w.tar.gz"},
+                       expect=422)
+    assert "world/secret" in r["error"]["message"] and "hard links" in r["error"]["message"]
+    os.unlink(files / "world" / "secret")
+    os.mkfifo(files / "world" / "pipe")
+    r = await api.post("/server/s/files/archive", {"paths": ["world"], "to": "w.tar.gz"},
+                       expect=422)
+    assert "world/pipe" in r["error"]["message"]
+    (files / "out").symlink_to(standalone.outside)
+    await api.post("/server/s/files/archive", {"paths": ["out/secret"], "to": "s.tar"},
+                   expect=422)
+    await api.post("/server/s/files/archive", {"paths": ["../outside"], "to": "s.tar"},
+                   expect=422)
+    await api.post("/server/s/files/archive", {"paths": ["world/ok.dat"], "to": "out/x.tar"},
+                   expect=422)
+    assert sorted(p.name for p in files.iterdir()) == ["out", "world"]
+    assert sorted(p.name for p in standalone.outside.iterdir()) == ["secret"]

@@ -15,7 +15,14 @@ from manman.host.control import HostControl
 from manman.host.fleet import WorkerRec
 from manman.http.app import Api
 from manman.http.auth import Principal
-from manman.worker.files.routes import PAGE, ExtractBody, Ok, PathBody, RenameBody
+from manman.worker.files.routes import (
+    PAGE,
+    ArchiveBody,
+    ExtractBody,
+    Ok,
+    PathBody,
+    RenameBody,
+)
 from manman.worker.files.safe import Entry, Listing
 
 SLOW_CALL = 60.0  # deleting or moving a large tree takes a while on the worker
@@ -119,3 +126,9 @@ def add_file_routes(api: Api, control: HostControl) -> None:
                summary="Extract an archive into a new directory, all or nothing")
     async def extract(who: Principal, server_id: str, body: ExtractBody) -> Response:
         return await post(server_id, "extract", body, EXTRACT_CALL)
+
+    @api.route("POST", "/server/{server_id}/files/archive", body=ArchiveBody, response=Entry,
+               errors=(404, 422, 502, 503, 507),
+               summary="Make an archive of some of the server's files")
+    async def archive(who: Principal, server_id: str, body: ArchiveBody) -> Response:
+        return await post(server_id, "archive", body, EXTRACT_CALL)

@@ -13,6 +13,7 @@ from quart import Response, request
 from manman import errors
 from manman.http.app import Api, json_response, query_int
 from manman.http.auth import Principal
+from manman.worker.files.archive import make_archive
 from manman.worker.files.extract import extract as extract_archive
 from manman.worker.files.safe import Entry, FilesTree, Listing
 
@@ -34,6 +35,11 @@ class RenameBody(msgspec.Struct, forbid_unknown_fields=True):
 class ExtractBody(msgspec.Struct, forbid_unknown_fields=True):
     path: str
     to: str | None = None  # a new directory; default: beside the archive, named after it
+
+
+class ArchiveBody(msgspec.Struct, forbid_unknown_fields=True):
+    to: str  # the archive's path; its suffix names the format
+    paths: list[str] = msgspec.field(default_factory=list)  # none: the whole directory
 
 
 class Ok(msgspec.Struct):
@@ -159,3 +165,11 @@ def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: 
     async def extract(who: Principal, server_id: str, body: ExtractBody) -> Response:
         tree = files_of(server_id)
         return json_response(await run(extract_archive, tree, body.path, body.to, max_extract))
+
+    @api.route("POST", "/server/{server_id}/files/archive", body=ArchiveBody, response=Entry,
+               errors=(404, 422, 507),
+               summary="Make a tar, tar.gz, tar.zst or zip archive of some files (links kept "
+                       "as links, never followed)")
+    async def archive(who: Principal, server_id: str, body: ArchiveBody) -> Response:
+        tree = files_of(server_id)
+        return json_response(await run(make_archive, tree, body.paths, body.to))
