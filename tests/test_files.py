@@ -478,6 +478,8 @@ BAD_ARCHIVES: list[tuple[str, list[tuple[str, str, bytes | str]], str]] = [
      "/tmp/evil.txt"),
     ("link-out", [("ok.txt", "file", b"ok"), ("up", "sym", "../../..")], "up"),
     ("link-abs", [("etc", "sym", "/etc")], "etc"),
+    # each lexically inside, but x/y is a link to the root: z's `x/y/..` climbs out
+    ("link-chain", [("x", "dir", b""), ("x/y", "sym", ".."), ("z", "sym", "x/y/../..")], "z"),
     ("hard-out", [("pw", "hard", "/etc/passwd")], "pw"),
     ("hard-up", [("pw", "hard", "../outside/secret")], "pw"),
     ("fifo", [("ok.txt", "file", b"ok"), ("pipe", "fifo", b"")], "pipe"),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import posixpath
 import secrets
 import shutil
 import stat
@@ -67,9 +66,12 @@ def check(raw: str, kind: str, target: str, files: set[tuple[str, ...]]) -> tupl
     if kind == "symlink":
         if not target or "\x00" in target or target.startswith("/"):
             raise _bad(raw, f"is a link to {target[:200]!r}, outside the archive")
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname("/".join(parts)),
-                                                     target))
-        if resolved == ".." or resolved.startswith("../"):
+        # `..` only at the start, and no more of them than the link is deep: then each link
+        # lands inside by itself, and no chain of links can climb out (a `..` after a name
+        # could climb out of a directory that is itself a link)
+        steps = [c for c in target.split("/") if c not in ("", ".")]
+        ups = next((i for i, c in enumerate(steps) if c != ".."), len(steps))
+        if ups > len(parts) - 1 or ".." in steps[ups:]:
             raise _bad(raw, f"is a link to {target[:200]!r}, outside the archive")
     elif kind == "hardlink":
         try:
