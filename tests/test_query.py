@@ -361,7 +361,7 @@ def test_player_counter_is_bounded() -> None:
 
 
 def test_player_counter_rejects_bad_patterns() -> None:
-    with pytest.raises(ValueError, match="player_patterns.join"):
+    with pytest.raises(ValueError, match=r"player_patterns\.join"):
         PlayerCounter(join=["("], leave=[])
     with pytest.raises(ValueError, match="player"):
         PlayerCounter(join=[], leave=[r"(?P<name>\w+) left"])

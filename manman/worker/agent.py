@@ -351,7 +351,8 @@ class WorkerAgent:
             runner=how.runner, installer=how.installer, broker=broker,
             hooks=ActorHooks(changed=self._changed, persist_now=self._persist_now,
                              installed=self._installs.install_finished
-                             if self._installs is not None else None),
+                             if self._installs is not None else None,
+                             reported=self._reported),
             status=stored.status, installed=stored.installed, crash_times=stored.crash_times,
             desired=stored.desired_state)
 
@@ -465,6 +466,11 @@ class WorkerAgent:
 
     def _changed(self, actor: ServerActor) -> None:
         self._mark_dirty(actor)
+        for observer in self._observers:
+            observer.server_changed(actor)
+
+    def _reported(self, actor: ServerActor) -> None:
+        """Observed data that is not saved (the query's answer): the host hears of it."""
         for observer in self._observers:
             observer.server_changed(actor)
 
