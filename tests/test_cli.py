@@ -54,8 +54,9 @@ async def test_verbs_tables_json_and_errors(host: RunningHost, hosted: Any) -> N
     await host.api.wait_for("alpha", state="running")
     r = await manman(host, "servers")
     header, row = out(r).splitlines()
-    assert header.split() == ["NAME", "WORKER", "GAME", "STATE", "UPTIME", "RESTARTS"]
-    assert row.split()[0:2] == ["alpha", "cli-w"] and row.split()[3] == "running"
+    assert header.split() == ["NAME", "WORKER", "GAME", "STATE", "PLAYERS", "UPTIME",
+                              "RESTARTS"]
+    assert row.split()[0:2] == ["alpha", "cli-w"] and row.split()[3:5] == ["running", "-"]
     # columns line up
     assert header.index("STATE") == row.index("running")
     r = await manman(host, "servers", "--json")

@@ -139,6 +139,14 @@ def _age(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def _players(query: dict[str, Any] | None) -> str:
+    """`3/24`, `3` when the game hides its slots, `-` when unknown."""
+    if not query or query.get("players") is None:
+        return "-"
+    slots = query.get("max_players")
+    return f"{query['players']}/{slots}" if slots is not None else str(query["players"])
+
+
 # -- verbs ----------------------------------------------------------------------------------
 
 def cmd_workers(args: argparse.Namespace, api: HostClient) -> int:
@@ -175,9 +183,11 @@ def cmd_servers(args: argparse.Namespace, api: HostClient) -> int:
     _table([[s["name"], names.get(s["worker_id"], s["worker_id"] or "-"), s["game_id"],
              s["state"] + ("" if s["install_progress"] is None or s["state"] != "installing"
                            else f" {s['install_progress']:.0f}%"),
+             _players(s.get("query")),
              _age(now - s["started_at"]) if s["state"] == "running" and s["started_at"]
              else "-", str(s["restarts"])]
-            for s in servers], ["name", "worker", "game", "state", "uptime", "restarts"])
+            for s in servers],
+           ["name", "worker", "game", "state", "players", "uptime", "restarts"])
     return 0
 
 
@@ -296,6 +306,11 @@ def cmd_show(args: argparse.Namespace, api: HostClient) -> int:
         value = s.get(key)
         if value is not None and value != []:
             print(f"{key + ':':22}{value if not isinstance(value, list) else ' '.join(value)}")
+    query = s.get("query")
+    if query:
+        seen = "ok" if query["ok"] else f"failing: {query.get('error') or '?'}"
+        extra = [f"{k} {query[k]}" for k in ("map", "version") if query.get(k)]
+        print(f"{'players:':22}{_players(query)} (query {', '.join([seen, *extra])})")
     return 0
 
 

@@ -52,6 +52,12 @@ def _by(name: str, doc: str, label: str, tally: Tally[str]) -> GaugeMetricFamily
     return g
 
 
+def _players_gauge() -> GaugeMetricFamily:
+    # only servers whose players are known (health.query answered, or player_patterns)
+    return GaugeMetricFamily("manman_server_players",
+                             "Players on the server, from its query or console", labels=["server"])
+
+
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     c = CounterMetricFamily(name, doc)
     c.add_metric([], value)
@@ -99,6 +105,7 @@ def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]
                                labels=["server"])
     viewers = GaugeMetricFamily("manman_console_viewers", "Live console viewers",
                                 labels=["server"])
+    players = _players_gauge()
     for a in agent.actors.values():
         name = a.spec.name
         restarts.add_metric([name], a.status.restarts)
@@ -106,7 +113,10 @@ def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]
         size.add_metric([name], a.broker.bytes_total)
         gaps.add_metric([name], a.broker.gaps)
         viewers.add_metric([name], a.broker.viewers)
-    yield from (restarts, lines, size, gaps, viewers)
+        q = a.status.query
+        if q is not None and q.players is not None:
+            players.add_metric([name], q.players)
+    yield from (restarts, lines, size, gaps, viewers, players)
     if link is not None:
         yield _counter("manman_heartbeats_sent", "Heartbeats the host answered",
                        link.heartbeats_sent)
@@ -123,6 +133,12 @@ def host_metrics(fleet: Fleet) -> ApiMetrics:
         yield _by("manman_servers", "Servers by state", "state",
                   Tally(fleet.server_view(s).state for s in fleet.servers.values()
                         if not s.deleting))
+        players = _players_gauge()
+        for s in fleet.servers.values():
+            q = s.observed.query if s.observed is not None and not s.deleting else None
+            if q is not None and q.players is not None:
+                players.add_metric([s.name], q.players)
+        yield players
         yield _counter("manman_heartbeats_received", "Heartbeats received",
                        fleet.heartbeats_received)
         yield _counter("manman_heartbeats_missed",

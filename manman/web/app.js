@@ -261,11 +261,28 @@
         ? "install " + Math.round(s.install_progress) + "%" : "");
       const w = workers.get(s.worker_id);
       cell(tr, 2).textContent = w ? w.name : (s.worker_id || "—");
+      const p = cell(tr, 3);
+      p.className = "num players";
+      p.textContent = players(s.query);
+      p.title = queryTitle(s.query);
       body.appendChild(tr);
     }
     for (const tr of rows.values()) tr.remove();
     $("server-count").textContent = String(list.length);
     show($("servers-empty"), list.length === 0);
+  }
+
+  // "3/24", "3" when the game hides its slots, "—" when unknown (no query, or none yet)
+  function players(q) {
+    if (!q || q.players == null) return "—";
+    return q.max_players == null ? String(q.players) : q.players + "/" + q.max_players;
+  }
+
+  function queryTitle(q) {
+    if (!q) return "";
+    if (!q.ok) return "query failing: " + (q.error || "no answer");
+    return [q.map, q.version, q.latency_ms != null ? q.latency_ms.toFixed(1) + " ms" : null]
+      .filter((x) => x).join(" · ");
   }
 
   function findServer(key) {
@@ -340,6 +357,8 @@
     $("detail-uptime").textContent = (state === "running" || state === "starting") &&
       s.started_at ? duration(Date.now() / 1000 - s.started_at) : "—";
     $("detail-restarts").textContent = String(restarts ?? 0);
+    $("detail-players").textContent = players(s.query);
+    $("detail-players").title = queryTitle(s.query);
     show($("detail-progress-row"), state === "installing");
     $("detail-progress").textContent = progress == null ? "…" : Math.round(progress) + "%";
     setMessage($("server-error"), state === "failed" || s.error ? s.error || "" : "", "error");
