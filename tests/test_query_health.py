@@ -183,8 +183,8 @@ async def test_players_from_console_lines(worker: RunningWorker) -> None:
     await api.post("/server", fake_spec("lines", desired_state="running",
                                         player_patterns=patterns,
                                         health={"query": {"type": "console"}}), expect=201)
-    s = await wait_query(api, "lines", ok=True, players=0)
-    assert s["state"] == "running"
+    await api.wait_for("lines", state="running")
+    await wait_query(api, "lines", ok=True, players=0)
     for line in ("Alex joined the game", "Steve joined the game", "Alex joined the game",
                  "Ghost left the game", "Steve left the game", "Bob joined the game"):
         await api.post("/server/lines/command", {"data": f"echo {line}"}, expect=202)
