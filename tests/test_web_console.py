@@ -142,6 +142,12 @@ def tour(page: Any, out: dict[str, Any]) -> None:
     expect(console_line(page, "said: hello from the browser")).to_have_count(1)
     expect(page.locator("#command-input")).to_have_value("")
 
+    # players, counted from the console's join lines (player_patterns), in list and details
+    expect(row.locator("td.players")).to_have_text("0")
+    send(page, "echo Alex joined")
+    expect(row.locator("td.players")).to_have_text("1")
+    expect(page.locator("#detail-players")).to_have_text("1")
+
     # a flood: the DOM keeps the newest 2000 lines and the page stays responsive
     page.evaluate(LAG_PROBE)
     t0 = time.monotonic()
@@ -193,7 +199,8 @@ def tour(page: Any, out: dict[str, Any]) -> None:
 
 async def test_web_console_in_a_browser(host: Any, hosted: Any) -> None:
     w = await hosted("browser-worker")
-    spec = fake_spec("web1", worker_id=w.handle.link.worker_id, desired_state="running")
+    spec = fake_spec("web1", worker_id=w.handle.link.worker_id, desired_state="running",
+                     player_patterns={"join": [r"^(?P<player>\w+) joined$"]})
     await host.api.post("/server", spec, expect=201)
     await host.api.wait_for("web1", state="running")
 
