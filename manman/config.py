@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from manman import ports
 from manman.errors import ManmanError, StartupError
 from manman.models import ServerSpec, validation_message
 
@@ -103,15 +104,22 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     join_token: str = ""
     api_token: str = ""
     install_timeout: Positive = 3600.0
+    # the shortest auto_update.check_interval this worker honours (each check runs steamcmd)
+    update_check_min_interval: Positive = 60.0
     console_ring_bytes: PositiveInt = 8 * 1024 * 1024
     log_file_bytes: PositiveInt = 8 * 1024 * 1024
     log_files_keep: PositiveInt = 5
     header_timeout: Positive = 10.0  # as the host's
+    port_range: str = ports.DEFAULT_RANGE  # where `auto` ports are placed: FIRST-LAST
 
     def __post_init__(self) -> None:
         _check_listen("listen", self.listen)
         _check_http_url("host_url", self.host_url)
         _check_http_url("advertise_url", self.advertise_url)
+        try:
+            ports.parse_range(self.port_range)
+        except ValueError as e:
+            raise _BadValue("port_range", str(e)) from None
 
     @property
     def standalone(self) -> bool:

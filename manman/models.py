@@ -92,7 +92,8 @@ class PortSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     protocol: Literal["tcp", "udp"] = "tcp"
     name: PortName | None = None
     follows: PortName | None = None
-    offset: Annotated[int, Meta(ge=1, le=100)] = 1
+    # 0: the same number on the other protocol (a game on tcp and udp)
+    offset: Annotated[int, Meta(ge=0, le=100)] = 1
 
 
 class QuerySpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
@@ -117,7 +118,8 @@ class AutoUpdateSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
     """When a steamcmd server takes a new Steam build (docs/spec.md, "Steam build updates")."""
 
     mode: Literal["off", "notify", "when_empty", "immediate"] = "off"
-    check_interval: Annotated[float, Meta(ge=60, le=86400 * 7)] = 600.0
+    # each check runs steamcmd; a worker honours no less than its update_check_min_interval
+    check_interval: Annotated[float, Meta(ge=1, le=86400 * 7)] = 600.0
     announce_command: ConsoleLine | None = None
     grace: Seconds = 60.0
 
@@ -251,6 +253,10 @@ def _check_ports(spec: ServerSpec) -> None:
             if leader is None or leader.follows is not None:
                 raise ValueError(f"ports[{i}].follows: must name a port given before it "
                                  "that follows none")
+            if p.offset == 0 and p.protocol == leader.protocol:
+                raise ValueError(f"ports[{i}].offset: 0 only on the other protocol")
+            if leader.port == "auto" and p.port != "auto":
+                raise ValueError(f"ports[{i}]: follows an auto port, so it is auto too")
             if isinstance(leader.port, int) and p.port != "auto" \
                     and p.port != leader.port + p.offset:
                 raise ValueError(f"ports[{i}]: follows {p.follows}, so it is "
@@ -278,7 +284,8 @@ def _port_name(ref: str) -> str:
 # PUT /server/{id}: every field optional; what is given replaces the stored value
 _UPDATABLE = ("name", "executable", "args", "env", "stop_command", "stop_timeout",
               "ready_pattern", "restart", "health", "ports", "desired_state", "stop_signal",
-              "player_patterns", "restart_needed_patterns", "auto_update")
+              "player_patterns", "restart_needed_patterns", "auto_update", "preset",
+              "preset_version", "secret_values")
 
 
 class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -300,6 +307,11 @@ class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     restart_needed_patterns: Annotated[list[Pattern], Meta(max_length=16)] | \
         msgspec.UnsetType = msgspec.UNSET
     auto_update: AutoUpdateSpec | msgspec.UnsetType = msgspec.UNSET
+    # the host's push carries them whole; a person rarely sets them by hand
+    preset: Annotated[str, Meta(max_length=64)] | msgspec.UnsetType | None = msgspec.UNSET
+    preset_version: Count | msgspec.UnsetType | None = msgspec.UNSET
+    secret_values: Annotated[list[Annotated[str, Meta(max_length=1024)]],
+                             Meta(max_length=64)] | msgspec.UnsetType = msgspec.UNSET
     restart_on_change: bool = False
 
 

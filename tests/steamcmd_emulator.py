@@ -115,14 +115,26 @@ def publish(home, app_id, buildid, branch="public", **fields):
     _write_json(path, state)
 
 
+def fail_updates(home, app_id, failing=True):
+    """For tests: `+app_update` of the app fails (as on a full disk) until called with
+    failing=False; its app info is still served."""
+    path = os.path.join(home, "published.json")
+    state = _read_json(path)
+    app = state.setdefault(str(int(app_id)), {})
+    app["_fail"] = bool(failing)
+    _write_json(path, state)
+
+
 def published(app_id):
-    """What Steam's servers hold for the app: {"change": n, "branches": {name: {...}}}."""
+    """What Steam's servers hold for the app: {"change": n, "branches": {name: {...}},
+    "fail": updates fail}."""
     state = _read_json(os.path.join(HOME, "published.json"))
     app = dict(state.get(str(int(app_id)), {}))
     change = app.pop("_change", 26584392)
+    fail = app.pop("_fail", False)
     if "public" not in app:
         app["public"] = {"buildid": str(DEFAULT_BUILD), "timeupdated": "1700000000"}
-    return {"change": change, "branches": app}
+    return {"change": change, "branches": app, "fail": fail}
 
 
 def cache_app(app_id, info):
@@ -278,6 +290,10 @@ def main():
         login(fail=True)
         return 5
     login()
+    if app_id is not None and published(app_id)["fail"]:
+        progress("0x61", "downloading", 10.0, 100, 1000)
+        emit(f"Error! App '{app_id}' state is 0x202 after update job.")
+        return 8
     if app_id is None and info_app is not None:
         if info_app == "1050":  # hangs
             time.sleep(3600)

@@ -3,6 +3,7 @@ worker SIGKILL + restart that re-attaches to the running container."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -101,6 +102,43 @@ async def test_docker_server_life(docker_worker: RunningWorker, docker_host: str
     s = await api.wait_for("dk", state="stopped", timeout=30)
     assert s["exit_code"] == 137
     assert docker(docker_host, "inspect", name).returncode != 0
+
+
+async def test_auto_ports_are_published_with_their_numbers(
+        docker_host: str, tmp_path: Path, bg: trio.Nursery,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from manman.worker.main import run_worker
+    from tests.test_port_allocation import free_block
+
+    # -p needs a bridge network: a user-defined one (the tests' dockerd has no default)
+    net = f"mmports{os.getpid()}"
+    assert docker(docker_host, "network", "create", "-d", "bridge", net).returncode == 0
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    base = free_block(4)
+    handle = await bg.start(run_worker, worker_config(
+        tmp_path, docker_network=net, port_range=f"{base}-{base + 3}"))
+    w = RunningWorker(handle, Client(handle.url, "test-worker-token"))
+    try:
+        spec = docker_spec("dp", desired_state="running", env={"GAME_PORT": "{{port.game}}"},
+                           ports=[{"name": "game", "protocol": "udp", "port": "auto"},
+                                  {"name": "query", "protocol": "tcp", "port": "auto",
+                                   "follows": "game", "offset": 1}])
+        spec["args"] = ["sh", "-c", 'echo "port $GAME_PORT"; ' + GAME]
+        s = await w.api.post("/server", spec, expect=201)
+        assert s["allocated_ports"] == {"game": base, "query": base + 1}
+        s = await w.api.wait_for("dp", state="running", timeout=30)
+        await w.api.wait_line("dp", f"port {base}")
+        bound = docker(docker_host, "inspect", "-f", "{{json .HostConfig.PortBindings}}",
+                       f"manman-{s['id']}")
+        assert json.loads(bound.stdout) == {
+            f"{base}/udp": [{"HostIp": "", "HostPort": str(base)}],
+            f"{base + 1}/tcp": [{"HostIp": "", "HostPort": str(base + 1)}]}
+        await w.api.post("/server/dp/kill", expect=202)
+        await w.api.wait_for("dp", state="stopped", timeout=30)
+    finally:
+        await w.shutdown()
+        await w.api.aclose()
+        docker(docker_host, "network", "rm", net)
 
 
 async def test_pull_failure_is_failed_with_the_reason(docker_worker: RunningWorker) -> None:

@@ -32,6 +32,7 @@ from manman.worker.machine import (
     StartBackoff,
     StartInstall,
     Terminate,
+    UpdateCalledOff,
     WatchReady,
     WriteStop,
     after_exit,
@@ -796,6 +797,56 @@ def test_a_reinstall_installs_even_when_a_stop_came_but_does_not_start() -> None
     assert m.state == "installing"
     assert not any(isinstance(e, Spawn) for e in m.install_done(None))
     assert m.state == "stopped"
+
+
+def test_a_build_update_stops_installs_and_starts_again() -> None:
+    m = running()
+    r = run_id(m)
+    m.update()
+    assert m.state == "stopping"
+    m.exited(r, 0, NOW)
+    assert m.state == "installing" and m.updating
+    effects = m.install_done(None)
+    assert m.state == "starting" and Spawn in kinds(effects) and not m.updating
+
+
+def test_a_failed_build_update_starts_the_installed_build_again_not_failed() -> None:
+    m = running()
+    r = run_id(m)
+    m.update()
+    m.exited(r, 0, NOW)
+    effects = m.install_done("Error! App '1' state is 0x202 after update job.")
+    assert m.state == "starting" and Spawn in kinds(effects)
+    assert m.status.error is None and m.installed and m.desired == "running"
+    # an operator's failed install is still a failure
+    m = stopped()
+    m.install()
+    m.install_done("ERROR! x")
+    assert m.state == "failed"
+
+
+def test_a_failed_build_update_of_a_stopped_server_leaves_it_stopped() -> None:
+    m = stopped()
+    assert StartInstall in kinds(m.update())
+    assert Spawn not in kinds(m.install_done("ERROR! x"))
+    assert m.state == "stopped"
+
+
+def test_a_kill_during_a_build_updates_stop_calls_the_update_off() -> None:
+    m = running()
+    r = run_id(m)
+    m.update()
+    m.kill()
+    effects = m.exited(r, -9, NOW)
+    assert UpdateCalledOff("killed") in effects and StartInstall not in kinds(effects)
+    assert m.state == "stopped"
+
+
+def test_a_build_update_is_refused_where_an_install_is() -> None:
+    m = running()
+    m.stop()
+    with pytest.raises(Conflict):
+        m.update()
 
 
 def test_a_kill_during_an_install_cancels_it() -> None:

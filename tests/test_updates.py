@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from manman.models import AutoUpdateSpec
 from manman.worker.machine import Note
 from manman.worker.updates import (
     Announce,
-    AutoUpdatePolicy,
     Effect,
     RunCheck,
     RunUpdate,
@@ -21,7 +21,7 @@ from manman.worker.updates import (
 def setup(mode: str = "when_empty", running: bool = True, players: int | None = 3,
           **policy: Any) -> UpdateMachine:
     m = UpdateMachine()
-    assert m.configure(AutoUpdatePolicy(mode=mode, **policy), 0.0) == \
+    assert m.configure(AutoUpdateSpec(mode=mode, **policy), 0.0) == \
         ([] if mode == "off" else [ScheduleCheck(0.0)])
     m.running_changed(running, 0.0)
     m.players_counted(players, 0.0)
@@ -159,7 +159,8 @@ def test_the_games_plea_starts_the_same_flow_once() -> None:
 def test_a_plea_during_a_check_is_acted_on_after_it_whatever_it_says() -> None:
     m = setup("immediate", grace=5)
     [run] = m.check_due(0.0)
-    assert m.restart_needed(1.0) == []
+    assert m.restart_needed(1.0) == [Note("the game asks for an update")]
+    assert m.restart_needed(1.5) == []  # said once
     fx = m.checked(run.token, 100, 100, 2.0)  # steamcmd does not know yet
     assert ShowBuilds(100, 100, True) in fx and of(fx, WaitGrace)
     m = setup("immediate", grace=5)
@@ -221,12 +222,12 @@ def test_check_failures_are_noted_once_until_they_change() -> None:
 def test_an_answer_after_auto_update_went_off_is_ignored() -> None:
     m = setup("immediate")
     [run] = m.check_due(0.0)
-    assert m.configure(AutoUpdatePolicy(mode="off"), 1.0) == []  # no check was scheduled
+    assert m.configure(AutoUpdateSpec(mode="off"), 1.0) == []  # no check was scheduled
     assert m.checked(run.token, 100, 101, 2.0) == []
     assert m.check_failed(run.token, "x", 2.0) == []
     assert m.phase == "idle" and m.check_due(600.0) == []
     # back on: checks start at once
-    assert m.configure(AutoUpdatePolicy(mode="notify"), 700.0) == [ScheduleCheck(700.0)]
+    assert m.configure(AutoUpdateSpec(mode="notify"), 700.0) == [ScheduleCheck(700.0)]
     [run2] = m.check_due(700.0)
     assert run2.token != run.token
 
@@ -234,7 +235,7 @@ def test_an_answer_after_auto_update_went_off_is_ignored() -> None:
 def test_turning_off_cancels_the_schedule_and_a_pending_update() -> None:
     m = setup("immediate", grace=30)
     [wait] = of(check(m, 0.0, 100, 101), WaitGrace)
-    fx = m.configure(AutoUpdatePolicy(mode="off"), 5.0)
+    fx = m.configure(AutoUpdateSpec(mode="off"), 5.0)
     assert fx == [Note("update cancelled: auto_update is now off"), ScheduleCheck(None)]
     assert m.grace_elapsed(wait.token, 30.0) == [] and m.phase == "idle"
 
@@ -242,19 +243,19 @@ def test_turning_off_cancels_the_schedule_and_a_pending_update() -> None:
 def test_a_new_mode_restarts_a_pending_update_its_way() -> None:
     m = setup("when_empty", players=2)
     check(m, 0.0, 100, 101)
-    fx = m.configure(AutoUpdatePolicy(mode="immediate", announce_command="say bye",
+    fx = m.configure(AutoUpdateSpec(mode="immediate", announce_command="say bye",
                                       grace=15), 5.0)
     assert of(fx, Announce) == [Announce("say bye")] and m.phase == "grace"
-    fx = m.configure(AutoUpdatePolicy(mode="notify"), 6.0)
+    fx = m.configure(AutoUpdateSpec(mode="notify"), 6.0)
     assert notes(fx) == ["update cancelled: auto_update is now notify"] and m.phase == "idle"
 
 
 def test_a_shorter_interval_brings_the_next_check_forward() -> None:
     m = setup("notify")
     check(m, 0.0, 1, 1)
-    assert m.configure(AutoUpdatePolicy(mode="notify", check_interval=60), 10.0) == \
+    assert m.configure(AutoUpdateSpec(mode="notify", check_interval=60), 10.0) == \
         [ScheduleCheck(70.0)]
-    assert m.configure(AutoUpdatePolicy(mode="notify", check_interval=900), 20.0) == []
+    assert m.configure(AutoUpdateSpec(mode="notify", check_interval=900), 20.0) == []
 
 
 def test_an_operator_update_satisfies_a_pending_one() -> None:
@@ -274,3 +275,10 @@ def test_an_update_during_a_check_makes_its_answer_stale() -> None:
     assert m.checked(run.token, 100, 101, 602.0) == []  # would have updated again
     [run2] = m.check_due(601.0)
     assert not of(m.checked(run2.token, 101, 101, 603.0), RunUpdate)
+
+
+def test_an_operators_install_shows_its_build_and_a_failed_one_says_nothing() -> None:
+    m = setup("off")
+    assert m.update_finished(True, 100, 5.0) == [Note("installed build 100"),
+                                                 ShowBuilds(100, None, False)]
+    assert m.update_finished(False, 100, 6.0, error="ERROR! x") == []  # the server tells

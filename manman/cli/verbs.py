@@ -181,14 +181,23 @@ def cmd_servers(args: argparse.Namespace, api: HostClient) -> int:
     names = {w["id"]: w["name"] for w in api.call("GET", "/worker")["workers"]}
     now = time.time()
     _table([[s["name"], names.get(s["worker_id"], s["worker_id"] or "-"), s["game_id"],
-             s["state"] + ("" if s["install_progress"] is None or s["state"] != "installing"
-                           else f" {s['install_progress']:.0f}%"),
+             _state_cell(s),
              _players(s.get("query")),
              _age(now - s["started_at"]) if s["state"] == "running" and s["started_at"]
              else "-", str(s["restarts"])]
             for s in servers],
            ["name", "worker", "game", "state", "players", "uptime", "restarts"])
     return 0
+
+
+def _state_cell(s: dict[str, Any]) -> str:
+    """The state, an install's progress, and UPDATE when Steam offers a newer build."""
+    text = s["state"]
+    if s["install_progress"] is not None and s["state"] == "installing":
+        text += f" {s['install_progress']:.0f}%"
+    if s.get("update_available"):
+        text += " UPDATE"
+    return text
 
 
 def _spec_from_args(args: argparse.Namespace, api: HostClient) -> dict[str, Any]:
@@ -302,7 +311,7 @@ def cmd_show(args: argparse.Namespace, api: HostClient) -> int:
     for key in ("name", "id", "worker_id", "game_id", "state", "ready", "pid", "restarts",
                 "exit_code", "error", "install_progress", "desired_state", "generation",
                 "observed_generation", "worker_status", "executable", "args", "stop_command",
-                "ready_pattern"):
+                "ready_pattern", "installed_build", "latest_build"):
         value = s.get(key)
         if value is not None and value != []:
             print(f"{key + ':':22}{value if not isinstance(value, list) else ' '.join(value)}")
@@ -311,6 +320,14 @@ def cmd_show(args: argparse.Namespace, api: HostClient) -> int:
         seen = "ok" if query["ok"] else f"failing: {query.get('error') or '?'}"
         extra = [f"{k} {query[k]}" for k in ("map", "version") if query.get(k)]
         print(f"{'players:':22}{_players(query)} (query {', '.join([seen, *extra])})")
+    if s["game_id"].startswith("steamcmd:"):
+        au = s.get("auto_update") or {}
+        mode = au.get("mode", "off")
+        every = f", every {au['check_interval']:g}s" if mode != "off" else ""
+        print(f"{'auto_update:':22}{mode}{every}")
+        if s.get("update_available"):
+            print(f"{'update_available:':22}yes: build {s.get('latest_build')} "
+                  f"(installed: {s.get('installed_build')})")
     return 0
 
 

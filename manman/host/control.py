@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import trio
 
-from manman import errors, models
+from manman import errors, models, ports
 from manman.host.fleet import Fleet, ServerRec, WorkerRec
 from manman.host.relay import Relay, Unreachable
 from manman.host.store import CommitUnknown, HostStore
@@ -155,6 +155,7 @@ class HostControl:
         self._writable(w)
         if self.fleet.name_taken(spec.name):
             raise errors.Exists.server(spec.name)
+        self._check_ports(w, spec)
         now = time.time()
         s = ServerRec(id=secrets.token_hex(6), name=spec.name, worker_id=w.id, spec=spec,
                       generation=1, created_at=now, updated_at=now)
@@ -164,6 +165,33 @@ class HostControl:
         body.update(id=s.id, generation=s.generation)
         await self._push(w, "POST", "/server", json=body)
         return s
+
+    def _check_ports(self, w: WorkerRec, spec: models.ServerSpec,
+                     current: ServerRec | None = None) -> None:
+        """Refuse (409) a fixed port another server of the worker holds, or `auto` ports its
+        port_range has no room for. Checked here, before saving: the worker gets the spec
+        after, best-effort, and must not be the one to refuse it."""
+        if not spec.ports:
+            return
+
+        def allocated(s: ServerRec) -> dict[str, int]:
+            return dict(s.observed.allocated_ports) if s.observed is not None else {}
+
+        others = sorted((o for o in self.fleet.servers.values() if o.worker_id == w.id
+                         and not o.deleting and o is not current),
+                        key=lambda o: o.created_at)
+        taken = ports.taken_by([(o.name, o.spec, allocated(o)) for o in others])
+        ports.check_fixed(spec, taken)
+        prange = ports.range_of(w.capacity)
+        if prange is None:  # a worker that did not say its range: it places them itself
+            return
+        # servers the worker has not reported placed yet: where it would place them
+        for o in others:
+            if ports.unplaced(o.spec, allocated(o)):
+                with contextlib.suppress(errors.Conflict):
+                    got = ports.allocate(o.spec, prange, taken, allocated(o))
+                    taken.update((k, o.name) for k in ports.held(o.spec, got) - taken.keys())
+        ports.allocate(spec, prange, taken, allocated(current) if current else None)
 
     async def update_server(self, s: ServerRec, update: models.ServerUpdate) -> ServerRec:
         w = self.worker(s.worker_id)
@@ -176,6 +204,8 @@ class HostControl:
                 raise errors.Invalid(str(e)) from None
             if new.name != s.name and self.fleet.name_taken(new.name, but=s.id):
                 raise errors.Exists.server(new.name)
+            if new.ports != spec.ports:  # a change that leaves them is never refused for them
+                self._check_ports(w, new, s)
             return new
 
         body = await self._change_spec(s, change, restart=update.restart_on_change)

@@ -9,7 +9,7 @@ registry: `manman up` serves host and worker from one process.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # for types only: the HTTP kit does not depend on either side at run time
     from manman.host.fleet import Fleet
+    from manman.models import ServerSpec, ServerStatus
     from manman.worker.agent import WorkerAgent
     from manman.worker.hostlink import HostLink
 
@@ -117,11 +118,25 @@ def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]
         if q is not None and q.players is not None:
             players.add_metric([name], q.players)
     yield from (restarts, lines, size, gaps, viewers, players)
+    yield _update_available((a.spec, a.status) for a in agent.actors.values())
     if link is not None:
         yield _counter("manman_heartbeats_sent", "Heartbeats the host answered",
                        link.heartbeats_sent)
         yield _counter("manman_heartbeats_failed", "Heartbeats the host did not answer",
                        link.heartbeats_failed)
+
+
+UPDATE_AVAILABLE_DOC = "1 when Steam offers a build other than the one installed (steamcmd)"
+
+
+def _update_available(servers: Iterable[tuple[ServerSpec, ServerStatus]]) -> GaugeMetricFamily:
+    """One series per steamcmd server (others take no Steam builds)."""
+    g = GaugeMetricFamily("manman_server_update_available", UPDATE_AVAILABLE_DOC,
+                          labels=["server"])
+    for spec, status in servers:
+        if spec.install_method == "steamcmd":
+            g.add_metric([spec.name], 1 if status.update_available else 0)
+    return g
 
 
 def host_metrics(fleet: Fleet) -> ApiMetrics:
@@ -130,9 +145,14 @@ def host_metrics(fleet: Fleet) -> ApiMetrics:
     def collect() -> Iterator[Metric]:
         yield _by("manman_workers", "Workers by status", "status",
                   Tally(fleet.worker_status(w) for w in fleet.workers.values()))
-        yield _by("manman_servers", "Servers by state", "state",
-                  Tally(fleet.server_view(s).state for s in fleet.servers.values()
-                        if not s.deleting))
+        servers = [fleet.server_view(s) for s in fleet.servers.values() if not s.deleting]
+        yield _by("manman_servers", "Servers by state", "state", Tally(v.state for v in servers))
+        g = GaugeMetricFamily("manman_server_update_available", UPDATE_AVAILABLE_DOC,
+                              labels=["server"])
+        for v in servers:
+            if v.game_id.startswith("steamcmd:"):
+                g.add_metric([v.name], 1 if v.update_available else 0)
+        yield g
         players = _players_gauge()
         for s in fleet.servers.values():
             q = s.observed.query if s.observed is not None and not s.deleting else None

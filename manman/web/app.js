@@ -259,6 +259,14 @@
       setBadge(badge, s.state);
       badge.title = s.error || (s.state === "installing" && s.install_progress != null
         ? "install " + Math.round(s.install_progress) + "%" : "");
+      let flag = badge.nextElementSibling;
+      if (!flag) {
+        flag = c.appendChild(document.createElement("span"));
+        flag.className = "update-flag";
+        flag.textContent = "update";
+      }
+      show(flag, !!s.update_available);
+      flag.title = s.update_available ? "update available: build " + s.latest_build : "";
       const w = workers.get(s.worker_id);
       cell(tr, 2).textContent = w ? w.name : (s.worker_id || "—");
       const p = cell(tr, 3);
@@ -361,6 +369,10 @@
     $("detail-players").title = queryTitle(s.query);
     show($("detail-progress-row"), state === "installing");
     $("detail-progress").textContent = progress == null ? "…" : Math.round(progress) + "%";
+    show($("detail-build-row"), s.installed_build != null || s.latest_build != null);
+    $("detail-build").textContent = (s.installed_build || "—") + (s.update_available
+      ? " — update available: build " + s.latest_build : "");
+    $("detail-build").classList.toggle("update-available", !!s.update_available);
     setMessage($("server-error"), state === "failed" || s.error ? s.error || "" : "", "error");
     document.title = "manman — " + s.name + " (" + state + ")";
   }

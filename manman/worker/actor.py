@@ -21,6 +21,7 @@ from typing import cast
 
 import trio
 
+from manman import ports
 from manman.backoff import Backoff
 from manman.errors import Busy, InsufficientStorage
 from manman.models import ServerSpec, ServerStatus
@@ -28,11 +29,13 @@ from manman.worker import machine, procs
 from manman.worker.console.broker import LogBroker
 from manman.worker.console.lines import LineFramer
 from manman.worker.installers.base import InstallContext, Installer, InstallError
+from manman.worker.installers.steam_builds import SteamBuilds
 from manman.worker.machine import Desired, Effect, ServerMachine
 from manman.worker.query import PlayerCounter, QueryResult, query
 from manman.worker.query.result import as_status, failed
 from manman.worker.query.target import query_port
 from manman.worker.runners.base import GameProcess, LaunchContext, Runner, RunRecord, SpawnError
+from manman.worker.updater import Updater
 
 __all__ = ["ActorHooks", "Run", "ServerActor", "tcp_probe"]
 
@@ -66,6 +69,8 @@ class ActorHooks:
     installed: Callable[[str, bool, float], None] | None = None  # method, ok, seconds
     # the query's answer changed: report it to the host, not saved (probes are frequent)
     reported: Callable[[ServerActor], None] | None = None
+    # at each start: the numbers of the `auto` ports (raises SpawnError when none is free)
+    ports: Callable[[ServerActor], dict[str, int]] | None = None
 
 
 class ServerActor:
@@ -75,7 +80,8 @@ class ServerActor:
                  runner: Runner, installer: Installer, broker: LogBroker, hooks: ActorHooks,
                  status: ServerStatus | None = None, installed: bool = False,
                  crash_times: tuple[float, ...] = (), desired: Desired | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 builds: SteamBuilds | None = None, update_min_interval: float = 60.0) -> None:
         self.id = server_id
         self.generation = generation
         self.machine = ServerMachine(spec, status=status, crash_times=crash_times,
@@ -98,6 +104,8 @@ class ServerActor:
         self._install_scope = trio.CancelScope()
         self._install_done = trio.Event()
         self._stdin_send, self._stdin_recv = trio.open_memory_channel[str](STDIN_QUEUE)
+        # steamcmd servers: Steam build checks and auto_update
+        self.updater = Updater(self, builds, update_min_interval) if builds else None
 
     # -- the machine's data, under the names the worker uses ----------------------------------
 
@@ -131,6 +139,8 @@ class ServerActor:
             nursery.start_soon(self._stdin_writer)
             nursery.start_soon(self._health_prober)
             await self._recover()
+            if self.updater is not None:
+                nursery.start_soon(self.updater.serve)
             self.started.set()
             task_status.started()
 
@@ -165,6 +175,10 @@ class ServerActor:
     def install(self) -> None:
         self._apply(self._recovered().install())
 
+    def run_update(self) -> None:
+        """A Steam build update (the updater's): stop, install, start again if it ran."""
+        self._apply(self._recovered().update())
+
     def _recovered(self) -> ServerMachine:
         """The machine, once recovery is over: until the actor knows whether a process is
         left from before, a start could spawn a second one beside it."""
@@ -192,6 +206,8 @@ class ServerActor:
         m = self._recovered()
         self.generation = generation
         self._apply(m.update_spec(spec, restart_on_change))
+        if self.updater is not None:
+            self.updater.spec_changed(spec)
 
     async def shutdown(self, keep_desired: bool = False) -> None:
         """Stop the game gracefully (worker shutdown, delete); returns when it has exited.
@@ -258,6 +274,9 @@ class ServerActor:
                     if self._backoff is not None:
                         self._backoff.cancel()
                         self._backoff = None
+                case machine.UpdateCalledOff(reason):
+                    if self.updater is not None:
+                        self.updater.update_called_off(reason)
         if changed:
             st = self.status
             st.updated_at = self._now()
@@ -271,6 +290,13 @@ class ServerActor:
         run = self.run
         if run is not None and run.proc is None:  # waiting to begin: let it look again
             run.wake.set()
+        if changed and self.updater is not None:
+            self.updater.state_seen()
+
+    def status_changed(self) -> None:
+        """A status field outside the machine's changed (the builds): stamp and report."""
+        self.status.updated_at = self._now()
+        self.hooks.changed(self)
 
     def _live(self, run_id: int) -> Run | None:
         """The current run if it is this one and has not exited."""
@@ -284,8 +310,8 @@ class ServerActor:
     # -- process supervision ---------------------------------------------------------------
 
     async def _launch(self, run: Run) -> None:
-        ctx = LaunchContext(self.id, self.spec, self.files_dir, run.instance)
         try:
+            ctx = LaunchContext(self.id, self._launch_spec(), self.files_dir, run.instance)
             if not await self._record(run):
                 return
             proc = await self.runner.spawn(ctx)
@@ -306,6 +332,14 @@ class ServerActor:
         run.spawned.set()
         self._apply(self.machine.spawned(run.id, proc.pid, self._now()))
         self._spawn_task(self._supervise, run, proc)
+
+    def _launch_spec(self) -> ServerSpec:
+        """The spec as launched: ports placed, `{{port.NAME}}` filled in."""
+        allocated = self.hooks.ports(self) if self.hooks.ports else self.status.allocated_ports
+        try:
+            return ports.resolve(self.spec, allocated)
+        except ValueError as e:
+            raise SpawnError(str(e)) from None
 
     async def _record(self, run: Run) -> bool:
         """Save the run's instance token before its process exists (no orphan unrecorded).
@@ -384,6 +418,8 @@ class ServerActor:
                     self._check_ready(run, run.ready_re, lines)
                 if run.players is not None:
                     self._count_players(run, run.players, lines)
+                if self.updater is not None and self.updater.patterns:
+                    self.updater.lines(lines)
         publish(name, framer.flush())
 
     def _check_ready(self, run: Run, pattern: re.Pattern[str], lines: list[str]) -> None:
@@ -481,6 +517,8 @@ class ServerActor:
             self.hooks.installed(self.spec.install_method, error is None,
                                  time.monotonic() - began)
         self._apply(self.machine.install_done(error))
+        if self.updater is not None:
+            await self.updater.install_ended(error)
 
     # -- console input, health ----------------------------------------------------------------
 

@@ -19,15 +19,16 @@ from typing import Any, Literal, Protocol
 import msgspec
 import trio
 
-from manman import errors, models
+from manman import errors, models, ports
 from manman.backoff import Backoff
 from manman.config import WorkerConfig
 from manman.models import ServerSpec, ServerStatus
-from manman.worker import machine, procs
+from manman.worker import listening, machine, procs
 from manman.worker.actor import ActorHooks, ServerActor
 from manman.worker.console.broker import LogBroker
 from manman.worker.installers.base import Installer, NoInstall
-from manman.worker.runners.base import Runner, RunRecord
+from manman.worker.installers.steam_builds import SteamBuilds
+from manman.worker.runners.base import Runner, RunRecord, SpawnError
 from manman.worker.runners.docker import DockerRunner
 from manman.worker.runners.exec import ExecRunner
 from manman.worker.store import StoredServer, WorkerStore
@@ -77,6 +78,7 @@ class RunnerAndInstaller:
 
     runner: Runner
     installer: Installer
+    builds: SteamBuilds | None = None  # steamcmd: the build checks of auto_update
 
 
 class WorkerAgent:
@@ -98,6 +100,9 @@ class WorkerAgent:
         self._scopes: dict[str, trio.CancelScope] = {}
         self.removing: set[str] = set()  # stopping now, deleted once stopped
         self._creating: set[str] = set()  # ids and names of creates under way
+        self.port_range = ports.parse_range(cfg.port_range)
+        # ports placed by creates and updates still being saved: (name, spec, allocated)
+        self._placing: dict[str, tuple[str, ServerSpec, dict[str, int]]] = {}
         self._dirty: set[str] = set()
         self._dirty_wake = trio.Event()
         self._store_lock = trio.Lock()
@@ -118,9 +123,10 @@ class WorkerAgent:
         if method == "steamcmd":
             from manman.worker.installers.steamcmd import SteamcmdInstaller
 
-            return RunnerAndInstaller(self.exec_runner,
-                           SteamcmdInstaller(self.cfg.steamcmd, self.cfg.install_timeout,
-                                             self.steamcmd_lock, self.owner))
+            installer = SteamcmdInstaller(self.cfg.steamcmd, self.cfg.install_timeout,
+                                          self.steamcmd_lock, self.owner)
+            return RunnerAndInstaller(self.exec_runner, installer, SteamBuilds(
+                self.cfg.steamcmd, self.steamcmd_lock, installer.env))
         if method == "docker":
             from manman.worker.installers.docker import DockerPull
 
@@ -236,15 +242,18 @@ class WorkerAgent:
         if spec.name in self._creating or self.name_taken(spec.name):
             raise errors.Exists.server(spec.name)
         self.runner_and_installer(spec)  # refuse an install method this worker cannot run
+        new_id = server_id or new_server_id()
+        allocated = self._place(spec, new_id, {})
         stored = StoredServer(
-            id=server_id or new_server_id(), spec=spec, generation=generation,
-            desired_state=spec.desired_state, status=ServerStatus(updated_at=time.time()),
+            id=new_id, spec=spec, generation=generation, desired_state=spec.desired_state,
+            status=ServerStatus(updated_at=time.time(), allocated_ports=allocated),
             installed=False, crash_times=(), run_pid=None, run_pid_start=None,
             run_instance=None)
         # id and name are taken before the first await: a push and a heartbeat carrying the
         # same new server must not both create it
         claimed = {stored.id, spec.name}
         self._creating |= claimed
+        self._placing[new_id] = (spec.name, spec, allocated)
         try:
             assert self.store is not None
             async with self._store_lock:
@@ -252,6 +261,7 @@ class WorkerAgent:
             return await self._add_actor(stored, recovering=False)
         finally:
             self._creating -= claimed
+            self._placing.pop(new_id, None)
 
     def creating(self, server_id: str) -> bool:
         """A create of this id is under way (saving it)."""
@@ -265,11 +275,59 @@ class WorkerAgent:
         """A client's change of a server's spec; `generation` from the host (a late push of
         an older one is refused), else the next one. Saved before it is applied."""
         spec, generation = self._updated(actor, change, generation)
-        async with self._saved_first(actor, spec=spec, generation=generation,
-                                     desired_state=spec.desired_state):
-            # checked again: a heartbeat may have changed the server while it was saved
-            spec, generation = self._updated(actor, change, generation)
-            actor.update_spec(spec, generation, change.restart_on_change)
+        # a change that leaves the ports alone is never refused for them
+        allocated = self._place(spec, actor.id, actor.status.allocated_ports,
+                                strict=spec.ports != actor.spec.ports)
+        self._placing[actor.id] = (spec.name, spec, allocated)
+        try:
+            async with self._saved_first(
+                    actor, spec=spec, generation=generation, desired_state=spec.desired_state,
+                    status=msgspec.structs.replace(actor.status, allocated_ports=allocated)):
+                # checked again: a heartbeat may have changed the server while it was saved
+                spec, generation = self._updated(actor, change, generation)
+                actor.update_spec(spec, generation, change.restart_on_change)
+                actor.status.allocated_ports = allocated
+        finally:
+            self._placing.pop(actor.id, None)
+
+    # -- ports ---------------------------------------------------------------------------
+
+    def _taken(self, but: str) -> dict[tuple[int, str], str]:
+        """The ports the other servers hold (and those of creates and updates under way)."""
+        servers = [(a.spec.name, a.spec, a.status.allocated_ports)
+                   for a in self.actors.values() if a.id != but]
+        servers += [v for k, v in self._placing.items() if k != but]
+        return ports.taken_by(servers)
+
+    def _place(self, spec: ServerSpec, server_id: str, previous: dict[str, int],
+               strict: bool = True) -> dict[str, int]:
+        """The numbers of the spec's `auto` ports. Standalone, a fixed port another server
+        holds or a full port_range is refused (409); the host checked both before it sent
+        the spec, so a managed worker takes it and places what it can at the next start."""
+        if not spec.ports:
+            return {}
+        taken = self._taken(server_id)
+        if strict and self.cfg.standalone:
+            return ports.place(spec, self.port_range, taken, previous, listening.port_free)
+        try:
+            return ports.allocate(spec, self.port_range, taken, previous, listening.port_free)
+        except errors.Conflict as e:
+            log.warning("server %s: %s; trying again at its start", server_id, e.message)
+            return {k: v for k, v in previous.items() if k in {p.name for p in spec.ports}}
+
+    def _launch_ports(self, actor: ServerActor) -> dict[str, int]:
+        """At each start: the allocation, kept while still valid, else placed again (a
+        spec the host changed by heartbeat, a port_range that changed)."""
+        if not actor.spec.ports:
+            return {}
+        try:
+            allocated = ports.allocate(actor.spec, self.port_range, self._taken(actor.id),
+                                       actor.status.allocated_ports, listening.port_free)
+        except errors.Conflict as e:
+            raise SpawnError(e.message) from None
+        if allocated != actor.status.allocated_ports:
+            actor.status.allocated_ports = allocated  # saved before the spawn (_record)
+        return allocated
 
     def _updated(self, actor: ServerActor, change: models.ServerUpdate,
                  generation: int | None) -> tuple[ServerSpec, int]:
@@ -352,9 +410,11 @@ class WorkerAgent:
             hooks=ActorHooks(changed=self._changed, persist_now=self._persist_now,
                              installed=self._installs.install_finished
                              if self._installs is not None else None,
-                             reported=self._reported),
+                             reported=self._reported,
+                             ports=self._launch_ports),
             status=stored.status, installed=stored.installed, crash_times=stored.crash_times,
-            desired=stored.desired_state)
+            desired=stored.desired_state, builds=how.builds,
+            update_min_interval=self.cfg.update_check_min_interval)
 
     async def _keep_running(self, actor: ServerActor,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -113,8 +113,9 @@ class HostLink:
         body = models.WorkerRegister(
             name=self.cfg.effective_name(), api_url=api_url,
             address=api_url.split("//", 1)[-1].rsplit(":", 1)[0], version=__version__,
-            capacity={k: v for k, v in self.agent.resources().items()
-                      if k in ("cpus", "memory_total")})
+            capacity={**{k: v for k, v in self.agent.resources().items()
+                         if k in ("cpus", "memory_total")},
+                      "port_range": self.cfg.port_range})  # the host refuses a full range
         backoff = Backoff(0.5, 15)
         while True:
             try:

@@ -138,8 +138,15 @@ class CancelBackoff:
     """The backoff sleep in progress is not needed any more."""
 
 
+@dataclass(frozen=True, slots=True)
+class UpdateCalledOff:
+    """A build update will not install after all (a kill or shutdown ended its stop)."""
+
+    reason: str
+
+
 Effect = (Changed | Persist | Report | Note | Spawn | Adopt | WatchReady | WriteStop | Terminate
-          | Kill | StartInstall | CancelInstall | StartBackoff | CancelBackoff)
+          | Kill | StartInstall | CancelInstall | StartBackoff | CancelBackoff | UpdateCalledOff)
 
 
 @dataclass
@@ -150,7 +157,8 @@ class RunFlags:
     spawned: bool = False  # the process exists (spawned or adopted)
     stop_requested: bool = False
     kill_requested: bool = False  # a person's kill, not the escalation of a stop
-    then: Literal["start", "install"] | None = None  # after the stop: a restart, a reinstall
+    # after the stop: a restart, a reinstall, a build update
+    then: Literal["start", "install", "update"] | None = None
     awaiting_ready: bool = False
     crash_reason: str | None = None  # set when the health probe kills it
     query_failures: int = 0  # failed query probes in a row, counted after initial_delay
@@ -172,6 +180,7 @@ class ServerMachine:
         self.pending_start = False  # a start that came while stopping or installing
         self.closing = False  # shutdown began: nothing starts again
         self.installing = False  # an install job is running
+        self.updating = False  # ...and it is a build update: failing, it keeps the old build
         self.install_then_start = False
         self.backoff_token: int | None = None  # the token of the restart being waited for
         self.probe_failures = 0  # in a row
@@ -224,6 +233,19 @@ class ServerMachine:
             self._cancel_backoff(out)
             self._start_install(out, then_start=self.desired == "running"
                                 and self.state != "failed")
+        return out
+
+    def update(self) -> list[Effect]:
+        """A Steam build update (auto_update): as `install` (stop, install, start again if
+        it ran), but a failed one leaves the server as it was, not `failed`."""
+        check("install", self.state)
+        out: list[Effect] = []
+        if self.state in LIVE:
+            self._begin_stop(out, then="update")
+        else:
+            self._cancel_backoff(out)
+            self._start_install(out, then_start=self.desired == "running"
+                                and self.state != "failed", update=True)
         return out
 
     def update_spec(self, spec: ServerSpec, restart_on_change: bool) -> list[Effect]:
@@ -487,8 +509,15 @@ class ServerMachine:
     def install_done(self, error: str | None) -> list[Effect]:
         """The install job ended: `error` None when it succeeded."""
         self.installing = False
+        updating, self.updating = self.updating, False
         pending = self._take_pending_start()  # consumed whatever the outcome
         out: list[Effect] = []
+        if error is not None and updating:  # the installed build stays (the update tells why)
+            self._set(out, state="stopped", install_progress=None)
+            if (self.install_then_start or pending) and self.desired == "running" \
+                    and not self.closing:
+                self._launch(out)
+            return out
         if error is not None:
             self.desired = "stopped"
             self._set(out, state="failed", error=error, install_progress=None)
@@ -510,11 +539,16 @@ class ServerMachine:
         came meanwhile, the start of a restart, a reinstall)."""
         self._set(out, state="stopped", ready=False, pid=None, exit_code=code)
         out.append(Note(note))
+        proceed = run.then is not None and not run.kill_requested and not self.closing
+        if run.then == "update" and not proceed:
+            out.append(UpdateCalledOff("killed" if run.kill_requested else "shutting down"))
         if self._take_pending_start():
+            if run.then == "update" and proceed:
+                out.append(UpdateCalledOff("a start came first"))
             self._start_fresh(out)
-        elif run.then is not None and not run.kill_requested and not self.closing:
-            if run.then == "install":  # a reinstall installs even if a stop came
-                self._start_install(out, then_start=True)
+        elif proceed:
+            if run.then in ("install", "update"):  # a reinstall installs even if a stop came
+                self._start_install(out, then_start=True, update=run.then == "update")
             elif self.desired == "running":  # a stop during a restart wins
                 self._launch(out)
 
@@ -553,8 +587,8 @@ class ServerMachine:
         else:
             self._start_fresh(out)
 
-    def _begin_stop(self, out: list[Effect], then: Literal["start", "install"] | None = None
-                    ) -> None:
+    def _begin_stop(self, out: list[Effect],
+                    then: Literal["start", "install", "update"] | None = None) -> None:
         """Enter `stopping`; the stop itself begins once the process exists."""
         run = self.run
         assert run is not None
@@ -597,8 +631,10 @@ class ServerMachine:
                 out.append(WatchReady(run.id, self.spec.ready_pattern))
             self._set(out, pid=pid, started_at=now)
 
-    def _start_install(self, out: list[Effect], then_start: bool) -> None:
+    def _start_install(self, out: list[Effect], then_start: bool, update: bool = False
+                       ) -> None:
         self.installing = True
+        self.updating = update
         self.install_then_start = then_start
         self._set(out, state="installing", install_progress=0.0, error=None, ready=False)
         out.append(StartInstall())

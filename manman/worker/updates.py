@@ -21,18 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from manman.models import AutoUpdateSpec
 from manman.worker.machine import Note
 
-Mode = Literal["off", "notify", "when_empty", "immediate"]
 Phase = Literal["idle", "checking", "waiting_empty", "grace", "updating"]
-
-
-@dataclass(frozen=True, slots=True)
-class AutoUpdatePolicy:
-    mode: Mode = "off"
-    check_interval: float = 600.0
-    announce_command: str | None = None
-    grace: float = 60.0
 
 
 # -- effects ---------------------------------------------------------------------------------
@@ -88,8 +80,8 @@ Effect = ScheduleCheck | RunCheck | Announce | WaitGrace | RunUpdate | ShowBuild
 
 
 class UpdateMachine:
-    def __init__(self, policy: AutoUpdatePolicy | None = None) -> None:
-        self.policy = AutoUpdatePolicy() if policy is None else policy
+    def __init__(self, policy: AutoUpdateSpec | None = None) -> None:
+        self.policy = AutoUpdateSpec() if policy is None else policy
         self.phase: Phase = "idle"
         self.installed: int | None = None
         self.latest: int | None = None
@@ -106,7 +98,7 @@ class UpdateMachine:
 
     # -- policy ------------------------------------------------------------------------------
 
-    def configure(self, policy: AutoUpdatePolicy, now: float) -> list[Effect]:
+    def configure(self, policy: AutoUpdateSpec, now: float) -> list[Effect]:
         """A new policy (also the first one). Checking starts at once when it was off."""
         was = self.policy.mode
         self.policy = policy
@@ -186,9 +178,11 @@ class UpdateMachine:
         """The game printed a line of its `restart_needed_patterns`."""
         if self.phase in ("waiting_empty", "grace", "updating"):
             return []  # already on it (the game repeats the line)
-        if self.phase == "checking":
+        if self.phase == "checking":  # acted on once the check ends, whatever it says
+            if self._asked:
+                return []
             self._asked = True
-            return []
+            return [Note("the game asks for an update")]
         if self._last_update_end is not None and \
                 now < self._last_update_end + self.policy.check_interval:
             return []  # just updated: Steam may not serve the new build yet
@@ -227,6 +221,7 @@ class UpdateMachine:
                         error: str | None = None) -> list[Effect]:
         """An update ended, this machine's or the operator's (it satisfies a waiting one)."""
         out: list[Effect] = []
+        ours = self.phase == "updating"
         if self.phase in ("waiting_empty", "grace", "updating"):
             self._grace_token += 1
             self.phase = "idle"
@@ -241,9 +236,12 @@ class UpdateMachine:
             self.installed = installed
             self.update_available = installed is not None and self.latest is not None and \
                 installed != self.latest
-            out.append(Note(f"updated to build {installed}" if installed is not None
-                            else "updated"))
-        else:
+            if ours:
+                out.append(Note(f"updated to build {installed}" if installed is not None
+                                else "updated"))
+            elif installed is not None:
+                out.append(Note(f"installed build {installed}"))
+        elif ours:  # (an operator's failed install is the server machine's to tell)
             out.append(Note(f"update failed: {error or 'unknown error'}; trying again after "
                             "the next check"))
         return out + self._show()

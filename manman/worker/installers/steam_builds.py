@@ -286,3 +286,25 @@ async def latest_build(steamcmd: str, app_id: str | int, branch: str, workdir: P
         why = f" (exit code {code})" if code else ""
         raise SteamcmdError(f"steamcmd printed no build of app {app} branch {branch!r}{why}")
     return build
+
+
+class SteamBuilds:
+    """A worker's reader of its steamcmd servers' builds: the installed one from the
+    manifest, the latest from steamcmd under the worker's one steamcmd lock (the lock its
+    installs hold too)."""
+
+    def __init__(self, steamcmd: str, lock: trio.Lock, env: dict[str, str],
+                 timeout: float = CHECK_TIMEOUT) -> None:
+        self.steamcmd = steamcmd
+        self.env = env
+        self.timeout = timeout
+        self._lock = lock
+
+    async def installed(self, install_dir: Path, app_id: str | int) -> int | None:
+        return await trio.to_thread.run_sync(installed_build, install_dir, app_id)
+
+    async def latest(self, app_id: str | int, workdir: Path, branch: str = "public") -> int:
+        await trio.to_thread.run_sync(lambda: workdir.mkdir(parents=True, exist_ok=True))
+        async with self._lock:
+            return await latest_build(self.steamcmd, app_id, branch, workdir, env=self.env,
+                                      timeout=self.timeout)
