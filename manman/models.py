@@ -86,10 +86,11 @@ StopSignal = Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUS
 
 class PortSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     """A port the game listens on. `auto`: the worker allocates one from its `port_range`;
-    `follows`: the game derives it, `offset` above the named port (Valheim's query port)."""
+    `follows`: the game derives it, `offset` above the named port (Valheim's query port).
+    `tcp+udp`: the one number on both protocols."""
 
     port: Port | Literal["auto"]
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Literal["tcp", "udp", "tcp+udp"] = "tcp"
     name: PortName | None = None
     follows: PortName | None = None
     offset: Annotated[int, Meta(ge=1, le=100)] = 1
@@ -429,9 +430,11 @@ def server_view(server_id: str, spec: ServerSpec, status: ServerStatus, *, gener
         for f in ("args", "env", "executable", "stop_command"):
             fields[f] = redact(fields[f], spec.secret_values)
     fields["ports"] = placed_ports(spec.ports, status.allocated_ports)
+    observed = {f: getattr(status, f) for f in status.__struct_fields__}
+    if spec.secret_values and status.error:  # an error may quote the command line
+        observed["error"] = redact(status.error, spec.secret_values)
     return Server(
-        id=server_id, **fields,
-        **{f: getattr(status, f) for f in status.__struct_fields__},
+        id=server_id, **fields, **observed,
         generation=generation, observed_generation=observed_generation,
         worker_status=worker_status, log_url=log_url)
 

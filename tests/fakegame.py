@@ -5,7 +5,7 @@ stdin commands: `say X` → "said: X"; `echo X` → X; `err X` → X on stderr; 
 (unless --ignore-stop); `crash [N]` → exits N (3); `flood N` → N numbered lines at full speed;
 `pace N RATE` → N lines at RATE/s; `hang` → stops answering; `spawn` → starts a child
 that sleeps (tests group kill); `pid` → prints its pid and its child's.
-SIGTERM exits 0 unless --ignore-term.
+SIGTERM exits 0 unless --ignore-term; SIGINT always exits 0.
 """
 
 import argparse
@@ -49,7 +49,14 @@ def on_term(signum, frame):
     os._exit(0)
 
 
+def on_int(signum, frame):
+    # like a game that reads no stdin (Valheim): Ctrl-C saves and exits
+    say("got SIGINT, saving, bye")
+    os._exit(0)
+
+
 signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGINT, on_int)
 say(args.banner)
 say(f"cwd={os.getcwd()} pid={os.getpid()}")
 if args.tcp_port:
