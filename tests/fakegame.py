@@ -2,9 +2,9 @@
 """A fake game server for the tests: a real process with a game-like console.
 
 stdin commands: `say X` → "said: X"; `echo X` → X; `err X` → X on stderr; `quit` (`stop`,
-`exit`) → exits 0 (unless --ignore-stop); `crash [N]` → exits N (3); `flood N` → N numbered lines at full speed;
-`pace N RATE` → N lines at RATE/s; `hang` → stops answering; `spawn` → starts a child
-that sleeps (tests group kill); `pid` → prints its pid and its child's.
+`exit`) → exits 0 (unless --ignore-stop); `crash [N]` → exits N (3); `flood N` → N numbered
+lines at full speed; `pace N RATE` → N lines at RATE/s; `hang` → stops answering; `spawn` →
+starts a child that sleeps (tests group kill); `pid` → prints its pid and its child's.
 SIGTERM exits 0 unless --ignore-term; SIGINT always exits 0.
 """
 
