@@ -224,8 +224,11 @@ def validate_spec(spec: ServerSpec) -> None:
                     raise ValueError(f"player_patterns.{kind}[{i}]: needs a (?P<player>…) group")
     if spec.stop_signal is not None and spec.stop_command is not None:
         raise ValueError("stop_signal: give stop_command or stop_signal, not both")
-    if spec.auto_update.announce_command is not None:
-        _no_nul(spec.auto_update.announce_command, "auto_update.announce_command")
+    announce = spec.auto_update.announce_command
+    if announce is not None:
+        _no_nul(announce, "auto_update.announce_command")
+        if "\n" in announce or "\r" in announce:
+            raise ValueError("auto_update.announce_command must be one line")
     if spec.auto_update.mode != "off" and method != "steamcmd":
         raise ValueError("auto_update: only steamcmd servers take Steam builds")
     _check_ports(spec)
