@@ -479,6 +479,18 @@ def test_the_stop_command_is_written_and_a_failed_write_terminates() -> None:
     assert m.stop_write_failed(r, 7) == [Terminate(r, 7)]
 
 
+def test_a_stop_signal_is_sent_instead_of_sigterm_then_the_usual_deadline() -> None:
+    m = running(stop_signal="SIGINT", stop_timeout=9)
+    r = run_id(m)
+    assert only(m.stop(), Terminate) == Terminate(r, 9, "SIGINT")
+    assert m.stop_overdue(r, 9) == [Note("did not stop within 9s: killing"), Kill(r)]
+    # a restart and a shutdown stop it the same way
+    m = running(stop_signal="SIGINT")
+    assert only(m.restart(), Terminate).signal == "SIGINT"
+    m = running(stop_signal="SIGQUIT")
+    assert only(m.shutdown(keep_desired=True), Terminate).signal == "SIGQUIT"
+
+
 def test_a_stop_that_overruns_its_timeout_kills() -> None:
     m = running(stop_timeout=3)
     r = run_id(m)

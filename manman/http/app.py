@@ -152,6 +152,7 @@ class RouteDoc:
     errors: tuple[int, ...] = ()
     websocket: bool = False
     media: str = "application/json"
+    body_doc: tuple[type[Any], ...] = ()  # the body's shapes, when `body` reads it as a dict
 
 
 # (the route's role, its path parameters) -> who is calling, or a domain error
@@ -210,10 +211,10 @@ class Api:
     def route(self, method: str, path: str, *, auth: str = "admin", body: type[Any] | None = None,
               response: Any = None, status: int = 200, summary: str = "",
               query: dict[str, Any] | None = None, errors: tuple[int, ...] = (),
-              media: str = "application/json"
+              media: str = "application/json", body_doc: tuple[type[Any], ...] = ()
               ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Any]]]:
         doc = RouteDoc(method, path, summary, auth, body, response, status, query or {}, errors,
-                       media=media)
+                       media=media, body_doc=body_doc)
         self.docs.append(doc)
 
         def decorate(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Any]]:

@@ -147,6 +147,7 @@
     listLoaded = false;
     selectedId = null;
     show($("server-view"), false);
+    show($("new-server-view"), false);
     show($("no-selection"), true);
     $("workers").tBodies[0].replaceChildren();
     $("servers").tBodies[0].replaceChildren();
@@ -303,15 +304,20 @@
   // -- one server's view ---------------------------------------------------------------------
 
   function route() {
+    if (!token) return;
+    if (location.hash === "#/new") {
+      openNewServer();
+      return;
+    }
     const m = /^#\/server\/([^/]+)$/.exec(location.hash);
     const key = m ? decodeURIComponent(m[1]) : null;
-    if (!token) return;
-    if (key === selectedId) return;
+    if (key === selectedId && $("new-server-view").hidden) return;
     openServer(key);
   }
 
   function openServer(key) {
     closeConsole();
+    show($("new-server-view"), false);
     selectedId = key;
     setMessage($("action-message"), "");
     $("command-input").value = "";
@@ -399,6 +405,145 @@
       setMessage($("action-message"), e.message, "error");
     } finally {
       buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
+  // -- a new server from a preset: the form is built from the preset's variables ------------
+
+  let presets = new Map();   // name -> summary (GET /preset)
+
+  function openNewServer() {
+    closeConsole();
+    selectedId = null;
+    show($("server-view"), false);
+    show($("no-selection"), false);
+    show($("new-server-view"), true);
+    setMessage($("new-message"), "");
+    renderServers();
+    const workerSelect = $("new-worker");
+    workerSelect.replaceChildren(...[...workers.values()]
+      .filter((w) => w.status !== "shutdown")
+      .sort((a, b) => a.name.localeCompare(b.name))
+      .map((w) => new Option(w.name + " (" + w.status + ")", w.id)));
+    api("GET", "/preset").then((r) => {
+      presets = new Map((r.presets || []).map((p) => [p.name, p]));
+      const select = $("new-preset");
+      const chosen = select.value;
+      select.replaceChildren(...[...presets.values()].map(
+        (p) => new Option(p.title + " (" + p.name + ")", p.name)));
+      if (presets.has(chosen)) select.value = chosen;
+      renderPresetFields();
+    }).catch((e) => {
+      if (!(e instanceof AuthError)) setMessage($("new-message"), e.message, "error");
+    });
+  }
+
+  function field(parent, id, labelText, required, description) {
+    const label = document.createElement("label");
+    label.htmlFor = id;
+    label.textContent = labelText;
+    if (required) {
+      const star = document.createElement("span");
+      star.className = "req";
+      star.title = "required";
+      star.textContent = " *";
+      label.appendChild(star);
+    }
+    parent.appendChild(label);
+    const input = document.createElement("input");
+    input.id = id;
+    input.required = Boolean(required);
+    input.spellcheck = false;
+    parent.appendChild(input);
+    if (description) {
+      const p = document.createElement("p");
+      p.className = "desc muted small";
+      p.id = id + "-desc";
+      p.textContent = description;
+      input.setAttribute("aria-describedby", p.id);
+      parent.appendChild(p);
+    }
+    return input;
+  }
+
+  function renderPresetFields() {
+    const p = presets.get($("new-preset").value);
+    const vars = $("new-vars");
+    const ports = $("new-ports");
+    vars.replaceChildren(vars.querySelector("legend"));
+    ports.replaceChildren(ports.querySelector("legend"));
+    $("new-preset-info").textContent = p ? p.game_id + " · preset version " + p.version : "";
+    if (!p) return;
+    for (const v of p.variables) {
+      const id = "var-" + v.name;
+      const described = [v.description, v.rule ? "(" + v.rule + ")" : ""].filter(Boolean);
+      const input = field(vars, id, v.name, v.required, described.join(" "));
+      input.dataset.var = v.name;
+      input.dataset.type = v.type;
+      if (v.type === "bool") {
+        input.type = "checkbox";
+        input.required = false;
+        input.checked = v.default === true;
+      } else if (v.type === "int") {
+        input.type = "number";
+        input.step = "1";
+        const range = /^(-?\d+)\.\.(-?\d+)$/.exec(v.rule || "");
+        if (range) { input.min = range[1]; input.max = range[2]; }
+        if (v.default != null) input.value = String(v.default);
+      } else if (v.type === "secret") {
+        input.type = "password";
+        input.autocomplete = "new-password";
+      } else {
+        input.type = "text";
+        if (v.default != null) input.value = String(v.default);
+      }
+    }
+    show(vars, p.variables.length > 0);
+    for (const port of p.ports) {
+      if (port.follows) continue;   // the game derives it
+      const input = field(ports, "port-" + port.name, port.name + " (" + port.protocol + ")",
+        false, port.description || "a number, or auto for the worker to pick one");
+      input.type = "text";
+      input.dataset.port = port.name;
+      input.value = String(port.default);
+    }
+    show(ports, ports.querySelectorAll("input").length > 0);
+  }
+
+  async function onCreate(ev) {
+    ev.preventDefault();
+    const body = { name: $("new-name").value.trim(), preset: $("new-preset").value, vars: {} };
+    if ($("new-worker").value) body.worker_id = $("new-worker").value;
+    for (const input of $("new-vars").querySelectorAll("input[data-var]")) {
+      const type = input.dataset.type;
+      if (type === "bool") body.vars[input.dataset.var] = input.checked;
+      else if (input.value === "") continue;   // its default
+      else if (type === "int") body.vars[input.dataset.var] = Number(input.value);
+      else body.vars[input.dataset.var] = input.value;
+    }
+    const ports = {};
+    for (const input of $("new-ports").querySelectorAll("input[data-port]")) {
+      const value = input.value.trim();
+      if (value) ports[input.dataset.port] = value === "auto" ? "auto" : Number(value);
+    }
+    if (Object.keys(ports).length) body.ports = ports;
+    if ($("new-start").checked) body.desired_state = "running";
+    const button = $("new-submit");
+    button.disabled = true;
+    setMessage($("new-message"), "creating…");
+    try {
+      const s = await api("POST", "/server", body);
+      // a secret typed here is not kept in the page
+      for (const input of $("new-vars").querySelectorAll("input[type=password]")) {
+        input.value = "";
+      }
+      setMessage($("new-message"), "");
+      await refresh(refreshGen);
+      location.hash = "#/server/" + enc(s.id);
+    } catch (e) {
+      if (!(e instanceof AuthError)) setMessage($("new-message"), e.message, "error");
+    } finally {
+      button.disabled = false;
     }
   }
 
@@ -714,6 +859,9 @@
         location.hash = "#/server/" + enc(tr.dataset.serverId);
       }
     });
+    $("new-server-button").addEventListener("click", () => { location.hash = "#/new"; });
+    $("new-preset").addEventListener("change", renderPresetFields);
+    $("new-server-form").addEventListener("submit", onCreate);
     document.querySelector(".actions").addEventListener("click", onAction);
     $("command-form").addEventListener("submit", onCommand);
     $("command-input").addEventListener("keydown", onCommandKey);

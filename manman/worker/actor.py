@@ -24,7 +24,7 @@ import trio
 from manman import ports
 from manman.backoff import Backoff
 from manman.errors import Busy, InsufficientStorage
-from manman.models import ServerSpec, ServerStatus
+from manman.models import ServerSpec, ServerStatus, redact
 from manman.worker import machine, procs
 from manman.worker.console.broker import LogBroker
 from manman.worker.console.lines import LineFramer
@@ -239,8 +239,8 @@ class ServerActor:
                     persist = True
                 case machine.Report():
                     report = True
-                case machine.Note(text):
-                    self.broker.note(text)
+                case machine.Note(text):  # may quote a command line: no secret in it
+                    self.broker.note(redact(text, self.spec.secret_values))
                 case machine.Spawn(run_id):
                     self.run = Run(run_id, _new_instance())
                     self._spawn_task(self._launch, self.run)
@@ -256,9 +256,9 @@ class ServerActor:
                 case machine.WriteStop(run_id, line, timeout):
                     if run := self._live(run_id):
                         self._spawn_task(self._write_stop, run, line, timeout)
-                case machine.Terminate(run_id, timeout):
+                case machine.Terminate(run_id, timeout, sig):
                     if run := self._live(run_id):
-                        self._spawn_task(self._terminate, run, timeout)
+                        self._spawn_task(self._terminate, run, timeout, sig)
                 case machine.Kill(run_id):
                     if (run := self._live(run_id)) and run.proc is not None:
                         self._spawn_task(run.proc.kill)
@@ -472,9 +472,9 @@ class ServerActor:
         else:
             self._apply(self.machine.stop_write_failed(run.id, timeout))
 
-    async def _terminate(self, run: Run, timeout: float) -> None:
+    async def _terminate(self, run: Run, timeout: float, sig: str = "SIGTERM") -> None:
         assert run.proc is not None
-        await run.proc.terminate(timeout)
+        await run.proc.terminate(timeout, sig)
         await self._stop_deadline(run, timeout)
 
     async def _stop_deadline(self, run: Run, timeout: float) -> None:

@@ -102,10 +102,12 @@ class WriteStop:
 
 @dataclass(frozen=True, slots=True)
 class Terminate:
-    """SIGTERM (or `docker stop`) the run; report `stop_overdue` after `timeout`."""
+    """Send `signal` to the run (SIGTERM: `docker stop`; another: `docker kill --signal`);
+    report `stop_overdue` after `timeout`."""
 
     run: int
     timeout: float
+    signal: str = "SIGTERM"
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,8 +604,8 @@ class ServerMachine:
         timeout = self.spec.stop_timeout
         if self.spec.stop_command is not None:
             out.append(WriteStop(run.id, self.spec.stop_command, timeout))
-        else:
-            out.append(Terminate(run.id, timeout))
+        else:  # a game that reads no stdin stops on its own signal (Valheim: SIGINT)
+            out.append(Terminate(run.id, timeout, self.spec.stop_signal or "SIGTERM"))
 
     def _launch(self, out: list[Effect]) -> None:
         """Enter `starting` now (so later commands see it); the actor spawns."""
