@@ -86,10 +86,11 @@ StopSignal = Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUS
 
 class PortSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     """A port the game listens on. `auto`: the worker allocates one from its `port_range`;
-    `follows`: the game derives it, `offset` above the named port (Valheim's query port)."""
+    `follows`: the game derives it, `offset` above the named port (Valheim's query port).
+    `tcp+udp`: the one number on both protocols."""
 
     port: Port | Literal["auto"]
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Literal["tcp", "udp", "tcp+udp"] = "tcp"
     name: PortName | None = None
     follows: PortName | None = None
     # 0: the same number on the other protocol (a game on tcp and udp)
@@ -225,8 +226,11 @@ def validate_spec(spec: ServerSpec) -> None:
                     raise ValueError(f"player_patterns.{kind}[{i}]: needs a (?P<player>…) group")
     if spec.stop_signal is not None and spec.stop_command is not None:
         raise ValueError("stop_signal: give stop_command or stop_signal, not both")
-    if spec.auto_update.announce_command is not None:
-        _no_nul(spec.auto_update.announce_command, "auto_update.announce_command")
+    announce = spec.auto_update.announce_command
+    if announce is not None:
+        _no_nul(announce, "auto_update.announce_command")
+        if "\n" in announce or "\r" in announce:
+            raise ValueError("auto_update.announce_command must be one line")
     if spec.auto_update.mode != "off" and method != "steamcmd":
         raise ValueError("auto_update: only steamcmd servers take Steam builds")
     _check_ports(spec)
@@ -284,8 +288,7 @@ def _port_name(ref: str) -> str:
 # PUT /server/{id}: every field optional; what is given replaces the stored value
 _UPDATABLE = ("name", "executable", "args", "env", "stop_command", "stop_timeout",
               "ready_pattern", "restart", "health", "ports", "desired_state", "stop_signal",
-              "player_patterns", "restart_needed_patterns", "auto_update", "preset",
-              "preset_version", "secret_values")
+              "player_patterns", "restart_needed_patterns", "auto_update")
 
 
 class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -307,11 +310,6 @@ class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     restart_needed_patterns: Annotated[list[Pattern], Meta(max_length=16)] | \
         msgspec.UnsetType = msgspec.UNSET
     auto_update: AutoUpdateSpec | msgspec.UnsetType = msgspec.UNSET
-    # the host's push carries them whole; a person rarely sets them by hand
-    preset: Annotated[str, Meta(max_length=64)] | msgspec.UnsetType | None = msgspec.UNSET
-    preset_version: Count | msgspec.UnsetType | None = msgspec.UNSET
-    secret_values: Annotated[list[Annotated[str, Meta(max_length=1024)]],
-                             Meta(max_length=64)] | msgspec.UnsetType = msgspec.UNSET
     restart_on_change: bool = False
 
 
@@ -441,9 +439,11 @@ def server_view(server_id: str, spec: ServerSpec, status: ServerStatus, *, gener
         for f in ("args", "env", "executable", "stop_command"):
             fields[f] = redact(fields[f], spec.secret_values)
     fields["ports"] = placed_ports(spec.ports, status.allocated_ports)
+    observed = {f: getattr(status, f) for f in status.__struct_fields__}
+    if spec.secret_values and status.error:  # an error may quote the command line
+        observed["error"] = redact(status.error, spec.secret_values)
     return Server(
-        id=server_id, **fields,
-        **{f: getattr(status, f) for f in status.__struct_fields__},
+        id=server_id, **fields, **observed,
         generation=generation, observed_generation=observed_generation,
         worker_status=worker_status, log_url=log_url)
 

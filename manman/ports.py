@@ -92,9 +92,15 @@ def numbers(spec: ServerSpec, allocated: Mapping[str, int]) -> list[tuple[PortSp
     return out
 
 
+def protocols(p: PortSpec) -> list[str]:
+    """`tcp+udp` holds its number on both."""
+    return p.protocol.split("+")
+
+
 def held(spec: ServerSpec, allocated: Mapping[str, int]) -> set[tuple[int, str]]:
     """The (number, protocol) pairs a server holds on its worker."""
-    return {(n, p.protocol) for p, n in numbers(spec, allocated) if n is not None}
+    return {(n, proto) for p, n in numbers(spec, allocated) if n is not None
+            for proto in protocols(p)}
 
 
 def unplaced(spec: ServerSpec, allocated: Mapping[str, int]) -> bool:
@@ -105,9 +111,12 @@ def check_fixed(spec: ServerSpec, taken: Taken) -> None:
     """Conflict (409 `port_taken`) naming the server that holds one of the spec's fixed
     ports (and followers of a fixed port)."""
     for p, n in numbers(spec, {}):
-        if n is not None and (owner := taken.get((n, p.protocol))) is not None:
-            raise errors.Conflict(f"port {n}/{p.protocol} is used by server {owner}",
-                                  "port_taken")
+        if n is None:
+            continue
+        for proto in protocols(p):
+            if (owner := taken.get((n, proto))) is not None:
+                raise errors.Conflict(f"port {n}/{proto} is used by server {owner}",
+                                      "port_taken")
 
 
 def _always(port: int, protocol: str) -> bool:
@@ -139,8 +148,9 @@ def allocate(spec: ServerSpec, prange: PortRange, taken: Taken,
         if lead.follows is not None or not is_auto(spec, lead):
             continue
         assert lead.name is not None  # validate_spec: an auto port has a name
-        block = [(0, lead.protocol)] + [(f.offset, f.protocol) for f in spec.ports
-                                        if f.follows == lead.name]
+        block = [(0, proto) for proto in protocols(lead)] + [
+            (f.offset, proto) for f in spec.ports if f.follows == lead.name
+            for proto in protocols(f)]
         width = max(off for off, _ in block)
         kept = previous.get(lead.name)
         if kept is not None and _fits(kept, block, prange, (taken, mine), None):

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """A fake game server for the tests: a real process with a game-like console.
 
-stdin commands: `say X` → "said: X"; `echo X` → X; `err X` → X on stderr; `quit` → exits 0
-(unless --ignore-stop); `crash [N]` → exits N (3); `flood N` → N numbered lines at full speed;
-`pace N RATE` → N lines at RATE/s; `hang` → stops answering; `spawn` → starts a child
-that sleeps (tests group kill); `pid` → prints its pid and its child's.
-SIGTERM exits 0 unless --ignore-term.
+stdin commands: `say X` → "said: X"; `echo X` → X; `err X` → X on stderr; `quit` (`stop`,
+`exit`) → exits 0 (unless --ignore-stop); `crash [N]` → exits N (3); `flood N` → N numbered
+lines at full speed; `pace N RATE` → N lines at RATE/s; `hang` → stops answering; `spawn` →
+starts a child that sleeps (tests group kill); `pid` → prints its pid and its child's.
+SIGTERM exits 0 unless --ignore-term; SIGINT always exits 0.
 """
 
 import argparse
@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 
-p = argparse.ArgumentParser()
+# a game's own arguments (a preset's `-port 2456 +map x`) are taken and ignored
+p = argparse.ArgumentParser(allow_abbrev=False)
 p.add_argument("--ready-after", type=float, default=0.0)
 p.add_argument("--ready-line", default="Server ready")
 p.add_argument("--no-ready", action="store_true")
@@ -29,7 +30,7 @@ p.add_argument("--tcp-port", type=int, default=None)
 p.add_argument("--flood", type=int, default=0)
 p.add_argument("--child", action="store_true")
 p.add_argument("--banner", default="fakegame starting")
-args = p.parse_args()
+args, _ = p.parse_known_args()
 
 out = sys.stdout
 children = []
@@ -49,7 +50,14 @@ def on_term(signum, frame):
     os._exit(0)
 
 
+def on_int(signum, frame):
+    # like a game that reads no stdin (Valheim): Ctrl-C saves and exits
+    say("got SIGINT, saving, bye")
+    os._exit(0)
+
+
 signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGINT, on_int)
 say(args.banner)
 say(f"cwd={os.getcwd()} pid={os.getpid()}")
 if args.tcp_port:
@@ -93,7 +101,7 @@ for raw in sys.stdin:
         say(rest)
     elif cmd == "err":
         say(rest, sys.stderr)
-    elif cmd in ("quit", "stop"):
+    elif cmd in ("quit", "stop", "exit"):  # the stop commands of the shipped presets
         if args.ignore_stop:
             say("ignoring stop")
             continue

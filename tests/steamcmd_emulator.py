@@ -5,7 +5,8 @@ like steamcmd.sh, the first process runs the one that does the work as its child
 What it does depends on the app id (see SCENARIOS). Output comes in bursts with partial
 lines, some lines end in a bare '\\r', a stalled download repeats its line, and the first run
 in a STEAMCMD_EMU_HOME self-updates first. STEAMCMD_EMU_GAME is the command the installed
-`game/server.sh` runs.
+`game/server.sh` runs. STEAMCMD_EMU_EXECUTABLES, JSON {app id: path}, makes those apps
+install like app 1000, with that game command also at the path (a preset's executable).
 
 Builds: what "Steam" offers is a JSON file, STEAMCMD_EMU_HOME/published.json, which tests
 write with `publish()` (an app not in it has DEFAULT_BUILD on branch public). `+app_update ID
@@ -28,6 +29,7 @@ HOME = os.environ.get("STEAMCMD_EMU_HOME", "/tmp/steamcmd-emu")
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "appcache", "appinfo.vdf")
 DEFAULT_BUILD = 8000000
 BRANCH = "public"  # `+app_update ID -beta NAME` sets it
+EXECUTABLES = json.loads(os.environ.get("STEAMCMD_EMU_EXECUTABLES") or "{}")
 out = sys.stdout
 
 
@@ -230,6 +232,13 @@ def install_files(directory, app_id):
     with open(script, "w") as f:
         f.write(f"#!/bin/sh\nexec {game} \"$@\"\n")
     os.chmod(script, 0o755)
+    exe = EXECUTABLES.get(str(app_id))
+    if exe:  # the game's own executable, where a preset looks for it
+        path = os.path.join(directory, exe)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"#!/bin/sh\nexec {game} \"$@\"\n")
+        os.chmod(path, 0o755)
     with open(os.path.join(directory, "game", "version.txt"), "a") as f:
         f.write(f"installed {time.time()}\n")
 
@@ -302,7 +311,7 @@ def main():
         print_app_info(info_app)
         emit("Unloading Steam API...OK")
         return 0
-    if scenario == "1000":
+    if scenario == "1000" or (app_id is not None and app_id in EXECUTABLES):
         full_install(directory, app_id, validate)
     elif scenario == "1010":
         full_install(directory, app_id, validate, comma=True, cr=True)

@@ -59,7 +59,7 @@ class FakeGame:
         elif line.startswith("crash "):
             self.exit(int(line.split()[1]))
 
-    async def terminate(self, timeout: float) -> None:
+    async def terminate(self, timeout: float, sig: str = "SIGTERM") -> None:
         if not self.ignore_term:
             self.exit(-signal.SIGTERM)
 

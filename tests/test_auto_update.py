@@ -170,3 +170,80 @@ def web_update_shown(page: Any, out: dict[str, Any]) -> None:
     out["flag"] = flag.get_attribute("title")
     expect(page.locator("#detail-build-row")).to_be_visible()
     out["build"] = page.locator("#detail-build").text_content()
+
+
+JOIN = r"^Player (?P<player>\w+) joined$"
+LEAVE = r"^Player (?P<player>\w+) left$"
+
+
+async def wait_players(api: Client, server: str, players: int, timeout: float = 10
+                       ) -> dict[str, Any]:
+    """Poll until the server's query counts `players`."""
+    last: dict[str, Any] = {}
+    with trio.move_on_after(timeout):
+        while True:
+            last = await api.get(f"/server/{server}")
+            if (last.get("query") or {}).get("players") == players:
+                return last
+            await trio.sleep(0.05)
+    raise AssertionError(f"{server} never counted {players} players; last: {last}")
+
+
+async def unchanged(api: Client, server: str, seconds: float, **same: Any) -> None:
+    """For `seconds` (some player polls and check ticks of the updater), every look at the
+    server still shows `same` and no update began."""
+    end = trio.current_time() + seconds
+    while trio.current_time() < end:
+        s = await api.get(f"/server/{server}")
+        assert {k: s[k] for k in same} == same, s
+        await trio.sleep(0.1)
+    assert "updating: stop, update, start" not in await notes(api, server)
+
+
+async def test_when_empty_waits_for_the_last_player_to_leave_by_query(
+        steam_worker: RunningWorker) -> None:
+    api = steam_worker.api
+    body = spec("we", mode="when_empty", check_interval=1)
+    body["health"] = {"query": {"type": "console"}}
+    body["player_patterns"] = {"join": [JOIN], "leave": [LEAVE]}
+    await api.post("/server", body, expect=201)
+    s = await api.wait_for("we", state="running", installed_build=FIRST, timeout=20)
+    pid = s["pid"]
+    assert s["query"]["players"] == 0  # counted from the console: nobody yet
+    await api.post("/server/we/command", {"data": "echo Player alice joined"}, expect=202)
+    await wait_players(api, "we", 1)
+    emu.publish(home(), APP, NEXT)
+    # a check found the build and the machine saw the player: it waits
+    await api.wait_line("we", "update waits for the server to empty (players: 1)", timeout=20)
+    s = await api.wait_for("we", latest_build=NEXT, update_available=True, timeout=5)
+    assert s["installed_build"] == FIRST and s["pid"] == pid
+    await unchanged(api, "we", 3.5, state="running", pid=pid, installed_build=FIRST)
+    await api.post("/server/we/command", {"data": "echo Player alice left"}, expect=202)
+    gone = await api.wait_line("we", "Player alice left", timeout=10)
+    s = await api.wait_for("we", state="running", installed_build=NEXT, timeout=30)
+    assert s["pid"] != pid and s["update_available"] is False and s["latest_build"] == NEXT
+    page = await api.get("/server/we/log?since=0&limit=10000")
+    after = [ln["text"] for ln in page["lines"] if ln["seq"] > gone["seq"]]
+    steps = ["updating: stop, update, start", "stopping", f"updated to build {NEXT}",
+             "Server ready"]
+    at = [after.index(t) for t in steps]
+    assert at == sorted(at), after
+
+
+async def test_when_empty_with_no_query_waits_until_the_server_stops(
+        steam_worker: RunningWorker) -> None:
+    api = steam_worker.api
+    await api.post("/server", spec("wu", mode="when_empty", check_interval=1), expect=201)
+    s = await api.wait_for("wu", state="running", installed_build=FIRST, timeout=20)
+    pid = s["pid"]
+    assert s["query"] is None
+    emu.publish(home(), APP, NEXT)
+    await api.wait_line("wu", "update waits for the server to empty (players: unknown)",
+                        timeout=20)
+    await api.wait_for("wu", latest_build=NEXT, update_available=True, timeout=5)
+    await unchanged(api, "wu", 3.5, state="running", pid=pid, installed_build=FIRST)
+    # stopped: no one to wait for, the update runs and the server stays stopped
+    await api.request("POST", "/server/wu/shutdown", expect=202)
+    s = await api.wait_for("wu", state="stopped", installed_build=NEXT, timeout=30)
+    assert s["update_available"] is False
+    assert f"updated to build {NEXT}" in await notes(api, "wu")

@@ -54,8 +54,9 @@ async def test_verbs_tables_json_and_errors(host: RunningHost, hosted: Any) -> N
     await host.api.wait_for("alpha", state="running")
     r = await manman(host, "servers")
     header, row = out(r).splitlines()
-    assert header.split() == ["NAME", "WORKER", "GAME", "STATE", "UPTIME", "RESTARTS"]
-    assert row.split()[0:2] == ["alpha", "cli-w"] and row.split()[3] == "running"
+    assert header.split() == ["NAME", "WORKER", "GAME", "STATE", "PLAYERS", "UPTIME",
+                              "RESTARTS"]
+    assert row.split()[0:2] == ["alpha", "cli-w"] and row.split()[3:5] == ["running", "-"]
     # columns line up
     assert header.index("STATE") == row.index("running")
     r = await manman(host, "servers", "--json")
@@ -291,3 +292,50 @@ async def test_logs_follow_ends_quietly_on_ctrl_c_and_a_closed_pipe(host: Runnin
     assert pipeline.returncode == 0 and pipeline.stderr is not None
     err = await pipeline.stderr.receive_some(65536)
     assert b"Traceback" not in err and b"Error" not in err, err
+
+
+async def test_presets_and_a_server_made_from_one(host: RunningHost, hosted: Any,
+                                                  tmp_path: Path, monkeypatch: Any) -> None:
+    steamcmd = steamcmd_emulator(tmp_path, monkeypatch)
+    monkeypatch.setenv("STEAMCMD_EMU_EXECUTABLES", '{"896660": "valheim_server.x86_64"}')
+    await hosted("pre-w", steamcmd=str(steamcmd))
+    r = await manman(host, "presets")
+    assert r.returncode == 0, r.stderr
+    header, *rows = out(r).splitlines()
+    assert header.split() == ["NAME", "VERSION", "GAME", "TITLE", "VARIABLES"]
+    valheim = next(row for row in rows if row.startswith("valheim "))
+    assert "steamcmd:896660" in valheim and "password*" in valheim
+    r = await manman(host, "preset", "show", "valheim")
+    assert r.returncode == 0, r.stderr
+    text = out(r)
+    assert text.startswith("Valheim (valheim version 1, steamcmd:896660)")
+    assert "stop: SIGINT" in text and "variables (--var NAME=VALUE; * required):" in text
+    assert any(line.split()[:2] == ["password*", "secret"] for line in text.splitlines())
+    secret = "cli-Secret-4711"
+    r = await manman(host, "server", "create", "vh", "--preset", "valheim", "--worker",
+                     "pre-w", "--var", "world=Midgard", "--var", f"password={secret}",
+                     "--port", "game=auto", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out(r))
+    assert s["preset"] == "valheim" and s["state"] == "stopped"
+    # the install waited for: the worker placed the auto port and reported its number
+    assert s["ports"][0]["port"] == s["allocated_ports"]["game"] and "Midgard" in s["args"]
+    assert secret not in out(r) and "********" in s["args"]
+    r = await manman(host, "server", "show", "vh")
+    assert "preset:               valheim" in out(r) and secret not in out(r)
+    # errors: one line on stderr naming what is wrong, never the secret
+    for argv, message in (
+            (["--preset", "nope"], "manman: no preset named nope (404 not_found)"),
+            (["--preset", "valheim"], "manman: vars.password: required by preset valheim "
+                                      "(422 invalid)"),
+            (["--preset", "valheim", "--var", f"password={secret} x"], "vars.password"),
+            (["--preset", "valheim", "--var", f"password={secret}", "--port", "game=x"],
+             "manman: --port game: a port number or auto"),
+            (["--var", "a=b"], "manman: --var and --port need --preset")):
+        r = await manman(host, "server", "create", "vh2", *argv)
+        lines = r.stderr.decode().strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and message in lines[0], lines
+        assert secret not in lines[0]
+    r = await manman(host, "preset", "show", "nope")
+    assert r.returncode == 1 and r.stderr.decode().strip() == \
+        "manman: no preset named nope (404 not_found)"

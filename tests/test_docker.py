@@ -140,6 +140,21 @@ async def test_auto_ports_are_published_with_their_numbers(
         await w.api.aclose()
         docker(docker_host, "network", "rm", net)
 
+async def test_a_stop_signal_reaches_the_container(docker_worker: RunningWorker) -> None:
+    # a game that reads no stdin and ignores SIGTERM: `docker kill --signal SIGINT` stops it
+    api = docker_worker.api
+    game = ("trap 'echo got SIGINT; exit 0' INT; trap '' TERM; echo 'Server ready'; "
+            "while true; do sleep 0.2; done")
+    await api.post("/server", docker_spec("dks", args=["sh", "-c", game], stop_command=None,
+                                          stop_signal="SIGINT", stop_timeout=30,
+                                          desired_state="running"), expect=201)
+    await api.wait_for("dks", state="running", timeout=30)
+    with trio.fail_after(15):  # well inside stop_timeout: the signal did it, not a kill
+        await api.post("/server/dks/shutdown", expect=202)
+        s = await api.wait_for("dks", state="stopped", timeout=15)
+    assert s["exit_code"] == 0
+    await api.wait_line("dks", "got SIGINT")
+
 
 async def test_pull_failure_is_failed_with_the_reason(docker_worker: RunningWorker) -> None:
     api = docker_worker.api

@@ -158,3 +158,26 @@ async def test_the_server_view_shows_the_reported_status(control: HostControl) -
         started_at=5.0, updated_at=1.0)
     with pytest.raises(errors.Invalid):
         control.report(w.id, "another-id", report)
+
+
+async def test_a_probes_time_alone_is_kept_in_memory_not_written(control: HostControl) -> None:
+    w = await control.join("w")
+    s = await control.create_server(spec("q", w))
+    fleet = control.fleet
+
+    def report(**query: Any) -> None:
+        q = models.QueryStatus(**{"ok": True, "players": 3, "max_players": 24,
+                                  "latency_ms": 0.5, "checked_at": 100.0, **query})
+        fleet.observe(w, models.ObservedServer(id=s.id, observed_generation=1,
+                                               state="running", query=q))
+
+    report()
+    assert fleet.pending_records()["observed"] == 1
+    await fleet.flush()
+    assert fleet.pending_records()["observed"] == 0
+    report(latency_ms=0.7, checked_at=105.0)  # only the probe's time and latency
+    assert fleet.pending_records()["observed"] == 0
+    view = fleet.server_view(fleet.servers[s.id])
+    assert view.query is not None and view.query.checked_at == 105.0  # shown all the same
+    report(players=4, checked_at=110.0)  # news: written
+    assert fleet.pending_records()["observed"] == 1

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from manman.errors import Conflict as DomainConflict
-from manman.models import STATES, RestartSpec, ServerSpec, ServerStatus
+from manman.models import STATES, QueryStatus, RestartSpec, ServerSpec, ServerStatus
 from manman.worker.machine import (
     ALLOWED,
     LIVE,
@@ -26,6 +26,7 @@ from manman.worker.machine import (
     Kill,
     Note,
     Persist,
+    Report,
     ServerMachine,
     Spawn,
     StartBackoff,
@@ -478,6 +479,18 @@ def test_the_stop_command_is_written_and_a_failed_write_terminates() -> None:
     assert m.stop_write_failed(r, 7) == [Terminate(r, 7)]
 
 
+def test_a_stop_signal_is_sent_instead_of_sigterm_then_the_usual_deadline() -> None:
+    m = running(stop_signal="SIGINT", stop_timeout=9)
+    r = run_id(m)
+    assert only(m.stop(), Terminate) == Terminate(r, 9, "SIGINT")
+    assert m.stop_overdue(r, 9) == [Note("did not stop within 9s: killing"), Kill(r)]
+    # a restart and a shutdown stop it the same way
+    m = running(stop_signal="SIGINT")
+    assert only(m.restart(), Terminate).signal == "SIGINT"
+    m = running(stop_signal="SIGQUIT")
+    assert only(m.shutdown(keep_desired=True), Terminate).signal == "SIGQUIT"
+
+
 def test_a_stop_that_overruns_its_timeout_kills() -> None:
     m = running(stop_timeout=3)
     r = run_id(m)
@@ -577,6 +590,95 @@ def test_a_health_probe_kills_a_run_as_a_crash_with_its_reason() -> None:
     assert effects == [Note(reason), Kill(r)]
     m.exited(r, -signal.SIGKILL, NOW)
     assert m.state == "crashed" and m.status.error == reason
+
+
+# -- health.query ---------------------------------------------------------------------------
+
+A2S = {"ports": [{"name": "query", "port": 27016, "protocol": "udp"}],
+       "health": {"query": {"type": "a2s", "port": "{{port.query}}", "initial_delay": 30,
+                            "interval": 5, "failures": 2}}}
+OK = QueryStatus(ok=True, players=3, max_players=24, map="de_dust2", latency_ms=0.4,
+                 checked_at=NOW)
+DOWN = QueryStatus(ok=False, error="no A2S reply within 2s", checked_at=NOW)
+
+
+def test_a_query_answer_marks_ready_when_the_ready_line_never_came() -> None:
+    m = starting(ready_pattern="^Ready$", **A2S)
+    r = run_id(m)
+    effects = m.spawned(r, 4242, NOW)
+    assert m.state == "starting" and WatchReady(r, "^Ready$") in effects
+    assert m.query_answered(r, DOWN, NOW + 1) == [Report()]  # not ready yet: no crash count
+    effects = m.query_answered(r, OK, NOW + 2)
+    assert m.state == "running" and m.status.ready and m.status.query == OK
+    assert notes(effects) == ["ready: the game answered its a2s query; its ready line was "
+                              "not seen"]
+    assert m.ready_seen(r) == []  # the line coming late changes nothing
+
+
+def test_with_a_query_and_no_ready_pattern_the_first_answer_is_ready() -> None:
+    m = starting(**A2S)
+    r = run_id(m)
+    effects = m.spawned(r, 4242, NOW)
+    assert m.state == "starting" and not any(isinstance(e, WatchReady) for e in effects)
+    effects = m.query_answered(r, OK, NOW + 5)
+    assert m.state == "running" and notes(effects) == ["ready: the game answered its a2s query"]
+
+
+def test_query_failures_count_after_initial_delay_and_crash_the_run() -> None:
+    m = starting(**A2S)
+    r = run_id(m)
+    m.spawned(r, 4242, NOW)
+    m.query_answered(r, OK, NOW + 5)
+    for t in (10, 20, 29):  # within initial_delay (30 s from the start): not counted
+        m.query_answered(r, DOWN, NOW + t)
+    assert m.state == "running"
+    assert m.query_answered(r, DOWN, NOW + 31) == []  # 1 of 2; no news: not reported again
+    m.query_answered(r, OK, NOW + 36)  # an answer starts the count again
+    assert m.query_answered(r, DOWN, NOW + 41) == [Report()]
+    effects = m.query_answered(r, DOWN, NOW + 46)
+    reason = "health check failed: a2s query did not answer (2 probes): no A2S reply within 2s"
+    assert effects == [Note(reason), Kill(r)]
+    m.exited(r, -signal.SIGKILL, NOW + 47)
+    assert m.state == "crashed" and m.status.error == reason and m.status.query is None
+
+
+def test_only_news_is_reported() -> None:
+    m = starting(**A2S)
+    r = run_id(m)
+    m.spawned(r, 4242, NOW)
+    m.query_answered(r, OK, NOW + 5)
+    later = msgspec.structs.replace(OK, latency_ms=9.0, checked_at=NOW + 10)
+    assert m.query_answered(r, later, NOW + 10) == []
+    assert m.status.query == later  # kept all the same: the heartbeat carries it
+    more = msgspec.structs.replace(later, players=4)
+    assert m.query_answered(r, more, NOW + 15) == [Report()]
+
+
+def test_query_answers_of_an_old_run_or_during_a_stop_change_nothing() -> None:
+    m = starting(**A2S)
+    r = run_id(m)
+    m.spawned(r, 4242, NOW)
+    assert m.query_answered(r + 1, OK, NOW) == []
+    m.stop()
+    assert m.query_answered(r, OK, NOW) == [] and m.state == "stopping"
+
+
+def test_players_from_console_lines() -> None:
+    patterns = {"join": [r"(?P<player>\w+) joined"], "leave": [r"(?P<player>\w+) left"]}
+    m = starting(player_patterns=patterns)
+    r = run_id(m)
+    m.spawned(r, 4242, NOW)
+    assert m.state == "running"  # no network query: ready as before
+    assert m.status.query == QueryStatus(ok=True, players=0, checked_at=NOW)
+    assert m.players_counted(r, 2, NOW + 1) == [Report()]
+    assert m.status.query is not None and m.status.query.players == 2
+    m.stop()
+    m.exited(r, 0, NOW + 2)
+    assert m.status.query is None
+    m.start()
+    assert m.status.query is None  # a new run: counted from zero once it runs
+    m.spawned(run_id(m), 4243, NOW + 3)
+    assert m.status.query is not None and m.status.query.players == 0
 
 
 def test_a_failing_probe_during_a_stop_is_not_a_crash() -> None:

@@ -57,6 +57,15 @@ def test_a_leader_and_its_followers_take_a_free_block() -> None:
         ports.allocate(s, narrow, {(30000, "udp"): "x"})
 
 
+def test_a_tcp_and_udp_port_holds_its_number_on_both() -> None:
+    s = spec(auto("game", "tcp+udp"))
+    assert ports.allocate(s, R, {(30000, "tcp"): "x", (30001, "udp"): "y"}) == {"game": 30002}
+    assert ports.held(s, {"game": 30002}) == {(30002, "tcp"), (30002, "udp")}
+    fixed = spec({"name": "game", "port": 30005, "protocol": "tcp+udp"})
+    with pytest.raises(errors.Conflict, match="30005/udp is used by server y"):
+        ports.check_fixed(fixed, {(30005, "udp"): "y"})
+
+
 def test_followers_of_a_fixed_port_are_shown_as_numbers() -> None:
     s = spec({"name": "game", "port": 2456, "protocol": "udp"},
              auto("query", follows="game", offset=1))

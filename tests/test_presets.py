@@ -69,12 +69,18 @@ def test_every_shipped_preset_expands_to_a_valid_spec(catalog: PresetCatalog,
     assert {v.name for v in preset.variables if v.required} == set(REQUIRED.get(name, {}))
     expansion = expand(preset, REQUIRED.get(name, {}), {"name": f"{name}-1"})
     spec = msgspec.convert(expansion.spec, ServerSpec)
+    assert spec == expansion.server_spec
     assert spec.name == f"{name}-1" and spec.game_id == preset.game_id
-    assert "{{" not in json.dumps(expansion.spec)  # every placeholder was filled
-    assert spec.ports and all(p.port == n.port for p, n in zip(
-        spec.ports, [n for n in expansion.extras.ports
-                     for _ in n.protocol.split("+")], strict=True))
-    assert expansion.extras.preset == name and expansion.extras.preset_version == preset.version
+    assert "{{" not in json.dumps(expansion.spec["args"] + list(expansion.spec["env"].values()))
+    assert [p.name for p in spec.ports] == [p.name for p in preset.ports]
+    assert all(isinstance(p.port, int) for p in spec.ports)  # every shipped default a number
+    assert spec.preset == name and spec.preset_version == preset.version
+    assert spec.stop_signal == preset.stop_signal
+    assert spec.restart_needed_patterns == preset.restart_needed_patterns
+    assert spec.player_patterns == preset.player_patterns
+    if preset.query is not None:
+        assert spec.health.query is not None and spec.health.query.type == preset.query.type
+        assert spec.health.query.port == preset.query.port
     # the source of every value is cited in the file
     text = (shipped_dir() / f"{name}.toml").read_text()
     assert "Sources" in text and "https://" in text
@@ -87,11 +93,14 @@ def test_variables_and_ports_fill_the_placeholders(catalog: PresetCatalog) -> No
     assert e.spec["args"] == ["-nographics", "-batchmode", "-name", "manman Valheim",
                               "-port", "30000", "-world", "Midgard", "-password", "hunter22",
                               "-public", "0"]
-    assert [(p["port"], p["protocol"]) for p in e.spec["ports"]] == [(30000, "udp"),
-                                                                     (30001, "udp")]
+    assert e.spec["ports"] == [
+        {"name": "game", "port": 30000, "protocol": "udp", "follows": None, "offset": 1},
+        {"name": "query", "port": 30001, "protocol": "udp", "follows": "game", "offset": 1}]
     assert e.spec["ready_pattern"] == "(?:Game server connected)|(?:DungeonDB Start)"
-    assert e.spec["stop_command"] is None and e.extras.stop_signal == "SIGINT"
-    assert e.extras.query is not None and e.extras.query.port == 30001
+    assert e.spec["stop_command"] is None and e.spec["stop_signal"] == "SIGINT"
+    assert e.spec["health"]["query"]["type"] == "a2s"
+    assert e.spec["health"]["query"]["port"] == "{{port.query}}"
+    assert e.spec["secret_values"] == ["hunter22"]
     minecraft = expand(catalog.get("minecraft"), {"eula": True, "max_players": "7"},
                        {"name": "mc"}, ports={"game": 25600})
     assert minecraft.spec["env"]["EULA"] == "TRUE"
@@ -168,7 +177,7 @@ def test_a_secret_is_absent_from_repr_listing_and_override_errors(
     e = expand(valheim, {"password": SECRET}, {"name": "vh"})
     assert SECRET in e.spec["args"]  # the game needs it …
     assert SECRET not in repr(e) and SECRET not in str(e.redacted_spec())  # … nobody else
-    assert SECRET not in json.dumps(msgspec.to_builtins(e.extras))
+    assert e.spec["secret_values"] == [SECRET]  # (what the answers mask)
     assert SECRET not in json.dumps(catalog.listing())
     # a spec override that fails validation reports without the secret
     with pytest.raises(Invalid) as err:
@@ -186,7 +195,13 @@ def test_overrides_win_over_the_preset(catalog: PresetCatalog) -> None:
     assert e.spec["ready_pattern"] is None and e.spec["stop_command"] == "save"
     assert e.spec["restart"]["policy"] == "never" and e.spec["worker_id"] == "w-1"
     assert e.spec["desired_state"] == "running"
-    assert e.extras.stop_signal is None  # the user's stop_command is how it stops now
+    assert e.spec["stop_signal"] is None  # the user's stop_command is how it stops now
+    cs2 = expand(catalog.get("cs2"), {}, {"name": "cs", "stop_signal": "SIGINT"}).spec
+    assert cs2["stop_signal"] == "SIGINT" and cs2["stop_command"] is None
+    for fixed in ("preset", "preset_version", "secret_values"):
+        with pytest.raises(Invalid) as err:
+            expand(valheim, {"password": "hunter22"}, {"name": "vh", fixed: None})
+        assert fixed in err.value.message
     with pytest.raises(Invalid) as err:
         expand(valheim, {"password": "hunter22"}, {"name": "vh", "no_such_field": 1})
     assert "no_such_field" in err.value.message
@@ -207,15 +222,25 @@ def test_ports_allocation(catalog: PresetCatalog) -> None:
     assert "ports.query" in e.value.message  # 65535 + 1 is no port
 
 
-def test_an_auto_port_needs_an_allocation(tmp_path: Path) -> None:
+def test_an_auto_port_stays_for_the_worker_to_allocate(tmp_path: Path,
+                                                       catalog: PresetCatalog) -> None:
     path = write_preset(tmp_path, "auto.toml")
     path.write_text(path.read_text().replace("default = 4000", 'default = "auto"'))
     preset = PresetCatalog.load(tmp_path, shipped=tmp_path / "none").get("testgame")
-    with pytest.raises(Invalid) as e:
-        expand(preset, {}, {"name": "t"})
-    assert "ports.game" in e.value.message
+    e = expand(preset, {}, {"name": "t"})
+    assert e.spec["args"] == ["--port", "{{port.game}}"]  # the worker fills it in
+    assert e.spec["ports"][0]["port"] == "auto"
     assert expand(preset, {}, {"name": "t"}, ports={"game": 4100}).spec["args"] == [
         "--port", "4100"]
+    # a number made `auto` by the request; the port that follows it moves with it
+    vh = expand(catalog.get("valheim"), {"password": "hunter22"}, {"name": "vh"},
+                ports={"game": "auto"})
+    assert [(p["name"], p["port"]) for p in vh.spec["ports"]] == [("game", "auto"),
+                                                                  ("query", "auto")]
+    assert vh.spec["args"][vh.spec["args"].index("-port") + 1] == "{{port.game}}"
+    with pytest.raises(Invalid) as err:
+        expand(preset, {}, {"name": "t"}, ports={"game": "any"})
+    assert "ports.game" in err.value.message
 
 
 def test_operator_presets_join_the_shipped_ones(tmp_path: Path) -> None:

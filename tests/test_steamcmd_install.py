@@ -190,3 +190,50 @@ async def test_a_start_during_an_install_does_not_swallow_a_later_update(
                 break
             await trio.sleep(0.1)
     await api.wait_for("upd", state="running", timeout=20)
+
+
+# each shipped steamcmd preset's required variables, with values its rules take
+PRESET_VARS: dict[str, dict[str, str]] = {
+    "valheim": {"password": "hunter22"}, "project-zomboid": {"admin_password": "zomboid-1"},
+    "rust": {"rcon_password": "rcon-secret-1"}}
+
+
+async def test_every_steamcmd_preset_installs_and_runs_the_game_in_its_place(
+        tmp_path: Path, bg: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All of them at once on one worker: installed through the emulator, the fake game at
+    each preset's executable, started with the preset's arguments, stopped its way."""
+    from manman.presets import PresetCatalog
+    from manman.worker.main import run_worker
+
+    presets = [p for p in PresetCatalog.load() if p.game_id.startswith("steamcmd:")]
+    assert len(presets) == 8
+    monkeypatch.setenv("STEAMCMD_EMU_EXECUTABLES", json.dumps(
+        {p.game_id.split(":")[1]: p.executable for p in presets}))
+    steamcmd = steamcmd_emulator(tmp_path, monkeypatch)
+    handle = await bg.start(run_worker, worker_config(tmp_path, steamcmd=str(steamcmd)))
+    api = Client(handle.url, "test-worker-token")
+    w = RunningWorker(handle, api)
+    try:
+        for p in presets:
+            # every port `auto`: what the machine listens on never decides this test
+            ports = {q.name: "auto" for q in p.ports if q.follows is None}
+            await api.post("/server", {"name": p.name, "preset": p.name, "ports": ports,
+                                       "vars": PRESET_VARS.get(p.name, {})}, expect=201)
+
+        async def one(name: str) -> None:
+            s = await api.wait_for(name, state="stopped", timeout=60)
+            assert s["install_progress"] == 100.0 and s["preset"] == name
+            await api.post(f"/server/{name}/start", expect=202)
+            await api.wait_line(name, "fakegame starting", timeout=30)
+            s = await api.get(f"/server/{name}")
+            assert s["pid"] and s["state"] in ("starting", "running")
+            await api.post(f"/server/{name}/shutdown", expect=202)
+            s = await api.wait_for(name, state="stopped", timeout=30)
+            assert s["exit_code"] == 0, (name, s)  # its stop command or signal, not a kill
+
+        async with trio.open_nursery() as nursery:
+            for p in presets:
+                nursery.start_soon(one, p.name)
+    finally:
+        await w.shutdown()
+        await api.aclose()

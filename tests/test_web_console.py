@@ -142,6 +142,12 @@ def tour(page: Any, out: dict[str, Any]) -> None:
     expect(console_line(page, "said: hello from the browser")).to_have_count(1)
     expect(page.locator("#command-input")).to_have_value("")
 
+    # players, counted from the console's join lines (player_patterns), in list and details
+    expect(row.locator("td.players")).to_have_text("0")
+    send(page, "echo Alex joined")
+    expect(row.locator("td.players")).to_have_text("1")
+    expect(page.locator("#detail-players")).to_have_text("1")
+
     # a flood: the DOM keeps the newest 2000 lines and the page stays responsive
     page.evaluate(LAG_PROBE)
     t0 = time.monotonic()
@@ -193,7 +199,8 @@ def tour(page: Any, out: dict[str, Any]) -> None:
 
 async def test_web_console_in_a_browser(host: Any, hosted: Any) -> None:
     w = await hosted("browser-worker")
-    spec = fake_spec("web1", worker_id=w.handle.link.worker_id, desired_state="running")
+    spec = fake_spec("web1", worker_id=w.handle.link.worker_id, desired_state="running",
+                     player_patterns={"join": [r"^(?P<player>\w+) joined$"]})
     await host.api.post("/server", spec, expect=201)
     await host.api.wait_for("web1", state="running")
 
@@ -274,4 +281,54 @@ async def test_web_console_reconnects_without_loss(tmp_path: Path, database_url:
     assert len(sockets) >= 3, sockets
     assert all("since=" in u for u in sockets[1:]), sockets
     assert not [u for u in out["requested"] if ADMIN in u]
+    assert not out["problems"], out["problems"]
+
+
+# -- a new server from a preset: the form follows the preset's variables ----------------------
+
+def new_server(page: Any, out: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    from tests.test_preset_api import SECRET
+
+    sign_in(page)
+    page.click("#new-server-button")
+    expect(page.locator("#new-server-view")).to_be_visible()
+    expect(page.locator("#new-preset option[value='fakegame']")).to_have_count(1)
+    page.select_option("#new-preset", "fakegame")
+    password = page.locator("#var-password")
+    expect(password).to_have_attribute("type", "password")
+    expect(password).to_have_attribute("required", "")
+    expect(page.locator("label[for='var-password'] .req")).to_have_count(1)
+    expect(page.locator("#var-password-desc")).to_contain_text("Join password")
+    greeting = page.locator("#var-greeting")
+    expect(greeting).to_have_value("hello there")
+    expect(page.locator("label[for='var-greeting'] .req")).to_have_count(0)
+    page.fill("#new-name", "webfk")
+    page.fill("#port-game", str(out["port"]))
+    password.fill(SECRET)
+    page.check("#new-start")
+    greeting.fill("Not Lowercase!")   # breaks its rule: the host's message names it
+    page.click("#new-submit")
+    expect(page.locator("#new-message")).to_contain_text("vars.greeting")
+    greeting.fill("hi from the form")
+    page.click("#new-submit")
+    expect(page.locator("#server-name")).to_have_text("webfk")
+    expect(page.locator("#server-state")).to_have_attribute("data-state", "running",
+                                                            timeout=15_000)
+    expect(console_line(page, "hi from the form")).to_have_count(1)   # the game's banner
+    out["html"] = page.content()
+
+
+async def test_new_server_form_from_a_preset(tmp_path: Path, database_url: str,
+                                             bg: trio.Nursery) -> None:
+    from tests.test_preset_api import SECRET, free_port, host_with_presets
+
+    async with host_with_presets(tmp_path, database_url, bg) as (host, _):
+        out: dict[str, Any] = {"port": free_port()}
+        await trio.to_thread.run_sync(in_browser, host.url, out, new_server)
+        s = await host.api.get("/server/webfk")
+        assert s["preset"] == "fakegame" and s["desired_state"] == "running"
+        assert s["env"] == {"FAKE_PASSWORD": "********"}
+    assert SECRET not in out["html"]
     assert not out["problems"], out["problems"]

@@ -144,6 +144,21 @@ async def test_stop_timeout_kills_the_whole_process_group(worker: RunningWorker)
         assert not procs.is_running(pid), pid
 
 
+async def test_a_stop_signal_stops_a_game_that_reads_no_stdin(worker: RunningWorker) -> None:
+    # the game ignores its console and SIGTERM: only the spec's SIGINT stops it in time
+    api = worker.api
+    spec = fake_spec("sig", "--ignore-stop", "--ignore-term", stop_timeout=20,
+                     desired_state="running", stop_signal="SIGINT")
+    del spec["stop_command"]
+    await api.post("/server", spec, expect=201)
+    await api.wait_for("sig", state="running")
+    with trio.fail_after(5):  # well inside the stop_timeout: no kill was needed
+        await api.post("/server/sig/shutdown", expect=202)
+        s = await api.wait_for("sig", state="stopped")
+    assert s["exit_code"] == 0
+    await api.wait_line("sig", "got SIGINT, saving, bye")
+
+
 async def test_missing_executable_fails_with_reason(worker: RunningWorker) -> None:
     api = worker.api
     await api.post("/server", {"name": "ghost", "game_id": "exec:/nonexistent/game",

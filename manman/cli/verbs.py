@@ -15,6 +15,7 @@ import time
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import trio
@@ -36,11 +37,25 @@ def add_client_commands(sub: argparse._SubParsersAction, common: argparse.Argume
     p.add_argument("--state", help="only servers in this state")
     p.set_defaults(func=_run(cmd_servers))
 
+    p = sub.add_parser("presets", parents=[common, out], help="list the games' presets")
+    p.set_defaults(func=_run(cmd_presets))
+    preset = sub.add_parser("preset", parents=[common], help="show a preset")
+    preset_verbs = preset.add_subparsers(dest="verb", required=True, metavar="VERB")
+    v = preset_verbs.add_parser("show", parents=[verb_common, out],
+                                help="a preset's variables and ports")
+    v.add_argument("preset", help="its name, e.g. valheim")
+    v.set_defaults(func=_run(cmd_preset_show))
+
     server = sub.add_parser("server", parents=[common], help="create, show, change servers")
     verbs = server.add_subparsers(dest="verb", required=True, metavar="VERB")
     c = verbs.add_parser("create", parents=[verb_common, out], help="create a server")
     c.add_argument("name", nargs="?", help="the server's name (or in --file)")
     c.add_argument("game_id", nargs="?", help="steamcmd:<app>, docker:<image> or exec:<path>")
+    c.add_argument("--preset", help="make it from this preset (`manman presets`)")
+    c.add_argument("--var", action="append", dest="vars", metavar="NAME=VALUE",
+                   help="a variable of the preset (repeat)")
+    c.add_argument("--port", action="append", dest="ports", metavar="NAME=N|auto",
+                   help="a port of the preset: a number, or auto for the worker to pick")
     _spec_flags(c)
     c.set_defaults(func=_run(cmd_create))
     for verb, helptext in (("show", "show one server"), ("start", "start it"),
@@ -143,6 +158,14 @@ def _age(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def _players(query: dict[str, Any] | None) -> str:
+    """`3/24`, `3` when the game hides its slots, `-` when unknown."""
+    if not query or query.get("players") is None:
+        return "-"
+    slots = query.get("max_players")
+    return f"{query['players']}/{slots}" if slots is not None else str(query["players"])
+
+
 # -- verbs ----------------------------------------------------------------------------------
 
 def cmd_workers(args: argparse.Namespace, api: HostClient) -> int:
@@ -178,9 +201,11 @@ def cmd_servers(args: argparse.Namespace, api: HostClient) -> int:
     now = time.time()
     _table([[s["name"], names.get(s["worker_id"], s["worker_id"] or "-"), s["game_id"],
              _state_cell(s),
+             _players(s.get("query")),
              _age(now - s["started_at"]) if s["state"] == "running" and s["started_at"]
              else "-", str(s["restarts"])]
-            for s in servers], ["name", "worker", "game", "state", "uptime", "restarts"])
+            for s in servers],
+           ["name", "worker", "game", "state", "players", "uptime", "restarts"])
     return 0
 
 
@@ -248,10 +273,39 @@ def _read(path: str) -> str:
         raise ClientError(f"cannot read {path}: not UTF-8 text") from None
 
 
+def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ClientError(f"{flag} {key[:64]}: expected NAME=VALUE")
+        out[key] = value
+    return out
+
+
+def _preset_request(args: argparse.Namespace, spec: dict[str, Any]) -> None:
+    """--preset, --var and --port into the body of a create from a preset."""
+    if args.preset is None:
+        if args.vars or args.ports:
+            raise ClientError("--var and --port need --preset")
+        return
+    spec["preset"] = args.preset
+    spec["vars"] = _pairs(args.vars, "--var")  # the host checks each against its type
+    ports: dict[str, int | str] = {}
+    for name, value in _pairs(args.ports, "--port").items():
+        if value != "auto" and not value.isdigit():
+            raise ClientError(f"--port {name}: a port number or auto")
+        ports[name] = value if value == "auto" else int(value)
+    if ports:
+        spec["ports"] = ports
+
+
 def cmd_create(args: argparse.Namespace, api: HostClient) -> int:
     spec = _spec_from_args(args, api)
-    if "name" not in spec or "game_id" not in spec:
-        raise ClientError("a server needs a name and a game_id (arguments or --file)")
+    _preset_request(args, spec)
+    if "name" not in spec or ("game_id" not in spec and "preset" not in spec):
+        raise ClientError("a server needs a name and a game_id or --preset (arguments or "
+                          "--file)")
     server = api.call("POST", "/server", json=spec)
     return _after_install(args, api, server, "created")
 
@@ -297,18 +351,58 @@ def _watch(api: HostClient, server: dict[str, Any], before: float) -> dict[str, 
             bar.stop()
 
 
+def cmd_presets(args: argparse.Namespace, api: HostClient) -> int:
+    presets = api.call("GET", "/preset")["presets"]
+    if args.json:
+        _print_json(presets)
+        return 0
+    _table([[p["name"], str(p["version"]), p["game_id"], p["title"],
+             " ".join(v["name"] + ("*" if v["required"] else "") for v in p["variables"])]
+            for p in presets], ["name", "version", "game", "title", "variables"])
+    return 0
+
+
+def cmd_preset_show(args: argparse.Namespace, api: HostClient) -> int:
+    p = api.call("GET", f"/preset/{quote(args.preset, safe='')}")
+    if args.json:
+        _print_json(p)
+        return 0
+    print(f"{p['title']} ({p['name']} version {p['version']}, {p['game_id']})")
+    stop = p["stop_command"] or p["stop_signal"] or "SIGTERM"
+    print(f"stop: {stop} (timeout {p['stop_timeout']:g}s)"
+          + (f"; query: {p['query']['type']}" if p.get("query") else ""))
+    if p["ports"]:
+        print("ports:")
+        _table([[q["name"], q["protocol"],
+                 str(q["default"]) if q["follows"] is None
+                 else f"{q['follows']}+{q['offset']}", q["description"]]
+                for q in p["ports"]], ["name", "protocol", "default", "description"])
+    if p["variables"]:
+        print("variables (--var NAME=VALUE; * required):")
+        _table([[v["name"] + ("*" if v["required"] else ""), v["type"],
+                 "" if v["default"] is None else json.dumps(v["default"]),
+                 v["rule"] or "", v["description"]]
+                for v in p["variables"]], ["name", "type", "default", "rule", "description"])
+    return 0
+
+
 def cmd_show(args: argparse.Namespace, api: HostClient) -> int:
     s = api.server(args.server)
     if args.json:
         _print_json(s)
         return 0
-    for key in ("name", "id", "worker_id", "game_id", "state", "ready", "pid", "restarts",
+    for key in ("name", "id", "worker_id", "game_id", "preset", "state", "ready", "pid", "restarts",
                 "exit_code", "error", "install_progress", "desired_state", "generation",
                 "observed_generation", "worker_status", "executable", "args", "stop_command",
                 "ready_pattern", "installed_build", "latest_build"):
         value = s.get(key)
         if value is not None and value != []:
             print(f"{key + ':':22}{value if not isinstance(value, list) else ' '.join(value)}")
+    query = s.get("query")
+    if query:
+        seen = "ok" if query["ok"] else f"failing: {query.get('error') or '?'}"
+        extra = [f"{k} {query[k]}" for k in ("map", "version") if query.get(k)]
+        print(f"{'players:':22}{_players(query)} (query {', '.join([seen, *extra])})")
     if s["game_id"].startswith("steamcmd:"):
         au = s.get("auto_update") or {}
         mode = au.get("mode", "off")

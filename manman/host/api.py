@@ -4,6 +4,7 @@ heartbeat, console viewers watch through the host's websocket proxy."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 import trio
@@ -28,6 +29,8 @@ from manman.http.app import (
 )
 from manman.http.auth import Principal
 from manman.http.metrics import CONTENT_TYPE, host_metrics
+from manman.presets import PresetCatalog
+from manman.presets import routes as preset_routes
 from manman.worker.console.viewer import error_frame
 
 _WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -78,7 +81,8 @@ def _not_allowed() -> errors.Forbidden:
     return errors.Forbidden("this token does not allow that")
 
 
-def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: float) -> Api:
+def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: float,
+                   catalog: PresetCatalog | None = None) -> Api:
     api = Api("manman.host", "manman host API", "1")
     fleet: Fleet = control.fleet
     metrics = host_metrics(fleet)
@@ -168,10 +172,16 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
             out.append(view)
         return json_response(models.ServerList(out))
 
-    @api.route("POST", "/server", body=models.ServerSpec, response=models.Server, status=201,
-               errors=(409,), summary="Create a server; it is pushed to its worker at once")
-    async def create_server(who: Principal, body: models.ServerSpec) -> Response:
-        s = await control.create_server(body)
+    presets = catalog if catalog is not None else PresetCatalog({})
+    preset_routes.add_routes(api, presets)
+
+    @api.route("POST", "/server", body=dict[str, Any],
+               body_doc=(models.ServerSpec, preset_routes.PresetCreate), response=models.Server,
+               status=201, errors=(409,),
+               summary="Create a server, from a spec or a preset; it is pushed to its worker "
+                       "at once")
+    async def create_server(who: Principal, body: dict[str, Any]) -> Response:
+        s = await control.create_server(preset_routes.create_spec(body, presets, models.ServerSpec))
         return json_response(fleet.server_view(s), 201)
 
     @api.route("GET", "/server/{server_id}", response=models.Server,

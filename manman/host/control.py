@@ -36,7 +36,8 @@ LIVENESS_INTERVAL = 0.5
 def _spec_body(s: ServerRec) -> dict[str, Any]:
     """What the worker's PUT takes: every updatable field of the spec, and the generation."""
     body = msgspec.to_builtins(s.spec)
-    for fixed in ("worker_id", "game_id"):
+    # what a PUT cannot change (a preset's, fixed at the create) is not sent
+    for fixed in ("worker_id", "game_id", "preset", "preset_version", "secret_values"):
         body.pop(fixed, None)
     body["generation"] = s.generation
     return body

@@ -64,6 +64,15 @@ class ServerRec:
     restart_generation: int = 0  # the last generation whose change asked for a restart
 
 
+def _timing_only(before: models.ObservedServer | None, after: models.ObservedServer) -> bool:
+    """The two differ in nothing but their query's checked_at and latency_ms."""
+    if before is None or before.query is None or after.query is None:
+        return False
+    same = msgspec.structs.replace(after.query, checked_at=before.query.checked_at,
+                                   latency_ms=before.query.latency_ms)
+    return msgspec.structs.replace(after, query=same) == before
+
+
 class Fleet:
     def __init__(self, store: HostStore, worker_timeout: float, worker_expiry: float,
                  spool: Spool | None = None) -> None:
@@ -202,9 +211,12 @@ class Fleet:
         if s is None or s.worker_id != w.id:
             return False
         if s.observed != obs or s.observed_generation != obs.observed_generation:
+            # a probe's new time and latency alone are shown, not written to PostgreSQL
+            if not (s.observed_generation == obs.observed_generation
+                    and _timing_only(s.observed, obs)):
+                self._dirty_observed.add(s.id)
             s.observed = obs
             s.observed_generation = obs.observed_generation
-            self._dirty_observed.add(s.id)
         return True
 
     def heartbeat(self, w: WorkerRec, hb: models.Heartbeat) -> models.HeartbeatReply:

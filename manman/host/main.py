@@ -24,6 +24,7 @@ from manman.http import auth
 from manman.http.app import serve, settle_gc
 from manman.http.signals import Stopper
 from manman.limits import report_open_files
+from manman.presets import PresetCatalog, operator_dir
 
 log = logging.getLogger("manman.host")
 
@@ -56,6 +57,8 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
     asyncio bridge loop open."""
     hcfg = cfg.host
     hcfg.data_dir.mkdir(parents=True, exist_ok=True)
+    # a preset file at fault stops the host before anything else starts
+    catalog = PresetCatalog.load(operator_dir(hcfg.data_dir))
     secrets = host_secrets(cfg)
     embedded = None
     stopped = trio.Event()
@@ -79,7 +82,7 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
                 await fleet.load()
                 control = HostControl(store, fleet, relay)
                 await control.forget_deleted_on_retired()
-                api = build_host_api(control, secrets, hcfg.console_token_ttl)
+                api = build_host_api(control, secrets, hcfg.console_token_ttl, catalog)
                 await loops.start(control.run, hcfg.flush_interval, stop)
                 async with trio.open_nursery() as api_nursery:
                     url = await api_nursery.start(

@@ -157,6 +157,7 @@ class RouteDoc:
     errors: tuple[int, ...] = ()
     websocket: bool = False
     media: str = "application/json"
+    body_doc: tuple[type[Any], ...] = ()  # the body's shapes, when `body` reads it as a dict
     stream_body: bool = False  # raw bytes, read by the route as a stream
 
 
@@ -232,13 +233,14 @@ class Api:
     def route(self, method: str, path: str, *, auth: str = "admin", body: type[Any] | None = None,
               response: Any = None, status: int = 200, summary: str = "",
               query: dict[str, Any] | None = None, errors: tuple[int, ...] = (),
-              media: str = "application/json", stream_body: bool = False
+              media: str = "application/json", body_doc: tuple[type[Any], ...] = (),
+              stream_body: bool = False
               ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Any]]]:
         if stream_body:
             self._streamed.append((method, re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+",
                                                                re.escape(path)))))
         doc = RouteDoc(method, path, summary, auth, body, response, status, query or {}, errors,
-                       media=media, stream_body=stream_body)
+                       media=media, body_doc=body_doc, stream_body=stream_body)
         self.docs.append(doc)
 
         def decorate(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Any]]:

@@ -53,6 +53,12 @@ def _by(name: str, doc: str, label: str, tally: Tally[str]) -> GaugeMetricFamily
     return g
 
 
+def _players_gauge() -> GaugeMetricFamily:
+    # only servers whose players are known (health.query answered, or player_patterns)
+    return GaugeMetricFamily("manman_server_players",
+                             "Players on the server, from its query or console", labels=["server"])
+
+
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     c = CounterMetricFamily(name, doc)
     c.add_metric([], value)
@@ -100,6 +106,7 @@ def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]
                                labels=["server"])
     viewers = GaugeMetricFamily("manman_console_viewers", "Live console viewers",
                                 labels=["server"])
+    players = _players_gauge()
     for a in agent.actors.values():
         name = a.spec.name
         restarts.add_metric([name], a.status.restarts)
@@ -107,7 +114,10 @@ def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]
         size.add_metric([name], a.broker.bytes_total)
         gaps.add_metric([name], a.broker.gaps)
         viewers.add_metric([name], a.broker.viewers)
-    yield from (restarts, lines, size, gaps, viewers)
+        q = a.status.query
+        if q is not None and q.players is not None:
+            players.add_metric([name], q.players)
+    yield from (restarts, lines, size, gaps, viewers, players)
     yield _update_available((a.spec, a.status) for a in agent.actors.values())
     if link is not None:
         yield _counter("manman_heartbeats_sent", "Heartbeats the host answered",
@@ -143,6 +153,12 @@ def host_metrics(fleet: Fleet) -> ApiMetrics:
             if v.game_id.startswith("steamcmd:"):
                 g.add_metric([v.name], 1 if v.update_available else 0)
         yield g
+        players = _players_gauge()
+        for s in fleet.servers.values():
+            q = s.observed.query if s.observed is not None and not s.deleting else None
+            if q is not None and q.players is not None:
+                players.add_metric([s.name], q.players)
+        yield players
         yield _counter("manman_heartbeats_received", "Heartbeats received",
                        fleet.heartbeats_received)
         yield _counter("manman_heartbeats_missed",

@@ -20,6 +20,7 @@ def build_openapi(title: str, version: str, docs: list[RouteDoc]) -> dict[str, A
     for d in docs:
         if d.body is not None:
             types.append(d.body)
+        types.extend(d.body_doc)
         if d.response not in (None, dict):
             types.append(d.response)
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
@@ -38,8 +39,10 @@ def build_openapi(title: str, version: str, docs: list[RouteDoc]) -> dict[str, A
         if d.auth != "none":
             op["security"] = [{"bearer": []}]
         if d.body is not None:
+            schema = {"oneOf": [by_type[t] for t in d.body_doc]} if d.body_doc \
+                else by_type[d.body]
             op["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": by_type[d.body]}}}
+                "application/json": {"schema": schema}}}
         elif d.stream_body:
             op["requestBody"] = {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string",

@@ -1,4 +1,4 @@
-"""A preset plus a user's variables, allocated ports and overrides, made into a server spec."""
+"""A preset plus a user's variables, ports and overrides, made into a server spec."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from msgspec import Struct
 
 from manman.errors import Invalid
-from manman.models import PlayerPatterns, ServerSpec, redact, to_builtins
+from manman.models import ServerSpec, redact, to_builtins
 from manman.presets.model import (
     PLACEHOLDER_RE,
     Preset,
@@ -20,45 +19,24 @@ from manman.presets.model import (
     placeholders,
 )
 
-
-class NamedPort(Struct, frozen=True):
-    name: str
-    port: int
-    protocol: str
-
-
-class ExpandedQuery(Struct, frozen=True):
-    type: str
-    port: int | None = None
-
-
-class PresetExtras(Struct, frozen=True, kw_only=True):
-    """What a preset says that today's ServerSpec has no field for; kept beside the spec."""
-
-    preset: str
-    preset_version: int
-    stop_signal: str | None = None
-    query: ExpandedQuery | None = None
-    player_patterns: PlayerPatterns | None = None
-    restart_needed_patterns: list[str] = msgspec.field(default_factory=list)
-    ready_patterns: list[str] = msgspec.field(default_factory=list)
-    ports: list[NamedPort] = msgspec.field(default_factory=list)
+# what the expansion sets and nobody gives beside a preset
+_EXPANSION_ONLY = ("preset_version", "secret_values")
 
 
 @dataclass(frozen=True, repr=False)
 class Expansion:
-    """The spec (a dict ServerSpec accepts, defaults filled in) and the extras. The spec
-    holds secret values where the game needs them: show `redacted_spec()` instead."""
+    """The spec (the builtins of a valid ServerSpec, defaults filled in) and the ServerSpec
+    itself. It holds secret values where the game needs them: show `redacted_spec()`."""
 
     spec: dict[str, Any]
-    extras: PresetExtras
+    server_spec: ServerSpec
     secrets: tuple[str, ...] = ()
 
     def redacted_spec(self) -> dict[str, Any]:
         return redact(self.spec, self.secrets)
 
     def __repr__(self) -> str:
-        return f"Expansion(spec={self.redacted_spec()!r}, extras={self.extras!r})"
+        return f"Expansion(spec={self.redacted_spec()!r})"
 
 
 def resolve_variables(preset: Preset, values: Mapping[str, object]) -> tuple[dict[str, str],
@@ -91,33 +69,40 @@ def resolve_variables(preset: Preset, values: Mapping[str, object]) -> tuple[dic
     return texts, tuple(secrets)
 
 
-def resolve_ports(preset: Preset, ports: Mapping[str, int] | None) -> list[NamedPort]:
+def resolve_ports(preset: Preset, ports: Mapping[str, object] | None) -> list[dict[str, Any]]:
+    """The spec's `ports`, named as in the preset: a number, or `auto` for the worker to
+    allocate (a port that follows an `auto` one is `auto` too, moved with it)."""
     given = dict(ports or {})
     unknown = sorted(set(given) - {p.name for p in preset.ports})
     if unknown:
         raise Invalid(f"ports: {unknown[0][:64]!r} is not a port of preset {preset.name}")
-    numbers: dict[str, int] = {}
-    named: list[NamedPort] = []
+    numbers: dict[str, int | str] = {}
+    out: list[dict[str, Any]] = []
     for p in preset.ports:
+        entry: dict[str, Any] = {"name": p.name, "protocol": p.protocol}
         if p.follows is not None:
             if p.name in given:
                 raise Invalid(f"ports.{p.name}: the game derives it from {p.follows}; "
-                              f"allocate {p.follows} instead")
-            number: object = numbers[p.follows] + p.offset
+                              f"give {p.follows} instead")
+            leader = numbers[p.follows]
+            number: object = leader if leader == "auto" else int(leader) + p.offset
+            entry.update(follows=p.follows, offset=p.offset)
         else:
             number = given.get(p.name, p.default)
-        if number == "auto":
-            raise Invalid(f"ports.{p.name}: needs an allocated port number")
-        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
-            raise Invalid(f"ports.{p.name}: must be a port number 1-65535")
+        if number != "auto" and (isinstance(number, bool) or not isinstance(number, int)
+                                 or not 1 <= number <= 65535):
+            raise Invalid(f"ports.{p.name}: must be a port number 1-65535 or \"auto\"")
+        assert isinstance(number, int | str)
         numbers[p.name] = number
-        named.append(NamedPort(p.name, number, p.protocol))
-    return named
+        entry["port"] = number
+        out.append(entry)
+    return out
 
 
 def _fill(template: str, texts: Mapping[str, str]) -> str:
-    # one pass, literal text: a value holding `{{x}}` stays as written
-    return PLACEHOLDER_RE.sub(lambda m: texts[m.group(1)], template)
+    # one pass, literal text: a value holding `{{x}}` stays as written; an `auto` port's
+    # placeholder stays for the worker, which fills it with the number it allocates
+    return PLACEHOLDER_RE.sub(lambda m: texts.get(m.group(1), m.group(0)), template)
 
 
 def _fill_args(args: list[str | list[str]], texts: Mapping[str, str]) -> list[str]:
@@ -125,44 +110,51 @@ def _fill_args(args: list[str | list[str]], texts: Mapping[str, str]) -> list[st
     for item in args:
         if isinstance(item, str):
             out.append(_fill(item, texts))
-        elif all(texts[ref] for part in item for ref in placeholders(part)):
+        elif all(texts.get(ref, ref) for part in item for ref in placeholders(part)):
             out.extend(_fill(part, texts) for part in item)
     return out
 
 
 def expand(preset: Preset, vars: Mapping[str, object], overrides: Mapping[str, Any],
-           ports: Mapping[str, int] | None = None) -> Expansion:
-    """The spec `preset` makes with `vars`; `overrides` (any spec field, `name` among them)
-    replace what the preset gives, field by field. Raises Invalid naming the variable."""
+           ports: Mapping[str, object] | None = None) -> Expansion:
+    """The spec `preset` makes with `vars` and `ports` (numbers or "auto" by name);
+    `overrides` (any spec field, `name` among them) replace what the preset gives, field by
+    field. Raises Invalid naming the variable, never quoting a secret."""
+    given = sorted(set(overrides) & {"preset", *_EXPANSION_ONLY})
+    if given:
+        raise Invalid(f"{given[0]}: set by the preset, not given beside it")
     texts, secrets = resolve_variables(preset, vars)
     named = resolve_ports(preset, ports)
-    texts.update({f"port.{p.name}": str(p.port) for p in named})
+    texts.update({f"port.{p['name']}": str(p["port"]) for p in named if p["port"] != "auto"})
     spec: dict[str, Any] = {
         "game_id": preset.game_id,
         "args": _fill_args(preset.args, texts),
         "env": {k: _fill(v, texts) for k, v in preset.env.items()},
         "stop_command": preset.stop_command,
+        "stop_signal": preset.stop_signal,
         "stop_timeout": preset.stop_timeout,
         "ready_pattern": combined_ready_pattern(preset.ready_patterns),
-        "ports": [{"port": p.port, "protocol": proto} for p in named
-                  for proto in p.protocol.split("+")],
+        "ports": named,
+        "restart_needed_patterns": list(preset.restart_needed_patterns),
+        "preset": preset.name,
+        "preset_version": preset.version,
+        "secret_values": list(secrets),
     }
     if preset.executable is not None:
         spec["executable"] = _fill(preset.executable, texts)
+    if preset.query is not None:
+        # the port stays a `{{port.NAME}}` reference: it follows the port wherever it is put
+        spec["health"] = {"query": {"type": preset.query.type, "port": preset.query.port}}
+    if preset.player_patterns is not None:
+        spec["player_patterns"] = to_builtins(preset.player_patterns)
     spec.update(overrides)
+    # a stop given beside the preset is how the user wants it stopped: the other way goes
+    if overrides.get("stop_command") is not None and "stop_signal" not in overrides:
+        spec["stop_signal"] = None
+    if overrides.get("stop_signal") is not None and "stop_command" not in overrides:
+        spec["stop_command"] = None
     try:
         checked = msgspec.convert(spec, ServerSpec)
     except (msgspec.ValidationError, ValueError) as e:
         raise Invalid(redact(str(e), secrets)) from None
-    query = None
-    if preset.query is not None:
-        port = int(texts[preset.query.port[2:-2]]) if preset.query.port else None
-        query = ExpandedQuery(preset.query.type, port)
-    extras = PresetExtras(
-        preset=preset.name, preset_version=preset.version,
-        # a stop_command given beside the preset is how the user wants it stopped
-        stop_signal=None if "stop_command" in overrides else preset.stop_signal,
-        query=query, player_patterns=preset.player_patterns,
-        restart_needed_patterns=list(preset.restart_needed_patterns),
-        ready_patterns=list(preset.ready_patterns), ports=named)
-    return Expansion(to_builtins(checked), extras, secrets)
+    return Expansion(to_builtins(checked), checked, secrets)

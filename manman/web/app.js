@@ -153,6 +153,7 @@
     listLoaded = false;
     selectedId = null;
     show($("server-view"), false);
+    show($("new-server-view"), false);
     show($("no-selection"), true);
     $("workers").tBodies[0].replaceChildren();
     $("servers").tBodies[0].replaceChildren();
@@ -275,11 +276,28 @@
       flag.title = s.update_available ? "update available: build " + s.latest_build : "";
       const w = workers.get(s.worker_id);
       cell(tr, 2).textContent = w ? w.name : (s.worker_id || "—");
+      const p = cell(tr, 3);
+      p.className = "num players";
+      p.textContent = players(s.query);
+      p.title = queryTitle(s.query);
       body.appendChild(tr);
     }
     for (const tr of rows.values()) tr.remove();
     $("server-count").textContent = String(list.length);
     show($("servers-empty"), list.length === 0);
+  }
+
+  // "3/24", "3" when the game hides its slots, "—" when unknown (no query, or none yet)
+  function players(q) {
+    if (!q || q.players == null) return "—";
+    return q.max_players == null ? String(q.players) : q.players + "/" + q.max_players;
+  }
+
+  function queryTitle(q) {
+    if (!q) return "";
+    if (!q.ok) return "query failing: " + (q.error || "no answer");
+    return [q.map, q.version, q.latency_ms != null ? q.latency_ms.toFixed(1) + " ms" : null]
+      .filter((x) => x).join(" · ");
   }
 
   function findServer(key) {
@@ -292,15 +310,20 @@
   // -- one server's view ---------------------------------------------------------------------
 
   function route() {
+    if (!token) return;
+    if (location.hash === "#/new") {
+      openNewServer();
+      return;
+    }
     const m = /^#\/server\/([^/]+)$/.exec(location.hash);
     const key = m ? decodeURIComponent(m[1]) : null;
-    if (!token) return;
-    if (key === selectedId) return;
+    if (key === selectedId && $("new-server-view").hidden) return;
     openServer(key);
   }
 
   function openServer(key) {
     closeConsole();
+    show($("new-server-view"), false);
     selectedId = key;
     setMessage($("action-message"), "");
     $("command-input").value = "";
@@ -355,6 +378,8 @@
     $("detail-uptime").textContent = (state === "running" || state === "starting") &&
       s.started_at ? duration(Date.now() / 1000 - s.started_at) : "—";
     $("detail-restarts").textContent = String(restarts ?? 0);
+    $("detail-players").textContent = players(s.query);
+    $("detail-players").title = queryTitle(s.query);
     show($("detail-progress-row"), state === "installing");
     $("detail-progress").textContent = progress == null ? "…" : Math.round(progress) + "%";
     show($("detail-build-row"), s.installed_build != null || s.latest_build != null);
@@ -387,6 +412,145 @@
       setMessage($("action-message"), e.message, "error");
     } finally {
       buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
+  // -- a new server from a preset: the form is built from the preset's variables ------------
+
+  let presets = new Map();   // name -> summary (GET /preset)
+
+  function openNewServer() {
+    closeConsole();
+    selectedId = null;
+    show($("server-view"), false);
+    show($("no-selection"), false);
+    show($("new-server-view"), true);
+    setMessage($("new-message"), "");
+    renderServers();
+    const workerSelect = $("new-worker");
+    workerSelect.replaceChildren(...[...workers.values()]
+      .filter((w) => w.status !== "shutdown")
+      .sort((a, b) => a.name.localeCompare(b.name))
+      .map((w) => new Option(w.name + " (" + w.status + ")", w.id)));
+    api("GET", "/preset").then((r) => {
+      presets = new Map((r.presets || []).map((p) => [p.name, p]));
+      const select = $("new-preset");
+      const chosen = select.value;
+      select.replaceChildren(...[...presets.values()].map(
+        (p) => new Option(p.title + " (" + p.name + ")", p.name)));
+      if (presets.has(chosen)) select.value = chosen;
+      renderPresetFields();
+    }).catch((e) => {
+      if (!(e instanceof AuthError)) setMessage($("new-message"), e.message, "error");
+    });
+  }
+
+  function field(parent, id, labelText, required, description) {
+    const label = document.createElement("label");
+    label.htmlFor = id;
+    label.textContent = labelText;
+    if (required) {
+      const star = document.createElement("span");
+      star.className = "req";
+      star.title = "required";
+      star.textContent = " *";
+      label.appendChild(star);
+    }
+    parent.appendChild(label);
+    const input = document.createElement("input");
+    input.id = id;
+    input.required = Boolean(required);
+    input.spellcheck = false;
+    parent.appendChild(input);
+    if (description) {
+      const p = document.createElement("p");
+      p.className = "desc muted small";
+      p.id = id + "-desc";
+      p.textContent = description;
+      input.setAttribute("aria-describedby", p.id);
+      parent.appendChild(p);
+    }
+    return input;
+  }
+
+  function renderPresetFields() {
+    const p = presets.get($("new-preset").value);
+    const vars = $("new-vars");
+    const ports = $("new-ports");
+    vars.replaceChildren(vars.querySelector("legend"));
+    ports.replaceChildren(ports.querySelector("legend"));
+    $("new-preset-info").textContent = p ? p.game_id + " · preset version " + p.version : "";
+    if (!p) return;
+    for (const v of p.variables) {
+      const id = "var-" + v.name;
+      const described = [v.description, v.rule ? "(" + v.rule + ")" : ""].filter(Boolean);
+      const input = field(vars, id, v.name, v.required, described.join(" "));
+      input.dataset.var = v.name;
+      input.dataset.type = v.type;
+      if (v.type === "bool") {
+        input.type = "checkbox";
+        input.required = false;
+        input.checked = v.default === true;
+      } else if (v.type === "int") {
+        input.type = "number";
+        input.step = "1";
+        const range = /^(-?\d+)\.\.(-?\d+)$/.exec(v.rule || "");
+        if (range) { input.min = range[1]; input.max = range[2]; }
+        if (v.default != null) input.value = String(v.default);
+      } else if (v.type === "secret") {
+        input.type = "password";
+        input.autocomplete = "new-password";
+      } else {
+        input.type = "text";
+        if (v.default != null) input.value = String(v.default);
+      }
+    }
+    show(vars, p.variables.length > 0);
+    for (const port of p.ports) {
+      if (port.follows) continue;   // the game derives it
+      const input = field(ports, "port-" + port.name, port.name + " (" + port.protocol + ")",
+        false, port.description || "a number, or auto for the worker to pick one");
+      input.type = "text";
+      input.dataset.port = port.name;
+      input.value = String(port.default);
+    }
+    show(ports, ports.querySelectorAll("input").length > 0);
+  }
+
+  async function onCreate(ev) {
+    ev.preventDefault();
+    const body = { name: $("new-name").value.trim(), preset: $("new-preset").value, vars: {} };
+    if ($("new-worker").value) body.worker_id = $("new-worker").value;
+    for (const input of $("new-vars").querySelectorAll("input[data-var]")) {
+      const type = input.dataset.type;
+      if (type === "bool") body.vars[input.dataset.var] = input.checked;
+      else if (input.value === "") continue;   // its default
+      else if (type === "int") body.vars[input.dataset.var] = Number(input.value);
+      else body.vars[input.dataset.var] = input.value;
+    }
+    const ports = {};
+    for (const input of $("new-ports").querySelectorAll("input[data-port]")) {
+      const value = input.value.trim();
+      if (value) ports[input.dataset.port] = value === "auto" ? "auto" : Number(value);
+    }
+    if (Object.keys(ports).length) body.ports = ports;
+    if ($("new-start").checked) body.desired_state = "running";
+    const button = $("new-submit");
+    button.disabled = true;
+    setMessage($("new-message"), "creating…");
+    try {
+      const s = await api("POST", "/server", body);
+      // a secret typed here is not kept in the page
+      for (const input of $("new-vars").querySelectorAll("input[type=password]")) {
+        input.value = "";
+      }
+      setMessage($("new-message"), "");
+      await refresh(refreshGen);
+      location.hash = "#/server/" + enc(s.id);
+    } catch (e) {
+      if (!(e instanceof AuthError)) setMessage($("new-message"), e.message, "error");
+    } finally {
+      button.disabled = false;
     }
   }
 
@@ -935,6 +1099,9 @@
         location.hash = "#/server/" + enc(tr.dataset.serverId);
       }
     });
+    $("new-server-button").addEventListener("click", () => { location.hash = "#/new"; });
+    $("new-preset").addEventListener("change", renderPresetFields);
+    $("new-server-form").addEventListener("submit", onCreate);
     document.querySelector(".actions").addEventListener("click", onAction);
     $("command-form").addEventListener("submit", onCommand);
     $("command-input").addEventListener("keydown", onCommandKey);

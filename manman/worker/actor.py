@@ -24,13 +24,16 @@ import trio
 from manman import ports
 from manman.backoff import Backoff
 from manman.errors import Busy, InsufficientStorage
-from manman.models import ServerSpec, ServerStatus
+from manman.models import ServerSpec, ServerStatus, redact
 from manman.worker import machine, procs
 from manman.worker.console.broker import LogBroker
 from manman.worker.console.lines import LineFramer
 from manman.worker.installers.base import InstallContext, Installer, InstallError
 from manman.worker.installers.steam_builds import SteamBuilds
 from manman.worker.machine import Desired, Effect, ServerMachine
+from manman.worker.query import PlayerCounter, QueryResult, query
+from manman.worker.query.result import as_status, failed
+from manman.worker.query.target import query_port
 from manman.worker.runners.base import GameProcess, LaunchContext, Runner, RunRecord, SpawnError
 from manman.worker.updater import Updater
 
@@ -54,6 +57,7 @@ class Run:
     exited: trio.Event = field(default_factory=trio.Event)
     ready_re: re.Pattern[str] | None = None  # while waiting for the ready line
     wake: trio.Event = field(default_factory=trio.Event)  # a command while it waits to begin
+    players: PlayerCounter | None = None  # counting join/leave lines (player_patterns)
 
 
 @dataclass
@@ -63,6 +67,8 @@ class ActorHooks:
     changed: Callable[[ServerActor], None]  # persist (batched) and report to the host
     persist_now: Callable[[ServerActor], Awaitable[None]]  # before a spawn: no orphan unrecorded
     installed: Callable[[str, bool, float], None] | None = None  # method, ok, seconds
+    # the query's answer changed: report it to the host, not saved (probes are frequent)
+    reported: Callable[[ServerActor], None] | None = None
     # at each start: the numbers of the `auto` ports (raises SpawnError when none is free)
     ports: Callable[[ServerActor], dict[str, int]] | None = None
 
@@ -224,15 +230,17 @@ class ServerActor:
     # -- effects -----------------------------------------------------------------------------
 
     def _apply(self, effects: list[Effect]) -> None:
-        changed = persist = False  # once per batch: one state message, one save and report
+        changed = persist = report = False  # once per batch: one state message, save, report
         for effect in effects:
             match effect:
                 case machine.Changed():
                     changed = True
                 case machine.Persist():
                     persist = True
-                case machine.Note(text):
-                    self.broker.note(text)
+                case machine.Report():
+                    report = True
+                case machine.Note(text):  # may quote a command line: no secret in it
+                    self.broker.note(redact(text, self.spec.secret_values))
                 case machine.Spawn(run_id):
                     self.run = Run(run_id, _new_instance())
                     self._spawn_task(self._launch, self.run)
@@ -248,9 +256,9 @@ class ServerActor:
                 case machine.WriteStop(run_id, line, timeout):
                     if run := self._live(run_id):
                         self._spawn_task(self._write_stop, run, line, timeout)
-                case machine.Terminate(run_id, timeout):
+                case machine.Terminate(run_id, timeout, sig):
                     if run := self._live(run_id):
-                        self._spawn_task(self._terminate, run, timeout)
+                        self._spawn_task(self._terminate, run, timeout, sig)
                 case machine.Kill(run_id):
                     if (run := self._live(run_id)) and run.proc is not None:
                         self._spawn_task(run.proc.kill)
@@ -277,6 +285,8 @@ class ServerActor:
                                    "install_progress": st.install_progress})
         if changed or persist:
             self.hooks.changed(self)
+        elif report and self.hooks.reported is not None:
+            self.hooks.reported(self)
         run = self.run
         if run is not None and run.proc is None:  # waiting to begin: let it look again
             run.wake.set()
@@ -364,12 +374,19 @@ class ServerActor:
 
     async def _supervise(self, run: Run, proc: GameProcess) -> None:
         code: int | None = None
+        spec = self.spec
+        if machine.counts_players(spec) and spec.player_patterns is not None:
+            run.players = PlayerCounter(spec.player_patterns.join, spec.player_patterns.leave)
+        prober = trio.CancelScope()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read, run, proc.stdout, "stdout")
                 if proc.stderr is not None:
                     nursery.start_soon(self._read, run, proc.stderr, "stderr")
+                if machine.ready_by_query(spec):
+                    nursery.start_soon(self._query_prober, run, spec, prober)
                 code = await proc.wait()
+                prober.cancel()
                 await proc.cleanup()
                 # what the pipes still hold is read; a grandchild holding them open is not
                 # waited for
@@ -399,6 +416,8 @@ class ServerActor:
                 publish(name, lines)
                 if run.ready_re is not None:
                     self._check_ready(run, run.ready_re, lines)
+                if run.players is not None:
+                    self._count_players(run, run.players, lines)
                 if self.updater is not None and self.updater.patterns:
                     self.updater.lines(lines)
         publish(name, framer.flush())
@@ -409,6 +428,35 @@ class ServerActor:
                 run.ready_re = None
                 self._apply(self.machine.ready_seen(run.id))
                 return
+
+    def _count_players(self, run: Run, counter: PlayerCounter, lines: list[str]) -> None:
+        feed = counter.feed
+        changed = False
+        for text in lines:
+            changed |= feed(text)
+        if changed:  # one report per batch of lines, not per join
+            self._apply(self.machine.players_counted(run.id, counter.count, self._now()))
+
+    async def _query_prober(self, run: Run, spec: ServerSpec, scope: trio.CancelScope) -> None:
+        """Ask the game (health.query, on loopback) every `interval` while this run lives."""
+        q = spec.health.query
+        assert q is not None and q.type != "console"
+        with scope:
+            due = trio.current_time()
+            while True:
+                due = max(due + q.interval, trio.current_time())
+                await trio.sleep_until(due)
+                port = query_port(spec, self.status.allocated_ports)
+                result: QueryResult
+                if port is None:
+                    result = failed(f"query port {q.port} has no number yet")
+                else:
+                    result = await query(q.type, "127.0.0.1", port, q.timeout)
+                if run.exited.is_set():
+                    return
+                self._apply(self.machine.query_answered(run.id, as_status(result), self._now()))
+                if run.ready_re is not None and self.status.ready:
+                    run.ready_re = None  # ready by the query: the line is not looked for
 
     async def _write_stop(self, run: Run, line: str, timeout: float) -> None:
         assert run.proc is not None
@@ -424,9 +472,9 @@ class ServerActor:
         else:
             self._apply(self.machine.stop_write_failed(run.id, timeout))
 
-    async def _terminate(self, run: Run, timeout: float) -> None:
+    async def _terminate(self, run: Run, timeout: float, sig: str = "SIGTERM") -> None:
         assert run.proc is not None
-        await run.proc.terminate(timeout)
+        await run.proc.terminate(timeout, sig)
         await self._stop_deadline(run, timeout)
 
     async def _stop_deadline(self, run: Run, timeout: float) -> None:

@@ -410,6 +410,7 @@ class WorkerAgent:
             hooks=ActorHooks(changed=self._changed, persist_now=self._persist_now,
                              installed=self._installs.install_finished
                              if self._installs is not None else None,
+                             reported=self._reported,
                              ports=self._launch_ports),
             status=stored.status, installed=stored.installed, crash_times=stored.crash_times,
             desired=stored.desired_state, builds=how.builds,
@@ -525,6 +526,11 @@ class WorkerAgent:
 
     def _changed(self, actor: ServerActor) -> None:
         self._mark_dirty(actor)
+        for observer in self._observers:
+            observer.server_changed(actor)
+
+    def _reported(self, actor: ServerActor) -> None:
+        """Observed data that is not saved (the query's answer): the host hears of it."""
         for observer in self._observers:
             observer.server_changed(actor)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import msgspec
 import trio
@@ -25,6 +26,8 @@ from manman.http.app import (
 )
 from manman.http.auth import Principal
 from manman.http.metrics import CONTENT_TYPE, WorkerMetrics
+from manman.presets import PresetCatalog
+from manman.presets import routes as preset_routes
 from manman.worker.actor import ServerActor
 from manman.worker.agent import Action, WorkerAgent
 from manman.worker.console.viewer import Disconnect, run_viewer
@@ -65,8 +68,8 @@ class WorkerSecrets:
 LOG_PAGE_CHARS = 8 << 20
 
 
-def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: WorkerMetrics
-                     ) -> Api:
+def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: WorkerMetrics,
+                     catalog: PresetCatalog | None = None) -> Api:
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         token = bearer_token()
         if same_secret(token, secrets.admin_secret):
@@ -149,12 +152,19 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
                and (not state or a.status.state == state)]
         return json_response(models.ServerList(out))
 
-    @api.route("POST", "/server", body=WorkerServerCreate, response=models.Server, status=201,
-               errors=(409, 507), summary="Create a server (a host passes its own id)")
-    async def create(who: Principal, body: WorkerServerCreate) -> Response:
-        spec = models.ServerSpec(**{f: getattr(body, f)
+    presets = catalog if catalog is not None else PresetCatalog({})
+    preset_routes.add_routes(api, presets)
+
+    @api.route("POST", "/server", body=dict[str, Any],
+               body_doc=(WorkerServerCreate, preset_routes.PresetCreate), response=models.Server,
+               status=201, errors=(409, 507),
+               summary="Create a server, from a spec or (standalone) a preset; a host passes "
+                       "its own id")
+    async def create(who: Principal, body: dict[str, Any]) -> Response:
+        made = preset_routes.create_spec(body, presets, WorkerServerCreate)
+        spec = models.ServerSpec(**{f: getattr(made, f)
                                     for f in models.ServerSpec.__struct_fields__})
-        actor = await agent.create(spec, body.id, body.generation)
+        actor = await agent.create(spec, made.id, made.generation)
         return json_response(view(actor), 201)
 
     @api.route("GET", "/server/{server_id}", response=models.Server, summary="One server")

@@ -16,7 +16,7 @@ from typing import Literal
 
 from manman.backoff import exponential
 from manman.errors import Conflict
-from manman.models import RestartSpec, ServerSpec, ServerStatus
+from manman.models import QueryStatus, RestartSpec, ServerSpec, ServerStatus
 
 Desired = Literal["running", "stopped"]
 
@@ -52,6 +52,12 @@ class Changed:
 @dataclass(frozen=True, slots=True)
 class Persist:
     """The spec or desired state changed: persist (batched) and report."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The query's answer changed (players, ok, …): report it to the host, with no save and
+    no state message (a probe every few seconds must cost no disk write)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +102,12 @@ class WriteStop:
 
 @dataclass(frozen=True, slots=True)
 class Terminate:
-    """SIGTERM (or `docker stop`) the run; report `stop_overdue` after `timeout`."""
+    """Send `signal` to the run (SIGTERM: `docker stop`; another: `docker kill --signal`);
+    report `stop_overdue` after `timeout`."""
 
     run: int
     timeout: float
+    signal: str = "SIGTERM"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +147,8 @@ class UpdateCalledOff:
     reason: str
 
 
-Effect = (Changed | Persist | Note | Spawn | Adopt | WatchReady | WriteStop | Terminate | Kill
-          | StartInstall | CancelInstall | StartBackoff | CancelBackoff | UpdateCalledOff)
+Effect = (Changed | Persist | Report | Note | Spawn | Adopt | WatchReady | WriteStop | Terminate
+          | Kill | StartInstall | CancelInstall | StartBackoff | CancelBackoff | UpdateCalledOff)
 
 
 @dataclass
@@ -155,6 +163,7 @@ class RunFlags:
     then: Literal["start", "install", "update"] | None = None
     awaiting_ready: bool = False
     crash_reason: str | None = None  # set when the health probe kills it
+    query_failures: int = 0  # failed query probes in a row, counted after initial_delay
 
 
 class ServerMachine:
@@ -294,6 +303,7 @@ class ServerMachine:
         """Back from a stored state: a leftover process was re-adopted (`adopted`, its pid)
         or `removed` processes of it were killed; then act on the desired state."""
         out: list[Effect] = []
+        self.status.query = None  # an answer from an earlier life of the worker is stale
         if adopted:
             run = self._new_run()
             run.spawned = True
@@ -372,6 +382,50 @@ class ServerMachine:
             self._set(out, state="running", ready=True)
         return out
 
+    def query_answered(self, run_id: int, answer: QueryStatus, now: float) -> list[Effect]:
+        """One probe of `health.query` of this run. An answer marks a server still waiting
+        for its ready line ready; `failures` failed ones in a row, counted from
+        `initial_delay` after the start and only while `running`, kill it as a crash."""
+        run = self._current(run_id)
+        query = self.spec.health.query
+        if run is None or not run.spawned or run.stop_requested or run.kill_requested:
+            return []
+        out: list[Effect] = []
+        if _query_news(self.status.query, answer):
+            out.append(Report())
+        self.status.query = answer
+        if answer.ok:
+            run.query_failures = 0
+            if run.awaiting_ready and self.state == "starting":
+                run.awaiting_ready = False
+                self._set(out, state="running", ready=True)
+                kind = query.type if query is not None else "query"
+                out.append(Note(
+                    f"ready: the game answered its {kind} query"
+                    + ("; its ready line was not seen" if self.spec.ready_pattern else "")))
+            return out
+        started = self.status.started_at
+        if query is None or self.state != "running" or started is None \
+                or now - started < query.initial_delay:
+            return out
+        run.query_failures += 1
+        if run.query_failures < query.failures:
+            return out
+        run.query_failures = 0
+        run.crash_reason = (f"health check failed: {query.type} query did not answer "
+                            f"({query.failures} probes): {answer.error or 'no answer'}")
+        out += [Note(run.crash_reason), Kill(run.id)]
+        return out
+
+    def players_counted(self, run_id: int, players: int, now: float) -> list[Effect]:
+        """The console's join and leave lines (player_patterns) changed the count."""
+        if self._current(run_id) is None:
+            return []
+        answer = QueryStatus(ok=True, players=players, checked_at=now)
+        news = _query_news(self.status.query, answer)
+        self.status.query = answer
+        return [Report()] if news else []
+
     def stop_write_failed(self, run_id: int, timeout: float) -> list[Effect]:
         """The stop command could not be written: terminate instead."""
         return [Terminate(run_id, timeout)] if self._current(run_id) else []
@@ -410,6 +464,7 @@ class ServerMachine:
         if run is None:
             return []
         self.run = None
+        self.status.query = None  # (stamped with the state change below)
         out: list[Effect] = []
         how = describe_exit(code)
         if run.stop_requested or run.kill_requested:
@@ -549,15 +604,15 @@ class ServerMachine:
         timeout = self.spec.stop_timeout
         if self.spec.stop_command is not None:
             out.append(WriteStop(run.id, self.spec.stop_command, timeout))
-        else:
-            out.append(Terminate(run.id, timeout))
+        else:  # a game that reads no stdin stops on its own signal (Valheim: SIGINT)
+            out.append(Terminate(run.id, timeout, self.spec.stop_signal or "SIGTERM"))
 
     def _launch(self, out: list[Effect]) -> None:
         """Enter `starting` now (so later commands see it); the actor spawns."""
         run = self._new_run()
         self.pending_start = False  # it is starting now
         self._set(out, state="starting", ready=False, pid=None, exit_code=None, error=None,
-                  install_progress=None)
+                  install_progress=None, query=None)
         out.append(Spawn(run.id))
 
     def _begin_run(self, out: list[Effect], run: RunFlags, pid: int | None, now: float,
@@ -567,11 +622,15 @@ class ServerMachine:
             out.append(Kill(run.id))
         elif run.stop_requested:
             self._stop_effects(out, run)
-        elif adopted or not self.spec.ready_pattern:
-            self._set(out, state="running", ready=True, pid=pid, started_at=now)
         else:
+            if counts_players(self.spec) and not adopted:  # (re-attached: not known)
+                self.status.query = QueryStatus(ok=True, players=0, checked_at=now)
+            if adopted or not (self.spec.ready_pattern or ready_by_query(self.spec)):
+                self._set(out, state="running", ready=True, pid=pid, started_at=now)
+                return
             run.awaiting_ready = True
-            out.append(WatchReady(run.id, self.spec.ready_pattern))
+            if self.spec.ready_pattern:
+                out.append(WatchReady(run.id, self.spec.ready_pattern))
             self._set(out, pid=pid, started_at=now)
 
     def _start_install(self, out: list[Effect], then_start: bool, update: bool = False
@@ -608,6 +667,24 @@ class ServerMachine:
             setattr(st, key, value)
         if not out or not isinstance(out[-1], Changed):
             out.append(Changed())
+
+
+def ready_by_query(spec: ServerSpec) -> bool:
+    """A query over the network marks the server ready when it answers."""
+    query = spec.health.query
+    return query is not None and query.type != "console"
+
+
+def counts_players(spec: ServerSpec) -> bool:
+    """Players come from console lines: player_patterns, where no network query counts them."""
+    return spec.player_patterns is not None and not ready_by_query(spec)
+
+
+def _query_news(before: QueryStatus | None, after: QueryStatus) -> bool:
+    """Worth reporting: anything but the time and latency of the probe changed."""
+    return before is None or (before.ok, before.players, before.max_players, before.map,
+                              before.version, before.error) != (
+        after.ok, after.players, after.max_players, after.map, after.version, after.error)
 
 
 def _without_desired(spec: ServerSpec) -> tuple[object, ...]:

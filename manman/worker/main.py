@@ -15,6 +15,7 @@ from manman.http.app import serve, settle_gc
 from manman.http.metrics import WorkerMetrics
 from manman.http.signals import Stopper
 from manman.limits import report_open_files
+from manman.presets import PresetCatalog, operator_dir
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
 
@@ -40,6 +41,9 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
     """Run a worker until it is shut down (POST /shutdown, SIGINT/SIGTERM, or its host).
     Needs the asyncio bridge loop open (manman.aio.open_loop)."""
     wcfg = cfg.worker
+    # a standalone worker makes servers from presets itself; a joined one gets specs
+    catalog = PresetCatalog.load(operator_dir(wcfg.data_dir)) if wcfg.standalone \
+        else PresetCatalog({})
     metrics = WorkerMetrics()
     agent = WorkerAgent(wcfg, installs=metrics)
     stopper = Stopper(agent.request_shutdown)
@@ -71,7 +75,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     admin_secret = await link.identity()
                 metrics.watch(agent, link)
                 secrets = WorkerSecrets(admin_secret)
-                api = build_worker_api(agent, secrets, metrics)
+                api = build_worker_api(agent, secrets, metrics, catalog)
                 stop_api = trio.Event()
                 url = await nursery.start(partial(serve, header_timeout=wcfg.header_timeout),
                                          api.app, wcfg.listen, stop_api)

@@ -92,6 +92,7 @@ class Updater:
         for text in lines:
             for p in patterns:
                 if p.search(text):
+                    self._feed_players()  # the count as of now decides when_empty
                     self._do(self.machine.restart_needed(trio.current_time()))
                     return
 
@@ -156,8 +157,10 @@ class Updater:
             installed = await self.builds.installed(actor.files_dir, app)
             latest = await self.builds.latest(app, actor.server_dir / "steamcmd")
         except (SteamcmdError, VdfError, OSError) as e:
+            self._feed_players()  # whoever joined while steamcmd ran counts (when_empty)
             self._do(self.machine.check_failed(token, str(e), trio.current_time()))
         else:
+            self._feed_players()
             self._do(self.machine.checked(token, installed, latest, trio.current_time()))
 
     async def _installed(self) -> int | None:

@@ -1,9 +1,10 @@
-"""Players counted from console lines, for games with no query protocol (type `console`)."""
+"""Players counted from console lines, for games with no query protocol (`player_patterns`)."""
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 
 from manman.worker.query.result import QueryResult
 
@@ -11,57 +12,62 @@ from manman.worker.query.result import QueryResult
 MAX_TRACKED = 4096
 
 
-class PlayerCounter:
-    """Counts joins minus leaves, never below zero.
-
-    When the join pattern has a group named `name`, players are tracked by name: a repeated
-    join or a leave of someone never seen changes nothing.
-    """
-
-    __slots__ = ("_by_name", "_count", "_join", "_leave", "_names", "changed_at")
-
-    def __init__(self, join: str, leave: str) -> None:
+def _compile(patterns: Sequence[str], kind: str) -> tuple[re.Pattern[str], ...]:
+    out = []
+    for i, p in enumerate(patterns):
         try:
-            self._join = re.compile(join)
-            self._leave = re.compile(leave)
+            rx = re.compile(p)
         except (re.error, OverflowError, RecursionError) as e:
-            raise ValueError(f"player_patterns: not a valid regular expression: {e}") from None
-        self._by_name = "name" in self._join.groupindex and "name" in self._leave.groupindex
+            raise ValueError(f"player_patterns.{kind}[{i}]: not a valid regular expression: "
+                             f"{e}") from None
+        if "player" not in rx.groupindex:
+            raise ValueError(f"player_patterns.{kind}[{i}]: needs a (?P<player>…) group")
+        out.append(rx)
+    return tuple(out)
+
+
+class PlayerCounter:
+    """The players on, tracked by name from join and leave lines: a repeated join, or the
+    leave of someone never seen, changes nothing. Each pattern has a `(?P<player>…)` group.
+    A new counter (one per run of the game) starts at zero."""
+
+    __slots__ = ("_join", "_leave", "_names", "changed_at")
+
+    def __init__(self, join: Sequence[str], leave: Sequence[str]) -> None:
+        self._join = _compile(join, "join")
+        self._leave = _compile(leave, "leave")
         self._names: set[str] = set()
-        self._count = 0
         self.changed_at = 0.0
 
     @property
     def count(self) -> int:
-        return len(self._names) if self._by_name else self._count
+        return len(self._names)
 
     def feed(self, line: str) -> bool:
         """Look at one console line; True when the count changed."""
-        before = self.count
-        match = self._join.search(line)
-        if match is not None:
-            if self._by_name:
-                if len(self._names) < MAX_TRACKED:
-                    self._names.add(match.group("name"))
-            else:
-                self._count += 1
-        else:
-            match = self._leave.search(line)
-            if match is None:
-                return False
-            if self._by_name:
-                self._names.discard(match.group("name"))
-            elif self._count > 0:
-                self._count -= 1
-        if self.count == before:
-            return False
-        self.changed_at = time.time()
-        return True
+        for rx in self._join:
+            m = rx.search(line)
+            if m is not None:
+                name = m.group("player")
+                if name is None or name in self._names or len(self._names) >= MAX_TRACKED:
+                    return False
+                self._names.add(name)
+                self.changed_at = time.time()
+                return True
+        for rx in self._leave:
+            m = rx.search(line)
+            if m is not None:
+                name = m.group("player")
+                if name not in self._names:
+                    return False
+                self._names.discard(name)
+                self.changed_at = time.time()
+                return True
+        return False
 
     def reset(self) -> None:
         """The server (re)started: nobody is connected."""
         self._names.clear()
-        self._count = 0
         self.changed_at = time.time()
 
     def result(self) -> QueryResult:

@@ -8,6 +8,11 @@ from collections.abc import Awaitable, Callable
 import trio
 from msgspec import Struct
 
+from manman.models import QueryStatus
+
+# QueryStatus's strings are bounded (the host refuses longer ones in a report)
+_TEXT_MAX = 256
+
 
 class ParseError(ValueError):
     """A reply that is not what the protocol says: truncated, wrong header, oversized."""
@@ -49,3 +54,15 @@ async def guarded(exchange: Callable[[], Awaitable[QueryResult]], *, protocol: s
         return failed(str(e))
     except (OSError, trio.BrokenResourceError) as e:
         return failed(f"{protocol}: {getattr(e, 'strerror', None) or e or type(e).__name__}")
+
+
+def as_status(result: QueryResult) -> QueryStatus:
+    """What the server's status shows of a probe: everything but the server's own name."""
+    return QueryStatus(ok=result.ok, players=result.players, max_players=result.max_players,
+                       map=_cut(result.map), version=_cut(result.version),
+                       latency_ms=result.latency_ms, checked_at=result.checked_at,
+                       error=_cut(result.error))
+
+
+def _cut(text: str | None) -> str | None:
+    return text if text is None or len(text) <= _TEXT_MAX else text[:_TEXT_MAX]

@@ -48,9 +48,10 @@ class GameProcess(Protocol):
     async def write_line(self, line: str) -> None:
         """One console line to stdin; raises trio.BrokenResourceError when it is closed."""
 
-    async def terminate(self, timeout: float) -> None:
-        """Begin a graceful stop (SIGTERM to the group / `docker stop -t timeout`); returns
-        without waiting for the exit."""
+    async def terminate(self, timeout: float, sig: str = "SIGTERM") -> None:
+        """Begin a graceful stop (`sig` to the group; docker: `docker stop -t timeout`, or
+        `docker kill --signal sig` for another signal); returns without waiting for the
+        exit."""
 
     async def kill(self) -> None:
         """Kill now (SIGKILL to the group / `docker kill`)."""

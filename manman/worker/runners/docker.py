@@ -82,7 +82,10 @@ class DockerProcess:
         async with self._write_lock:
             await self._attach.stdin.send_all(line.encode("utf-8", "replace") + b"\n")
 
-    async def terminate(self, timeout: float) -> None:
+    async def terminate(self, timeout: float, sig: str = "SIGTERM") -> None:
+        if sig != "SIGTERM":  # the game's own stop signal; the actor kills it when overdue
+            await self.cli.run("kill", "--signal", sig, self.name)
+            return
         # SIGTERM, then SIGKILL from docker itself after `timeout`
         # whole seconds only: rounded up, a fractional grace is never cut to nothing
         await self.cli.run("stop", "-t", str(max(0, math.ceil(timeout))), self.name,
@@ -161,7 +164,8 @@ class DockerRunner:
             argv += ["--network", self.network]
         if self.network not in ("none", "host"):
             for p in spec.ports:
-                argv += ["-p", f"{p.port}:{p.port}/{p.protocol}"]
+                for proto in p.protocol.split("+"):  # `tcp+udp`: one mapping each
+                    argv += ["-p", f"{p.port}:{p.port}/{proto}"]
         # values through an owner-only file, not the command line (`ps` shows that to every
         # local user); a value with a line break cannot go in that file
         env_file = ctx.files_dir.parent / "docker-run.env"

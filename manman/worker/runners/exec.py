@@ -59,8 +59,8 @@ class ExecProcess:
         if not self._exited:
             procs.signal_group(self._proc.pid, sig)
 
-    async def terminate(self, timeout: float) -> None:
-        self._signal(signal.SIGTERM)
+    async def terminate(self, timeout: float, sig: str = "SIGTERM") -> None:
+        self._signal(signal.Signals[sig])
 
     async def kill(self) -> None:
         self._signal(signal.SIGKILL)
