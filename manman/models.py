@@ -340,6 +340,14 @@ class QueryStatus(Struct, gc=False, kw_only=True):
     checked_at: float = 0.0
     error: ShortText | None = None
 
+    def __post_init__(self) -> None:
+        # the game's reply is anyone's text: PostgreSQL's jsonb refuses U+0000, and a record
+        # it refuses would drop the server's later ones with it (made here and decoded alike)
+        for f in ("map", "version", "error"):
+            text = getattr(self, f)
+            if text is not None and "\x00" in text:
+                setattr(self, f, text.replace("\x00", "\ufffd"))
+
 
 class ServerStatus(Struct, gc=False, kw_only=True):
     """What a worker observes of one server."""
