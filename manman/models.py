@@ -259,6 +259,8 @@ def _check_ports(spec: ServerSpec) -> None:
                                  "that follows none")
             if p.offset == 0 and p.protocol == leader.protocol:
                 raise ValueError(f"ports[{i}].offset: 0 only on the other protocol")
+            if isinstance(leader.port, int) and leader.port + p.offset > 65535:
+                raise ValueError(f"ports[{i}]: follows {p.follows}, so it is past 65535")
             if leader.port == "auto" and p.port != "auto":
                 raise ValueError(f"ports[{i}]: follows an auto port, so it is auto too")
             if isinstance(leader.port, int) and p.port != "auto" \
