@@ -343,12 +343,13 @@ class QueryStatus(Struct, gc=False, kw_only=True):
     error: ShortText | None = None
 
     def __post_init__(self) -> None:
-        # the game's reply is anyone's text: PostgreSQL's jsonb refuses U+0000, and a record
-        # it refuses would drop the server's later ones with it (made here and decoded alike)
+        # the game's reply is anyone's text (made here and decoded alike): PostgreSQL's jsonb
+        # refuses U+0000, and a record it refuses would drop the server's later ones with it;
+        # an escape sequence would reach the terminal of `manman server show`
         for f in ("map", "version", "error"):
             text = getattr(self, f)
-            if text is not None and "\x00" in text:
-                setattr(self, f, text.replace("\x00", "\ufffd"))
+            if text is not None and _CONTROL.search(text):
+                setattr(self, f, _CONTROL.sub("\ufffd", text))
 
 
 class ServerStatus(Struct, gc=False, kw_only=True):
