@@ -259,6 +259,8 @@ def _check_ports(spec: ServerSpec) -> None:
                                  "that follows none")
             if p.offset == 0 and p.protocol == leader.protocol:
                 raise ValueError(f"ports[{i}].offset: 0 only on the other protocol")
+            if isinstance(leader.port, int) and leader.port + p.offset > 65535:
+                raise ValueError(f"ports[{i}]: follows {p.follows}, so it is past 65535")
             if leader.port == "auto" and p.port != "auto":
                 raise ValueError(f"ports[{i}]: follows an auto port, so it is auto too")
             if isinstance(leader.port, int) and p.port != "auto" \
@@ -339,6 +341,15 @@ class QueryStatus(Struct, gc=False, kw_only=True):
     latency_ms: Annotated[float, Meta(ge=0)] | None = None
     checked_at: float = 0.0
     error: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        # the game's reply is anyone's text (made here and decoded alike): PostgreSQL's jsonb
+        # refuses U+0000, and a record it refuses would drop the server's later ones with it;
+        # an escape sequence would reach the terminal of `manman server show`
+        for f in ("map", "version", "error"):
+            text = getattr(self, f)
+            if text is not None and _CONTROL.search(text):
+                setattr(self, f, _CONTROL.sub("\ufffd", text))
 
 
 class ServerStatus(Struct, gc=False, kw_only=True):

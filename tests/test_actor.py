@@ -419,3 +419,26 @@ async def test_one_batch_of_effects_is_one_state_message_and_one_report(
     assert (watch.calls, actor.broker.state_version) == (calls + 2, version + 1)
     actor._apply([machine.Note("no change")])
     assert (watch.calls, actor.broker.state_version) == (calls + 2, version + 1)
+
+
+async def test_a_re_attached_game_keeps_its_player_count_unknown(
+        tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    """After a worker restart nobody knows who is on: a join then a leave must not read as
+    an empty server (when_empty would update with every earlier player still on)."""
+    runner = FakeRunner(nursery)
+    runner.leftover = FakeGame(77, "old-token")
+    patterns = {"join": [r"^(?P<player>\w+) joined$"], "leave": [r"^(?P<player>\w+) left$"]}
+    spec = make_spec(desired_state="running", player_patterns=patterns)
+    actor, _ = await serve(nursery, tmp_path, spec, runner,
+                           leftover=RunRecord("s1", 77, None, "old-token"))
+    assert actor.status.state == "running" and actor.status.query is None
+    await runner.leftover.say("Fred joined", "Fred left")
+    await trio.testing.wait_all_tasks_blocked()
+    assert actor.status.query is None
+    # a fresh start counts from 0 again
+    actor.restart()
+    await trio.testing.wait_all_tasks_blocked()
+    game = runner.games[-1]
+    await game.say("Fred joined")
+    await trio.testing.wait_all_tasks_blocked()
+    assert actor.status.query is not None and actor.status.query.players == 1

@@ -181,3 +181,21 @@ async def test_a_probes_time_alone_is_kept_in_memory_not_written(control: HostCo
     assert view.query is not None and view.query.checked_at == 105.0  # shown all the same
     report(players=4, checked_at=110.0)  # news: written
     assert fleet.pending_records()["observed"] == 1
+
+
+async def test_a_query_text_with_nul_is_still_written(control: HostControl) -> None:
+    """A game's reply may hold U+0000 (SLP's JSON version name): PostgreSQL's jsonb refuses
+    it, and every later record of the server would be dropped with it."""
+    w = await control.join("w")
+    s = await control.create_server(spec("qn", w))
+    fleet = control.fleet
+    q = models.QueryStatus(ok=True, players=1, version="1.21\x00evil", map="de\x00x",
+                           error=None, checked_at=1.0)
+    fleet.observe(w, models.ObservedServer(id=s.id, observed_generation=1, state="running",
+                                           query=q))
+    await fleet.flush()
+    assert fleet.records_dropped == 0
+    fleet.observe(w, models.ObservedServer(id=s.id, observed_generation=1, state="stopped",
+                                           query=q))
+    await fleet.flush()
+    assert fleet.records_dropped == 0

@@ -512,3 +512,14 @@ def test_a_report_fits_an_error_to_the_wire() -> None:
     observed = ObservedServer.of("s1", 1, ServerStatus(error="a\x00b" + "x" * 5000))
     assert observed.error is not None
     assert len(observed.error) == 4096 and "\x00" not in observed.error
+
+
+def test_a_query_reply_brings_no_control_character() -> None:
+    """A2S map and version, SLP's version are a game's text: no NUL for PostgreSQL, no
+    escape sequence for the terminal of `manman server show`; decoded from a report alike."""
+    q = models.QueryStatus(ok=True, map="de\x1b]0;pwned\x07dust", version="1.0\x00\n",
+                           error="bad\x9breply")
+    assert (q.map, q.version, q.error) == ("de\ufffd]0;pwned\ufffddust", "1.0\ufffd\ufffd",
+                                          "bad\ufffdreply")
+    raw = b'{"ok": true, "map": "a\\u001b[2Jb"}'
+    assert msgspec.json.decode(raw, type=models.QueryStatus).map == "a\ufffd[2Jb"

@@ -214,3 +214,31 @@ async def test_host_refuses_taken_ports_and_a_full_range(host: RunningHost,
     a2 = await api.get("/server/ha")
     assert a2["state"] == "running" and a2["pid"] == a["pid"]
     assert a2["allocated_ports"] == {"game": base}
+
+
+async def test_host_concurrent_creates_never_share_a_port(host: RunningHost,
+                                                          hosted: Any) -> None:
+    """Two creates at once (each waits on PostgreSQL between its check and its save): one
+    gets the port, the other 409 — a fixed port and the range's last auto one alike."""
+    base = free_block(1)
+    w = await hosted("pc", port_range=f"{base}-{base}")
+    wid = w.handle.link.worker_id
+    api = host.api
+    with trio.fail_after(10):
+        while host.fleet.workers[wid].capacity.get("port_range") != f"{base}-{base}":
+            await trio.sleep(0.02)
+    fixed = [{"port": free_block(1), "protocol": "tcp"}]
+    for kind in ("fixed", "auto"):
+        codes: list[int] = []
+
+        async def create(name: str, kind: str = kind, codes: list[int] = codes) -> None:
+            spec = fake_spec(name, worker_id=wid, ports=fixed) if kind == "fixed" \
+                else game_spec(name, worker_id=wid)
+            r = await api.request("POST", "/server", json=spec)
+            codes.append(r.status_code)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                for i in range(2):
+                    n.start_soon(create, f"{kind}{i}")
+        assert sorted(codes) == [201, 409], (kind, codes)

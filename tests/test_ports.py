@@ -144,6 +144,12 @@ def test_spec_rules_for_followers() -> None:
     with pytest.raises(msgspec.ValidationError, match="auto too"):
         spec(auto("game"), {"name": "q", "port": 5, "follows": "game"})
 
+    # a follower of a fixed port past 65535 was placed on 65536: a number the host's report
+    # refuses (the worker's whole heartbeat with it) and no socket can take
+    with pytest.raises(msgspec.ValidationError, match="past 65535"):
+        spec({"name": "game", "port": 65535}, auto("query", follows="game"))
+    spec({"name": "game", "port": 65435}, auto("query", follows="game", offset=100))
+
 
 def test_port_free_sees_tcp_and_udp_listeners() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, \

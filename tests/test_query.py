@@ -360,6 +360,19 @@ def test_player_counter_is_bounded() -> None:
     assert counter.count == 4096
 
 
+
+def test_player_counter_memory_is_bounded_by_name_length_too() -> None:
+    """A loose pattern matches chat: 4,096 names of a 64 KiB console line each would be
+    256 MiB. A name longer than any game's is not a player's: not tracked."""
+    from manman.worker.query.console import MAX_NAME
+
+    counter = PlayerCounter(join=[r"(?P<player>.+) joined"], leave=[r"(?P<player>.+) left"])
+    assert counter.feed("x" * 60_000 + " joined") is False
+    assert counter.feed("y" * MAX_NAME + " joined") is True
+    assert counter.feed("y" * MAX_NAME + " left") is True
+    assert counter.count == 0
+
+
 def test_player_counter_rejects_bad_patterns() -> None:
     with pytest.raises(ValueError, match=r"player_patterns\.join"):
         PlayerCounter(join=["("], leave=[])

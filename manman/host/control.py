@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -49,6 +49,9 @@ class HostControl:
         self.fleet = fleet
         self.relay = relay
         self._spec_locks: dict[str, trio.Lock] = {}
+        # by worker id: a port check and the save it allows are one step, so two creates or
+        # changes at once cannot both take one port (taken before any _spec_locks entry)
+        self._port_locks: dict[str, trio.Lock] = {}
         self._finished, self._finished_out = trio.open_memory_channel[str](
             FINISHED_DELETES_QUEUE)
         self._flush_lock = trio.Lock()
@@ -156,16 +159,25 @@ class HostControl:
         self._writable(w)
         if self.fleet.name_taken(spec.name):
             raise errors.Exists.server(spec.name)
-        self._check_ports(w, spec)
-        now = time.time()
-        s = ServerRec(id=secrets.token_hex(6), name=spec.name, worker_id=w.id, spec=spec,
-                      generation=1, created_at=now, updated_at=now)
-        await self._save(lambda: self.store.insert_server(s.id, s.name, w.id, spec, now),
-                         lambda: self.fleet.add_server(s))
+        async with self._ports_locked(w, bool(spec.ports)):
+            self._check_ports(w, spec)
+            now = time.time()
+            s = ServerRec(id=secrets.token_hex(6), name=spec.name, worker_id=w.id, spec=spec,
+                          generation=1, created_at=now, updated_at=now)
+            await self._save(lambda: self.store.insert_server(s.id, s.name, w.id, spec, now),
+                             lambda: self.fleet.add_server(s))
         body = msgspec.to_builtins(spec)
         body.update(id=s.id, generation=s.generation)
         await self._push(w, "POST", "/server", json=body)
         return s
+
+    @contextlib.asynccontextmanager
+    async def _ports_locked(self, w: WorkerRec, needed: bool) -> AsyncIterator[None]:
+        if not needed:
+            yield
+            return
+        async with self._port_locks.setdefault(w.id, trio.Lock()):
+            yield
 
     def _check_ports(self, w: WorkerRec, spec: models.ServerSpec,
                      current: ServerRec | None = None) -> None:
@@ -209,7 +221,8 @@ class HostControl:
                 self._check_ports(w, new, s)
             return new
 
-        body = await self._change_spec(s, change, restart=update.restart_on_change)
+        async with self._ports_locked(w, update.ports is not msgspec.UNSET):
+            body = await self._change_spec(s, change, restart=update.restart_on_change)
         body["restart_on_change"] = update.restart_on_change
         await self._push(w, "PUT", f"/server/{s.id}", json=body)
         return s

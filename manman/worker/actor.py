@@ -58,6 +58,7 @@ class Run:
     ready_re: re.Pattern[str] | None = None  # while waiting for the ready line
     wake: trio.Event = field(default_factory=trio.Event)  # a command while it waits to begin
     players: PlayerCounter | None = None  # counting join/leave lines (player_patterns)
+    adopted: bool = False  # re-attached after a worker restart: who is on is not known
 
 
 @dataclass
@@ -247,7 +248,7 @@ class ServerActor:
                 case machine.Adopt(run_id):
                     assert self._adopted is not None
                     (instance, proc), self._adopted = self._adopted, None
-                    self.run = Run(run_id, instance, proc)
+                    self.run = Run(run_id, instance, proc, adopted=True)
                     self.run.spawned.set()
                     self._spawn_task(self._supervise, self.run, proc)
                 case machine.WatchReady(run_id, pattern):
@@ -375,7 +376,10 @@ class ServerActor:
     async def _supervise(self, run: Run, proc: GameProcess) -> None:
         code: int | None = None
         spec = self.spec
-        if machine.counts_players(spec) and spec.player_patterns is not None:
+        # a re-attached game's players stay unknown: counting from 0, a join and a leave
+        # would read as empty with everyone from before still on
+        if machine.counts_players(spec) and spec.player_patterns is not None \
+                and not run.adopted:
             run.players = PlayerCounter(spec.player_patterns.join, spec.player_patterns.leave)
         prober = trio.CancelScope()
         try:

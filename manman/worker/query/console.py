@@ -10,6 +10,9 @@ from manman.worker.query.result import QueryResult
 
 # names remembered at most: a flood of join lines cannot grow memory without bound
 MAX_TRACKED = 4096
+# a longer "name" is not a player's (games cap theirs far below) but a chat line a loose
+# pattern caught: not tracked, so memory stays under MAX_TRACKED * MAX_NAME
+MAX_NAME = 256
 
 
 def _compile(patterns: Sequence[str], kind: str) -> tuple[re.Pattern[str], ...]:
@@ -49,7 +52,8 @@ class PlayerCounter:
             m = rx.search(line)
             if m is not None:
                 name = m.group("player")
-                if name is None or name in self._names or len(self._names) >= MAX_TRACKED:
+                if name is None or len(name) > MAX_NAME or name in self._names \
+                        or len(self._names) >= MAX_TRACKED:
                     return False
                 self._names.add(name)
                 self.changed_at = time.time()
