@@ -591,7 +591,7 @@ async def test_archive_then_extract_round_trip(standalone: Standalone) -> None:
     (files / "world" / "region" / "r.mca").write_bytes(os.urandom(200_000))
     (files / "world" / "latest").symlink_to("region/r.mca")  # stored as a link
     (files / "world" / "region" / "r.mca").chmod(0o640)
-    for name in ("w.tar.gz", "w.zip", "w.tar"):
+    for name in ("w.tar.gz", "w.zip", "w.tar", "w.tar.zst"):
         e = await api.post("/server/s/files/archive", {"paths": ["world"], "to": name},
                            expect=200)
         assert e["name"] == name and e["size"] > 0
