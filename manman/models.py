@@ -322,9 +322,29 @@ def apply_update(spec: ServerSpec, update: ServerUpdate) -> ServerSpec:
         if value is not msgspec.UNSET and value != getattr(spec, fixed):
             raise ValueError(f"{fixed} cannot change; create a new server instead")
     changes = {k: getattr(update, k) for k in _UPDATABLE if getattr(update, k) is not msgspec.UNSET}
+    if spec.secret_values:
+        _unmask(changes, spec)
     new = msgspec.structs.replace(spec, **changes)
     validate_spec(new)
     return new
+
+
+def _unmask(changes: dict[str, Any], spec: ServerSpec) -> None:
+    """A value sent back as an answer showed it (`********` where a secret was) keeps the
+    secret: a GET → edit → PUT must not replace a password with asterisks."""
+    def keep(new: str, old: str) -> str:
+        return old if REDACTED in new and new == redact(old, spec.secret_values) else new
+
+    if "args" in changes:
+        changes["args"] = [keep(a, spec.args[i]) if i < len(spec.args) else a
+                           for i, a in enumerate(changes["args"])]
+    if "env" in changes:
+        changes["env"] = {k: keep(v, spec.env[k]) if k in spec.env else v
+                          for k, v in changes["env"].items()}
+    for field in ("executable", "stop_command"):
+        new, old = changes.get(field), getattr(spec, field)
+        if isinstance(new, str) and isinstance(old, str):
+            changes[field] = keep(new, old)
 
 
 ShortText = Annotated[str, Meta(max_length=256)]

@@ -523,3 +523,20 @@ def test_a_query_reply_brings_no_control_character() -> None:
                                           "bad\ufffdreply")
     raw = b'{"ok": true, "map": "a\\u001b[2Jb"}'
     assert msgspec.json.decode(raw, type=models.QueryStatus).map == "a\ufffd[2Jb"
+
+
+def test_an_answer_sent_back_keeps_the_secret_it_showed_masked() -> None:
+    from manman.models import apply_update, server_view
+    s = spec(args=["-password", "hunter22", "-name", "x"], env={"PW": "pw=hunter22"},
+             secret_values=["hunter22"])
+    shown = server_view("id", s, ServerStatus(), generation=1, observed_generation=1,
+                        worker_status="alive", log_url="")
+    assert shown.args == ["-password", "********", "-name", "x"]
+    # GET → edit one field → PUT with what the answer showed: the secret is still there
+    new = apply_update(s, msgspec.convert(
+        {"args": [*shown.args[:3], "y"], "env": dict(shown.env)}, ServerUpdate))
+    assert new.args == ["-password", "hunter22", "-name", "y"]
+    assert new.env == {"PW": "pw=hunter22"}
+    # a value the user really changed is taken as given, asterisks or not
+    new = apply_update(s, msgspec.convert({"args": ["-password", "********x"]}, ServerUpdate))
+    assert new.args == ["-password", "********x"]
