@@ -242,3 +242,31 @@ async def test_host_concurrent_creates_never_share_a_port(host: RunningHost,
                 for i in range(2):
                     n.start_soon(create, f"{kind}{i}")
         assert sorted(codes) == [201, 409], (kind, codes)
+
+
+async def test_a_new_port_range_places_a_server_again_at_its_start(
+        tmp_path: Path, bg: trio.Nursery) -> None:
+    """A new port_range: a server's number is outside it, so its start places it again,
+    around the ports of the others (loaded or not yet: the agent counts both)."""
+    from manman.worker.main import run_worker
+
+    old, new = free_block(2), free_block(2)
+    first = await bg.start(run_worker, worker_config(tmp_path, port_range=f"{old}-{old + 1}"))
+    api = Client(first.url, "test-worker-token")
+    a = await api.post("/server", sh_spec("a", desired_state="running"), expect=201)
+    assert a["allocated_ports"] == {"game": old}
+    await api.wait_for("a", state="running")
+    await api.post("/server", sh_spec("b", ports=[
+        {"name": "game", "protocol": "udp", "port": new}]), expect=201)
+    await RunningWorker(first, api).shutdown()
+    await api.aclose()
+
+    second = await bg.start(run_worker, worker_config(tmp_path, port_range=f"{new}-{new + 1}"))
+    api = Client(second.url, "test-worker-token")
+    try:
+        a = await api.wait_for("a", state="running")
+        assert a["allocated_ports"] == {"game": new + 1}  # b holds `new`
+        await api.wait_line("a", f"env port {new + 1}")
+    finally:
+        await RunningWorker(second, api).shutdown()
+        await api.aclose()

@@ -159,8 +159,13 @@ class WorkerAgent:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._persister)
-                for stored in await self.store.load():
+                loaded = await self.store.load()
+                # a server placed again at its start must avoid those not loaded yet
+                self._placing.update({s.id: (s.spec.name, s.spec, s.status.allocated_ports)
+                                      for s in loaded})
+                for stored in loaded:
                     await self._add_actor(stored, recovering=True)
+                    self._placing.pop(stored.id, None)
                 nursery.start_soon(self._remove_stray_containers)
                 task_status.started(self)
                 await self.shutdown_requested.wait()
