@@ -444,14 +444,39 @@ def redact(obj: Any, secrets: list[str] | tuple[str, ...]) -> Any:
     if not secrets:
         return obj
     if isinstance(obj, str):
-        for s in sorted(secrets, key=len, reverse=True):
-            obj = obj.replace(s, REDACTED)
-        return obj
+        return _mask(obj, secrets)
     if isinstance(obj, list):
         return [redact(x, secrets) for x in obj]
     if isinstance(obj, dict):
         return {k: redact(v, secrets) for k, v in obj.items()}
     return obj
+
+
+def _mask(text: str, secrets: list[str] | tuple[str, ...]) -> str:
+    """Every character inside any occurrence of a secret is masked, overlapping ones too
+    (replacing one secret after another could leave a piece of the next in sight)."""
+    spans: list[tuple[int, int]] = []
+    for secret in secrets:
+        start = text.find(secret) if secret else -1
+        while start != -1:
+            spans.append((start, start + len(secret)))
+            start = text.find(secret, start + 1)
+    if not spans:
+        return text
+    spans.sort()
+    out, pos, end = [], 0, -1
+    for a, b in spans:
+        if a > end:  # a new masked stretch begins
+            if end >= 0:
+                out.append(REDACTED)
+            out.append(text[pos:a])
+            end = b
+        else:
+            end = max(end, b)
+        pos = end
+    out.append(REDACTED)
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def placed_ports(ports: list[PortSpec], allocated: dict[str, int]) -> list[PortSpec]:

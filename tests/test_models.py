@@ -540,3 +540,11 @@ def test_an_answer_sent_back_keeps_the_secret_it_showed_masked() -> None:
     # a value the user really changed is taken as given, asterisks or not
     new = apply_update(s, msgspec.convert({"args": ["-password", "********x"]}, ServerUpdate))
     assert new.args == ["-password", "********x"]
+
+
+def test_overlapping_secrets_are_masked_whole() -> None:
+    from manman.models import redact
+    assert redact("abcd", ["abc", "bcd"]) == "********"  # no 'd' of the second left in sight
+    assert redact("pw=abc, abcX", ["abc", "ab"]) == "pw=********, ********X"
+    assert redact({"k": ["a secret here"]}, ["secret"]) == {"k": ["a ******** here"]}
+    assert redact("nothing", ["zz", ""]) == "nothing"
