@@ -94,6 +94,27 @@ async def test_immediate_announces_waits_grace_then_stops_updates_and_starts(
     assert at == sorted(at), after
 
 
+async def test_a_mode_change_during_the_grace_ends_the_grace(
+        steam_worker: RunningWorker) -> None:
+    api = steam_worker.api
+    await api.post("/server", spec("g", mode="immediate", check_interval=1, grace=3600,
+                                   announce_command="say update in an hour"), expect=201)
+    s = await api.wait_for("g", state="running", installed_build=FIRST, timeout=20)
+    emu.publish(home(), APP, NEXT)
+    await api.wait_line("g", "said: update in an hour", timeout=20)
+    updater = steam_worker.agent.actors[s["id"]].updater
+    assert updater is not None and updater.machine.phase == "grace"
+    assert updater._grace_scope is not None
+    scope = updater._grace_scope
+    r = await api.request("PUT", "/server/g", json={"auto_update": {
+        "mode": "notify", "check_interval": 1}})
+    assert r.status_code == 200, r.text
+    # the hour's sleep is over now, not in an hour (each change used to leave one behind)
+    assert scope.cancel_called and updater._grace_scope is None
+    s = await api.wait_for("g", update_available=True, timeout=20)
+    assert s["pid"] == (await api.get("/server/g"))["pid"] and s["installed_build"] == FIRST
+
+
 async def test_a_restart_needed_line_from_the_game_triggers_the_update(
         steam_worker: RunningWorker) -> None:
     api = steam_worker.api

@@ -41,6 +41,7 @@ class Updater:
         self._asked: AutoUpdateSpec | None = None
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._grace_scope: trio.CancelScope | None = None  # the one grace sleeping, if any
 
     # -- what the actor tells it ---------------------------------------------------------------
 
@@ -122,7 +123,9 @@ class Updater:
                     except ManmanError as e:
                         self.actor.broker.note(f"announce not sent: {e.message}")
                 case updates.WaitGrace(token, seconds):
-                    self._spawn(self._grace, token, seconds)
+                    self._end_grace()  # a grace the machine gave up sleeps no longer
+                    self._grace_scope = trio.CancelScope()
+                    self._spawn(self._grace, self._grace_scope, token, seconds)
                 case updates.RunUpdate():
                     try:
                         self.actor.run_update()
@@ -139,6 +142,13 @@ class Updater:
                     self.actor.broker.note(text)
         if self.machine.phase == "waiting_empty":
             self._wake.set()  # poll the player count
+        if self.machine.phase != "grace":
+            self._end_grace()
+
+    def _end_grace(self) -> None:
+        if self._grace_scope is not None:
+            self._grace_scope.cancel()
+            self._grace_scope = None
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         assert self._nursery is not None, "updater not serving"
@@ -171,6 +181,8 @@ class Updater:
             self.actor.broker.note(f"cannot read the installed build: {e}")
             return None
 
-    async def _grace(self, token: int, seconds: float) -> None:
-        await trio.sleep(seconds)
-        self._do(self.machine.grace_elapsed(token, trio.current_time()))
+    async def _grace(self, scope: trio.CancelScope, token: int, seconds: float) -> None:
+        with scope:
+            await trio.sleep(seconds)
+        if not scope.cancelled_caught:
+            self._do(self.machine.grace_elapsed(token, trio.current_time()))
