@@ -125,6 +125,43 @@ class AutoUpdateSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
     grace: Seconds = 60.0
 
 
+ScheduleAction = Literal["start", "stop", "restart", "kill", "command", "backup", "update", "wait",
+                         "notify"]
+AwaitWhat = Literal["none", "done", "ready", "stopped"]
+ScheduleId = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+MAX_SCHEDULE_TASKS = 20
+
+
+class ScheduleTask(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """One step of a schedule (docs/spec.md, "Schedules")."""
+
+    action: ScheduleAction
+    payload: Annotated[str, Meta(max_length=MAX_LINE)] | None = None  # command, seconds, message
+    delay: Seconds = 0.0
+    # default: `done` for power, backup and update tasks (stop → backup → start never races)
+    await_: AwaitWhat | None = msgspec.field(default=None, name="await")
+    timeout: PositiveSeconds = 600.0
+    continue_on_failure: bool = False
+
+
+class OnlyWhen(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    state: ServerState | None = None
+    players_max: Count | None = None
+
+
+class Schedule(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """A server's timed run of tasks, fired by its worker (docs/spec.md, "Schedules")."""
+
+    id: ScheduleId | None = None  # given by the API at the create
+    name: Annotated[str, Meta(max_length=64)] | None = None
+    cron: Annotated[str, Meta(min_length=9, max_length=256)]
+    timezone: Annotated[str, Meta(min_length=1, max_length=64)] = "UTC"
+    enabled: bool = True
+    only_when: OnlyWhen | None = None
+    defer_max: Seconds = 0.0
+    tasks: Annotated[list[ScheduleTask], Meta(min_length=1, max_length=MAX_SCHEDULE_TASKS)]
+
+
 def split_game_id(game_id: str) -> tuple[str, str]:
     method, _, ident = game_id.partition(":")
     return method, ident
@@ -156,6 +193,8 @@ class ServerSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     # values of a preset's secret variables: in args/env for the game, never in an answer
     secret_values: Annotated[list[Annotated[str, Meta(max_length=1024)]],
                              Meta(max_length=64)] = msgspec.field(default_factory=list)
+    schedules: Annotated[list[Schedule], Meta(max_length=32)] = msgspec.field(
+        default_factory=list)
 
     def __post_init__(self) -> None:
         validate_spec(self)
@@ -234,6 +273,10 @@ def validate_spec(spec: ServerSpec) -> None:
     if spec.auto_update.mode != "off" and method != "steamcmd":
         raise ValueError("auto_update: only steamcmd servers take Steam builds")
     _check_ports(spec)
+    if spec.schedules:
+        from manman.schedules.check import check_schedules
+
+        check_schedules(spec)
 
 
 def _check_regex(pattern: str, where: str) -> re.Pattern[str]:
@@ -290,7 +333,7 @@ def _port_name(ref: str) -> str:
 # PUT /server/{id}: every field optional; what is given replaces the stored value
 _UPDATABLE = ("name", "executable", "args", "env", "stop_command", "stop_timeout",
               "ready_pattern", "restart", "health", "ports", "desired_state", "stop_signal",
-              "player_patterns", "restart_needed_patterns", "auto_update")
+              "player_patterns", "restart_needed_patterns", "auto_update", "schedules")
 
 
 class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -312,6 +355,8 @@ class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     restart_needed_patterns: Annotated[list[Pattern], Meta(max_length=16)] | \
         msgspec.UnsetType = msgspec.UNSET
     auto_update: AutoUpdateSpec | msgspec.UnsetType = msgspec.UNSET
+    schedules: Annotated[list[Schedule], Meta(max_length=32)] | \
+        msgspec.UnsetType = msgspec.UNSET
     restart_on_change: bool = False
 
 
@@ -415,6 +460,7 @@ class Server(Struct, kw_only=True):
     auto_update: AutoUpdateSpec
     preset: str | None
     preset_version: int | None
+    schedules: list[Schedule]
     state: ServerState
     ready: bool
     pid: int | None

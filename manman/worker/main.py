@@ -18,6 +18,7 @@ from manman.limits import report_open_files
 from manman.presets import PresetCatalog, operator_dir
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
+from manman.worker.schedules.service import WorkerSchedules
 
 if TYPE_CHECKING:
     from manman.worker.hostlink import HostLink
@@ -33,6 +34,7 @@ class WorkerHandle:
     url: str
     secrets: WorkerSecrets
     link: HostLink | None = None
+    schedules: WorkerSchedules | None = None
 
 
 async def run_worker(cfg: Config, *, handle_signals: bool = False,
@@ -63,6 +65,9 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
             with stopper.starting:
                 await nursery.start(agent.run)
                 agent_up = True
+                schedules = WorkerSchedules(agent)  # on the worker: a host outage stops none
+                agent.add_observer(schedules)
+                await nursery.start(schedules.run)
                 link: HostLink | None = None
                 if wcfg.standalone:
                     admin_secret = wcfg.api_token or auth.load_or_create_token(
@@ -75,7 +80,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     admin_secret = await link.identity()
                 metrics.watch(agent, link)
                 secrets = WorkerSecrets(admin_secret)
-                api = build_worker_api(agent, secrets, metrics, catalog)
+                api = build_worker_api(agent, secrets, metrics, catalog, schedules)
                 stop_api = trio.Event()
                 url = await nursery.start(partial(serve, header_timeout=wcfg.header_timeout),
                                          api.app, wcfg.listen, stop_api)
@@ -88,7 +93,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 report_open_files()
                 settle_gc()
                 stopper.started()
-                task_status.started(WorkerHandle(agent, url, secrets, link))
+                task_status.started(WorkerHandle(agent, url, secrets, link, schedules))
         except BaseException as e:
             if not isinstance(e, trio.Cancelled):
                 await give_up_start()  # before the error is reported

@@ -1,0 +1,117 @@
+"""What a server's schedules may hold: refused with a reason (ValueError → 422)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from typing import TYPE_CHECKING
+
+from manman.schedules import cron
+
+if TYPE_CHECKING:
+    from manman.models import Schedule, ScheduleTask, ServerSpec
+
+POWER = frozenset({"start", "stop", "restart", "kill"})
+# the tasks that wait for their action to finish unless told otherwise
+AWAIT_DONE = POWER | {"backup", "update"}
+BACKUP_MIN_INTERVAL = 15 * 60  # per server, over all its schedules
+BACKUP_LOOKAHEAD = 1000  # fire times looked at per schedule for the backup interval
+MAX_WAIT = 86400.0
+
+
+def task_unavailable(action: str, spec: ServerSpec) -> str | None:
+    """Why this server cannot run a task of `action`, or None."""
+    if action == "backup":
+        return "backup: not available (this manman has no backups yet)"
+    if action == "update" and spec.install_method != "steamcmd":
+        return "update: not available (only steamcmd servers take Steam builds)"
+    return None
+
+
+def default_await(task: ScheduleTask) -> str:
+    return "done" if task.action in AWAIT_DONE else "none"
+
+
+def wait_seconds(payload: str | None) -> float:
+    try:
+        seconds = float(payload or "")
+    except ValueError:
+        seconds = math.nan
+    if not (0 <= seconds <= MAX_WAIT):  # also NaN
+        raise ValueError(f"a wait task's payload is seconds, 0 to {MAX_WAIT:g}")
+    return seconds
+
+
+def _check_task(task: ScheduleTask, where: str, spec: ServerSpec) -> None:
+    why = task_unavailable(task.action, spec)
+    if why is not None:
+        raise ValueError(f"{where}: {why}")
+    payload = task.payload
+    if task.action in ("command", "notify"):
+        if not payload:
+            raise ValueError(f"{where}: a {task.action} task needs a payload")
+        if "\x00" in payload or "\n" in payload or "\r" in payload:
+            raise ValueError(f"{where}.payload must be one line")
+    elif task.action == "wait":
+        try:
+            wait_seconds(payload)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    elif payload is not None:
+        raise ValueError(f"{where}: a {task.action} task takes no payload")
+    if task.await_ is None:  # shown as it will run
+        task.await_ = default_await(task)  # type: ignore[assignment]
+
+
+def assign_ids(schedules: list[Schedule]) -> None:
+    """A schedule given without an id gets the first free `sN`: the same on the host and the
+    worker, which both check the spec."""
+    taken = {s.id for s in schedules if s.id is not None}
+    n = 1
+    for s in schedules:
+        if s.id is None:
+            while f"s{n}" in taken:
+                n += 1
+            s.id = f"s{n}"
+            taken.add(s.id)
+
+
+def check_schedules(spec: ServerSpec, now: float | None = None) -> None:
+    """Every schedule of the spec (ids given to those without)."""
+    assign_ids(spec.schedules)
+    seen: set[str] = set()
+    for i, s in enumerate(spec.schedules):
+        where = f"schedules[{i}]"
+        assert s.id is not None
+        if s.id in seen:
+            raise ValueError(f"{where}.id: {s.id!r} is given twice")
+        seen.add(s.id)
+        try:
+            cron.check_cron(s.cron)
+            cron.zone(s.timezone)
+        except ValueError as e:
+            raise ValueError(f"{where}.{e}") from None
+        if cron.next_fire(s.cron, s.timezone, time.time() if now is None else now) is None:
+            raise ValueError(f"{where}.cron: never fires")
+        if s.name is not None and ("\x00" in s.name or "\n" in s.name):
+            raise ValueError(f"{where}.name must be one line")
+        for j, task in enumerate(s.tasks):
+            _check_task(task, f"{where}.tasks[{j}]", spec)
+    check_backup_interval(spec.schedules, time.time() if now is None else now)
+
+
+def check_backup_interval(schedules: list[Schedule], now: float) -> None:
+    """Backup tasks at most every BACKUP_MIN_INTERVAL per server, over all its enabled
+    schedules, looked at over each one's next BACKUP_LOOKAHEAD fire times."""
+    times: list[float] = []
+    for s in schedules:
+        if s.enabled and any(t.action == "backup" for t in s.tasks):
+            times += cron.fires(s.cron, s.timezone, now, BACKUP_LOOKAHEAD)
+    times.sort()
+    for a, b in itertools.pairwise(times):
+        if b - a < BACKUP_MIN_INTERVAL:
+            raise ValueError(
+                f"schedules: backups would run {b - a:.0f} s apart (at {cron.iso(a)} and "
+                f"{cron.iso(b)}); at most one every {BACKUP_MIN_INTERVAL // 60} minutes per "
+                "server")
