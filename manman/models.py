@@ -154,7 +154,7 @@ class Schedule(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
 
     id: ScheduleId | None = None  # given by the API at the create
     name: Annotated[str, Meta(max_length=64)] | None = None
-    cron: Annotated[str, Meta(min_length=9, max_length=256)]
+    cron: Annotated[str, Meta(min_length=1, max_length=256)]
     timezone: Annotated[str, Meta(min_length=1, max_length=64)] = "UTC"
     enabled: bool = True
     only_when: OnlyWhen | None = None

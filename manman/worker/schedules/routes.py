@@ -33,7 +33,10 @@ def add_schedule_routes(api: Api, agent: WorkerAgent, service: WorkerSchedules) 
         async with lock:
             actor = agent.get(server_id)
             new = how(actor.spec.schedules)
-            await agent.update(actor, models.ServerUpdate(schedules=new))
+            # the desired state as it is now (a start by hand is not in the spec): a schedule
+            # change starts or stops nothing
+            await agent.update(actor, models.ServerUpdate(
+                schedules=new, desired_state=actor.desired_state))
             return actor.spec.schedules
 
     base = "/server/{server_id}/schedule"

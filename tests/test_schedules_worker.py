@@ -1,0 +1,109 @@
+"""Schedules on a real standalone worker with the fake game: the routes, their refusals, and
+a schedule that fires within seconds in real time (the worker's cron clock set to just
+before a minute begins)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import trio
+
+from tests.conftest import RunningWorker, fake_spec
+
+RESTART_AT_FIVE = {"cron": "0 5 * * *", "timezone": "Europe/Berlin", "tasks": [
+    {"action": "command", "payload": "say restart in 5 min"},
+    {"action": "wait", "payload": "300"}, {"action": "restart"}]}
+
+
+async def _runs(worker: RunningWorker, sid: str, want: int, timeout: float = 20
+                ) -> list[dict[str, Any]]:
+    with trio.move_on_after(timeout):
+        while True:
+            runs = (await worker.api.get(f"/server/alpha/schedule/{sid}/runs"))["runs"]
+            done = [r for r in runs if r["status"] != "running"]
+            if len(done) >= want:
+                return runs
+            await trio.sleep(0.05)
+    raise AssertionError(f"schedule {sid}: not {want} runs ended: {runs}")
+
+
+async def test_schedule_routes_and_refusals(worker: RunningWorker) -> None:
+    api = worker.api
+    await api.post("/server", fake_spec("alpha"), expect=201)
+    assert await api.get("/server/alpha/schedule") == {"schedules": []}
+    s = await api.post("/server/alpha/schedule", RESTART_AT_FIVE, expect=201)
+    assert s["id"] == "s1" and s["timezone"] == "Europe/Berlin" and s["enabled"] is True
+    assert s["tasks"][2]["await"] == "done" and s["tasks"][0]["await"] == "none"
+    assert s["next_run_at"].endswith("Z")
+    # the schedule is in the spec (pushed with it, converging like it)
+    server = await api.get("/server/alpha")
+    assert server["schedules"][0]["id"] == "s1" and server["generation"] == 2
+    assert (await api.get("/server/alpha/schedule/s1"))["cron"] == "0 5 * * *"
+    s = await api.request("PUT", "/server/alpha/schedule/s1", 200,
+                          json={**RESTART_AT_FIVE, "enabled": False})
+    assert s.json()["next_run_at"] is None and s.json()["enabled"] is False
+    r = await api.request("POST", "/server/alpha/schedule",
+                          json={**RESTART_AT_FIVE, "id": "s1"})
+    assert r.status_code == 409, r.text
+    for bad, why in [({**RESTART_AT_FIVE, "cron": "0 5 * *"}, "five fields"),
+                     ({**RESTART_AT_FIVE, "timezone": "Nowhere/Land"}, "IANA"),
+                     ({**RESTART_AT_FIVE, "tasks": [{"action": "backup"}]},
+                      "backup: not available"),
+                     ({**RESTART_AT_FIVE, "tasks": [{"action": "update"}]},
+                      "update: not available"),
+                     ({**RESTART_AT_FIVE, "tasks": [{"action": "restart"}] * 21}, "")]:
+        r = await api.request("POST", "/server/alpha/schedule", json=bad)
+        assert r.status_code == 422, r.text
+        assert why in r.json()["error"]["message"]
+    for method, path in [("GET", "/server/alpha/schedule/nope"),
+                         ("DELETE", "/server/alpha/schedule/nope"),
+                         ("POST", "/server/alpha/schedule/nope/run"),
+                         ("GET", "/server/alpha/schedule/nope/runs"),
+                         ("GET", "/server/nobody/schedule")]:
+        r = await api.request(method, path)
+        assert r.status_code == 404, (path, r.text)
+    assert await api.get("/server/alpha/schedule/s1/runs") == {"runs": []}
+    r = await api.request("DELETE", "/server/alpha/schedule/s1", 200)
+    assert r.json() == {"id": "s1", "deleted": True}
+    assert await api.get("/server/alpha/schedule") == {"schedules": []}
+
+
+async def test_a_schedule_fires_in_real_time_and_runs_now(worker: RunningWorker) -> None:
+    api = worker.api
+    await api.post("/server", fake_spec("alpha", "--ready-after", "0.2"), expect=201)
+    await api.post("/server/alpha/start", expect=202)
+    first = await api.wait_for("alpha", state="running", ready=True)
+    # the worker reads its crons by a clock 1.5 s before the next minute begins
+    now = time.time()
+    offset = (60 - now % 60) - 1.5
+    schedules = worker.handle.schedules
+    schedules.wall = lambda: time.time() + offset
+    s = await api.post("/server/alpha/schedule", {"cron": "* * * * *", "tasks": [
+        {"action": "command", "payload": "say tick"},
+        {"action": "restart", "await": "ready"},
+        {"action": "command", "payload": "say back"}]}, expect=201)
+    fired = time.monotonic()
+    (run,) = await _runs(worker, s["id"], 1, timeout=15)
+    assert time.monotonic() - fired < 10
+    assert run["status"] == "ok", str(run)
+    assert run["trigger"] == "cron" and [t["ok"] for t in run["tasks"]] == [True] * 3
+    await api.wait_line("alpha", "said: tick")
+    back = await api.wait_line("alpha", "said: back")
+    server = await api.get("/server/alpha")
+    assert server["pid"] != first["pid"] and server["ready"] is True  # restarted, then said
+    assert server["started_at"] < back["ts"]
+    # now, by hand (only_when would not hold: nobody is counted)
+    schedules.wall = time.time
+    await api.request("PUT", f"/server/alpha/schedule/{s['id']}", 200, json={
+        "cron": "0 5 * * *", "only_when": {"players_max": 0},
+        "tasks": [{"action": "command", "payload": "say manual"}]})
+    r = await api.post(f"/server/alpha/schedule/{s['id']}/run", expect=202)
+    assert r["trigger"] == "manual"
+    await api.wait_line("alpha", "said: manual")
+    runs = await _runs(worker, s["id"], 2)
+    assert [x["trigger"] for x in runs] == ["manual", "cron"] and runs[0]["status"] == "ok"
+    # the runs are saved with the server: a new worker on the same data shows them
+    await worker.shutdown()
+    saved = worker.agent.data_dir / "servers" / server["id"] / "schedule-runs.json"
+    assert b"manual" in saved.read_bytes()
