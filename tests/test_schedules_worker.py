@@ -107,3 +107,45 @@ async def test_a_schedule_fires_in_real_time_and_runs_now(worker: RunningWorker)
     await worker.shutdown()
     saved = worker.agent.data_dir / "servers" / server["id"] / "schedule-runs.json"
     assert b"manual" in saved.read_bytes()
+
+
+async def test_host_schedules_travel_with_the_spec_and_runs_come_from_the_worker(
+        host: Any, hosted: Any) -> None:
+    w = await hosted("ws")
+    api = host.api
+    s = await api.post("/server", fake_spec("hs", worker_id=w.handle.link.worker_id,
+                                            desired_state="running"), expect=201)
+    await api.wait_for("hs", state="running")
+    made = await api.post("/server/hs/schedule", {
+        "cron": "0 5 * * *", "tasks": [{"action": "command", "payload": "say from host"}]},
+        expect=201)
+    assert made["id"] == "s1" and made["next_run_at"].endswith("Z")
+    assert (await api.get("/server/hs"))["generation"] == s["generation"] + 1
+    # pushed with the spec: the worker holds it, and its routes show it
+    actor = w.agent.get("hs")
+    assert [x.id for x in actor.spec.schedules] == ["s1"]
+    assert (await w.api.get(f"/server/{s['id']}/schedule/s1"))["cron"] == "0 5 * * *"
+    r = await api.request("POST", "/server/hs/schedule", json={
+        "cron": "0 5 * * *", "tasks": [{"action": "backup"}]})
+    assert r.status_code == 422 and "not available" in r.json()["error"]["message"]
+    run = await api.post("/server/hs/schedule/s1/run", expect=202)
+    assert run["trigger"] == "manual"
+    await api.wait_line("hs", "said: from host")
+    with trio.fail_after(10):
+        while (runs := (await api.get("/server/hs/schedule/s1/runs"))["runs"])[0][
+                "status"] == "running":
+            await trio.sleep(0.05)
+    assert runs[0]["status"] == "ok"
+    await api.request("PUT", "/server/hs/schedule/s1", 200, json={
+        "cron": "30 4 * * 1", "timezone": "Asia/Tokyo",
+        "tasks": [{"action": "notify", "payload": "hi"}]})
+    assert w.agent.get("hs").spec.schedules[0].timezone == "Asia/Tokyo"
+    assert (await api.get("/server/hs"))["state"] == "running"  # nothing stopped it
+    # the worker away: runs are 503, the schedules still answer from the host
+    await w.shutdown()
+    with trio.fail_after(20):
+        while (await api.request("GET", "/server/hs/schedule/s1/runs")).status_code != 503:
+            await trio.sleep(0.1)
+    assert (await api.get("/server/hs/schedule"))["schedules"][0]["id"] == "s1"
+    await api.request("DELETE", "/server/hs/schedule/s1", 200)
+    assert (await api.get("/server/hs"))["schedules"] == []

@@ -15,6 +15,7 @@ from manman.host.control import HostControl
 from manman.host.files import add_file_routes
 from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay, Unreachable
+from manman.host.schedules import add_schedule_routes
 from manman.http import auth
 from manman.http.app import (
     LIMIT,
@@ -310,4 +311,5 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
         return json_response(control.heartbeat(worker_id, body))
 
     add_file_routes(api, control)
+    add_schedule_routes(api, control)
     return api

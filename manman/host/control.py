@@ -227,6 +227,25 @@ class HostControl:
         await self._push(w, "PUT", f"/server/{s.id}", json=body)
         return s
 
+    async def change_schedules(
+            self, s: ServerRec,
+            how: Callable[[list[models.Schedule]], list[models.Schedule]]) -> ServerRec:
+        """A change of the server's schedules, read and written as one step with the spec
+        (generation + 1), pushed to the worker; it converges by heartbeat otherwise."""
+        w = self.worker(s.worker_id)
+        self._writable(w)
+
+        def change(spec: models.ServerSpec) -> models.ServerSpec:
+            try:
+                return models.apply_update(spec, models.ServerUpdate(
+                    schedules=how(spec.schedules)))
+            except ValueError as e:
+                raise errors.Invalid(str(e)) from None
+
+        body = await self._change_spec(s, change)
+        await self._push(w, "PUT", f"/server/{s.id}", json=body)
+        return s
+
     async def _change_spec(self, s: ServerRec,
                            change: Callable[[models.ServerSpec], models.ServerSpec],
                            restart: bool = False) -> dict[str, Any]:
