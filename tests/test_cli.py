@@ -339,3 +339,38 @@ async def test_presets_and_a_server_made_from_one(host: RunningHost, hosted: Any
     r = await manman(host, "preset", "show", "nope")
     assert r.returncode == 1 and r.stderr.decode().strip() == \
         "manman: no preset named nope (404 not_found)"
+
+
+async def test_schedule_verbs(host: RunningHost, hosted: Any) -> None:
+    w = await hosted("cli-s")
+    await host.api.post("/server", fake_spec("sch", worker_id=w.handle.link.worker_id,
+                                             desired_state="running"), expect=201)
+    await host.api.wait_for("sch", state="running")
+    r = await manman(host, "schedule", "add", "sch", "--cron", "0 5 * * *",
+                     "--tz", "Europe/Berlin", "--task", "command:say restart in 5 min",
+                     "--task", "wait:300", "--task", "restart")
+    assert r.returncode == 0, r.stderr
+    assert out(r).startswith("schedule s1 added: next run 20")
+    s = (await host.api.get("/server/sch/schedule/s1"))
+    assert [t["action"] for t in s["tasks"]] == ["command", "wait", "restart"]
+    assert s["tasks"][0]["payload"] == "say restart in 5 min" and s["timezone"] == "Europe/Berlin"
+    r = await manman(host, "schedule", "ls", "sch")
+    header, row = out(r).splitlines()
+    assert header.split()[:4] == ["ID", "CRON", "TZ", "ENABLED"]
+    assert row.split()[0] == "s1" and "restart" in row
+    r = await manman(host, "schedule", "add", "sch", "--cron", "0 5 * *", "--task", "stop")
+    assert r.returncode == 1 and b"five fields" in r.stderr
+    r = await manman(host, "schedule", "add", "sch", "--cron", "0 5 * * *", "--task", "dance")
+    assert r.returncode == 1 and b"the action is one of" in r.stderr
+    await host.api.request("PUT", "/server/sch/schedule/s1", 200, json={
+        "cron": "0 5 * * *", "tasks": [{"action": "command", "payload": "say cli"}]})
+    r = await manman(host, "schedule", "run", "sch", "s1")
+    assert r.returncode == 0 and out(r).strip() == "schedule s1: run 1 started", r.stderr
+    await host.api.wait_line("sch", "said: cli")
+    with trio.fail_after(10):
+        while "ok" not in out(r := await manman(host, "schedule", "runs", "sch", "s1")):
+            await trio.sleep(0.1)
+    assert out(r).splitlines()[0].split()[2:4] == ["manual", "ok"]
+    r = await manman(host, "schedule", "rm", "sch", "s1")
+    assert r.returncode == 0 and out(r).strip() == "schedule s1 removed"
+    assert (await host.api.get("/server/sch/schedule"))["schedules"] == []

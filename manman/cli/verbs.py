@@ -97,6 +97,9 @@ def add_client_commands(sub: argparse._SubParsersAction, common: argparse.Argume
     from manman.cli.files import add_files_commands
 
     add_files_commands(sub, common, verb_common, out, _run)
+    from manman.cli.schedules import add_schedule_commands
+
+    add_schedule_commands(sub, common, verb_common, out, _run)
 
 
 def _spec_flags(p: argparse.ArgumentParser) -> None:
