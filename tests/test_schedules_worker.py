@@ -5,11 +5,12 @@ before a minute begins)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from tests.conftest import RunningWorker, fake_spec
+from tests.conftest import Client, RunningWorker, fake_spec, worker_config
 
 RESTART_AT_FIVE = {"cron": "0 5 * * *", "timezone": "Europe/Berlin", "tasks": [
     {"action": "command", "payload": "say restart in 5 min"},
@@ -69,7 +70,9 @@ async def test_schedule_routes_and_refusals(worker: RunningWorker) -> None:
     assert await api.get("/server/alpha/schedule") == {"schedules": []}
 
 
-async def test_a_schedule_fires_in_real_time_and_runs_now(worker: RunningWorker) -> None:
+async def test_a_schedule_fires_in_real_time_and_runs_now(worker: RunningWorker,
+                                                         tmp_path: Path, bg: trio.Nursery
+                                                         ) -> None:
     api = worker.api
     await api.post("/server", fake_spec("alpha", "--ready-after", "0.2"), expect=201)
     await api.post("/server/alpha/start", expect=202)
@@ -105,8 +108,18 @@ async def test_a_schedule_fires_in_real_time_and_runs_now(worker: RunningWorker)
     assert [x["trigger"] for x in runs] == ["manual", "cron"] and runs[0]["status"] == "ok"
     # the runs are saved with the server: a new worker on the same data shows them
     await worker.shutdown()
-    saved = worker.agent.data_dir / "servers" / server["id"] / "schedule-runs.json"
-    assert b"manual" in saved.read_bytes()
+    from manman.worker.main import run_worker
+
+    handle = await bg.start(run_worker, worker_config(tmp_path))
+    again = Client(handle.url, "test-worker-token")
+    try:
+        runs = (await again.get(f"/server/alpha/schedule/{s['id']}/runs"))["runs"]
+        assert [(x["trigger"], x["status"]) for x in runs] == [("manual", "ok"), ("cron", "ok")]
+    finally:
+        handle.agent.request_shutdown()
+        with trio.fail_after(30):
+            await handle.agent.stopped.wait()
+        await again.aclose()
 
 
 async def test_host_schedules_travel_with_the_spec_and_runs_come_from_the_worker(
