@@ -81,7 +81,7 @@ async def test_a_schedule_fires_in_real_time_and_runs_now(worker: RunningWorker,
     now = time.time()
     offset = (60 - now % 60) - 1.5
     schedules = worker.handle.schedules
-    schedules.wall = lambda: time.time() + offset
+    schedules.set_wall(lambda: time.time() + offset)
     s = await api.post("/server/alpha/schedule", {"cron": "* * * * *", "tasks": [
         {"action": "command", "payload": "say tick"},
         {"action": "restart", "await": "ready"},
@@ -97,7 +97,7 @@ async def test_a_schedule_fires_in_real_time_and_runs_now(worker: RunningWorker,
     assert server["pid"] != first["pid"] and server["ready"] is True  # restarted, then said
     assert server["started_at"] < back["ts"]
     # now, by hand (only_when would not hold: nobody is counted)
-    schedules.wall = time.time
+    schedules.set_wall(time.time)
     await api.request("PUT", f"/server/alpha/schedule/{s['id']}", 200, json={
         "cron": "0 5 * * *", "only_when": {"players_max": 0},
         "tasks": [{"action": "command", "payload": "say manual"}]})
@@ -162,3 +162,25 @@ async def test_host_schedules_travel_with_the_spec_and_runs_come_from_the_worker
     assert (await api.get("/server/hs/schedule"))["schedules"][0]["id"] == "s1"
     await api.request("DELETE", "/server/hs/schedule/s1", 200)
     assert (await api.get("/server/hs"))["schedules"] == []
+
+
+async def test_a_schedule_fires_while_its_host_is_down(host: Any, hosted: Any) -> None:
+    w = await hosted("wo")
+    api = host.api
+    s = await api.post("/server", fake_spec("out", worker_id=w.handle.link.worker_id,
+                                            desired_state="running"), expect=201)
+    await api.wait_for("out", state="running")
+    await api.post("/server/out/schedule", {
+        "cron": "* * * * *", "tasks": [{"action": "command", "payload": "say no host"}]},
+        expect=201)
+    host.handle.stop()
+    with trio.fail_after(20):
+        await host.handle.stopped.wait()
+    offset = (60 - time.time() % 60) - 1.5  # the worker's cron clock: a minute begins soon
+    w.handle.schedules.set_wall(lambda: time.time() + offset)
+    with trio.fail_after(15):
+        while not (runs := (await w.api.get(f"/server/{s['id']}/schedule/s1/runs"))["runs"]) \
+                or runs[0]["status"] == "running":
+            await trio.sleep(0.05)
+    assert runs[0]["status"] == "ok" and runs[0]["trigger"] == "cron"
+    await w.api.wait_line(s["id"], "said: no host")

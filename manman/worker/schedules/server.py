@@ -57,6 +57,10 @@ class ServerSchedules:
                 self.runs.setdefault(sid, deque(maxlen=KEEP_RUNS))
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look at the clock again now (it was changed)."""
+        self._wake.set()
+
     def _forget(self, sid: str) -> None:
         self.schedules.pop(sid, None)
         self.next_at.pop(sid, None)

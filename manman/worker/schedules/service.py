@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -118,6 +119,12 @@ class WorkerSchedules:
         self._scopes[actor.id] = scope
         self._nursery.start_soon(self._serve, ss, scope)
         return ss
+
+    def set_wall(self, wall: Callable[[], float]) -> None:
+        """Read the crons by another clock from now on (the tests': a minute begins soon)."""
+        self.wall = wall
+        for ss in self.servers.values():
+            ss.wake()
 
     @staticmethod
     async def _serve(ss: ServerSchedules, scope: trio.CancelScope) -> None:
