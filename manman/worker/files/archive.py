@@ -44,7 +44,7 @@ class _Writer:
             self.zip = zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=6)
         elif kind == "zst":
             try:
-                import zstandard  # type: ignore[import-not-found]
+                import zstandard
             except ImportError:
                 raise errors.Invalid("tar.zst archives need the zstandard library, which "
                                      "this worker does not have") from None

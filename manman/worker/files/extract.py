@@ -103,7 +103,7 @@ class Archive:
         source: IO[bytes] = self.f
         if self.f.read(4) == ZSTD_MAGIC:
             try:
-                import zstandard  # type: ignore[import-not-found]
+                import zstandard
             except ImportError:
                 raise errors.Invalid("tar.zst archives need the zstandard library, which "
                                      "this worker does not have") from None
