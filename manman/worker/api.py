@@ -30,6 +30,8 @@ from manman.presets import PresetCatalog
 from manman.presets import routes as preset_routes
 from manman.worker.actor import ServerActor
 from manman.worker.agent import Action, WorkerAgent
+from manman.worker.backups.manager import BackupManager
+from manman.worker.backups.routes import add_backup_routes
 from manman.worker.console.viewer import Disconnect, run_viewer
 from manman.worker.files.routes import add_file_routes
 from manman.worker.files.safe import FilesTree
@@ -69,7 +71,8 @@ LOG_PAGE_CHARS = 8 << 20
 
 
 def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: WorkerMetrics,
-                     catalog: PresetCatalog | None = None) -> Api:
+                     catalog: PresetCatalog | None = None,
+                     backups: BackupManager | None = None) -> Api:
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         token = bearer_token()
         if same_secret(token, secrets.admin_secret):
@@ -271,6 +274,8 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
 
     add_file_routes(api, lambda server_id: FilesTree(agent.get(server_id).files_dir),
                     agent.cfg.files_max_upload, agent.cfg.files_max_extract)
+    if backups is not None:
+        add_backup_routes(api, agent, backups)
     return api
 
 

@@ -18,6 +18,7 @@ from manman.limits import report_open_files
 from manman.presets import PresetCatalog, operator_dir
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
+from manman.worker.backups.manager import BackupManager
 
 if TYPE_CHECKING:
     from manman.worker.hostlink import HostLink
@@ -63,6 +64,8 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
             with stopper.starting:
                 await nursery.start(agent.run)
                 agent_up = True
+                backups = BackupManager(agent, wcfg.effective_backup_dir())
+                await nursery.start(backups.run)
                 link: HostLink | None = None
                 if wcfg.standalone:
                     admin_secret = wcfg.api_token or auth.load_or_create_token(
@@ -75,7 +78,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     admin_secret = await link.identity()
                 metrics.watch(agent, link)
                 secrets = WorkerSecrets(admin_secret)
-                api = build_worker_api(agent, secrets, metrics, catalog)
+                api = build_worker_api(agent, secrets, metrics, catalog, backups)
                 stop_api = trio.Event()
                 url = await nursery.start(partial(serve, header_timeout=wcfg.header_timeout),
                                          api.app, wcfg.listen, stop_api)
