@@ -219,6 +219,7 @@ async def test_one_at_a_time_and_a_corrupt_archive(worker: Worker) -> None:
     with trio.fail_after(2):  # the worker answers while the archive is being written
         await api.get("/server/g")
     first = await wait_backup(api, "g", first["id"])
+    assert first["finished_at"] - first["created_at"] >= 2  # 200 kB at 64 KiB/s: paced
     # damage the stored archive: the restore fails and leaves every file as it was
     await put(api, "g", "after.txt", b"after")
     archive = worker.backups / sid / f"{first['id']}.tar.zst"
@@ -281,3 +282,48 @@ async def test_backups_through_the_host(host: RunningHost, hosted: Any) -> None:
     r = await api.request("GET", "/server/s/backup", 503)
     assert r.json()["error"]["code"] == "unavailable"
     await api.post("/server/s/backup", {}, expect=503)
+
+
+def test_writer_paths_and_what_it_leaves_out(tmp_path: Path) -> None:
+    import threading
+
+    from manman.worker.backups.writer import write_backup
+
+    files = tmp_path / "files"
+    (files / "world" / "region").mkdir(parents=True)
+    (files / "world" / "region" / "r.mca").write_bytes(b"r")
+    (files / "world" / "level.dat").write_bytes(b"level")
+    (files / "config.txt").write_bytes(b"config")
+    (tmp_path / "outside").write_text("secret")
+    os.link(tmp_path / "outside", files / "world" / "hardlink")  # its other name is outside
+    os.mkfifo(files / "world" / "fifo")
+    (files / "world" / "up").symlink_to("../../outside")
+    (files / ".manmanignore").write_text("region/\n")
+    out = tmp_path / "b" / "x.tar.zst"
+    w = write_backup(files, out, ["world", "missing/path"], 0, threading.Event())
+    assert w.skipped == 3 and w.bytes == out.stat().st_size
+    assert members(out.read_bytes()) == {"world": "dir", "world/level.dat": b"level"}
+    assert os.listdir(out.parent) == ["x.tar.zst"]
+
+
+def test_retention_rules() -> None:
+    from manman.models import BackupSpec
+    from manman.worker.backups.model import Backup
+    from manman.worker.backups.retention import DAY, to_prune
+
+    now = 100 * DAY
+
+    def b(i: int, age_days: float, size: int = 10, locked: bool = False,
+          state: str = "ok") -> Backup:
+        return Backup(id=str(i), server_id="s", name=str(i), state=state,  # type: ignore
+                      bytes=size, locked=locked, created_at=now - age_days * DAY)
+
+    all_ = [b(1, 10, locked=True), b(2, 9), b(3, 8, state="failed"), b(4, 2), b(5, 1),
+            b(6, 0)]
+    ids = lambda spec: [x.id for x in to_prune(all_, spec, now)]  # noqa: E731
+    assert ids(BackupSpec()) == []
+    assert ids(BackupSpec(keep_last=3)) == ["2", "4"]
+    assert ids(BackupSpec(keep_last=1)) == ["2", "4", "5"]  # the locked one stays
+    assert ids(BackupSpec(keep_days=1.5)) == ["2", "4"]
+    assert ids(BackupSpec(max_bytes=25)) == ["2", "4", "5"]
+    assert ids(BackupSpec(max_bytes=1)) == ["2", "4", "5"]  # the newest is always kept
