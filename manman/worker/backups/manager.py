@@ -33,6 +33,8 @@ from manman.worker.backups.writer import Written, write_backup
 log = logging.getLogger("manman.worker.backups")
 
 STOPPED = ("created", "stopped", "crashed", "failed")
+# a crashed server may be restarted by its policy at any moment: not restored into
+RESTORABLE = ("created", "stopped", "failed")
 LIVE = ("starting", "running")
 GAME_STREAMS = ("stdout", "stderr")  # a hook waits for the game's words, not manman's
 STATE_RECHECK = 1.0  # a state is waited for on the console's wakeups, rechecked anyway
@@ -307,7 +309,7 @@ class BackupManager:
         if sid in self.busy:
             raise errors.Conflict(f"a {self.busy[sid]} of this server is under way",
                                   "backup_running")
-        if actor.status.state not in STOPPED:
+        if actor.status.state not in RESTORABLE:
             raise errors.Conflict(f"the server is {actor.status.state}: restore only while "
                                   "it is stopped", "invalid_state")
         self.busy[sid] = "restore"
