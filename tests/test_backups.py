@@ -327,3 +327,46 @@ def test_retention_rules() -> None:
     assert ids(BackupSpec(keep_days=1.5)) == ["2", "4"]
     assert ids(BackupSpec(max_bytes=25)) == ["2", "4", "5"]
     assert ids(BackupSpec(max_bytes=1)) == ["2", "4", "5"]  # the newest is always kept
+
+
+async def test_cli_backup_verbs(host: RunningHost, hosted: Any, tmp_path: Path) -> None:
+    import json
+
+    from tests.test_cli import manman, out
+
+    w = await hosted("cb")
+    s = await host.api.post("/server", fake_spec("s", worker_id=w.handle.link.worker_id),
+                            expect=201)
+    await w.api.wait_for(s["id"])
+    files = tmp_path / "cb" / "servers" / s["id"] / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "level.dat").write_bytes(b"level")
+    r = await manman(host, "backup", "create", "s", "--name", "one", "--json")
+    assert r.returncode == 0, r.stderr
+    b = json.loads(out(r))
+    assert (b["name"], b["state"]) == ("one", "ok")
+    r = await manman(host, "backup", "ls", "s")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in out(r).splitlines()]
+    assert rows[0][:2] == ["ID", "STATE"] and rows[1][:2] == [b["id"], "ok"]
+    assert rows[1][-1] == "one"
+    r = await manman(host, "backup", "lock", "s", b["id"])
+    assert r.returncode == 0 and "locked" in out(r), r.stderr
+    r = await manman(host, "backup", "rm", "s", b["id"])
+    assert r.returncode == 1 and b"(409 locked)" in r.stderr
+    r = await manman(host, "backup", "unlock", "s", b["id"])
+    assert r.returncode == 0, r.stderr
+    dest = tmp_path / "b.tar.zst"
+    r = await manman(host, "backup", "download", "s", b["id"], "-o", str(dest))
+    assert r.returncode == 0, r.stderr
+    assert members(dest.read_bytes()) == {"level.dat": b"level"}
+    (files / "level.dat").write_bytes(b"changed")
+    (files / "extra").write_bytes(b"extra")
+    r = await manman(host, "backup", "restore", "s", b["id"], "--truncate")
+    assert r.returncode == 0 and out(r).strip() == f"restored one ({b['id']})", r.stderr
+    assert sorted(p.name for p in files.iterdir()) == ["level.dat"]
+    assert (files / "level.dat").read_bytes() == b"level"
+    r = await manman(host, "backup", "rm", "s", b["id"])
+    assert r.returncode == 0, r.stderr
+    r = await manman(host, "backup", "download", "s", b["id"])
+    assert r.returncode == 1 and b"(404 not_found)" in r.stderr
