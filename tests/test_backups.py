@@ -275,13 +275,28 @@ async def test_backups_through_the_host(host: RunningHost, hosted: Any) -> None:
     assert (await api.request("GET", "/server/s/files/content", 200,
                               params={"path": "level.dat"})).content == b"level"
     await api.request("GET", "/server/s/backup/nope/download", 404)
+    second = await backup(api, "s", name="second")
+    listed = (await api.get("/server/s/backup"))["backups"]
+    # the worker's reports reach the host's PostgreSQL copy of the list
+    with trio.fail_after(10):
+        while [row["record"] for row in await host.control.store.fetch(
+                "SELECT record FROM backups WHERE server_id = $1 "
+                "ORDER BY record->>'created_at'", sid)] != listed:
+            await trio.sleep(0.05)
     await w.shutdown()
     with trio.fail_after(15):
         while (await api.get(f"/worker/{wid}"))["status"] == "alive":
             await trio.sleep(0.1)
-    r = await api.request("GET", "/server/s/backup", 503)
-    assert r.json()["error"]["code"] == "unavailable"
-    await api.post("/server/s/backup", {}, expect=503)
+    # the worker away: the list as it last reported it; anything else 503
+    assert (await api.get("/server/s/backup"))["backups"] == listed
+    assert [x["name"] for x in listed] == ["via-host", "second"] and listed[0]["locked"]
+    for r in [await api.post("/server/s/backup", {}, expect=503),
+              (await api.request("GET", f"/server/s/backup/{second['id']}/download",
+                                 503)).json(),
+              await api.post(f"/server/s/backup/{b['id']}/restore", {}, expect=503)]:
+        assert r["error"]["code"] == "unavailable"
+    await api.request("POST", f"/server/{sid}/backup-report", 403,  # workers only
+                          json={"backups": []})
 
 
 def test_writer_paths_and_what_it_leaves_out(tmp_path: Path) -> None:

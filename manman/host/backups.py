@@ -4,12 +4,16 @@ whose worker is away answers 503."""
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 from quart import Response
 
+from manman import errors
 from manman.host.control import HostControl
 from manman.host.files import _json, _relay_body
-from manman.http.app import Api
+from manman.host.relay import Unreachable
+from manman.http.app import Api, json_response
 from manman.http.auth import Principal
 from manman.worker.backups.model import (
     Backup,
@@ -21,6 +25,22 @@ from manman.worker.backups.model import (
 )
 
 RESTORE_CALL = 3600.0  # the worker answers a restore once all is written
+
+# a worker's report replaces the server's list whole, in one statement
+_REPLACE = """
+WITH incoming AS (SELECT r->>'id' AS id, r FROM jsonb_array_elements($2::jsonb) AS r),
+gone AS (DELETE FROM backups WHERE server_id = $1
+         AND id NOT IN (SELECT id FROM incoming))
+INSERT INTO backups (id, server_id, record, updated_at)
+SELECT id, $1, r, $3 FROM incoming
+ON CONFLICT (id) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at
+"""
+_LIST = ("SELECT record FROM backups WHERE server_id = $1 "
+         "ORDER BY (record->>'created_at')::double precision")
+
+
+class Ack(msgspec.Struct):
+    ok: bool
 
 
 def add_backup_routes(api: Api, control: HostControl) -> None:
@@ -35,9 +55,31 @@ def add_backup_routes(api: Api, control: HostControl) -> None:
                                 timeout=timeout)
 
     @api.route("GET", "/server/{server_id}/backup", response=BackupList,
-               errors=(404, 502, 503), summary="The server's backups, oldest first")
+               errors=(404, 502, 503),
+               summary="The server's backups, oldest first (while its worker is away, as "
+                       "the worker last reported them)")
     async def list_backups(who: Principal, server_id: str) -> Response:
-        return _json(await call("GET", server_id))
+        s = control.server(server_id)
+        if control.fleet.reachable(control.worker(s.worker_id)):
+            try:
+                return _json(await call("GET", server_id))
+            except Unreachable:
+                pass  # gone since its last heartbeat: its last report answers
+        rows = await control.store.fetch(_LIST, s.id)
+        return json_response(BackupList([msgspec.convert(r["record"], Backup) for r in rows]))
+
+    @api.route("POST", "/server/{server_id}/backup-report", auth="report", body=BackupList,
+               response=Ack, errors=(403, 404, 422, 503),
+               summary="A worker's report of one of its servers' backups: the whole list")
+    async def backup_report(who: Principal, server_id: str, body: BackupList) -> Response:
+        s = control.server(server_id)
+        if s.worker_id != who.worker_id:
+            raise errors.Forbidden("this server belongs to another worker")
+        if any(b.server_id != s.id for b in body.backups):
+            raise errors.Invalid("a backup of another server is in the report")
+        await control.store.execute(_REPLACE, s.id, body.backups, time.time(),
+                                    what="the backup list")
+        return json_response(Ack(True))
 
     @api.route("POST", "/server/{server_id}/backup", body=BackupCreate, response=Backup,
                status=202, errors=(404, 409, 502, 503, 507),

@@ -19,6 +19,7 @@ from manman.presets import PresetCatalog, operator_dir
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
 from manman.worker.backups.manager import BackupManager
+from manman.worker.backups.report import BackupReporter
 
 if TYPE_CHECKING:
     from manman.worker.hostlink import HostLink
@@ -87,6 +88,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 else:
                     assert link is not None
                     await nursery.start(link.run, wcfg.effective_advertise_url(url))
+                    nursery.start_soon(BackupReporter(link, backups).run)
                 log.info("worker %s listening on %s", wcfg.effective_name(), url)
                 report_open_files()
                 settle_gc()

@@ -16,6 +16,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -53,6 +54,8 @@ class BackupManager:
         self.busy: dict[str, str] = {}  # server id → "backup" | "restore" under way
         self._cancel = threading.Event()  # the worker stops: threads end their work
         self._nursery: trio.Nursery | None = None
+        # told the server id of each change (the host's reports)
+        self.listeners: list[Callable[[str], None]] = []
 
     # -- life --------------------------------------------------------------------------
 
@@ -106,6 +109,11 @@ class BackupManager:
     async def _save(self, b: Backup) -> None:
         assert self.agent.store is not None
         await self.agent.store.save_backup(b.id, b.server_id, msgspec.json.encode(b))
+        self._tell(b.server_id)
+
+    def _tell(self, server_id: str) -> None:
+        for listener in self.listeners:
+            listener(server_id)
 
     async def _save_quietly(self, b: Backup) -> None:
         try:
@@ -272,6 +280,7 @@ class BackupManager:
         assert self.agent.store is not None
         await self.agent.store.delete_backup(b.id)
         self.records.pop(b.id, None)
+        self._tell(b.server_id)
 
     # -- the other routes ---------------------------------------------------------------
 
