@@ -385,3 +385,52 @@ async def test_cli_backup_verbs(host: RunningHost, hosted: Any, tmp_path: Path) 
     assert r.returncode == 0, r.stderr
     r = await manman(host, "backup", "download", "s", b["id"])
     assert r.returncode == 1 and b"(404 not_found)" in r.stderr
+
+
+def test_restore_refuses_bad_members_and_damage_whole(tmp_path: Path) -> None:
+    import hashlib
+    import threading
+
+    from manman import errors
+    from manman.worker.backups.restore import Corrupt, restore_backup
+
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "keep").write_bytes(b"keep")
+    (tmp_path / "evil").write_bytes(b"untouched")
+    before, outside = snapshot(files), (tmp_path / "evil").read_bytes()
+
+    def archive(entries: list[tuple[str, bytes | str]]) -> tuple[Path, str]:
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tf:
+            for name, what in entries:
+                ti = tarfile.TarInfo(name)
+                if isinstance(what, str):
+                    ti.type, ti.linkname = tarfile.SYMTYPE, what
+                    tf.addfile(ti)
+                else:
+                    ti.size = len(what)
+                    tf.addfile(ti, io.BytesIO(what))
+        data = zstandard.ZstdCompressor(level=3).compress(raw.getvalue())
+        path = tmp_path / f"a{len(list(tmp_path.iterdir()))}.tar.zst"
+        path.write_bytes(data)
+        return path, hashlib.sha256(data).hexdigest()
+
+    cancel = threading.Event()
+    for bad in ([("ok", b"1"), ("../evil", b"owned")], [("ok", b"1"), ("/abs", b"x")],
+                [("ok", b"1"), ("up", "../../evil")]):
+        path, sha = archive(bad)
+        with pytest.raises(errors.Invalid) as e:
+            restore_backup(path, sha, files, True, cancel)
+        assert not isinstance(e.value, Corrupt), e.value
+        assert snapshot(files) == before and (tmp_path / "evil").read_bytes() == outside
+    path, sha = archive([("ok", b"1" * 100_000), ("keep", b"new")])
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # cut short: the stream breaks half-way
+    with pytest.raises(Corrupt, match="sha256"):
+        restore_backup(path, sha, files, True, cancel)
+    assert snapshot(files) == before
+    path.write_bytes(whole)
+    restore_backup(path, sha, files, False, cancel)
+    assert (files / "keep").read_bytes() == b"new" and (files / "ok").stat().st_size == 100_000
+    assert sorted(p.name for p in files.iterdir()) == ["keep", "ok"]

@@ -1,44 +1,65 @@
 """Restoring a backup into a server's files directory, with the extractor's safety rules.
 
-The archive's sha256 is checked against the one recorded before anything is touched: a
-damaged archive fails the restore and leaves the files as they were. Every member is then
+The archive is read once: its bytes are hashed as they are decompressed, and each member is
 checked (manman.worker.files.extract: no absolute path, no `..`, no link out of the tree, no
-device or fifo) before any is written, and the archive is refused whole if one fails. Members
-are written into a fresh hidden directory inside the files directory, with the same
-descriptor walk that never follows a link; only once all is written are they moved into
-place: with `truncate`, over an emptied files directory; without, over what is there (a
-file the backup holds replaces the present one, others stay). Everything here blocks.
+device or fifo) and written into a fresh hidden directory inside the files directory, with
+the same descriptor walk that never follows a link. Only when the whole archive is written
+and its sha256 is the one recorded is anything moved into place: with `truncate`, over an
+emptied files directory; without, over what is there (a file the backup holds replaces the
+present one, others stay). A damaged archive or a bad member removes the hidden directory
+and leaves the files as they were. Everything here blocks.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import shutil
 import stat
+import tarfile
 import threading
 from contextlib import suppress
 from pathlib import Path
 
+import zstandard
+
 from manman import errors
-from manman.worker.backups.writer import BackupCancelled, file_sha256
-from manman.worker.files.extract import Archive, Staging
+from manman.worker.backups.writer import CHUNK, BackupCancelled
+from manman.worker.files.extract import Staging, _tar_member
 from manman.worker.files.safe import DIR_FLAGS, FilesTree
+
+MAX_BYTES = 1 << 62  # the archive is ours, its sha256 checked: the disk is the limit
 
 
 class Corrupt(errors.Invalid):
     code = "corrupt_backup"
 
 
+class _Hashing:
+    """The archive file, hashed as it is read."""
+
+    def __init__(self, f: object) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.f.read(n)  # type: ignore[attr-defined]
+        self.sha.update(data)
+        return data
+
+    def rest(self) -> str:
+        """The sha256 of the whole file, once the rest of it is read."""
+        while self.read(CHUNK):
+            pass
+        return self.sha.hexdigest()
+
+
 def restore_backup(archive: Path, sha256: str, files_dir: Path, truncate: bool,
                    cancel: threading.Event) -> None:
-    _, found = file_sha256(archive, cancel)
-    if found != sha256:
-        raise Corrupt(f"the archive's sha256 is {found}, not the {sha256} recorded when it "
-                      "was made: it is damaged; nothing was restored")
     try:
-        _restore(archive, files_dir, truncate, cancel)
+        _restore(archive, sha256, files_dir, truncate, cancel)
     except (errors.ManmanError, BackupCancelled, MemoryError):
         raise
     except OSError as e:
@@ -51,28 +72,31 @@ def restore_backup(archive: Path, sha256: str, files_dir: Path, truncate: bool,
                       "nothing was restored") from None
 
 
-def _restore(archive_path: Path, files_dir: Path, truncate: bool,
+def _damaged(found: str, sha256: str) -> Corrupt:
+    return Corrupt(f"the archive's sha256 is {found}, not the {sha256} recorded when it was "
+                   "made: it is damaged; nothing was restored")
+
+
+def _restore(archive_path: Path, sha256: str, files_dir: Path, truncate: bool,
              cancel: threading.Event) -> None:
     with open(archive_path, "rb") as f:
-        archive = Archive(f)
-        total = 0
-        for m, _ in archive.members():  # each member checked before any is written
-            total += m.size
+        src = _Hashing(f)
         tree = FilesTree(files_dir)
         with tree.directory(()) as root:
-            staging = Staging(root, f".manman-extract-{secrets.token_hex(8)}", total)
+            staging = Staging(root, f".manman-extract-{secrets.token_hex(8)}", MAX_BYTES)
             try:
-                for m, source in archive.members():
-                    if cancel.is_set():
-                        raise BackupCancelled
-                    try:
-                        staging.write(m, source)
-                    except OSError as e:
-                        if e.errno in (errno.ENOSPC, errno.EDQUOT) or e.errno is None:
-                            raise
-                        raise errors.Invalid(f"the archive's member {m.raw[:200]!r} cannot be "
-                                             f"written ({os.strerror(e.errno)}); nothing was "
-                                             "restored") from None
+                try:
+                    _unpack(src, staging, cancel)
+                except (BackupCancelled, MemoryError):
+                    raise
+                except Exception:
+                    found = src.rest()  # a damaged archive says so, whatever broke first
+                    if found != sha256:
+                        raise _damaged(found, sha256) from None
+                    raise
+                found = src.rest()
+                if found != sha256:
+                    raise _damaged(found, sha256)
                 if truncate:
                     for name in os.listdir(root):
                         if name != staging.name:
@@ -80,6 +104,26 @@ def _restore(archive_path: Path, files_dir: Path, truncate: bool,
                 _merge(staging.fd, root)
             finally:
                 staging.remove()
+
+
+def _unpack(src: _Hashing, staging: Staging, cancel: threading.Event) -> None:
+    """Every member checked and written below `staging` (Invalid naming a bad one)."""
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        src, read_size=CHUNK)  # type: ignore[arg-type]  # any object with read()
+    files: set[tuple[str, ...]] = set()
+    with tarfile.open(fileobj=reader, mode="r|") as tf:
+        for ti in tf:
+            if cancel.is_set():
+                raise BackupCancelled
+            m = _tar_member(ti, files)
+            try:
+                staging.write(m, tf.extractfile(ti) if m.kind == "file" else None)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT) or e.errno is None:
+                    raise
+                raise errors.Invalid(f"the archive's member {m.raw[:200]!r} cannot be "
+                                     f"written ({os.strerror(e.errno)}); nothing was "
+                                     "restored") from None
 
 
 def _remove(dfd: int, name: str) -> None:

@@ -38,6 +38,8 @@ from manman.worker.files.safe import DIR_FLAGS, FilesTree, parse
 IGNORE_FILE = ".manmanignore"
 MAX_IGNORE_BYTES = 1 << 20
 LEVEL = 3
+# one compression thread beside the reading one: the pipeline of `tar | zstd`, no more
+THREADS = 1
 CHUNK = 1 << 20
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 # what the file routes and restores leave while they work: never backed up
@@ -184,7 +186,7 @@ def write_backup(files_dir: Path, dest: Path, paths: list[str], write_limit_mib:
     out = open(temp, "wb")  # noqa: SIM115 (closed below, removed on failure)
     try:
         sink = Sink(out, write_limit_mib, cancel)
-        zw = zstandard.ZstdCompressor(level=LEVEL).stream_writer(
+        zw = zstandard.ZstdCompressor(level=LEVEL, threads=THREADS).stream_writer(
             sink, closefd=False)  # type: ignore[arg-type]  # any object with write()
         # written straight into the compressor: no tar record buffering in between
         tar = tarfile.TarFile(fileobj=zw, mode="w", copybufsize=CHUNK,
