@@ -434,3 +434,33 @@ def test_restore_refuses_bad_members_and_damage_whole(tmp_path: Path) -> None:
     restore_backup(path, sha, files, False, cancel)
     assert (files / "keep").read_bytes() == b"new" and (files / "ok").stat().st_size == 100_000
     assert sorted(p.name for p in files.iterdir()) == ["keep", "ok"]
+
+
+async def test_a_backup_cut_short_by_the_worker_dying_is_failed_at_the_next_start(
+        tmp_path: Path, bg: trio.Nursery) -> None:
+    proc, w = await start_worker(bg, tmp_path)
+    proc2: ManmanProcess | None = None
+    try:
+        s = await w.api.post("/server", fake_spec("g", backup={"write_limit": 0.0625}),
+                             expect=201)
+        await put(w.api, "g", "world.dat", os.urandom(300_000))
+        b = await w.api.post("/server/g/backup", {}, expect=202)
+        partial = w.backups / s["id"] / f".{b['id']}.tar.zst.partial"
+        with trio.fail_after(5):
+            while not partial.exists():
+                await trio.sleep(0.02)
+        proc.kill9()
+        await proc.wait()
+        await w.api.aclose()
+        proc2, w = await start_worker(bg, tmp_path)
+        got = await w.api.get(f"/server/g/backup/{b['id']}")
+        assert (got["state"], got["error"]) == ("failed", "the worker stopped during the backup")
+        assert stored(w, s["id"]) == []
+        await backup(w.api, "g", expect_state="ok", timeout=30)  # and the next one works
+        await w.api.aclose()
+    finally:
+        for p in (proc, proc2):
+            if p is not None:
+                p.stop()
+                if p.proc is not None:
+                    await p.wait()
