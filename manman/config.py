@@ -115,6 +115,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     files_max_upload: PositiveInt = 100 * 1024 * 1024
     # an archive declaring more bytes than this in all is not extracted (a zip bomb)
     files_max_extract: PositiveInt = 4 * 1024 * 1024 * 1024
+    # where backups are kept (any mounted path, e.g. NFS); empty: <data_dir>/backups
+    backup_dir: str = ""
 
     def __post_init__(self) -> None:
         _check_listen("listen", self.listen)
@@ -131,6 +133,10 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def effective_name(self) -> str:
         return self.name or socket.gethostname()
+
+    def effective_backup_dir(self) -> Path:
+        """backup_dir, a relative one taken from data_dir."""
+        return Path(self.data_dir) / Path(self.backup_dir or "backups").expanduser()
 
     def effective_advertise_url(self, bound: str | None = None) -> str:
         """The URL the host uses to reach this worker; `bound` is the real address after bind."""

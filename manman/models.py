@@ -160,6 +160,33 @@ class Schedule(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     only_when: OnlyWhen | None = None
     defer_max: Seconds = 0.0
     tasks: Annotated[list[ScheduleTask], Meta(min_length=1, max_length=MAX_SCHEDULE_TASKS)]
+class BackupHook(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """A console command around a backup; with `wait_for`, the backup waits for a line
+    matching it (a failed backup when none comes within `timeout`)."""
+
+    command: ConsoleLine
+    wait_for: Pattern | None = None
+    timeout: PositiveSeconds = 60.0
+
+
+BackupPath = Annotated[str, Meta(min_length=1, max_length=4096, extra_json_schema=_TEXT)]
+
+
+class BackupSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """What a backup of the server's files holds, and how many are kept (docs/spec.md,
+    "Backups"); 0 for a limit: none."""
+
+    paths: Annotated[list[BackupPath], Meta(max_length=64)] = msgspec.field(
+        default_factory=list)  # none: the whole files directory
+    write_limit: Annotated[float, Meta(ge=0, le=100000)] = 0.0  # MiB/s written
+    before: Annotated[list[BackupHook], Meta(max_length=16)] = msgspec.field(
+        default_factory=list)
+    after: Annotated[list[BackupHook], Meta(max_length=16)] = msgspec.field(
+        default_factory=list)
+    stop_during: bool = False
+    keep_last: Count = 0
+    keep_days: Annotated[float, Meta(ge=0, le=36500)] = 0.0
+    max_bytes: Annotated[int, Meta(ge=0, le=2**62)] = 0
 
 
 def split_game_id(game_id: str) -> tuple[str, str]:
@@ -195,6 +222,7 @@ class ServerSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
                              Meta(max_length=64)] = msgspec.field(default_factory=list)
     schedules: Annotated[list[Schedule], Meta(max_length=32)] = msgspec.field(
         default_factory=list)
+    backup: BackupSpec = msgspec.field(default_factory=BackupSpec)
 
     def __post_init__(self) -> None:
         validate_spec(self)
@@ -277,6 +305,24 @@ def validate_spec(spec: ServerSpec) -> None:
         from manman.schedules.check import check_schedules
 
         check_schedules(spec)
+    _check_backup(spec.backup)
+
+
+def _check_backup(backup: BackupSpec) -> None:
+    for i, path in enumerate(backup.paths):
+        parts = path.split("/")
+        if "\x00" in path or path.startswith("/") or ".." in parts:
+            raise ValueError(f"backup.paths[{i}]: a path relative to the files directory, "
+                             "without '..'")
+    for kind in ("before", "after"):
+        for i, hook in enumerate(getattr(backup, kind)):
+            where = f"backup.{kind}[{i}]"
+            try:
+                check_console_line(hook.command)
+            except ValueError as e:
+                raise ValueError(f"{where}.command: {e}") from None
+            if hook.wait_for is not None:
+                _check_regex(hook.wait_for, f"{where}.wait_for")
 
 
 def _check_regex(pattern: str, where: str) -> re.Pattern[str]:
@@ -333,7 +379,8 @@ def _port_name(ref: str) -> str:
 # PUT /server/{id}: every field optional; what is given replaces the stored value
 _UPDATABLE = ("name", "executable", "args", "env", "stop_command", "stop_timeout",
               "ready_pattern", "restart", "health", "ports", "desired_state", "stop_signal",
-              "player_patterns", "restart_needed_patterns", "auto_update", "schedules")
+              "player_patterns", "restart_needed_patterns", "auto_update", "schedules",
+              "backup")
 
 
 class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -357,6 +404,7 @@ class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     auto_update: AutoUpdateSpec | msgspec.UnsetType = msgspec.UNSET
     schedules: Annotated[list[Schedule], Meta(max_length=32)] | \
         msgspec.UnsetType = msgspec.UNSET
+    backup: BackupSpec | msgspec.UnsetType = msgspec.UNSET
     restart_on_change: bool = False
 
 
@@ -461,6 +509,7 @@ class Server(Struct, kw_only=True):
     preset: str | None
     preset_version: int | None
     schedules: list[Schedule]
+    backup: BackupSpec
     state: ServerState
     ready: bool
     pid: int | None

@@ -61,10 +61,11 @@ class HostClient:
                                  headers={"Authorization": f"Bearer {token}"})
 
     def call(self, method: str, path: str, json: Any = None,
-             params: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201, 202)
-             ) -> Any:
+             params: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201, 202),
+             timeout: float | None = None) -> Any:
         try:
-            r = self.http.request(method, path, json=json, params=params)
+            r = self.http.request(method, path, json=json, params=params,
+                                  timeout=timeout or self.http.timeout)
         except httpx.HTTPError as e:
             raise ClientError(f"cannot reach the host at {self.url}: {type(e).__name__}") \
                 from None

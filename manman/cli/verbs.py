@@ -101,6 +101,10 @@ def add_client_commands(sub: argparse._SubParsersAction, common: argparse.Argume
 
     add_schedule_commands(sub, common, verb_common, out, _run)
 
+    from manman.cli.backups import add_backup_commands
+
+    add_backup_commands(sub, common, verb_common, out, _run)
+
 
 def _spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", "-f", dest="file",

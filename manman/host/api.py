@@ -11,6 +11,7 @@ import trio
 from quart import Response, request, websocket
 
 from manman import errors, models
+from manman.host.backups import add_backup_routes
 from manman.host.control import HostControl
 from manman.host.files import add_file_routes
 from manman.host.fleet import Fleet
@@ -312,4 +313,5 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
 
     add_file_routes(api, control)
     add_schedule_routes(api, control)
+    add_backup_routes(api, control)
     return api

@@ -11,7 +11,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -110,6 +110,8 @@ class WorkerAgent:
         self._observers: list[ServerObserver] = []
         self._installs = installs
         self.started_at = time.time()
+        # asked before each power action; one may refuse it (a restore under way)
+        self.guards: list[Callable[[ServerActor, Action], None]] = []
 
     def add_observer(self, observer: ServerObserver) -> None:
         self._observers.append(observer)
@@ -356,6 +358,8 @@ class WorkerAgent:
         undone by a restart, and a start could not record its process."""
         self.check_writable(actor)
         machine.check(action, actor.status.state)  # a refused command saves nothing
+        for guard in self.guards:
+            guard(actor, action)
         do = {"start": actor.start, "stop": actor.stop, "kill": actor.kill,
               "restart": actor.restart, "install": actor.install}[action]
         async with self._saved_first(actor, desired_state=_DESIRED_AFTER.get(

@@ -30,6 +30,8 @@ from manman.presets import PresetCatalog
 from manman.presets import routes as preset_routes
 from manman.worker.actor import ServerActor
 from manman.worker.agent import Action, WorkerAgent
+from manman.worker.backups.manager import BackupManager
+from manman.worker.backups.routes import add_backup_routes
 from manman.worker.console.viewer import Disconnect, run_viewer
 from manman.worker.files.routes import add_file_routes
 from manman.worker.files.safe import FilesTree
@@ -72,7 +74,8 @@ LOG_PAGE_CHARS = 8 << 20
 
 def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: WorkerMetrics,
                      catalog: PresetCatalog | None = None,
-                     schedules: WorkerSchedules | None = None) -> Api:
+                     schedules: WorkerSchedules | None = None,
+                     backups: BackupManager | None = None) -> Api:
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         token = bearer_token()
         if same_secret(token, secrets.admin_secret):
@@ -276,6 +279,8 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
                     agent.cfg.files_max_upload, agent.cfg.files_max_extract)
     if schedules is not None:
         add_schedule_routes(api, agent, schedules)
+    if backups is not None:
+        add_backup_routes(api, agent, backups)
     return api
 
 

@@ -18,6 +18,8 @@ from manman.limits import report_open_files
 from manman.presets import PresetCatalog, operator_dir
 from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
+from manman.worker.backups.manager import BackupManager
+from manman.worker.backups.report import BackupReporter
 from manman.worker.schedules.service import WorkerSchedules
 
 if TYPE_CHECKING:
@@ -68,6 +70,8 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 schedules = WorkerSchedules(agent)  # on the worker: a host outage stops none
                 agent.add_observer(schedules)
                 await nursery.start(schedules.run)
+                backups = BackupManager(agent, wcfg.effective_backup_dir())
+                await nursery.start(backups.run)
                 link: HostLink | None = None
                 if wcfg.standalone:
                     admin_secret = wcfg.api_token or auth.load_or_create_token(
@@ -80,7 +84,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     admin_secret = await link.identity()
                 metrics.watch(agent, link)
                 secrets = WorkerSecrets(admin_secret)
-                api = build_worker_api(agent, secrets, metrics, catalog, schedules)
+                api = build_worker_api(agent, secrets, metrics, catalog, schedules, backups)
                 stop_api = trio.Event()
                 url = await nursery.start(partial(serve, header_timeout=wcfg.header_timeout),
                                          api.app, wcfg.listen, stop_api)
@@ -89,6 +93,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 else:
                     assert link is not None
                     await nursery.start(link.run, wcfg.effective_advertise_url(url))
+                    nursery.start_soon(BackupReporter(link, backups).run)
                 log.info("worker %s listening on %s", wcfg.effective_name(), url)
                 report_open_files()
                 settle_gc()

@@ -39,6 +39,11 @@ CREATE TABLE IF NOT EXISTS servers (
     run_pid_start INTEGER,
     run_instance TEXT
 );
+CREATE TABLE IF NOT EXISTS backups (
+    id TEXT PRIMARY KEY,
+    server_id TEXT NOT NULL,
+    record TEXT NOT NULL
+);
 """
 
 _UPSERT = """
@@ -165,3 +170,20 @@ class WorkerStore:
                 crash_times=tuple(msgspec.json.decode(r[6], type=list[float])),
                 run_pid=r[7], run_pid_start=r[8], run_instance=r[9]))
         return out
+
+    # -- backups (manman.worker.backups): one row per backup, written on each state change --
+
+    async def save_backup(self, backup_id: str, server_id: str, record: bytes) -> None:
+        await self._write(lambda: aio.call(
+            self._conn.execute,
+            "INSERT INTO backups (id, server_id, record) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET record = excluded.record",
+            (backup_id, server_id, record.decode())))
+
+    async def delete_backup(self, backup_id: str) -> None:
+        await self._write(lambda: aio.call(self._conn.execute,
+                                           "DELETE FROM backups WHERE id = ?", (backup_id,)))
+
+    async def load_backups(self) -> list[str]:
+        cur = await aio.call(self._conn.execute, "SELECT record FROM backups")
+        return [r[0] for r in await aio.call(cur.fetchall)]
