@@ -118,9 +118,11 @@ def test_refusals_have_reasons() -> None:
         "length" in _refused([{"cron": "0 5 * * *", "tasks": task * 21}])
     assert "twice" in _refused([{"id": "a", "cron": "0 5 * * *", "tasks": task},
                                 {"id": "a", "cron": "0 6 * * *", "tasks": task}])
-    # backups do not exist yet; updates only for steamcmd servers
-    assert "backup: not available" in _refused([{"cron": "0 */6 * * *",
-                                                 "tasks": [{"action": "backup"}]}])
+    # updates only for steamcmd servers; backups at most every 15 minutes (below)
+    assert _spec([{"cron": "0 */6 * * *", "tasks": [{"action": "backup"}]}]).schedules[0] \
+        .tasks[0].await_ == "done"
+    assert "every 15 minutes" in _refused([{"cron": "*/5 * * * *",
+                                            "tasks": [{"action": "backup"}]}])
     assert "update: not available" in _refused([{"cron": "0 5 * * *",
                                                  "tasks": [{"action": "update"}]}])
     ok = _spec([{"cron": "0 5 * * *", "tasks": [{"action": "update"}]}], "steamcmd:896660")

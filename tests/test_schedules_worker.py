@@ -49,8 +49,8 @@ async def test_schedule_routes_and_refusals(worker: RunningWorker) -> None:
     assert r.status_code == 409, r.text
     for bad, why in [({**RESTART_AT_FIVE, "cron": "0 5 * *"}, "five fields"),
                      ({**RESTART_AT_FIVE, "timezone": "Nowhere/Land"}, "IANA"),
-                     ({**RESTART_AT_FIVE, "tasks": [{"action": "backup"}]},
-                      "backup: not available"),
+                     ({**RESTART_AT_FIVE, "cron": "* * * * *", "tasks": [
+                         {"action": "backup"}]}, "every 15 minutes"),
                      ({**RESTART_AT_FIVE, "tasks": [{"action": "update"}]},
                       "update: not available"),
                      ({**RESTART_AT_FIVE, "tasks": [{"action": "restart"}] * 21}, "")]:
@@ -139,7 +139,7 @@ async def test_host_schedules_travel_with_the_spec_and_runs_come_from_the_worker
     assert [x.id for x in actor.spec.schedules] == ["s1"]
     assert (await w.api.get(f"/server/{s['id']}/schedule/s1"))["cron"] == "0 5 * * *"
     r = await api.request("POST", "/server/hs/schedule", json={
-        "cron": "0 5 * * *", "tasks": [{"action": "backup"}]})
+        "cron": "0 5 * * *", "tasks": [{"action": "update"}]})
     assert r.status_code == 422 and "not available" in r.json()["error"]["message"]
     run = await api.post("/server/hs/schedule/s1/run", expect=202)
     assert run["trigger"] == "manual"
@@ -184,3 +184,23 @@ async def test_a_schedule_fires_while_its_host_is_down(host: Any, hosted: Any) -
             await trio.sleep(0.05)
     assert runs[0]["status"] == "ok" and runs[0]["trigger"] == "cron"
     await w.api.wait_line(s["id"], "said: no host")
+
+
+async def test_a_backup_task_makes_a_backup_and_awaits_it(worker: RunningWorker) -> None:
+    api = worker.api
+    await api.post("/server", fake_spec("bk"), expect=201)
+    files = worker.agent.get("bk").files_dir
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "world.dat").write_bytes(b"w" * 1000)
+    await api.post("/server/bk/schedule", {"cron": "0 4 * * *", "tasks": [
+        {"action": "backup"}, {"action": "notify", "payload": "backed up"}]}, expect=201)
+    await api.post("/server/bk/schedule/s1/run", expect=202)
+    with trio.fail_after(20):
+        while (runs := (await api.get("/server/bk/schedule/s1/runs"))["runs"])[0][
+                "status"] == "running":
+            await trio.sleep(0.05)
+    assert runs[0]["status"] == "ok", runs[0]
+    backups = (await api.get("/server/bk/backup"))["backups"]
+    # awaited: the backup had ended ok before the next task ran
+    assert [b["state"] for b in backups] == ["ok"] and backups[0]["bytes"] > 0
+    assert runs[0]["tasks"][0]["ended_at"] <= runs[0]["tasks"][1]["started_at"]

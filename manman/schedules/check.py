@@ -22,8 +22,6 @@ MAX_WAIT = 86400.0
 
 def task_unavailable(action: str, spec: ServerSpec) -> str | None:
     """Why this server cannot run a task of `action`, or None."""
-    if action == "backup":
-        return "backup: not available (this manman has no backups yet)"
     if action == "update" and spec.install_method != "steamcmd":
         return "update: not available (only steamcmd servers take Steam builds)"
     return None

@@ -67,11 +67,12 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
             with stopper.starting:
                 await nursery.start(agent.run)
                 agent_up = True
-                schedules = WorkerSchedules(agent)  # on the worker: a host outage stops none
-                agent.add_observer(schedules)
-                await nursery.start(schedules.run)
                 backups = BackupManager(agent, wcfg.effective_backup_dir())
                 await nursery.start(backups.run)
+                # on the worker: a host outage stops none
+                schedules = WorkerSchedules(agent, backups)
+                agent.add_observer(schedules)
+                await nursery.start(schedules.run)
                 link: HostLink | None = None
                 if wcfg.standalone:
                     admin_secret = wcfg.api_token or auth.load_or_create_token(

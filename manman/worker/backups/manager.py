@@ -56,6 +56,7 @@ class BackupManager:
         self._nursery: trio.Nursery | None = None
         # told the server id of each change (the host's reports)
         self.listeners: list[Callable[[str], None]] = []
+        self._ended: dict[str, trio.Event] = {}  # backups someone waits for (schedules)
 
     # -- life --------------------------------------------------------------------------
 
@@ -144,6 +145,12 @@ class BackupManager:
         self._nursery.start_soon(self._run, b)
         return b
 
+    async def wait_ended(self, b: Backup) -> None:
+        """Until `b` is ok or failed (a schedule's backup task awaiting `done`)."""
+        if b.state in ("ok", "failed"):
+            return
+        await self._ended.setdefault(b.id, trio.Event()).wait()
+
     def _actor(self, server_id: str) -> ServerActor:
         actor = self.agent.actors.get(server_id)  # a faulted actor is rebuilt: ask each time
         if actor is None:
@@ -191,6 +198,8 @@ class BackupManager:
             raise
         b.finished_at = time.time()
         self.busy.pop(sid, None)
+        if (ended := self._ended.pop(b.id, None)) is not None:
+            ended.set()
         await self._save_quietly(b)
         if b.state == "ok":
             await self._prune(sid)

@@ -104,6 +104,8 @@ async def do_task(target: Target, task: ScheduleTask) -> None:
             target.note(task.payload or "")
         elif action == "update":
             target.update()
+        elif action == "backup":
+            await target.backup(wait=(task.await_ or check.default_await(task)) != "none")
         else:
             raise TaskFailed(f"{action}: not available")
         cond = condition(task, before)

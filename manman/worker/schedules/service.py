@@ -18,6 +18,9 @@ from manman.models import Schedule
 from manman.schedules.views import ScheduleRun
 from manman.worker.actor import ServerActor
 from manman.worker.agent import WorkerAgent
+from manman.worker.backups.manager import BackupManager
+from manman.worker.backups.model import BackupCreate
+from manman.worker.schedules.run import TaskFailed
 from manman.worker.schedules.server import ServerSchedules
 from manman.worker.schedules.target import Snapshot, Watches
 
@@ -30,9 +33,11 @@ _runs_type = dict[str, list[ScheduleRun]]
 class ActorTarget:
     """A schedule's server, as the worker holds it (the actor rebuilt after a fault too)."""
 
-    def __init__(self, agent: WorkerAgent, server_id: str) -> None:
+    def __init__(self, agent: WorkerAgent, server_id: str,
+                 backups: BackupManager | None = None) -> None:
         self.agent = agent
         self.server_id = server_id
+        self.backups = backups
         self.watches = Watches()
 
     def actor(self) -> ServerActor:
@@ -64,12 +69,22 @@ class ActorTarget:
     def note(self, text: str) -> None:
         self.actor().broker.note(text)
 
+    async def backup(self, wait: bool) -> None:
+        if self.backups is None:
+            raise errors.Invalid("backup: not available on this worker")
+        b = await self.backups.create(self.actor(), BackupCreate())
+        if wait:
+            await self.backups.wait_ended(b)
+            if b.state == "failed":
+                raise TaskFailed(f"the backup failed: {b.error}")
+
 
 class WorkerSchedules:
     """Told of every server change (an agent observer)."""
 
-    def __init__(self, agent: WorkerAgent) -> None:
+    def __init__(self, agent: WorkerAgent, backups: BackupManager | None = None) -> None:
         self.agent = agent
+        self.backups = backups
         self.wall = time.time  # the clock the crons are read by
         self.servers: dict[str, ServerSchedules] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
@@ -111,8 +126,8 @@ class WorkerSchedules:
             async with lock:
                 await _save_runs(path, ss)
 
-        ss = ServerSchedules(actor.id, ActorTarget(self.agent, actor.id), lambda: self.wall(),
-                             save)
+        target = ActorTarget(self.agent, actor.id, self.backups)
+        ss = ServerSchedules(actor.id, target, lambda: self.wall(), save)
         ss.load_runs(_load_runs(path))
         self.servers[actor.id] = ss
         scope = trio.CancelScope()

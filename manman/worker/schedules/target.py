@@ -69,4 +69,6 @@ class Target(Protocol):
 
     def update(self) -> None: ...
 
+    async def backup(self, wait: bool) -> None: ...  # TaskFailed when it failed
+
     def note(self, text: str) -> None: ...
