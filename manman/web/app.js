@@ -1093,6 +1093,8 @@
   let schedules = [];          // the open server's schedules, as GET answers them
   let runsFor = null;          // the schedule whose runs are shown
   let schedulesTimer = null;
+  let armedDelete = null;      // the schedule whose Delete was clicked once (survives refresh)
+  let rendered = "";           // what the table shows: a refresh that changes nothing is no redraw
 
   function schedUrl(suffix) {
     return "/server/" + enc(selectedId) + "/schedule" + (suffix || "");
@@ -1118,6 +1120,8 @@
   function resetSchedules() {
     schedules = [];
     runsFor = null;
+    armedDelete = null;
+    rendered = "";
     clearTimeout(schedulesTimer);
     $("schedules").tBodies[0].replaceChildren();
     $("runs").tBodies[0].replaceChildren();
@@ -1158,6 +1162,9 @@
   }
 
   function renderSchedules() {
+    const key = JSON.stringify([schedules, runsFor, armedDelete]);
+    if (key === rendered) return;
+    rendered = key;
     const body = $("schedules").tBodies[0];
     body.replaceChildren();
     show($("schedules-empty"), schedules.length === 0);
@@ -1187,14 +1194,16 @@
         button("Run now", "run", () => runNow(s.id)),
         button("Runs", "runs", () => { runsFor = s.id; renderSchedules(); loadRuns(s.id); }),
         button(s.enabled ? "Disable" : "Enable", "toggle", () => toggleSchedule(s)));
-      const del = button("Delete", "delete", () => {
-        if (del.dataset.armed !== "1") {   // a second click confirms
-          del.dataset.armed = "1";
-          del.textContent = "Delete " + s.id + "?";
-          return;
-        }
-        removeSchedule(s.id);
-      }, "danger");
+      const del = button(armedDelete === s.id ? "Delete " + s.id + "?" : "Delete", "delete",
+        () => {
+          if (armedDelete !== s.id) {   // a second click confirms
+            armedDelete = s.id;
+            renderSchedules();
+            return;
+          }
+          armedDelete = null;
+          removeSchedule(s.id);
+        }, "danger");
       acts.append(del);
     }
   }
