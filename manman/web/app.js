@@ -336,6 +336,7 @@
     const s = findServer(key);
     if (s) selectedId = s.id;
     resetFiles();
+    resetSchedules();
     show($("no-selection"), false);
     show($("server-view"), true);
     term = new Console(selectedId);
@@ -1080,6 +1081,284 @@
     loadFiles();
   }
 
+  // -- schedules -----------------------------------------------------------------------------
+  // A server's schedules through the host (each change is a spec update the worker converges
+  // to); runs are relayed from the worker. Times come in UTC and are shown local (UTC).
+
+  const ACTIONS = ["command", "notify", "wait", "start", "stop", "restart", "kill", "update",
+    "backup"];
+  const AWAITS = ["", "none", "done", "ready", "stopped"];   // "": the action's default
+  const SCHEDULES_MS = 5000;   // list and runs refresh while the panel is open
+  const RUNS_SHOWN = 10;
+  let schedules = [];          // the open server's schedules, as GET answers them
+  let runsFor = null;          // the schedule whose runs are shown
+  let schedulesTimer = null;
+  let armedDelete = null;      // the schedule whose Delete was clicked once (survives refresh)
+  let rendered = "";           // what the table shows: a refresh that changes nothing is no redraw
+
+  function schedUrl(suffix) {
+    return "/server/" + enc(selectedId) + "/schedule" + (suffix || "");
+  }
+
+  function schedMessage(text, kind) { setMessage($("schedules-message"), text, kind); }
+
+  // "2026-12-02 05:00 (04:00 UTC)": local time, then UTC
+  function localAndUtc(iso) {
+    if (!iso) return "—";
+    const t = Date.parse(iso);
+    if (Number.isNaN(t)) return String(iso);
+    const d = new Date(t);
+    return day(t / 1000) + " (" + pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) +
+      (d.getUTCDate() !== d.getDate() ? " " + iso.slice(0, 10) : "") + " UTC)";
+  }
+
+  function taskText(t) {
+    return t.action + (t.payload != null ? " " + t.payload : "") +
+      (t.delay ? " +" + t.delay + "s" : "") + (t.await && t.await !== "none" ? " (await " + t.await + ")" : "");
+  }
+
+  function resetSchedules() {
+    schedules = [];
+    runsFor = null;
+    armedDelete = null;
+    rendered = "";
+    clearTimeout(schedulesTimer);
+    $("schedules").tBodies[0].replaceChildren();
+    $("runs").tBodies[0].replaceChildren();
+    show($("schedule-runs"), false);
+    show($("schedules-empty"), false);
+    schedMessage("");
+    setMessage($("schedule-form-message"), "");
+    if ($("schedules-panel").open) loadSchedules();
+  }
+
+  async function loadSchedules() {
+    clearTimeout(schedulesTimer);
+    if (!selectedId || !$("schedules-panel").open) return;
+    const id = selectedId;
+    try {
+      const r = await api("GET", schedUrl());
+      if (id !== selectedId) return;
+      schedules = r.schedules || [];
+      if (runsFor && !schedules.some((s) => s.id === runsFor)) runsFor = null;
+      renderSchedules();
+      if (runsFor) await loadRuns(runsFor);
+    } catch (e) {
+      if (!(e instanceof AuthError) && id === selectedId) schedMessage(e.message, "error");
+    }
+    if (id === selectedId && $("schedules-panel").open) {
+      schedulesTimer = setTimeout(loadSchedules, SCHEDULES_MS);
+    }
+  }
+
+  function button(text, role, onClick, cls) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "small-btn" + (cls ? " " + cls : "");
+    b.dataset.role = role;
+    b.textContent = text;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  function renderSchedules() {
+    const key = JSON.stringify([schedules, runsFor, armedDelete]);
+    if (key === rendered) return;
+    rendered = key;
+    const body = $("schedules").tBodies[0];
+    body.replaceChildren();
+    show($("schedules-empty"), schedules.length === 0);
+    for (const s of schedules) {
+      const tr = body.insertRow();
+      tr.dataset.scheduleId = s.id;
+      tr.classList.toggle("disabled", !s.enabled);
+      tr.classList.toggle("shown", s.id === runsFor);
+      tr.insertCell().textContent = s.id + (s.name ? " · " + s.name : "");
+      const cron = tr.insertCell();
+      cron.className = "cron";
+      cron.textContent = s.cron;
+      tr.insertCell().textContent = s.timezone;
+      const en = tr.insertCell();
+      en.className = "enabled";
+      en.textContent = s.enabled ? "yes" : "no";
+      const next = tr.insertCell();
+      next.className = "next";
+      next.textContent = localAndUtc(s.next_run_at);
+      if (s.next_run_at) next.title = s.next_run_at;
+      const tasks = tr.insertCell();
+      tasks.className = "tasks";
+      tasks.textContent = s.tasks.map(taskText).join(" → ");
+      const acts = tr.insertCell();
+      acts.className = "acts";
+      acts.append(
+        button("Run now", "run", () => runNow(s.id)),
+        button("Runs", "runs", () => { runsFor = s.id; renderSchedules(); loadRuns(s.id); }),
+        button(s.enabled ? "Disable" : "Enable", "toggle", () => toggleSchedule(s)));
+      const del = button(armedDelete === s.id ? "Delete " + s.id + "?" : "Delete", "delete",
+        () => {
+          if (armedDelete !== s.id) {   // a second click confirms
+            armedDelete = s.id;
+            renderSchedules();
+            return;
+          }
+          armedDelete = null;
+          removeSchedule(s.id);
+        }, "danger");
+      acts.append(del);
+    }
+  }
+
+  async function scheduleChange(method, suffix, body, done) {
+    const id = selectedId;
+    try {
+      const r = await api(method, schedUrl(suffix), body);
+      if (id === selectedId) schedMessage(done, "ok");
+      return r;
+    } catch (e) {
+      if (!(e instanceof AuthError) && id === selectedId) schedMessage(e.message, "error");
+      return null;
+    } finally {
+      if (id === selectedId) loadSchedules();
+    }
+  }
+
+  function toggleSchedule(s) {
+    // a PUT replaces the whole schedule: send it back as it is, the flag flipped
+    const body = { id: s.id, name: s.name, cron: s.cron, timezone: s.timezone,
+      enabled: !s.enabled, only_when: s.only_when, defer_max: s.defer_max, tasks: s.tasks };
+    return scheduleChange("PUT", "/" + enc(s.id), body,
+      s.id + (s.enabled ? " disabled" : " enabled"));
+  }
+
+  function removeSchedule(sid) {
+    if (runsFor === sid) { runsFor = null; show($("schedule-runs"), false); }
+    return scheduleChange("DELETE", "/" + enc(sid), undefined, sid + " deleted");
+  }
+
+  async function runNow(sid) {
+    runsFor = sid;
+    const r = await scheduleChange("POST", "/" + enc(sid) + "/run", undefined,
+      sid + " started");
+    if (r) setTimeout(() => { if (runsFor === sid) loadRuns(sid); }, 1000);
+  }
+
+  async function loadRuns(sid) {
+    const id = selectedId;
+    let runs;
+    try {
+      runs = (await api("GET", schedUrl("/" + enc(sid) + "/runs"))).runs || [];
+    } catch (e) {
+      if (!(e instanceof AuthError) && id === selectedId) schedMessage(e.message, "error");
+      return;
+    }
+    if (id !== selectedId || sid !== runsFor) return;
+    $("schedule-runs-title").textContent = "Last runs of " + sid;
+    const body = $("runs").tBodies[0];
+    body.replaceChildren();
+    for (const run of runs.slice(0, RUNS_SHOWN)) {
+      const tr = body.insertRow();
+      tr.dataset.runId = String(run.id);
+      tr.dataset.status = run.status;
+      const n = tr.insertCell();
+      n.className = "num";
+      n.textContent = String(run.id);
+      tr.insertCell().textContent = run.trigger;
+      tr.insertCell().textContent = localAndUtc(run.started_at);
+      const st = tr.insertCell();
+      st.className = "status run-" + run.status;
+      st.textContent = run.status + (run.reason ? ": " + run.reason : "");
+      const tasks = tr.insertCell();
+      tasks.className = "tasks";
+      for (const t of run.tasks || []) {
+        const span = document.createElement("span");
+        span.className = "task " + (t.ok ? "ok" : "fail");
+        span.textContent = t.action + (t.error ? " — " + t.error : "");
+        tasks.append(span);
+      }
+    }
+    if (!runs.length) {
+      const td = body.insertRow().insertCell();
+      td.colSpan = 5;
+      td.className = "muted";
+      td.textContent = "no runs yet";
+    }
+    show($("schedule-runs"), true);
+  }
+
+  function addTaskRow(action) {
+    const tr = $("schedule-tasks").tBodies[0].insertRow();
+    const act = document.createElement("select");
+    act.className = "action";
+    act.setAttribute("aria-label", "action");
+    act.replaceChildren(...ACTIONS.map((a) => new Option(a, a)));
+    act.value = action || "command";
+    const payload = document.createElement("input");
+    payload.type = "text";
+    payload.className = "payload";
+    payload.spellcheck = false;
+    payload.maxLength = 4096;
+    payload.setAttribute("aria-label", "payload");
+    payload.placeholder = "console line, seconds, or message";
+    const delay = document.createElement("input");
+    delay.type = "number";
+    delay.className = "delay";
+    delay.min = "0";
+    delay.step = "any";
+    delay.value = "0";
+    delay.setAttribute("aria-label", "delay in seconds");
+    const wait = document.createElement("select");
+    wait.className = "await";
+    wait.setAttribute("aria-label", "await");
+    wait.replaceChildren(...AWAITS.map((a) => new Option(a || "(default)", a)));
+    const remove = button("Remove", "remove-task", () => tr.remove());
+    for (const el of [act, payload, delay, wait, remove]) tr.insertCell().append(el);
+    return tr;
+  }
+
+  function resetScheduleForm() {
+    $("schedule-cron").value = "";
+    let zone = "UTC";
+    try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC"; } catch (e) { /**/ }
+    $("schedule-tz").value = zone;
+    $("schedule-tasks").tBodies[0].replaceChildren();
+    addTaskRow("command");
+  }
+
+  async function onAddSchedule(ev) {
+    ev.preventDefault();
+    const tasks = [];
+    for (const tr of $("schedule-tasks").tBodies[0].rows) {
+      const t = { action: tr.querySelector(".action").value };
+      const payload = tr.querySelector(".payload").value;
+      if (payload !== "") t.payload = payload;
+      const delay = Number(tr.querySelector(".delay").value || 0);
+      if (delay) t.delay = delay;
+      const wait = tr.querySelector(".await").value;
+      if (wait) t.await = wait;
+      tasks.push(t);
+    }
+    const body = { cron: $("schedule-cron").value.trim(), tasks };
+    const tz = $("schedule-tz").value.trim();
+    if (tz) body.timezone = tz;
+    const id = selectedId;
+    const submit = $("schedule-submit");
+    submit.disabled = true;
+    const msg = $("schedule-form-message");
+    setMessage(msg, "adding…");
+    try {
+      const s = await api("POST", schedUrl(), body);
+      if (id !== selectedId) return;
+      setMessage(msg, "");
+      schedMessage(s.id + " added; next run " + localAndUtc(s.next_run_at), "ok");
+      resetScheduleForm();
+      loadSchedules();
+    } catch (e) {   // the API's reason, in the form
+      if (!(e instanceof AuthError) && id === selectedId) setMessage(msg, e.message, "error");
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
   // -- wiring --------------------------------------------------------------------------------
 
   function init() {
@@ -1121,6 +1400,11 @@
     $("files-upload").addEventListener("change", uploadFile);
     $("editor-save").addEventListener("click", saveEditor);
     $("editor-close").addEventListener("click", closeEditor);
+    $("schedules-panel").addEventListener("toggle", () => loadSchedules());
+    $("schedules-refresh").addEventListener("click", () => loadSchedules());
+    $("schedule-add-task").addEventListener("click", () => addTaskRow());
+    $("schedule-form").addEventListener("submit", onAddSchedule);
+    resetScheduleForm();
     window.addEventListener("hashchange", route);
     setInterval(() => { if (token && selectedId) renderServerView(); }, 1000);   // uptime
     if (token) showMain();
