@@ -189,6 +189,11 @@ class BackupSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     max_bytes: Annotated[int, Meta(ge=0, le=2**62)] = 0
 
 
+# a glob of paths the file manager neither reads nor writes (docs/spec.md, "Files")
+FileGlob = Annotated[str, Meta(min_length=1, max_length=256, extra_json_schema=_TEXT)]
+FileDenylist = Annotated[list[FileGlob], Meta(max_length=64)]
+
+
 def split_game_id(game_id: str) -> tuple[str, str]:
     method, _, ident = game_id.partition(":")
     return method, ident
@@ -223,6 +228,7 @@ class ServerSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     schedules: Annotated[list[Schedule], Meta(max_length=32)] = msgspec.field(
         default_factory=list)
     backup: BackupSpec = msgspec.field(default_factory=BackupSpec)
+    file_denylist: FileDenylist = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         validate_spec(self)
@@ -306,6 +312,9 @@ def validate_spec(spec: ServerSpec) -> None:
 
         check_schedules(spec)
     _check_backup(spec.backup)
+    for i, glob in enumerate(spec.file_denylist):
+        if "\x00" in glob:
+            raise ValueError(f"file_denylist[{i}]: NUL is not accepted")
 
 
 def _check_backup(backup: BackupSpec) -> None:
@@ -380,7 +389,7 @@ def _port_name(ref: str) -> str:
 _UPDATABLE = ("name", "executable", "args", "env", "stop_command", "stop_timeout",
               "ready_pattern", "restart", "health", "ports", "desired_state", "stop_signal",
               "player_patterns", "restart_needed_patterns", "auto_update", "schedules",
-              "backup")
+              "backup", "file_denylist")
 
 
 class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -405,6 +414,7 @@ class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     schedules: Annotated[list[Schedule], Meta(max_length=32)] | \
         msgspec.UnsetType = msgspec.UNSET
     backup: BackupSpec | msgspec.UnsetType = msgspec.UNSET
+    file_denylist: FileDenylist | msgspec.UnsetType = msgspec.UNSET
     restart_on_change: bool = False
 
 
@@ -510,6 +520,7 @@ class Server(Struct, kw_only=True):
     preset_version: int | None
     schedules: list[Schedule]
     backup: BackupSpec
+    file_denylist: list[str]
     state: ServerState
     ready: bool
     pid: int | None

@@ -62,14 +62,14 @@ def add_file_routes(api: Api, control: HostControl) -> None:
 
     @api.route("GET", "/server/{server_id}/files", response=Listing,
                query={"path": "string", "cursor": "string", "limit": PAGE},
-               errors=(404, 422, 502, 503), summary="A directory of the server's files")
+               errors=(403, 404, 422, 502, 503), summary="A directory of the server's files")
     async def list_files(who: Principal, server_id: str) -> Response:
         w, sid = target(server_id)
         return _json(await relay.call(w, "GET", f"/server/{sid}/files",
                                       params=passed("path", "cursor", "limit")))
 
     @api.route("GET", "/server/{server_id}/files/content", query={"path": "string"},
-               media="application/octet-stream", errors=(404, 422, 502, 503),
+               media="application/octet-stream", errors=(403, 404, 422, 502, 503),
                summary="A file's bytes, streamed from the worker")
     async def read_file(who: Principal, server_id: str) -> Response:
         w, sid = target(server_id)
@@ -82,7 +82,7 @@ def add_file_routes(api: Api, control: HostControl) -> None:
         return resp
 
     @api.route("PUT", "/server/{server_id}/files/content", query={"path": "string"},
-               response=Entry, errors=(404, 411, 413, 422, 502, 503, 507), stream_body=True,
+               response=Entry, errors=(403, 404, 411, 413, 422, 502, 503, 507), stream_body=True,
                summary="Write a file: the raw body, streamed to the worker (which checks "
                        "the size against its files_max_upload before writing)")
     async def write_file(who: Principal, server_id: str) -> Response:
@@ -105,30 +105,30 @@ def add_file_routes(api: Api, control: HostControl) -> None:
                                       json=msgspec.to_builtins(body), timeout=timeout))
 
     @api.route("POST", "/server/{server_id}/files/mkdir", body=PathBody, response=Entry,
-               errors=(404, 409, 422, 502, 503), summary="Make a directory")
+               errors=(403, 404, 409, 422, 502, 503), summary="Make a directory")
     async def mkdir(who: Principal, server_id: str, body: PathBody) -> Response:
         return await post(server_id, "mkdir", body)
 
     @api.route("POST", "/server/{server_id}/files/rename", body=RenameBody, response=Entry,
-               errors=(404, 409, 422, 502, 503),
+               errors=(403, 404, 409, 422, 502, 503),
                summary="Move a file or directory (an existing target is not replaced)")
     async def rename(who: Principal, server_id: str, body: RenameBody) -> Response:
         return await post(server_id, "rename", body)
 
     @api.route("POST", "/server/{server_id}/files/delete", body=PathBody, response=Ok,
-               errors=(404, 422, 502, 503),
+               errors=(403, 404, 422, 502, 503),
                summary="Delete a file, a link (not its target) or a directory with all in it")
     async def delete(who: Principal, server_id: str, body: PathBody) -> Response:
         return await post(server_id, "delete", body)
 
     @api.route("POST", "/server/{server_id}/files/extract", body=ExtractBody, response=Entry,
-               errors=(404, 409, 422, 502, 503, 507),
+               errors=(403, 404, 409, 422, 502, 503, 507),
                summary="Extract an archive into a new directory, all or nothing")
     async def extract(who: Principal, server_id: str, body: ExtractBody) -> Response:
         return await post(server_id, "extract", body, EXTRACT_CALL)
 
     @api.route("POST", "/server/{server_id}/files/archive", body=ArchiveBody, response=Entry,
-               errors=(404, 422, 502, 503, 507),
+               errors=(403, 404, 422, 502, 503, 507),
                summary="Make an archive of some of the server's files")
     async def archive(who: Principal, server_id: str, body: ArchiveBody) -> Response:
         return await post(server_id, "archive", body, EXTRACT_CALL)

@@ -41,6 +41,8 @@ def worker_error(status: int, content: bytes) -> errors.ManmanError:
         err = msgspec.json.decode(content, type=models.ErrorReply).error
     except msgspec.MsgspecError:
         return errors.WorkerError(f"worker answered {status}")
+    if status == 403 and err.code == "denied":  # the spec's file_denylist: the caller's
+        return errors.Forbidden(err.message, err.code)
     passed_on = _PASSED_ON.get(status)
     if passed_on is not None:
         return passed_on(err.message, err.code)

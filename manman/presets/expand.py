@@ -136,6 +136,7 @@ def expand(preset: Preset, vars: Mapping[str, object], overrides: Mapping[str, A
         "ready_pattern": combined_ready_pattern(preset.ready_patterns),
         "ports": named,
         "restart_needed_patterns": list(preset.restart_needed_patterns),
+        "file_denylist": list(preset.file_denylist),
         "preset": preset.name,
         "preset_version": preset.version,
         "secret_values": list(secrets),
@@ -147,6 +148,8 @@ def expand(preset: Preset, vars: Mapping[str, object], overrides: Mapping[str, A
         spec["health"] = {"query": {"type": preset.query.type, "port": preset.query.port}}
     if preset.player_patterns is not None:
         spec["player_patterns"] = to_builtins(preset.player_patterns)
+    if preset.backup is not None:  # a `backup` beside the preset replaces it whole
+        spec["backup"] = to_builtins(preset.backup)
     spec.update(overrides)
     # a stop given beside the preset is how the user wants it stopped: the other way goes
     if overrides.get("stop_command") is not None and "stop_signal" not in overrides:

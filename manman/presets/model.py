@@ -10,7 +10,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from manman.models import (
+    BackupSpec,
     ConsoleLine,
+    FileDenylist,
     GameId,
     Pattern,
     PlayerPatterns,
@@ -94,6 +96,9 @@ class Preset(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
         default_factory=list)
     restart_needed_patterns: Annotated[list[Pattern], Meta(max_length=16)] = msgspec.field(
         default_factory=list)
+    # the spec's `backup` (hooks that make the game save first) and `file_denylist`
+    backup: BackupSpec | None = None
+    file_denylist: FileDenylist = msgspec.field(default_factory=list)
 
     def variable(self, name: str) -> Variable | None:
         for v in self.variables:
@@ -269,6 +274,9 @@ def check_preset(preset: Preset) -> None:
     # fields that are not templates must not look like one: a `{{` there is a mistake
     plain = [("stop_command", preset.stop_command or ""), ("title", preset.title)]
     plain += [(f"ready_patterns[{i}]", p) for i, p in enumerate(preset.ready_patterns)]
+    for kind in ("before", "after"):
+        plain += [(f"backup.{kind}[{i}].command", h.command)
+                  for i, h in enumerate(getattr(preset.backup or BackupSpec(), kind))]
     for where, text in plain:
         if "{{" in text or "}}" in text:
             raise ValueError(f"{where}: placeholders are only expanded in executable, args, "
@@ -303,7 +311,9 @@ def check_preset(preset: Preset) -> None:
     try:
         msgspec.convert({"name": "preset-check", "game_id": preset.game_id,
                          "env": {k: "" for k in preset.env}, "stop_command": preset.stop_command,
-                         "stop_timeout": preset.stop_timeout}, ServerSpec)
+                         "stop_timeout": preset.stop_timeout,
+                         "backup": msgspec.to_builtins(preset.backup or BackupSpec()),
+                         "file_denylist": list(preset.file_denylist)}, ServerSpec)
     except (msgspec.ValidationError, ValueError) as e:
         raise ValueError(str(e)) from None
     if preset.executable is not None and preset.game_id.startswith("steamcmd:"):

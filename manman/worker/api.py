@@ -33,6 +33,7 @@ from manman.worker.agent import Action, WorkerAgent
 from manman.worker.backups.manager import BackupManager
 from manman.worker.backups.routes import add_backup_routes
 from manman.worker.console.viewer import Disconnect, run_viewer
+from manman.worker.files.denylist import Denylist
 from manman.worker.files.routes import add_file_routes
 from manman.worker.files.safe import FilesTree
 from manman.worker.schedules.routes import add_schedule_routes
@@ -275,8 +276,11 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
             with trio.move_on_after(1):
                 await websocket.close(1000)
 
-    add_file_routes(api, lambda server_id: FilesTree(agent.get(server_id).files_dir),
-                    agent.cfg.files_max_upload, agent.cfg.files_max_extract)
+    def files_of(server_id: str) -> FilesTree:
+        actor = agent.get(server_id)
+        return FilesTree(actor.files_dir, Denylist(actor.spec.file_denylist))
+
+    add_file_routes(api, files_of, agent.cfg.files_max_upload, agent.cfg.files_max_extract)
     if schedules is not None:
         add_schedule_routes(api, agent, schedules)
     if backups is not None:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from manman import errors
+from manman.worker.files.denylist import Denylist
 from manman.worker.files.safe import DIR_FLAGS, Entry, FilesTree, os_error, parse
 
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -110,7 +111,9 @@ def _fd(fd: int) -> Iterator[int]:
         os.close(fd)
 
 
-def _add(w: _Writer, dfd: int, name: str, arc: str) -> None:
+def _add(w: _Writer, dfd: int, name: str, arc: str, deny: Denylist) -> None:
+    if deny.match(tuple(arc.split("/"))) is not None:
+        return  # left out of a directory's archive (named on its own, it is refused)
     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     if stat.S_ISLNK(st.st_mode):
         w.add(arc, st, target=os.fsdecode(os.readlink(os.fsencode(name), dir_fd=dfd)))
@@ -119,7 +122,7 @@ def _add(w: _Writer, dfd: int, name: str, arc: str) -> None:
         with _fd(os.open(name, DIR_FLAGS, dir_fd=dfd)) as sub:
             for child in sorted(os.listdir(sub)):
                 if not child.startswith(_OURS):
-                    _add(w, sub, child, f"{arc}/{child}")
+                    _add(w, sub, child, f"{arc}/{child}", deny)
     elif stat.S_ISREG(st.st_mode):
         with _fd(os.open(name, _READ, dir_fd=dfd)) as fd:
             st = os.fstat(fd)  # what is read, not what the name was a moment ago
@@ -140,6 +143,8 @@ def make_archive(tree: FilesTree, paths: list[str], to: str) -> Entry:
     directory), each stored under its path."""
     kind = format_of(parse(to)[-1] if parse(to) else "")
     sources = [parse(p) for p in paths] or [()]
+    for parts in sources:
+        tree.denylist.check(parts)
     upload = tree.upload(to)
     try:
         with os.fdopen(os.dup(upload.fd), "wb") as out:
@@ -149,11 +154,11 @@ def make_archive(tree: FilesTree, paths: list[str], to: str) -> Entry:
                     with tree.directory(()) as root:
                         for child in sorted(os.listdir(root)):
                             if not child.startswith(_OURS) and child != upload.temp:
-                                _add(w, root, child, child)
+                                _add(w, root, child, child, tree.denylist)
                     continue
                 with tree.directory(parts[:-1]) as dfd:
                     try:
-                        _add(w, dfd, parts[-1], "/".join(parts))
+                        _add(w, dfd, parts[-1], "/".join(parts), tree.denylist)
                     except FileNotFoundError as e:
                         raise os_error(e, parts) from None
             w.close()

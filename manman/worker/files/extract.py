@@ -296,6 +296,7 @@ def _extract(tree: FilesTree, path: str, to: str | None, max_bytes: int) -> Entr
     parts = parse(to) if to is not None else (*source[:-1], default_target(source[-1]))
     if not parts:
         raise errors.Invalid("extract needs a new directory to extract into")
+    tree.denylist.check(parts)
     fd, _ = tree.open_read(path)
     with os.fdopen(fd, "rb") as f:
         archive = Archive(f)
@@ -315,6 +316,8 @@ def _extract(tree: FilesTree, path: str, to: str | None, max_bytes: int) -> Entr
                 raise os_error(e, parts) from None
             try:
                 for m, source in archive.members():
+                    # a denied member refuses the archive whole, as a bad one does
+                    tree.denylist.check((*parts, *m.parts))
                     try:
                         staging.write(m, source)
                     except OSError as e:

@@ -84,7 +84,7 @@ def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: 
 
     @api.route("GET", "/server/{server_id}/files", response=Listing,
                query={"path": "string", "cursor": "string", "limit": PAGE},
-               errors=(404, 422), summary="A directory of the server's files, by name")
+               errors=(403, 404, 422), summary="A directory of the server's files, by name")
     async def list_files(who: Principal, server_id: str) -> Response:
         tree = files_of(server_id)
         limit = query_int("limit", 1000, lo=1, hi=10000)
@@ -92,7 +92,7 @@ def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: 
         return json_response(listing)
 
     @api.route("GET", "/server/{server_id}/files/content", query={"path": "string"},
-               media="application/octet-stream", errors=(404, 422),
+               media="application/octet-stream", errors=(403, 404, 422),
                summary="A file's bytes, streamed")
     async def read_file(who: Principal, server_id: str) -> Response:
         tree = files_of(server_id)
@@ -105,7 +105,7 @@ def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: 
         return resp
 
     @api.route("PUT", "/server/{server_id}/files/content", query={"path": "string"},
-               response=Entry, errors=(404, 411, 413, 422, 507), stream_body=True,
+               response=Entry, errors=(403, 404, 411, 413, 422, 507), stream_body=True,
                summary="Write a file: the raw body, streamed to a temporary file, then "
                        "renamed over the target")
     async def write_file(who: Principal, server_id: str) -> Response:
@@ -141,25 +141,25 @@ def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: 
         return json_response(written)
 
     @api.route("POST", "/server/{server_id}/files/mkdir", body=PathBody, response=Entry,
-               errors=(404, 409, 422), summary="Make a directory (its parent must exist)")
+               errors=(403, 404, 409, 422), summary="Make a directory (its parent must exist)")
     async def mkdir(who: Principal, server_id: str, body: PathBody) -> Response:
         return json_response(await run(files_of(server_id).mkdir, body.path))
 
     @api.route("POST", "/server/{server_id}/files/rename", body=RenameBody, response=Entry,
-               errors=(404, 409, 422),
+               errors=(403, 404, 409, 422),
                summary="Move a file or directory (an existing target is not replaced)")
     async def rename(who: Principal, server_id: str, body: RenameBody) -> Response:
         return json_response(await run(files_of(server_id).rename, body.from_, body.to))
 
     @api.route("POST", "/server/{server_id}/files/delete", body=PathBody, response=Ok,
-               errors=(404, 422),
+               errors=(403, 404, 422),
                summary="Delete a file, a link (not its target) or a directory with all in it")
     async def delete(who: Principal, server_id: str, body: PathBody) -> Response:
         await run(files_of(server_id).delete, body.path)
         return json_response(Ok(True))
 
     @api.route("POST", "/server/{server_id}/files/extract", body=ExtractBody, response=Entry,
-               errors=(404, 409, 422, 507),
+               errors=(403, 404, 409, 422, 507),
                summary="Extract a tar, tar.gz/bz2/xz/zst or zip archive into a new directory, "
                        "all or nothing (a bad member refuses the whole archive)")
     async def extract(who: Principal, server_id: str, body: ExtractBody) -> Response:
@@ -167,7 +167,7 @@ def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: 
         return json_response(await run(extract_archive, tree, body.path, body.to, max_extract))
 
     @api.route("POST", "/server/{server_id}/files/archive", body=ArchiveBody, response=Entry,
-               errors=(404, 422, 507),
+               errors=(403, 404, 422, 507),
                summary="Make a tar, tar.gz, tar.zst or zip archive of some files (links kept "
                        "as links, never followed)")
     async def archive(who: Principal, server_id: str, body: ArchiveBody) -> Response:

@@ -26,6 +26,7 @@ from pathlib import Path
 import msgspec
 
 from manman import errors
+from manman.worker.files.denylist import Denylist
 
 MAX_NAME = 255  # bytes: the limit of Linux file systems
 MAX_PATH = 4096
@@ -132,10 +133,12 @@ def _check_single_link(st: os.stat_result, parts: tuple[str, ...]) -> None:
 
 
 class FilesTree:
-    """One server's files directory (created on first use)."""
+    """One server's files directory (created on first use); `denylist`: the spec's
+    `file_denylist`, paths no route reads or writes (the backups' walk has none)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, denylist: Denylist | None = None) -> None:
         self.root = root
+        self.denylist = denylist or Denylist()
 
     def _open_root(self) -> int:
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -171,6 +174,7 @@ class FilesTree:
         """Entries sorted by name, `limit` of them after `cursor` (the last name of the page
         before). Names that are not UTF-8 are left out: JSON cannot carry them."""
         parts = parse(path)
+        self.denylist.check(parts)  # a denied name is listed, its contents are not
         with self.directory(parts) as fd:
             names = []
             with os.scandir(fd) as it:
@@ -193,6 +197,7 @@ class FilesTree:
         """(a descriptor, its size) of the regular file at `path`."""
         parts = parse(path)
         where, name = self._named(parts, "reading")
+        self.denylist.check(parts)
         with self.directory(where) as dfd:
             try:
                 fd = os.open(name, _READ, dir_fd=dfd)
@@ -212,6 +217,7 @@ class FilesTree:
     def mkdir(self, path: str) -> Entry:
         parts = parse(path)
         where, name = self._named(parts, "mkdir")
+        self.denylist.check(parts)
         with self.directory(where) as dfd:
             try:
                 os.mkdir(name, 0o755, dir_fd=dfd)
@@ -224,11 +230,15 @@ class FilesTree:
         sparts, dparts = parse(src), parse(dst)
         swhere, sname = self._named(sparts, "rename")
         dwhere, dname = self._named(dparts, "rename")
+        self.denylist.check(sparts)
+        self.denylist.check(dparts)
         with self.directory(swhere) as sfd, self.directory(dwhere) as dfd:
             try:
-                os.stat(sname, dir_fd=sfd, follow_symlinks=False)
+                st = os.stat(sname, dir_fd=sfd, follow_symlinks=False)
             except OSError as e:
                 raise os_error(e, sparts) from None
+            if stat.S_ISDIR(st.st_mode):  # nothing denied may move out of (or into) denial
+                self.denylist.check_below(sfd, sname, sparts, dparts)
             try:
                 os.stat(dname, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
@@ -245,10 +255,12 @@ class FilesTree:
         """Remove a file, a link (not what it points to) or a whole directory."""
         parts = parse(path)
         where, name = self._named(parts, "delete")
+        self.denylist.check(parts)
         with self.directory(where) as dfd:
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
+                    self.denylist.check_below(dfd, name, parts)
                     # the fd-based rmtree: it never follows a link out of the tree
                     shutil.rmtree(name, dir_fd=dfd)
                 else:
@@ -274,6 +286,7 @@ class Upload:
 
     def __init__(self, tree: FilesTree, parts: tuple[str, ...]) -> None:
         where, self.name = tree._named(parts, "writing")
+        tree.denylist.check(parts)
         self.parts = parts
         self.mode = 0o644
         with tree.directory(where) as dfd:
