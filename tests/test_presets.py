@@ -209,6 +209,19 @@ def test_overrides_win_over_the_preset(catalog: PresetCatalog) -> None:
         expand(valheim, {"password": "hunter22"}, {})  # a server needs a name
 
 
+def test_backup_hooks_and_file_denylist_come_from_the_preset(catalog: PresetCatalog) -> None:
+    mc = expand(catalog.get("minecraft"), {"eula": True}, {"name": "mc"}).spec
+    assert [h["command"] for h in mc["backup"]["before"]] == ["save-off", "save-all flush"]
+    assert mc["backup"]["before"][1]["wait_for"] is not None
+    assert [h["command"] for h in mc["backup"]["after"]] == ["save-on"]
+    assert mc["file_denylist"] == [".rcon-cli.env", ".rcon-cli.yaml"]
+    # a `backup` beside the preset replaces its backup whole
+    own = expand(catalog.get("minecraft"), {"eula": True},
+                 {"name": "mc", "backup": {"stop_during": True}}).spec
+    assert own["backup"]["stop_during"] and own["backup"]["before"] == []
+    assert expand(catalog.get("cs2"), {}, {"name": "cs"}).spec["file_denylist"] == []
+
+
 def test_ports_allocation(catalog: PresetCatalog) -> None:
     valheim = catalog.get("valheim")
     with pytest.raises(Invalid) as e:
@@ -291,6 +304,11 @@ def test_one_name_in_two_files_stops_start_up(tmp_path: Path) -> None:
      "variables[0].rule"),
     ("[]", '[[variables]]\nname = "s"\nrule = "(x"', "variables[0].rule"),
     ("[]", '[player_patterns]\njoin = ["joined"]', "player_patterns.join[0]"),
+    ("[]", '[backup]\nbefore = [{ command = "save", wait_for = "(x" }]',
+     "backup.before[0].wait_for"),
+    ("[]", '[backup]\nafter = [{ command = "say {{x}}" }]', "backup.after[0].command"),
+    ("[]", '[backup]\nkeep_last = -1', "backup.keep_last"),
+    ("[]", 'file_denylist = [""]', "file_denylist"),
 ])
 def test_a_broken_file_names_the_file_and_the_key(tmp_path: Path, args: str, extra: str,
                                                   key: str) -> None:

@@ -337,6 +337,7 @@
     if (s) selectedId = s.id;
     resetFiles();
     resetSchedules();
+    resetBackups();
     show($("no-selection"), false);
     show($("server-view"), true);
     term = new Console(selectedId);
@@ -1359,6 +1360,183 @@
     }
   }
 
+  // -- backups -------------------------------------------------------------------------------
+  // A server's backups through the host (the list is the worker's last report when it is
+  // away). Restore is only offered while the server is stopped (the worker refuses it else).
+  // The download goes through fetch, as a file's does: the token stays in a header.
+
+  const BACKUPS_MS = 5000;          // the list refreshes while the panel is open
+  const RESTORABLE = new Set(["created", "stopped", "failed"]);
+  let backups = [];
+  let backupsTimer = null;
+  let backupArmed = null;           // "delete:ID" or "restore:ID", clicked once (survives refresh)
+  let backupsShown = "";            // what the table shows: a refresh that changes nothing is no redraw
+
+  function backupUrl(suffix) {
+    return "/server/" + enc(selectedId) + "/backup" + (suffix || "");
+  }
+
+  function backupMessage(text, kind) { setMessage($("backups-message"), text, kind); }
+
+  function sizeText(n) {
+    if (!n) return "0 B";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i ? n.toFixed(1) : String(n)) + " " + units[i];
+  }
+
+  function serverState() {
+    const s = findServer(selectedId);
+    const live = term && term.live && term.liveState ? term.liveState : null;
+    return live ? live.state : (s ? s.state : "unknown");
+  }
+
+  function resetBackups() {
+    backups = [];
+    backupArmed = null;
+    backupsShown = "";
+    clearTimeout(backupsTimer);
+    $("backups").tBodies[0].replaceChildren();
+    show($("backups-empty"), false);
+    backupMessage("");
+    if ($("backups-panel").open) loadBackups();
+  }
+
+  async function loadBackups() {
+    clearTimeout(backupsTimer);
+    if (!selectedId || !$("backups-panel").open) return;
+    const id = selectedId;
+    try {
+      const r = await api("GET", backupUrl());
+      if (id !== selectedId) return;
+      backups = r.backups || [];
+      renderBackups();
+    } catch (e) {
+      if (!(e instanceof AuthError) && id === selectedId) backupMessage(e.message, "error");
+    }
+    if (id === selectedId && $("backups-panel").open) {
+      backupsTimer = setTimeout(loadBackups, BACKUPS_MS);
+    }
+  }
+
+  function renderBackups() {
+    const stopped = RESTORABLE.has(serverState());
+    const key = JSON.stringify([backups, backupArmed, stopped]);
+    if (key === backupsShown) return;
+    backupsShown = key;
+    const body = $("backups").tBodies[0];
+    body.replaceChildren();
+    show($("backups-empty"), backups.length === 0);
+    show($("backups-stopped-hint"), !stopped && backups.some((b) => b.state === "ok"));
+    for (const b of backups.slice().reverse()) {   // newest first
+      const tr = body.insertRow();
+      tr.dataset.backupId = b.id;
+      tr.className = "state-" + (b.state === "failed" ? "failed" : "other");
+      const name = tr.insertCell();
+      name.textContent = b.name;
+      name.title = b.id + (b.sha256 ? "\nsha256 " + b.sha256 : "");
+      const st = tr.insertCell();
+      st.className = "state";
+      st.textContent = b.state + (b.error ? ": " + b.error : "");
+      const size = tr.insertCell();
+      size.className = "num";
+      size.textContent = b.state === "ok" ? sizeText(b.bytes) : "";
+      if (b.state === "ok") size.title = b.bytes + " bytes";
+      tr.insertCell().textContent = day(b.created_at);
+      const lk = tr.insertCell();
+      lk.className = "locked";
+      lk.textContent = b.locked ? "yes" : "no";
+      const acts = tr.insertCell();
+      acts.className = "acts";
+      const done = b.state === "ok" || b.state === "failed";
+      if (b.state === "ok") {
+        acts.append(button("Download", "download", () => downloadBackup(b)));
+        if (stopped) {
+          acts.append(armed(b, "restore", "Restore", () => restoreBackup(b)));
+        }
+      }
+      acts.append(button(b.locked ? "Unlock" : "Lock", "lock", () => lockBackup(b, !b.locked)));
+      if (done && !b.locked) acts.append(armed(b, "delete", "Delete", () => removeBackup(b)));
+    }
+  }
+
+  // a button whose second click confirms
+  function armed(b, role, text, act) {
+    const mine = role + ":" + b.id;
+    return button(backupArmed === mine ? text + " " + b.name + "?" : text, role, () => {
+      if (backupArmed !== mine) {
+        backupArmed = mine;
+        renderBackups();
+        return;
+      }
+      backupArmed = null;
+      act();
+    }, "danger");
+  }
+
+  async function backupChange(method, suffix, body, done) {
+    const id = selectedId;
+    try {
+      const r = await api(method, backupUrl(suffix), body);
+      if (id === selectedId) backupMessage(done, "ok");
+      return r;
+    } catch (e) {
+      if (!(e instanceof AuthError) && id === selectedId) backupMessage(e.message, "error");
+      return null;
+    } finally {
+      if (id === selectedId) loadBackups();
+    }
+  }
+
+  function createBackup() {
+    const body = { locked: $("backup-lock").checked };
+    const name = $("backup-name").value.trim();
+    if (name) body.name = name;
+    $("backup-name").value = "";
+    $("backup-lock").checked = false;
+    return backupChange("POST", "", body, "backup started");
+  }
+
+  function lockBackup(b, locked) {
+    return backupChange("PUT", "/" + enc(b.id), { locked },
+      b.name + (locked ? " locked" : " unlocked"));
+  }
+
+  function removeBackup(b) {
+    return backupChange("DELETE", "/" + enc(b.id), undefined, b.name + " deleted");
+  }
+
+  function restoreBackup(b) {
+    backupMessage("restoring " + b.name + "…");
+    return backupChange("POST", "/" + enc(b.id) + "/restore",
+      { truncate: $("backup-truncate").checked }, b.name + " restored");
+  }
+
+  async function downloadBackup(b) {
+    backupMessage("downloading " + b.name + "…");
+    try {
+      const resp = await fetchRaw("GET", backupUrl("/" + enc(b.id) + "/download"));
+      const blob = await resp.blob();
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = b.id + ".tar.zst";
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+      backupMessage("");
+    } catch (e) {
+      if (!(e instanceof AuthError)) backupMessage(e.message, "error");
+    }
+  }
+
+  function initBackups() {
+    $("backups-panel").addEventListener("toggle", () => loadBackups());
+    $("backups-refresh").addEventListener("click", () => loadBackups());
+    $("backup-create").addEventListener("click", createBackup);
+    // the server's state decides whether Restore is offered
+    setInterval(() => { if (selectedId && $("backups-panel").open) renderBackups(); }, 1000);
+  }
+
   // -- wiring --------------------------------------------------------------------------------
 
   function init() {
@@ -1404,6 +1582,7 @@
     $("schedules-refresh").addEventListener("click", () => loadSchedules());
     $("schedule-add-task").addEventListener("click", () => addTaskRow());
     $("schedule-form").addEventListener("submit", onAddSchedule);
+    initBackups();
     resetScheduleForm();
     window.addEventListener("hashchange", route);
     setInterval(() => { if (token && selectedId) renderServerView(); }, 1000);   // uptime
