@@ -126,3 +126,28 @@ async def test_denied_paths_are_neither_read_nor_written(worker: Any) -> None:
     await api.request("PUT", "/server/s", 200, json={"file_denylist": []})
     r = await api.request("GET", content, 200, params={"path": "tls.key"})
     assert r.content == b"KEY\n"
+
+
+async def test_the_host_relays_denied(host: Any, hosted: Any, tmp_path: Path) -> None:
+    """Through the host, a denied path is the caller's 403 `denied`, not a 502."""
+    await hosted("dw")
+    api = host.api
+    wid = (await api.get("/worker"))["workers"][0]["id"]
+    s = await api.post("/server", fake_spec("d", worker_id=wid, file_denylist=["*.key"]),
+                       expect=201)
+    files = tmp_path / "dw" / "servers" / s["id"] / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "tls.key").write_text("KEY\n")
+    with trio.fail_after(10):
+        while True:  # the worker has the spec once the create converged
+            r = await api.request("GET", "/server/d/files/content", None,
+                                  params={"path": "tls.key"})
+            if r.status_code != 404 and r.status_code != 503:
+                break
+            await trio.sleep(0.05)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "denied", r.text
+    r = await api.request("PUT", "/server/d/files/content", 403, params={"path": "x.key"},
+                          content=b"k")
+    assert r.json()["error"]["code"] == "denied"
+    assert sorted(p.name for p in files.iterdir()) == ["tls.key"]
+    assert (files / "tls.key").read_text() == "KEY\n"
