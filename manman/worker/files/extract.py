@@ -195,9 +195,15 @@ class Staging:
         self.left = max_bytes
         os.mkdir(name, 0o700, dir_fd=dir_fd)
         self.fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        # the directory the last member went into: an archive's members come by directory,
+        # and walking each one's path again cost most of a restore (two syscalls a level)
+        self._last: tuple[tuple[str, ...], int] | None = None
 
     @contextmanager
     def parent(self, parts: tuple[str, ...], create: bool = True) -> Iterator[int]:
+        if create and self._last is not None and self._last[0] == parts:
+            yield self._last[1]
+            return
         fd = os.dup(self.fd)
         try:
             for name in parts:
@@ -207,9 +213,23 @@ class Staging:
                 child = os.open(name, DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = child
-            yield fd
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        if not create:
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+            return
+        self._forget_last()
+        self._last = (parts, fd)
+        yield fd
+
+    def _forget_last(self) -> None:
+        if self._last is not None:
+            os.close(self._last[1])
+            self._last = None
 
     def write(self, m: Member, source: Any) -> None:
         if m.kind == "dir":
@@ -242,6 +262,7 @@ class Staging:
                 out.write(data)
 
     def commit(self, to: str) -> Entry:
+        self._forget_last()
         os.fchmod(self.fd, 0o755)
         os.close(self.fd)
         self.fd = -1
@@ -255,6 +276,7 @@ class Staging:
         return entry(self.dir_fd, to)
 
     def remove(self) -> None:
+        self._forget_last()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
