@@ -3,7 +3,7 @@
 Loaded from PostgreSQL at start and kept in memory; API writes go to the database first and
 then here. Heartbeats and status reports only touch memory and are written in batches
 (`flush`), so the heartbeat path does no database I/O. The batches' records that matter
-after a crash (the command audit, observed states) go through the on-disk spool first and
+after a crash (the audit trail, observed states) go through the on-disk spool first and
 wait there for PostgreSQL as long as it takes (manman.host.spool).
 """
 
@@ -274,7 +274,7 @@ class Fleet:
 
     def pending_records(self) -> dict[str, int]:
         """Records waiting for PostgreSQL, by kind (for /metrics and the outage log)."""
-        return {"command": len(self._commands) + len(self._pending_commands),
+        return {"audit": len(self._commands) + len(self._pending_commands),
                 "observed": len(self._dirty_observed | self._pending_observed.keys())}
 
     async def spool_new(self) -> None:
@@ -369,6 +369,6 @@ class Fleet:
         now = time.monotonic()
         if now - self._drop_logged >= DROP_LOG_EVERY:  # one line a minute while it is full
             self._drop_logged = now
-            log.error("the spool is full (%d bytes): command records are dropped until "
+            log.error("the spool is full (%d bytes): audit records are dropped until "
                       "PostgreSQL takes them; %d dropped so far",
                       self.spool.bound if self.spool else 0, self.records_dropped)

@@ -13,6 +13,7 @@ import trio
 
 from manman import errors
 from manman.config import Config
+from manman.host import audit
 from manman.host.api import build_host_api
 from manman.host.control import HostControl
 from manman.host.embedded import EmbeddedPostgres
@@ -84,6 +85,7 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
                 await control.forget_deleted_on_retired()
                 api = build_host_api(control, secrets, hcfg.console_token_ttl, catalog)
                 await loops.start(control.run, hcfg.flush_interval, stop)
+                loops.start_soon(audit.prune_loop, store, hcfg.audit_days)
                 async with trio.open_nursery() as api_nursery:
                     url = await api_nursery.start(
                         partial(serve, header_timeout=hcfg.header_timeout), api.app,

@@ -1,6 +1,6 @@
 """The host's durable state in PostgreSQL (asyncpg, through the asyncio bridge).
 
-Desired state and the audit of commands. Observed state and heartbeats arrive far more
+Desired state and the audit trail. Observed state and heartbeats arrive far more
 often than they change anything an operator reads back after a restart: they are kept in
 memory (host.fleet) and written here in batches.
 """
@@ -339,7 +339,7 @@ class HostStore:
     async def flush(self, heartbeats: list[tuple[str, float]],
                     observed: list[tuple[str, Any, int]],
                     commands: list[tuple[Any, ...]]) -> None:
-        """One transaction for a batch of what piled up in memory. Idempotent (a command row
+        """One transaction for a batch of what piled up in memory. Idempotent (an audit row
         already there is skipped), so a batch whose outcome is not known is simply written
         again."""
 
@@ -355,9 +355,9 @@ class HostStore:
                     observed)
             if commands:
                 await conn.executemany(
-                    "INSERT INTO commands (id, at, actor, server_id, worker_id, type, data, "
-                    "delivered, result) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-                    "ON CONFLICT (id) DO NOTHING", commands)
+                    "INSERT INTO audit (id, at, actor, source, action, server_id, worker_id, "
+                    "target, status, detail, result) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                    "$9, $10, $11) ON CONFLICT (id) DO NOTHING", commands)
 
         if heartbeats or observed or commands:
             await self._call(body, write=True)
