@@ -532,6 +532,8 @@ class HostControl:
                     try:
                         await self.retire_worker(
                             w, f"no heartbeat for {fleet.worker_expiry:g}s")
+                        if fleet.watcher is not None:
+                            fleet.watcher.worker_changed(w, "unknown", "expired")
                     except errors.DatabaseUnavailable:
                         pass  # retired at a later round; the outage log says why
                     except Exception:

@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -73,6 +73,16 @@ def _timing_only(before: models.ObservedServer | None, after: models.ObservedSer
     return msgspec.structs.replace(after, query=same) == before
 
 
+class Watcher(Protocol):
+    """Told of changes as reports and sweeps find them (the webhooks): called on the
+    heartbeat path, so it must not block or do I/O."""
+
+    def server_changed(self, s: ServerRec, before: models.ObservedServer | None,
+                       after: models.ObservedServer) -> None: ...
+
+    def worker_changed(self, w: WorkerRec, before: str | None, now: str) -> None: ...
+
+
 class Fleet:
     def __init__(self, store: HostStore, worker_timeout: float, worker_expiry: float,
                  spool: Spool | None = None) -> None:
@@ -96,6 +106,7 @@ class Fleet:
         self.heartbeats_received = 0
         self.heartbeats_missed = 0
         self._last_status: dict[str, str] = {}
+        self.watcher: Watcher | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -215,6 +226,8 @@ class Fleet:
             if not (s.observed_generation == obs.observed_generation
                     and _timing_only(s.observed, obs)):
                 self._dirty_observed.add(s.id)
+                if self.watcher is not None:
+                    self.watcher.server_changed(s, s.observed, obs)
             s.observed = obs
             s.observed_generation = obs.observed_generation
         return True
@@ -267,6 +280,8 @@ class Fleet:
             if now == "unknown" and before in ("alive", "frozen"):
                 self.heartbeats_missed += 1
                 log.warning("worker %s (%s) missed its heartbeats: unknown", w.name, w.id)
+            if self.watcher is not None and now != before:
+                self.watcher.worker_changed(w, before, now)
             self._last_status[w.id] = now
 
     def record_command(self, row: tuple[Any, ...]) -> None:

@@ -285,6 +285,11 @@ class HostStore:
     async def execute(self, sql: str, *args: Any, what: str = "a write") -> str:
         return await self._call(lambda conn: conn.execute(sql, *args), write=True, what=what)
 
+    async def write_quietly(self, sql: str, *args: Any) -> str:
+        """A background write its caller retries or does without (the webhook outbox): an
+        outage is logged once by the outage log, not at each call."""
+        return await self._call(lambda conn: conn.execute(sql, *args), write=True)
+
     # -- workers ---------------------------------------------------------------------------
 
     async def insert_worker(self, worker_id: str, name: str, created_at: float) -> None:
