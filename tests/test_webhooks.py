@@ -200,6 +200,19 @@ async def test_delivery_retries_backoff_retry_after_timeouts_and_five_in_flight(
     slow_at = sorted(r.at for r in rx.on("/slow"))
     assert slow_at[5] - slow_at[0] >= 0.25  # the sixth waited for one of the first five
     assert not [r for r in rx.on("/slow") if r.headers.get("x-manman-signature")]
+    # the log in PostgreSQL: the same last attempts of each hook (at most 100)
+    for _ in range(3):  # over 100 attempts of one hook: the oldest go
+        for n in range(40):
+            await hooks.dispatcher.attempt(hooks.dispatcher.hooks[ids["/gone"]],
+                                           payloads.Event(f"x{n}", "server.crashed", 0, {}))
+    await hooks.dispatcher.write_logs()
+    for path, hook_id in ids.items():
+        rows = await host.control.store.fetch(
+            "SELECT attempt FROM webhook_deliveries WHERE hook_id = $1 ORDER BY seq DESC",
+            hook_id)
+        assert [r["attempt"] for r in rows] == await log(path), path
+        assert len(rows) <= 100
+    assert len(await log("/gone")) == 100
     # the outbox is empty once each is done or given up
     rows = await host.control.store.fetch("SELECT count(*) AS n FROM webhook_outbox")
     assert rows[0]["n"] == 0
@@ -266,6 +279,16 @@ async def test_a_delivery_not_done_is_resumed_by_the_next_host(
                 await trio.sleep(0.05)
         first, second = (json.loads(r.body) for r in rx.on("/later"))
         assert first == second and first["event"] == "worker.expired"
+        # the deliveries' log, from PostgreSQL: the first host's attempt and this one's
+        api = Client(again.url, ADMIN)
+        hook_id = (await api.get("/webhook"))["webhooks"][0]["id"]
+        with trio.fail_after(5):
+            while len(log := (await api.get(f"/webhook/{hook_id}/deliveries"))[
+                    "deliveries"]) < 2:
+                await trio.sleep(0.05)
+        assert [(a["status"], a["attempt"]) for a in log] == [(200, 1), (503, 1)]
+        assert log[1]["next_attempt_at"] is not None
+        await api.aclose()
         with trio.fail_after(5):
             while (await again.control.store.fetch(
                     "SELECT count(*) AS n FROM webhook_outbox"))[0]["n"]:

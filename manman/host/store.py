@@ -290,6 +290,10 @@ class HostStore:
         outage is logged once by the outage log, not at each call."""
         return await self._call(lambda conn: conn.execute(sql, *args), write=True)
 
+    async def write_batch(self, body: Body) -> Any:
+        """`body(conn)` (asyncio) in one transaction, quietly as write_quietly."""
+        return await self._call(body, write=True)
+
     # -- workers ---------------------------------------------------------------------------
 
     async def insert_worker(self, worker_id: str, name: str, created_at: float) -> None:

@@ -19,3 +19,11 @@ CREATE TABLE webhook_outbox (
     created_at  double precision NOT NULL
 );
 CREATE INDEX webhook_outbox_hook ON webhook_outbox (hook_id);
+
+-- the last attempts of each hook (GET /webhook/{id}/deliveries), written in batches
+CREATE TABLE webhook_deliveries (
+    seq         bigserial PRIMARY KEY,
+    hook_id     text NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    attempt     jsonb NOT NULL
+);
+CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (hook_id, seq);

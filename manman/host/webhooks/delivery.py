@@ -35,6 +35,7 @@ LOG_SIZE = 100  # attempts kept per hook for GET /webhook/{id}/deliveries
 QUEUE = 10000  # events waiting to be fanned out to hooks
 PENDING_PER_HOOK = 10000  # deliveries a hook may have waiting (a dead receiver's backlog)
 DROP_LOG_EVERY = 60.0
+LOG_WRITE_EVERY = 1.0  # the attempts' log goes to PostgreSQL in batches
 RETRIED = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -98,6 +99,7 @@ class Dispatcher:
         self.dropped = 0
         self._drop_logged = -DROP_LOG_EVERY
         self.delivered = 0
+        self._unwritten: list[tuple[str, Attempt]] = []  # (hook id, attempt) for the log
 
     # -- the hooks, as the API changes them ------------------------------------------------
 
@@ -139,7 +141,9 @@ class Dispatcher:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await self._load_logs()
                 await self._resume(nursery)
+                nursery.start_soon(self._log_writer)
                 task_status.started()
                 async for ev in self._receive:
                     server_id = ev.server.get("id") if ev.server else None
@@ -148,6 +152,8 @@ class Dispatcher:
                             self._start(nursery, hook, ev, time.time(), stored=False)
         finally:
             with trio.CancelScope(shield=True):
+                with trio.move_on_after(5):
+                    await self.write_logs()  # the last second's attempts
                 await self._http.aclose()
 
     async def _resume(self, nursery: trio.Nursery) -> None:
@@ -164,6 +170,55 @@ class Dispatcher:
                             r["created_at"], stored=True)
         if rows:
             log.info("resuming %d webhook deliveries from before the last stop", len(rows))
+
+    async def _load_logs(self) -> None:
+        try:
+            rows = await self.store.fetch(
+                "SELECT hook_id, attempt FROM (SELECT hook_id, attempt, seq, row_number() OVER "
+                "(PARTITION BY hook_id ORDER BY seq DESC) AS n FROM webhook_deliveries) t "
+                f"WHERE n <= {LOG_SIZE} ORDER BY seq")
+        except errors.DatabaseUnavailable:
+            return
+        for r in rows:
+            hook = self.hooks.get(r["hook_id"])
+            if hook is not None:
+                hook.log.append(msgspec.convert(r["attempt"], Attempt))
+
+    async def _log_writer(self) -> None:
+        """Every LOG_WRITE_EVERY: the new attempts in one transaction, and each hook's log cut
+        to its last LOG_SIZE. While PostgreSQL is away they wait (the newest LOG_SIZE a
+        hook)."""
+        while True:
+            await trio.sleep(LOG_WRITE_EVERY)
+            await self.write_logs()
+
+    async def write_logs(self) -> None:
+        batch, self._unwritten = self._unwritten, []
+        batch = [(h, a) for h, a in batch if h in self.hooks]
+        if not batch:
+            return
+        hooks = sorted({h for h, _ in batch})
+
+        async def body(conn: Any) -> None:
+            await conn.executemany(
+                "INSERT INTO webhook_deliveries (hook_id, attempt) VALUES ($1, $2)",
+                [(h, msgspec.to_builtins(a)) for h, a in batch])
+            await conn.execute(
+                "DELETE FROM webhook_deliveries d USING (SELECT seq, row_number() OVER "
+                "(PARTITION BY hook_id ORDER BY seq DESC) AS n FROM webhook_deliveries "
+                "WHERE hook_id = ANY($1::text[])) t WHERE d.seq = t.seq AND t.n > $2",
+                hooks, LOG_SIZE)
+
+        try:
+            await self.store.write_batch(body)
+        except errors.DatabaseUnavailable:
+            keep: dict[str, int] = {}
+            for h, a in reversed(batch + self._unwritten):
+                keep[h] = keep.get(h, 0) + 1
+                if keep[h] <= LOG_SIZE:
+                    self._unwritten.insert(0, (h, a))
+        except Exception as e:
+            log.warning("webhook deliveries log: %s: %s", type(e).__name__, e)
 
     def _start(self, nursery: trio.Nursery, hook: _Hook, ev: Event, since: float,
                stored: bool) -> None:
@@ -240,6 +295,8 @@ class Dispatcher:
             attempt = Attempt(ev.id, ev.event, started, n, ok, status,
                               round((time.perf_counter() - t0) * 1000, 3), error)
             hook.log.append(attempt)
+            # the same object: a retry's next_attempt_at set meanwhile is written with it
+            self._unwritten.append((rec.id, attempt))
         if ok:
             self.delivered += 1
             return attempt, None
