@@ -115,7 +115,7 @@ class Fleet:
             spool = self.spool
             commands, observed = await trio.to_thread.run_sync(spool.load)
             if commands or observed:
-                log.info("%s: %d command records and %d observed states from before the "
+                log.info("%s: %d audit records and %d observed states from before the "
                          "last stop", spool.path, len(commands), len(observed))
                 self._pending_commands = commands
                 self._pending_observed = {o[0]: o for o in observed}
