@@ -297,3 +297,62 @@ async def test_a_delivery_not_done_is_resumed_by_the_next_host(
         again.stop()
         with trio.fail_after(20):
             await again.stopped.wait()
+
+
+async def test_a_crash_while_the_host_was_away_is_sent_by_the_next_host(
+        tmp_path: Path, database_url: str, bg: trio.Nursery) -> None:
+    """The host saves the last report of each server and compares the first report after
+    its restart with it: a crash the restart policy recovered from meanwhile is an event."""
+    import socket
+
+    import httpx
+
+    from manman.host.main import run_host
+    from manman.worker.main import run_worker
+    from tests.conftest import ADMIN, Client, hosted_worker_config
+
+    rx = await receiver(bg)
+    with socket.socket() as s:  # the next host must listen where the worker looks for it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = host_config(tmp_path, database_url, listen=f"127.0.0.1:{port}")
+    handle = await bg.start(run_host, cfg)
+    worker = await bg.start(run_worker, hosted_worker_config(tmp_path, handle.url, "wa"))
+    again = None
+    try:
+        api = Client(handle.url, ADMIN)
+        s = await api.post("/server", fake_spec("cr", worker_id=worker.link.worker_id,
+                                                desired_state="running"), expect=201)
+        await api.wait_for("cr", state="running")
+        await api.post("/webhook", {"url": rx.url("/ok"), "events": ["server.crashed"]},
+                       expect=201)
+        await api.aclose()
+        handle.stop()
+        with trio.fail_after(20):
+            await handle.stopped.wait()
+        # the host is away: the game crashes, and the worker restarts it
+        async with httpx.AsyncClient(base_url=worker.url, headers={
+                "Authorization": f"Bearer {worker.secrets.admin_secret}"}) as wapi:
+            r = await wapi.post(f"/server/{s['id']}/command", json={"data": "crash"})
+            assert r.status_code in (200, 202), r.text
+        actor = worker.agent.actors[s["id"]]
+        with trio.fail_after(15):
+            while not (actor.status.restarts == 1 and actor.status.state == "running"):
+                await trio.sleep(0.05)
+        assert rx.requests == []
+        again = await bg.start(run_host, cfg)
+        with trio.fail_after(10):
+            while not rx.on("/ok"):
+                await trio.sleep(0.05)
+        body = json.loads(rx.on("/ok")[0].body)
+        assert body["event"] == "server.crashed" and body["server"]["id"] == s["id"]
+        assert body["data"]["crashes"] == 1 and body["data"]["restarts"] == 1
+    finally:
+        worker.agent.request_shutdown()
+        with trio.fail_after(30):
+            await worker.agent.stopped.wait()
+        for h in (handle, again):
+            if h is not None:
+                h.stop()
+                with trio.fail_after(20):
+                    await h.stopped.wait()
