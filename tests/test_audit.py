@@ -26,6 +26,14 @@ def test_actions_are_named_for_the_route() -> None:
     assert audit.action_of("POST", "/webhook/{id}/test") == "webhook.test"
     assert audit.action_of("POST", "/worker") == "worker.join"
     assert audit.action_of("DELETE", "/worker/{worker_id}") == "worker.retire"
+    # a POST to a collection (it answers GET too) creates; to an action, is that action
+    listed = frozenset({"/server/{server_id}/schedule"})
+    assert audit.action_of("POST", "/server/{server_id}/schedule", listed) == \
+        "server.schedule.create"
+    assert audit.action_of("POST", "/server/{server_id}/schedule/{sid}/run", listed) == \
+        "server.schedule.run"
+    assert audit.action_of("DELETE", "/server/{server_id}/schedule/{sid}", listed) == \
+        "server.schedule.delete"
 
 
 def test_a_spooled_command_row_of_an_older_host_becomes_an_audit_row(tmp_path: Path) -> None:

@@ -183,6 +183,9 @@ async def test_writes_answer_503_while_postgres_is_down_and_the_audit_waits(
         await api.post("/server", fake_spec("a", worker_id=wid, desired_state="running"),
                        expect=201)
         await api.wait_for("a", state="running")
+        with trio.fail_after(5):  # the join, registration and create are in PostgreSQL
+            while metric(await metrics(api), 'manman_host_pending_records{kind="audit"}'):
+                await trio.sleep(0.05)
         caplog.clear()
         pg.stop()
         down = time.monotonic()
@@ -383,6 +386,9 @@ worker_expiry = 0
         await api.post("/server", fake_spec("g", worker_id=worker.link.worker_id,
                                             desired_state="running"), expect=201)
         await api.wait_for("g", state="running")
+        with trio.fail_after(5):  # the join, registration and create are in PostgreSQL
+            while metric(await metrics(api), 'manman_host_pending_records{kind="audit"}'):
+                await trio.sleep(0.05)
         pg.freeze()
         for n in range(5):
             r = await api.post("/server/g/command", {"type": "command", "data": f"say {n}"},

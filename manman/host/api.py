@@ -89,7 +89,9 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
     api = Api("manman.host", "manman host API", "1")
     fleet: Fleet = control.fleet
     metrics = host_metrics(fleet)
-    api.requests = audit.AuditingObserver(metrics, fleet)  # the metrics, and the audit
+    # the metrics, and the audit (a POST to a path that also answers GET creates)
+    api.requests = audit.AuditingObserver(metrics, fleet, lambda: frozenset(
+        d.path for d in api.docs if d.method == "GET"))
     relay: Relay = control.relay
 
     def identify(token: str | None, server_key: str | None) -> Principal:

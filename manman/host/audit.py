@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -38,17 +39,19 @@ _NAMED = {("POST", "/worker"): "worker.join", ("POST", "/worker/{worker_id}"): "
 _VERB = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete"}
 
 
-def action_of(method: str, route: str) -> str:
+def action_of(method: str, route: str, collections: frozenset[str] = frozenset()) -> str:
     """A route's audit action: `server.create`, `server.update`, `webhook.test`,
-    `server.files.rename`... The resource and the literal segments after it, then the verb
-    when the route names a thing (or the collection) rather than an action."""
+    `server.files.rename`, `server.schedule.create`... The resource and the literal segments
+    after it, then the verb when the route names a thing or a collection (a path that also
+    answers GET: `collections`) rather than an action."""
     if (method, route) in _NAMED:
         return _NAMED[(method, route)]
     parts = [p for p in route.strip("/").split("/") if p]
     words = [p for p in parts if not p.startswith("{")]
     if not words:
         return method.lower()
-    if len(words) == 1 or parts[-1].startswith("{") or method != "POST":
+    if len(words) == 1 or parts[-1].startswith("{") or method != "POST" or \
+            route in collections:
         return ".".join([*words, _VERB.get(method, method.lower())])
     return ".".join(words)
 
@@ -162,9 +165,12 @@ class AuditingObserver:
     records the changes. The route sets `g.audit_who` when it knows the caller and may add
     `g.audit` = {"action", "detail", "result", "server_id"}."""
 
-    def __init__(self, inner: RequestObserver, fleet: Fleet) -> None:
+    def __init__(self, inner: RequestObserver, fleet: Fleet,
+                 collections: Callable[[], frozenset[str]] = frozenset) -> None:
         self.inner = inner
         self.fleet = fleet
+        self._collections = collections  # asked once: every route is declared by then
+        self._known: frozenset[str] | None = None
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.inner.observe(method, route, status, seconds)
@@ -175,6 +181,11 @@ class AuditingObserver:
             self._record(method, route, status)
         except Exception:  # the audit never fails the request it records
             log.exception("cannot record %s %s in the audit", method, route)
+
+    def _routes(self) -> frozenset[str]:
+        if self._known is None:
+            self._known = self._collections()
+        return self._known
 
     def _record(self, method: str, route: str, status: int) -> None:
         from quart import g, request
@@ -192,7 +203,8 @@ class AuditingObserver:
             worker_id = s.worker_id
         record(self.fleet, row(
             who.label if who is not None else "unknown", request.remote_addr or "",
-            extra.get("action") or action_of(method, route), server_id=server_id,
+            extra.get("action") or action_of(method, route, self._routes()),
+            server_id=server_id,
             worker_id=worker_id, target=request.path, status=status,
             detail=extra.get("detail"), result=extra.get("result") or error_result()))
 
