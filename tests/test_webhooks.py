@@ -356,3 +356,33 @@ async def test_a_crash_while_the_host_was_away_is_sent_by_the_next_host(
                 h.stop()
                 with trio.fail_after(20):
                     await h.stopped.wait()
+
+
+async def test_worker_events_unknown_and_alive(host: RunningHost, bg: trio.Nursery) -> None:
+    """A worker (its calls made here) that stops heartbeating for worker_timeout (1.5 s)
+    is `worker.unknown`; heard from again, `worker.alive`."""
+    from tests.conftest import JOIN
+
+    rx = await receiver(bg)
+    api = host.api
+    await api.post("/webhook", {"url": rx.url("/ok"), "kind": "slack",
+                                "events": ["worker.unknown", "worker.alive"]}, expect=201)
+    creds = await api.post("/worker", {"name": "quiet"}, expect=201,
+                           headers={"Authorization": f"Bearer {JOIN}"})
+    auth = {"Authorization": f"Bearer {creds['token']}"}
+    wid = creds["worker_id"]
+    await api.post(f"/worker/{wid}", {"name": "quiet", "api_url": ""}, expect=200,
+                   headers=auth)
+    beat = {"status": "alive", "servers": [], "generations": {}}
+    await api.post(f"/worker/{wid}/health", beat, expect=200, headers=auth)
+    with trio.fail_after(10):
+        while not rx.on("/ok"):
+            await trio.sleep(0.05)
+    await api.post(f"/worker/{wid}/health", beat, expect=200, headers=auth)
+    with trio.fail_after(10):
+        while len(rx.on("/ok")) < 2:
+            await trio.sleep(0.05)
+    texts = [json.loads(r.body)["text"] for r in rx.on("/ok")]
+    assert texts == ["worker quiet misses its heartbeats", "worker quiet is back"]
+    assert json.loads(rx.on("/ok")[0].body)["blocks"][1]["fields"][0]["text"] == \
+        "*status*\nunknown"
