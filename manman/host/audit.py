@@ -31,7 +31,8 @@ COLUMNS = ("id", "at", "actor", "source", "action", "server_id", "worker_id", "t
            "status", "detail", "result")
 MAX_TEXT = 1000
 PRUNE_EVERY = 3600.0
-# routes that change nothing an operator made: the workers' reports are the hot path
+# routes that change nothing an operator made: the workers' reports are the hot path (any
+# other call of a worker's but its registration is a report too)
 NOT_AUDITED = frozenset({"/worker/{worker_id}/health", "/server/{server_id}/health"})
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _NAMED = {("POST", "/worker"): "worker.join", ("POST", "/worker/{worker_id}"): "worker.register",
@@ -191,6 +192,8 @@ class AuditingObserver:
         from quart import g, request
 
         who = g.get("audit_who")
+        if who is not None and who.kind == "worker" and (method, route) not in _NAMED:
+            return  # a worker's reports (health, backups): what it observed, not a change
         extra: dict[str, Any] = g.get("audit") or {}
         params = request.view_args or {}
         server_id = extra.get("server_id")
