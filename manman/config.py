@@ -81,6 +81,9 @@ class HostConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     flush_interval: Positive = 0.5
     # a new connection that has not sent a whole request head by then is closed
     header_timeout: Positive = 10.0
+    audit_days: NonNegative = 90.0  # audit rows older than this are pruned; 0: kept forever
+    webhook_timeout: Positive = 10.0  # one delivery attempt, all in
+    webhook_retry_initial: Positive = 10.0  # the first retry's delay; doubles up to 1 h
 
     def __post_init__(self) -> None:
         _check_listen("listen", self.listen)

@@ -88,10 +88,12 @@ async def test_two_workers_servers_commands_update_delete(host: RunningHost, hos
     # every accepted command was recorded
     await host.control.flush()
     rows = await host.control.store.fetch(
-        "SELECT type, delivered, actor FROM commands WHERE server_id = $1 ORDER BY at", s2["id"])
-    assert [r["type"] for r in rows] == ["start", "command", "restart", "kill", "kill",
-                                         "command"]
-    assert rows[0]["delivered"] is True and rows[0]["actor"].startswith("admin@")
+        "SELECT action, result, actor, source FROM audit WHERE server_id = $1 AND action <> "
+        "'server.create' ORDER BY seq", s2["id"])
+    assert [r["action"] for r in rows] == ["server.start", "server.command", "server.restart",
+                                           "server.kill", "server.kill", "server.command"]
+    assert rows[0]["result"] == "delivered" and rows[0]["actor"] == "admin"
+    assert rows[0]["source"] == "127.0.0.1"
 
 
 async def test_console_through_the_host_resume_without_loss(host: RunningHost, hosted: Any

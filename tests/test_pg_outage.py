@@ -183,6 +183,9 @@ async def test_writes_answer_503_while_postgres_is_down_and_the_audit_waits(
         await api.post("/server", fake_spec("a", worker_id=wid, desired_state="running"),
                        expect=201)
         await api.wait_for("a", state="running")
+        with trio.fail_after(5):  # the join, registration and create are in PostgreSQL
+            while metric(await metrics(api), 'manman_host_pending_records{kind="audit"}'):
+                await trio.sleep(0.05)
         caplog.clear()
         pg.stop()
         down = time.monotonic()
@@ -214,11 +217,12 @@ async def test_writes_answer_503_while_postgres_is_down_and_the_audit_waits(
         await trio.sleep(max(0.0, down + 1.5 - time.monotonic()))
         text = await metrics(api)
         assert metric(text, "manman_host_database_up") == 0
-        assert metric(text, 'manman_host_pending_records{kind="command"}') == 2  # stop, say
+        # the five refused writes, and the console line
+        assert metric(text, 'manman_host_pending_records{kind="audit"}') == 6
         assert metric(text, "manman_host_records_dropped_total") == 0
         spooled = [ln for ln in (tmp_path / "host" / "pending-commands.jsonl").read_text()
-                   .splitlines() if ln.startswith('["command",')]
-        assert len(spooled) == 2 and "say while down" in spooled[1]
+                   .splitlines() if ln.startswith('["audit",')]
+        assert len(spooled) == 6 and "say while down" in spooled[5]
         outage = [r for r in caplog.records if r.name.startswith(("manman", "asyncpg"))]
         no_traceback_no_error(outage)
         starts = [r for r in outage if r.levelno == logging.WARNING and
@@ -232,12 +236,15 @@ async def test_writes_answer_503_while_postgres_is_down_and_the_audit_waits(
                 await trio.sleep(0.1)
         with trio.fail_after(5):
             while metric(await metrics(api),
-                         'manman_host_pending_records{kind="command"}') != 0:
+                         'manman_host_pending_records{kind="audit"}') != 0:
                 await trio.sleep(0.1)
-        rows = await sql(db, "SELECT type, data, result FROM commands ORDER BY at")
-        assert [(r["type"], r["data"]) for r in rows] == [("stop", None),
-                                                          ("command", "say while down")]
-        assert rows[0]["result"].startswith("unavailable:")
+        rows = (await sql(db, "SELECT action, detail, result, status FROM audit "
+                              "ORDER BY seq"))[-6:]
+        assert [(r["action"], r["detail"], r["status"]) for r in rows] == [
+            ("server.create", None, 503), ("server.update", None, 503),
+            ("server.stop", None, 503), ("server.delete", None, 503),
+            ("worker.update", None, 503), ("server.command", "say while down", 202)]
+        assert all(r["result"].startswith("unavailable:") for r in rows[:5])
         assert (tmp_path / "host" / "pending-commands.jsonl").stat().st_size == 0
         back = [r for r in caplog.records if "PostgreSQL is back after" in r.getMessage()]
         assert len(back) == 1 and back[0].levelno == logging.INFO
@@ -379,6 +386,9 @@ worker_expiry = 0
         await api.post("/server", fake_spec("g", worker_id=worker.link.worker_id,
                                             desired_state="running"), expect=201)
         await api.wait_for("g", state="running")
+        with trio.fail_after(5):  # the join, registration and create are in PostgreSQL
+            while metric(await metrics(api), 'manman_host_pending_records{kind="audit"}'):
+                await trio.sleep(0.05)
         pg.freeze()
         for n in range(5):
             r = await api.post("/server/g/command", {"type": "command", "data": f"say {n}"},
@@ -387,10 +397,12 @@ worker_expiry = 0
         await api.wait_line("g", "said: 4")
         await trio.sleep(1.0)  # the flush's write to PostgreSQL waits (up to 5 s) meanwhile
         spool = tmp_path / "host" / "pending-commands.jsonl"
-        lines = [ln for ln in spool.read_text().splitlines() if ln.startswith('["command",')]
+        # (the spool is emptied only when nothing waits: earlier rows may still be there)
+        lines = [ln for ln in spool.read_text().splitlines()
+                 if ln.startswith('["audit",') and '"server.command"' in ln]
         assert len(lines) == 5
         text = await metrics(api)
-        assert metric(text, 'manman_host_pending_records{kind="command"}') == 5
+        assert metric(text, 'manman_host_pending_records{kind="audit"}') == 5
         await api.aclose()
         first.kill9()
         await first.wait()
@@ -398,9 +410,10 @@ worker_expiry = 0
         with spool.open("a") as f:  # a record written twice (a crash before the spool was
             f.write(lines[0] + "\n")  # emptied) is one row
         url = await second.start(bg)
-        rows = await sql(db, "SELECT data, delivered, actor FROM commands ORDER BY at")
-        assert [r["data"] for r in rows] == [f"say {n}" for n in range(5)]
-        assert all(r["delivered"] and r["actor"].startswith("admin@") for r in rows)
+        rows = await sql(db, "SELECT detail, result, actor FROM audit WHERE action = "
+                             "'server.command' ORDER BY seq")
+        assert [r["detail"] for r in rows] == [f"say {n}" for n in range(5)]
+        assert all(r["result"] == "delivered" and r["actor"] == "admin" for r in rows)
         assert spool.stat().st_size == 0
         assert not [ln for ln in second.log if "Traceback" in ln or " ERROR " in ln], second.log
     finally:
@@ -419,7 +432,8 @@ def test_the_spool_is_bounded_and_cuts_a_torn_tail(tmp_path: Path) -> None:
 
     path = tmp_path / "pending-commands.jsonl"
     spool = Spool(path, bound=1000)
-    row = ("id0", 1.5, "admin@x", "s", "w", "command", "say 0", True, "delivered")
+    row = ("id0", 1.5, "admin", "x", "server.command", "s", "w", "/server/s/command", 202,
+           "say 0", "delivered")
     assert spool.append([row], [("s", {"state": "running"}, 2)]) == (1, 1)
     # over the bound: the rows that do not fit are refused, the kept ones stay
     kept, _ = spool.append([(f"id{i}", *row[1:]) for i in range(1, 40)], [])

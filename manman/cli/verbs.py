@@ -105,6 +105,10 @@ def add_client_commands(sub: argparse._SubParsersAction, common: argparse.Argume
 
     add_backup_commands(sub, common, verb_common, out, _run)
 
+    from manman.cli.automation import add_automation_commands
+
+    add_automation_commands(sub, common, verb_common, out, _run)
+
 
 def _spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", "-f", dest="file",

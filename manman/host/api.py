@@ -8,9 +8,10 @@ from typing import Any
 
 import msgspec
 import trio
-from quart import Response, request, websocket
+from quart import Response, g, request, websocket
 
 from manman import errors, models
+from manman.host import audit
 from manman.host.backups import add_backup_routes
 from manman.host.control import HostControl
 from manman.host.files import add_file_routes
@@ -88,7 +89,9 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
     api = Api("manman.host", "manman host API", "1")
     fleet: Fleet = control.fleet
     metrics = host_metrics(fleet)
-    api.requests = metrics
+    # the metrics, and the audit (a POST to a path that also answers GET creates)
+    api.requests = audit.AuditingObserver(metrics, fleet, lambda: frozenset(
+        d.path for d in api.docs if d.method == "GET"))
     relay: Relay = control.relay
 
     def identify(token: str | None, server_key: str | None) -> Principal:
@@ -121,6 +124,7 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
 
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         who = identify(bearer_token(), params.get("server_id"))
+        g.audit_who = who
         allowed = {
             "admin": who.admin,
             "join": who.kind == "join",
@@ -184,6 +188,7 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
                        "at once")
     async def create_server(who: Principal, body: dict[str, Any]) -> Response:
         s = await control.create_server(preset_routes.create_spec(body, presets, models.ServerSpec))
+        g.audit = {"server_id": s.id}
         return json_response(fleet.server_view(s), 201)
 
     @api.route("GET", "/server/{server_id}", response=models.Server,
@@ -211,8 +216,11 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
                summary="start | stop | restart | kill | install | health | command")
     async def command(who: Principal, server_id: str, body: models.Command) -> Response:
         s = control.server(server_id)
-        actor = f"{who.label}@{request.remote_addr or '?'}"
-        return json_response(await control.command(s, body, actor), 202)
+        g.audit = {"action": f"server.{body.type}", "detail": body.data}
+        done = await control.command(s, body)
+        g.audit["result"] = (msgspec.json.encode(done.result).decode() if done.result is not None
+                             else "delivered" if done.delivered else "pending")
+        return json_response(done, 202)
 
     @api.route("GET", "/server/{server_id}/log", auth="console", response=models.LogPage,
                query={"since": SINCE, "limit": LIMIT,
@@ -250,9 +258,17 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
         # expire) is not cut every console_token_ttl; a console token's ends with it
         ttl = PROXY_SESSION_TTL if who.expires_at is None else who.expires_at - time.time()
         token = auth.sign_console_token(secrets.console_key(w), s.id, scopes, ttl, time.time())
+        source = websocket.remote_addr or ""
+
+        async def receive() -> Any:
+            message = await websocket.receive()
+            if who.can_write():  # a read-only viewer's commands are refused by the worker
+                audit.console_input(fleet, who.label, source, s.id, w.id, message)
+            return message
+
         await websocket.accept()
         try:
-            await relay.proxy_console(w, s.id, query, token, websocket.send, websocket.receive)
+            await relay.proxy_console(w, s.id, query, token, websocket.send, receive)
         except Unreachable as e:
             await websocket.send(error_frame("unavailable", str(e)))
         with trio.move_on_after(1):
@@ -310,6 +326,26 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
                summary="Heartbeat with observed states; the reply carries missing specs")
     async def heartbeat(who: Principal, worker_id: str, body: models.Heartbeat) -> Response:
         return json_response(control.heartbeat(worker_id, body))
+
+    # -- the audit trail ----------------------------------------------------------------
+
+    @api.route("GET", "/audit", response=audit.AuditPage, summary="The audit trail, newest first",
+               query={"server_id": "string", "action": "string", "since": "number",
+                      "until": "number", "cursor": "string",
+                      "limit": {"type": "integer", "minimum": 1, "maximum": 1000}})
+    async def audit_trail(who: Principal) -> Response:
+        key = request.args.get("server_id")
+        s = fleet.server(key) if key else None
+        cursor = request.args.get("cursor")
+        if cursor is not None and not (cursor.isascii() and cursor.isdigit()
+                                       and len(cursor) < 19):
+            raise errors.Invalid("cursor: not one this API gave")
+        await control.flush()  # what was just recorded shows
+        return json_response(await audit.query(
+            control.store, server_id=s.id if s else key, action=request.args.get("action"),
+            since=audit.query_time("since"), until=audit.query_time("until"),
+            cursor=int(cursor) if cursor is not None else None,
+            limit=query_int("limit", 100, lo=1, hi=1000) or 100))
 
     add_file_routes(api, control)
     add_schedule_routes(api, control)

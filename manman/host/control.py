@@ -315,36 +315,28 @@ class HostControl:
 
         await self._save(lambda: self.store.delete_server(server_id), apply)
 
-    async def command(self, s: ServerRec, cmd: models.Command, actor: str
-                      ) -> models.CommandAccepted:
+    async def command(self, s: ServerRec, cmd: models.Command) -> models.CommandAccepted:
         w = self.worker(s.worker_id)
         if cmd.type not in ("command", "health"):
             self._writable(w)
         delivered = False
         result: Any = None
-        try:
-            if cmd.type in ("start", "stop"):
-                delivered = await self.set_desired(s, "running" if cmd.type == "start"
-                                                   else "stopped")
-            elif cmd.type == "restart":
-                if s.spec.desired_state != "running":
-                    # starting it is the restart: a second one would stop what just started
-                    delivered = await self.set_desired(s, "running")
-                else:
-                    delivered = await self._push(w, "POST", f"/server/{s.id}/restart")
+        # recorded in the audit by the API, refused or not (manman.host.audit)
+        if cmd.type in ("start", "stop"):
+            delivered = await self.set_desired(s, "running" if cmd.type == "start"
+                                               else "stopped")
+        elif cmd.type == "restart":
+            if s.spec.desired_state != "running":
+                # starting it is the restart: a second one would stop what just started
+                delivered = await self.set_desired(s, "running")
             else:
-                delivered, result = await self._direct(s, cmd)
-        except errors.ManmanError as e:
-            self._audit(actor, s, cmd, False, f"{e.code}: {e.message}")
-            raise
-        accepted = models.CommandAccepted(command_id=uuid.uuid4().hex, delivered=delivered)
-        self._audit(actor, s, cmd, delivered, msgspec.json.encode(result).decode()
-                    if result is not None else ("delivered" if delivered else "pending"),
-                    accepted.command_id)
+                delivered = await self._push(w, "POST", f"/server/{s.id}/restart")
+        else:
+            delivered, result = await self._direct(s, cmd)
+        command_id = uuid.uuid4().hex
         if result is not None:
-            return models.CommandAccepted(command_id=accepted.command_id, delivered=True,
-                                          result=result)
-        return accepted
+            return models.CommandAccepted(command_id=command_id, delivered=True, result=result)
+        return models.CommandAccepted(command_id=command_id, delivered=delivered)
 
     async def _direct(self, s: ServerRec, cmd: models.Command) -> tuple[bool, Any]:
         """kill, install, health, command: they need the worker now."""
@@ -366,13 +358,6 @@ class HostControl:
             with contextlib.suppress(errors.DatabaseUnavailable):
                 await self.set_desired(s, "stopped")
         return True, None
-
-    def _audit(self, actor: str, s: ServerRec, cmd: models.Command, delivered: bool,
-               result: str, command_id: str | None = None) -> None:
-        data = cmd.data.replace("\x00", "\ufffd") if cmd.data else cmd.data
-        self.fleet.record_command((command_id or uuid.uuid4().hex, time.time(), actor, s.id,
-                                   s.worker_id, cmd.type, data, delivered,
-                                   result[:1000].replace("\x00", "\ufffd")))
 
     async def log_page(self, s: ServerRec, params: dict[str, str]
                        ) -> tuple[WorkerRec, models.LogPage]:
@@ -488,7 +473,7 @@ class HostControl:
             task_status.started()
 
     async def flush(self) -> None:
-        """Write what piled up in memory (heartbeats, observed states, the command audit) and
+        """Write what piled up in memory (heartbeats, observed states, the audit trail) and
         forget the servers whose deletes the workers finished. Flushes queue: when one
         returns, what was recorded before it was called is written (or failed to be)."""
         async with self._flush_lock:
@@ -547,6 +532,8 @@ class HostControl:
                     try:
                         await self.retire_worker(
                             w, f"no heartbeat for {fleet.worker_expiry:g}s")
+                        if fleet.watcher is not None:
+                            fleet.watcher.worker_changed(w, "unknown", "expired")
                     except errors.DatabaseUnavailable:
                         pass  # retired at a later round; the outage log says why
                     except Exception:

@@ -3,7 +3,7 @@
 Loaded from PostgreSQL at start and kept in memory; API writes go to the database first and
 then here. Heartbeats and status reports only touch memory and are written in batches
 (`flush`), so the heartbeat path does no database I/O. The batches' records that matter
-after a crash (the command audit, observed states) go through the on-disk spool first and
+after a crash (the audit trail, observed states) go through the on-disk spool first and
 wait there for PostgreSQL as long as it takes (manman.host.spool).
 """
 
@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -73,6 +73,16 @@ def _timing_only(before: models.ObservedServer | None, after: models.ObservedSer
     return msgspec.structs.replace(after, query=same) == before
 
 
+class Watcher(Protocol):
+    """Told of changes as reports and sweeps find them (the webhooks): called on the
+    heartbeat path, so it must not block or do I/O."""
+
+    def server_changed(self, s: ServerRec, before: models.ObservedServer | None,
+                       after: models.ObservedServer) -> None: ...
+
+    def worker_changed(self, w: WorkerRec, before: str | None, now: str) -> None: ...
+
+
 class Fleet:
     def __init__(self, store: HostStore, worker_timeout: float, worker_expiry: float,
                  spool: Spool | None = None) -> None:
@@ -96,6 +106,7 @@ class Fleet:
         self.heartbeats_received = 0
         self.heartbeats_missed = 0
         self._last_status: dict[str, str] = {}
+        self.watcher: Watcher | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -104,7 +115,7 @@ class Fleet:
             spool = self.spool
             commands, observed = await trio.to_thread.run_sync(spool.load)
             if commands or observed:
-                log.info("%s: %d command records and %d observed states from before the "
+                log.info("%s: %d audit records and %d observed states from before the "
                          "last stop", spool.path, len(commands), len(observed))
                 self._pending_commands = commands
                 self._pending_observed = {o[0]: o for o in observed}
@@ -215,6 +226,8 @@ class Fleet:
             if not (s.observed_generation == obs.observed_generation
                     and _timing_only(s.observed, obs)):
                 self._dirty_observed.add(s.id)
+                if self.watcher is not None:
+                    self.watcher.server_changed(s, s.observed, obs)
             s.observed = obs
             s.observed_generation = obs.observed_generation
         return True
@@ -267,6 +280,8 @@ class Fleet:
             if now == "unknown" and before in ("alive", "frozen"):
                 self.heartbeats_missed += 1
                 log.warning("worker %s (%s) missed its heartbeats: unknown", w.name, w.id)
+            if self.watcher is not None and now != before:
+                self.watcher.worker_changed(w, before, now)
             self._last_status[w.id] = now
 
     def record_command(self, row: tuple[Any, ...]) -> None:
@@ -274,7 +289,7 @@ class Fleet:
 
     def pending_records(self) -> dict[str, int]:
         """Records waiting for PostgreSQL, by kind (for /metrics and the outage log)."""
-        return {"command": len(self._commands) + len(self._pending_commands),
+        return {"audit": len(self._commands) + len(self._pending_commands),
                 "observed": len(self._dirty_observed | self._pending_observed.keys())}
 
     async def spool_new(self) -> None:
@@ -369,6 +384,6 @@ class Fleet:
         now = time.monotonic()
         if now - self._drop_logged >= DROP_LOG_EVERY:  # one line a minute while it is full
             self._drop_logged = now
-            log.error("the spool is full (%d bytes): command records are dropped until "
+            log.error("the spool is full (%d bytes): audit records are dropped until "
                       "PostgreSQL takes them; %d dropped so far",
                       self.spool.bound if self.spool else 0, self.records_dropped)

@@ -13,6 +13,7 @@ import trio
 
 from manman import errors
 from manman.config import Config
+from manman.host import audit
 from manman.host.api import build_host_api
 from manman.host.control import HostControl
 from manman.host.embedded import EmbeddedPostgres
@@ -20,6 +21,9 @@ from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay
 from manman.host.spool import FILE_NAME, Spool
 from manman.host.store import HostStore
+from manman.host.webhooks.delivery import Dispatcher, Policy
+from manman.host.webhooks.model import OwnApi
+from manman.host.webhooks.service import Webhooks, add_webhook_routes
 from manman.http import auth
 from manman.http.app import serve, settle_gc
 from manman.http.signals import Stopper
@@ -38,6 +42,7 @@ class HostHandle:
     control: HostControl
     stop_event: trio.Event
     stopped: trio.Event
+    webhooks: Webhooks | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -83,16 +88,25 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
                 control = HostControl(store, fleet, relay)
                 await control.forget_deleted_on_retired()
                 api = build_host_api(control, secrets, hcfg.console_token_ttl, catalog)
+                hooks = Webhooks(store, fleet, Dispatcher(store, Policy(
+                    timeout=hcfg.webhook_timeout, retry_initial=hcfg.webhook_retry_initial)))
+                await hooks.load()
+                add_webhook_routes(api, hooks)
+                fleet.watcher = hooks
+                await loops.start(hooks.dispatcher.run)
                 await loops.start(control.run, hcfg.flush_interval, stop)
+                loops.start_soon(audit.prune_loop, store, hcfg.audit_days)
                 async with trio.open_nursery() as api_nursery:
                     url = await api_nursery.start(
                         partial(serve, header_timeout=hcfg.header_timeout), api.app,
                         hcfg.listen, stop)
                     log.info("host listening on %s", url)
+                    hooks.dispatcher.own = OwnApi.of(url)
                     report_open_files()
                     settle_gc()
                     stopper.started()
-                    task_status.started(HostHandle(url, secrets, control, stop, stopped))
+                    task_status.started(HostHandle(url, secrets, control, stop, stopped,
+                                                   hooks))
             # `stop` was set and the API has drained (or a signal ended the start-up): the
             # loops go too
             loops.cancel_scope.cancel()

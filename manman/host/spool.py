@@ -1,4 +1,4 @@
-"""Records the host accepted but PostgreSQL does not hold yet (the command audit, observed
+"""Records the host accepted but PostgreSQL does not hold yet (the audit trail, observed
 states), kept on disk in `<host data_dir>/pending-commands.jsonl` until it does.
 
 Each flush appends its batch, one JSON line a record, with one write and one fsync, before
@@ -27,12 +27,12 @@ log = logging.getLogger("manman.host.spool")
 SPOOL_BOUND = 64 << 20
 FILE_NAME = "pending-commands.jsonl"
 
-CommandRow = tuple[Any, ...]  # the `commands` table's columns, in order
+CommandRow = tuple[Any, ...]  # the `audit` table's columns, in order (manman.host.audit)
 ObservedRow = tuple[str, Any, int]  # server id, observed state, observed generation
 
 
 class Record(msgspec.Struct, array_like=True):
-    kind: str  # "command" | "observed"
+    kind: str  # "audit" | "observed" ("command": a row of the table before `audit`)
     row: list[Any]
 
 
@@ -68,8 +68,10 @@ class Spool:
             except msgspec.DecodeError:
                 bad += 1
                 continue
-            if rec.kind == "command":
+            if rec.kind == "audit":
                 commands.append(tuple(rec.row))
+            elif rec.kind == "command" and (converted := from_command_row(rec.row)):
+                commands.append(converted)
             elif rec.kind == "observed" and len(rec.row) == 3:
                 observed[rec.row[0]] = (rec.row[0], rec.row[1], rec.row[2])
         if bad:
@@ -85,7 +87,7 @@ class Spool:
         lines: list[bytes] = []
         room = self.bound - self.size
         kept_observed, room = _fit("observed", observed, room, lines)
-        kept_commands, room = _fit("command", commands, room, lines)
+        kept_commands, room = _fit("audit", commands, room, lines)
         if lines:
             data = b"".join(lines)
             self._write(data)
@@ -137,6 +139,17 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.truncate(self.path, 0)
             self.size = 0
+
+
+def from_command_row(old: list[Any]) -> CommandRow | None:
+    """A `commands` row a host before the audit table spooled: the audit row it becomes."""
+    if len(old) != 9:
+        return None
+    cid, at, actor, server_id, worker_id, kind, data, _delivered, result = old
+    who, _, source = str(actor).partition("@")
+    return (cid, at, who, source, f"server.{kind}", server_id, worker_id,
+            f"/server/{server_id or ''}/command", None, data, result)
+
 
 
 def _fit(kind: str, rows: Sequence[Sequence[Any]], room: int, lines: list[bytes]

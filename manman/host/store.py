@@ -1,6 +1,6 @@
 """The host's durable state in PostgreSQL (asyncpg, through the asyncio bridge).
 
-Desired state and the audit of commands. Observed state and heartbeats arrive far more
+Desired state and the audit trail. Observed state and heartbeats arrive far more
 often than they change anything an operator reads back after a restart: they are kept in
 memory (host.fleet) and written here in batches.
 """
@@ -285,6 +285,15 @@ class HostStore:
     async def execute(self, sql: str, *args: Any, what: str = "a write") -> str:
         return await self._call(lambda conn: conn.execute(sql, *args), write=True, what=what)
 
+    async def write_quietly(self, sql: str, *args: Any) -> str:
+        """A background write its caller retries or does without (the webhook outbox): an
+        outage is logged once by the outage log, not at each call."""
+        return await self._call(lambda conn: conn.execute(sql, *args), write=True)
+
+    async def write_batch(self, body: Body) -> Any:
+        """`body(conn)` (asyncio) in one transaction, quietly as write_quietly."""
+        return await self._call(body, write=True)
+
     # -- workers ---------------------------------------------------------------------------
 
     async def insert_worker(self, worker_id: str, name: str, created_at: float) -> None:
@@ -339,7 +348,7 @@ class HostStore:
     async def flush(self, heartbeats: list[tuple[str, float]],
                     observed: list[tuple[str, Any, int]],
                     commands: list[tuple[Any, ...]]) -> None:
-        """One transaction for a batch of what piled up in memory. Idempotent (a command row
+        """One transaction for a batch of what piled up in memory. Idempotent (an audit row
         already there is skipped), so a batch whose outcome is not known is simply written
         again."""
 
@@ -355,9 +364,9 @@ class HostStore:
                     observed)
             if commands:
                 await conn.executemany(
-                    "INSERT INTO commands (id, at, actor, server_id, worker_id, type, data, "
-                    "delivered, result) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-                    "ON CONFLICT (id) DO NOTHING", commands)
+                    "INSERT INTO audit (id, at, actor, source, action, server_id, worker_id, "
+                    "target, status, detail, result) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                    "$9, $10, $11) ON CONFLICT (id) DO NOTHING", commands)
 
         if heartbeats or observed or commands:
             await self._call(body, write=True)

@@ -165,13 +165,13 @@ def host_metrics(fleet: Fleet) -> ApiMetrics:
                        "Times a worker became unknown for missing heartbeats",
                        fleet.heartbeats_missed)
         pending = GaugeMetricFamily("manman_host_pending_records",
-                                    "Records (command audit, observed states) waiting for "
+                                    "Records (audit trail, observed states) waiting for "
                                     "PostgreSQL", labels=["kind"])
         for kind, n in sorted(fleet.pending_records().items()):
             pending.add_metric([kind], n)
         yield pending
         yield _counter("manman_host_records_dropped",
-                       "Command records dropped because the spool was full",
+                       "Audit records dropped because the spool was full",
                        fleet.records_dropped)
         up = GaugeMetricFamily("manman_host_database_up",
                                "1 when PostgreSQL answered the last call, else 0")

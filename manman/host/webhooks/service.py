@@ -1,0 +1,164 @@
+"""The host's webhooks: kept in PostgreSQL (the `webhooks` table) and memory, told of the
+fleet's changes (as its Watcher), and their routes."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import msgspec
+from quart import Response
+
+from manman import errors, models
+from manman.host.fleet import Fleet, ServerRec, WorkerRec
+from manman.host.store import HostStore
+from manman.host.webhooks import events
+from manman.host.webhooks.delivery import Attempt, AttemptList, Dispatcher
+from manman.host.webhooks.model import (
+    HookRec,
+    Webhook,
+    WebhookIn,
+    WebhookList,
+    WebhookUpdate,
+    check_fields,
+    check_url,
+    hook_of,
+)
+from manman.http.app import Api, json_response
+from manman.http.auth import Principal
+
+MAX_HOOKS = 1000
+
+
+class DeleteResult(msgspec.Struct):
+    id: str
+    deleted: bool
+
+
+class Webhooks:
+    def __init__(self, store: HostStore, fleet: Fleet, dispatcher: Dispatcher) -> None:
+        self.store = store
+        self.fleet = fleet
+        self.dispatcher = dispatcher
+
+    async def load(self) -> None:
+        for r in await self.store.fetch("SELECT * FROM webhooks ORDER BY created_at"):
+            self.dispatcher.put(hook_of(dict(r)))
+
+    def get(self, hook_id: str) -> HookRec:
+        hook = self.dispatcher.hooks.get(hook_id)
+        if hook is None:
+            raise errors.NotFound(f"webhook {hook_id[:100]} not found")
+        return hook.rec
+
+    def _server_id(self, key: str | None) -> str | None:
+        if key is None:
+            return None
+        s = self.fleet.server(key)
+        if s is None or s.deleting:
+            raise errors.Invalid(f"server_id: no server {key[:100]}")
+        return s.id
+
+    async def create(self, body: WebhookIn) -> HookRec:
+        if len(self.dispatcher.hooks) >= MAX_HOOKS:
+            raise errors.Conflict(f"at most {MAX_HOOKS} webhooks", "too_many")
+        check_fields(body.kind, body.events, body.secret)
+        server_id = self._server_id(body.server_id)
+        await check_url(body.url, self.dispatcher.own)
+        now = time.time()
+        rec = HookRec(secrets.token_hex(6), body.url, body.kind, sorted(set(body.events)),
+                      server_id, body.secret, body.enabled, now, now)
+        await self.store.execute(
+            "INSERT INTO webhooks (id, url, kind, events, server_id, secret, enabled, "
+            "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)", rec.id,
+            rec.url, rec.kind, rec.events, rec.server_id, rec.secret, rec.enabled, now,
+            what=f"create of webhook {rec.id}")
+        self.dispatcher.put(rec)
+        return rec
+
+    async def update(self, hook_id: str, body: WebhookUpdate) -> HookRec:
+        old = self.get(hook_id)
+        new = HookRec(**{f: getattr(old, f) for f in HookRec.__dataclass_fields__})
+        for f in ("url", "kind", "events", "secret", "enabled"):
+            value = getattr(body, f)
+            if value is not msgspec.UNSET:
+                setattr(new, f, value)
+        if body.server_id is not msgspec.UNSET:
+            new.server_id = self._server_id(body.server_id)
+        if new.kind != "generic" and body.secret is msgspec.UNSET:
+            new.secret = None  # a secret signs generic bodies only
+        new.events = sorted(set(new.events))
+        check_fields(new.kind, new.events, new.secret)
+        if new.url != old.url:
+            await check_url(new.url, self.dispatcher.own)
+        new.updated_at = time.time()
+        await self.store.execute(
+            "UPDATE webhooks SET url = $2, kind = $3, events = $4, server_id = $5, "
+            "secret = $6, enabled = $7, updated_at = $8 WHERE id = $1", new.id, new.url,
+            new.kind, new.events, new.server_id, new.secret, new.enabled, new.updated_at,
+            what=f"update of webhook {new.id}")
+        self.dispatcher.put(new)
+        return new
+
+    async def delete(self, hook_id: str) -> None:
+        self.get(hook_id)
+        await self.store.execute("DELETE FROM webhooks WHERE id = $1", hook_id,
+                                 what=f"delete of webhook {hook_id}")
+        self.dispatcher.remove(hook_id)
+
+    # -- the fleet's Watcher: the heartbeat path, no I/O -------------------------------------
+
+    def server_changed(self, s: ServerRec, before: models.ObservedServer | None,
+                       after: models.ObservedServer) -> None:
+        if not self.dispatcher.hooks:
+            return
+        for event, data in events.server_events(before, after):
+            self.dispatcher.emit(event, data, server={"id": s.id, "name": s.name,
+                                                      "worker_id": s.worker_id})
+
+    def worker_changed(self, w: WorkerRec, before: str | None, now: str) -> None:
+        event = events.worker_event(before, now)
+        if event is not None and self.dispatcher.hooks:
+            self.dispatcher.emit(event, {"status": now}, worker={"id": w.id, "name": w.name})
+
+
+def add_webhook_routes(api: Api, hooks: Webhooks) -> None:
+    def view(rec: HookRec) -> Webhook:
+        return rec.view()
+
+    @api.route("GET", "/webhook", response=WebhookList, summary="List webhooks")
+    async def list_hooks(who: Principal) -> Response:
+        return json_response(WebhookList([view(h.rec) for h in
+                                          hooks.dispatcher.hooks.values()]))
+
+    @api.route("POST", "/webhook", body=WebhookIn, response=Webhook, status=201,
+               summary="Add a webhook (422: an unknown event, a URL it may not call)")
+    async def create_hook(who: Principal, body: WebhookIn) -> Response:
+        return json_response(view(await hooks.create(body)), 201)
+
+    @api.route("GET", "/webhook/{hook_id}", response=Webhook, summary="One webhook")
+    async def get_hook(who: Principal, hook_id: str) -> Response:
+        return json_response(view(hooks.get(hook_id)))
+
+    @api.route("PUT", "/webhook/{hook_id}", body=WebhookUpdate, response=Webhook,
+               summary="Change the fields given")
+    async def update_hook(who: Principal, hook_id: str, body: WebhookUpdate) -> Response:
+        return json_response(view(await hooks.update(hook_id, body)))
+
+    @api.route("DELETE", "/webhook/{hook_id}", response=DeleteResult,
+               summary="Delete a webhook (its pending deliveries stop)")
+    async def delete_hook(who: Principal, hook_id: str) -> Response:
+        await hooks.delete(hook_id)
+        return json_response(DeleteResult(hook_id, True))
+
+    @api.route("POST", "/webhook/{hook_id}/test", response=Attempt,
+               summary="Send a `webhook.test` event now: one attempt, its outcome")
+    async def test_hook(who: Principal, hook_id: str) -> Response:
+        hooks.get(hook_id)
+        return json_response(await hooks.dispatcher.test(hook_id))
+
+    @api.route("GET", "/webhook/{hook_id}/deliveries", response=AttemptList,
+               summary="The last 100 delivery attempts, newest first")
+    async def hook_deliveries(who: Principal, hook_id: str) -> Response:
+        hooks.get(hook_id)
+        return json_response(AttemptList(hooks.dispatcher.deliveries(hook_id)))
