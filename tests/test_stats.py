@@ -13,6 +13,8 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
+from manman.host.fleet import _timing_only
+from manman.models import ObservedServer, ServerStats
 from manman.worker.stats import docker_stats, procfs
 from manman.worker.stats.history import FIELDS, MINUTES, History
 from manman.worker.stats.sampler import StatsSampler
@@ -133,6 +135,13 @@ def test_history_minutes_and_a_day(tmp_path: Path) -> None:
     assert s2.history["srv"].points(0, t0 + 60 * (MINUTES + 9)) == pts
 
 
+def test_stats_alone_are_kept_in_memory_on_the_host() -> None:
+    a = ObservedServer(id="s", state="running", stats=ServerStats(cpu=1, memory=2, at=1))
+    b = ObservedServer(id="s", state="running", stats=ServerStats(cpu=50, memory=9, at=6))
+    assert _timing_only(a, b)
+    assert not _timing_only(a, ObservedServer(id="s", state="stopped"))
+
+
 # -- a real worker ----------------------------------------------------------------------------
 
 
@@ -217,6 +226,15 @@ async def test_stats_through_the_host(host: RunningHost, hosted: Any) -> None:
     await api.get("/server/hk/stats?since=-1", expect=422)
     m = await scrape(host.url)
     assert m[("manman_server_memory_bytes", (("server", "hk"),))] >= 32 << 20
+    # the CLI: `manman top --once` and `manman server show`
+    from tests.test_cli import manman, out
+
+    r = await manman(host, "top", "--once")
+    lines = out(r).splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "CPU%", "MEM", "DISK", "PLAYERS"]
+    assert lines[1].split()[:2] == ["hk", "running"] and lines[1].split()[3].endswith("M")
+    r = await manman(host, "server", "show", "hk")
+    assert any(ln.startswith("stats:") and "mem" in ln for ln in out(r).splitlines()), out(r)
     # a sample alone is not an observed state to write to PostgreSQL
     await trio.sleep(1)
     assert s["id"] not in host.fleet._dirty_observed
