@@ -244,3 +244,34 @@ async def test_stats_through_the_host(host: RunningHost, hosted: Any) -> None:
         with trio.fail_after(5):
             while json.loads(await ws.get_message())["type"] != "stats":
                 pass
+
+
+async def test_docker_container_stats(docker_host: str, tmp_path: Path, bg: trio.Nursery,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from manman.worker.main import run_worker
+    from tests.conftest import DOCKER_IMAGE, Client, RunningWorker
+
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    handle = await bg.start(run_worker, worker_config(tmp_path, docker_network="none",
+                                                      stats_interval=0.5))
+    w = RunningWorker(handle, Client(handle.url, "test-worker-token"))
+    try:
+        api = w.api
+        await api.post("/server", {
+            "name": "dbusy", "game_id": f"docker:{DOCKER_IMAGE}", "stop_timeout": 2,
+            "args": ["sh", "-c", "echo 'Server ready'; while :; do :; done"],
+            "ready_pattern": "^Server ready$", "desired_state": "running"}, expect=201)
+        await api.wait_for("dbusy", state="running", timeout=30)
+        with trio.fail_after(30):  # docker stats takes its own second or two a pass
+            while (st := (await api.get("/server/dbusy"))["stats"]) is None \
+                    or st["net_rx"] is None:
+                await trio.sleep(0.2)
+        assert st["cpu"] > 5 and st["memory"] > 0
+        assert st["net_rx"] == 0 and st["net_tx"] == 0  # --network none: nothing moves
+        m = await scrape(w.url)
+        assert m[("manman_server_cpu_ratio", (("server", "dbusy"),))] > 0.05
+        await api.post("/server/dbusy/kill", expect=202)
+        await api.wait_for("dbusy", state="stopped", timeout=30)
+    finally:
+        await w.shutdown()
+        await w.api.aclose()
