@@ -15,7 +15,7 @@ from trio_websocket import open_websocket_url
 
 from manman.host.fleet import _timing_only
 from manman.models import ObservedServer, ServerStats
-from manman.worker.stats import docker_stats, procfs
+from manman.worker.stats import cgroup, docker_stats, procfs
 from manman.worker.stats.history import FIELDS, MINUTES, History
 from manman.worker.stats.sampler import StatsSampler
 from tests.conftest import PYTHON, RunningHost, worker_config
@@ -109,6 +109,20 @@ def test_docker_stats_lines() -> None:
     assert list(out) == ["manman-a"]
     a = out["manman-a"]
     assert (a.cpu, a.memory, a.net_rx, a.net_tx) == (97.5, int(12.5 * 2**20), 1500, 648)
+
+
+def test_cgroup_files() -> None:
+    assert cgroup.paths("12:memory:/docker/ab\n3:cpu,cpuacct:/docker/ab\n0::/x\n") == {
+        "memory": "/docker/ab", "cpu": "/docker/ab", "cpuacct": "/docker/ab", "": "/x"}
+    v2 = "anon 100\nfile 900\ninactive_file 600\nactive_file 300\n"
+    assert cgroup.memory_usage(1000, v2, v2=True) == 400  # the page cache it can drop: not
+    v1 = "cache 900\ntotal_inactive_file 700\n"
+    assert cgroup.memory_usage(1000, v1, v2=False) == 300
+    assert cgroup.memory_usage(100, v1, v2=False) == 100  # never below zero (docker/cli)
+    dev = ("Inter-|   Receive |  Transmit\n face |bytes packets|bytes\n"
+           "    lo: 500 5 0 0 0 0 0 0 500 5 0 0 0 0 0 0\n"
+           "  eth0: 1200 9 0 0 0 0 0 0 3400 7 0 0 0 0 0 0\n")
+    assert cgroup.net_bytes(dev) == (1200, 3400)
 
 
 def test_history_minutes_and_a_day(tmp_path: Path) -> None:
@@ -267,7 +281,15 @@ async def test_docker_container_stats(docker_host: str, tmp_path: Path, bg: trio
                     or st["net_rx"] is None:
                 await trio.sleep(0.2)
         assert st["cpu"] > 5 and st["memory"] > 0
+        pid = (await api.get("/server/dbusy"))["pid"]
+        # read from its cgroup files where they are visible (here: the v1 controllers)
+        direct = cgroup.sample(pid)
+        assert direct is not None and direct.memory > 0 and direct.cpu_ns > 0
         assert st["net_rx"] == 0 and st["net_tx"] == 0  # --network none: nothing moves
+        # where they are not visible: one `docker stats` call for every container
+        actor = w.agent.get("dbusy")
+        got = await handle.sampler._docker_samples([actor], 0.0)
+        assert got[actor.id][1] > 0 and got[actor.id][0] >= 0
         m = await scrape(w.url)
         assert m[("manman_server_cpu_ratio", (("server", "dbusy"),))] > 0.05
         await api.post("/server/dbusy/kill", expect=202)

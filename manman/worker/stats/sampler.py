@@ -1,6 +1,7 @@
 """One pass every `stats_interval` over all running servers (not a task per server): CPU and
-memory of each process tree from one read of /proc, docker containers from one
-`docker stats` call, disk from a walk at most every `disk_interval` a server."""
+memory of each process tree from one read of /proc, docker containers from their cgroup
+files (else one `docker stats` call for all), disk from a walk at most every
+`disk_interval` a server."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import trio
 from manman.models import ServerStats, StatsPoint
 from manman.worker import machine
 from manman.worker.runners.docker import container_name
-from manman.worker.stats import disk, docker_stats, procfs
+from manman.worker.stats import cgroup, disk, docker_stats, procfs
 from manman.worker.stats.history import History
 
 if TYPE_CHECKING:
@@ -108,7 +109,10 @@ class StatsSampler:
         if execs:
             samples.update(await trio.to_thread.run_sync(self._exec_samples, execs, mono))
         if dockers:
-            samples.update(await self._docker_samples(dockers, mono))
+            direct, rest = await trio.to_thread.run_sync(self._cgroup_samples, dockers, mono)
+            samples.update(direct)
+            if rest:  # cgroup files not readable here (another pid or cgroup namespace)
+                samples.update(await self._docker_samples(rest, mono))
         await self._machine()
         due = [a for a in live if mono - self._disk.get(a.id, (-math.inf, 0))[0]
                >= self.disk_interval]
@@ -159,6 +163,39 @@ class StatsSampler:
             out[a.id] = (cpu, rss, None, None)  # network: see docs/spec.md (exec has none)
         return out
 
+    def _cgroup_samples(self, actors: list[ServerActor], mono: float
+                        ) -> tuple[dict[str, tuple[float, int, float | None, float | None]],
+                                   list[ServerActor]]:
+        """In a thread: the containers whose cgroup files are readable, and the others."""
+        out: dict[str, tuple[float, int, float | None, float | None]] = {}
+        rest: list[ServerActor] = []
+        for a in actors:
+            assert a.status.pid is not None
+            c = cgroup.sample(a.status.pid)
+            if c is None:
+                rest.append(a)
+                continue
+            before = self._cpu.get(a.id)
+            self._cpu[a.id] = (mono, c.cpu_ns)
+            cpu = 0.0
+            if before is not None and mono > before[0]:
+                cpu = max(0, c.cpu_ns - before[1]) / 1e9 / (mono - before[0]) * 100
+            rx, tx = self._net_rate(a.id, mono, c.net_rx, c.net_tx)
+            out[a.id] = (cpu, c.memory, rx, tx)
+        return out, rest
+
+    def _net_rate(self, sid: str, mono: float, rx_total: int | None, tx_total: int | None
+                  ) -> tuple[float | None, float | None]:
+        """Bytes/s since the previous pass (None on the first, or without counters)."""
+        if rx_total is None or tx_total is None:
+            return None, None
+        before = self._net.get(sid)
+        self._net[sid] = (mono, rx_total, tx_total)
+        if before is None or mono <= before[0]:
+            return None, None
+        return (max(0, rx_total - before[1]) / (mono - before[0]),
+                max(0, tx_total - before[2]) / (mono - before[0]))
+
     async def _docker_samples(self, actors: list[ServerActor], mono: float
                               ) -> dict[str, tuple[float, int, float | None, float | None]]:
         names = {container_name(a.id): a.id for a in actors}
@@ -175,12 +212,7 @@ class StatsSampler:
                 sid = names.get(name)
                 if sid is None:
                     continue
-                before = self._net.get(sid)
-                self._net[sid] = (mono, c.net_rx, c.net_tx)
-                rx = tx = None
-                if before is not None and mono > before[0]:
-                    rx = max(0, c.net_rx - before[1]) / (mono - before[0])
-                    tx = max(0, c.net_tx - before[2]) / (mono - before[0])
+                rx, tx = self._net_rate(sid, mono, c.net_rx, c.net_tx)
                 out[sid] = (c.cpu, c.memory, rx, tx)
             return out
         return {}
