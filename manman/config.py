@@ -113,6 +113,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_file_bytes: PositiveInt = 8 * 1024 * 1024
     log_files_keep: PositiveInt = 5
     header_timeout: Positive = 10.0  # as the host's
+    # seconds between two passes of the live stats (docs/spec.md "Live stats"); 0: none
+    stats_interval: NonNegative = 5.0
     port_range: str = ports.DEFAULT_RANGE  # where `auto` ports are placed: FIRST-LAST
     # the largest file upload (PUT /server/{id}/files/content) accepted, in bytes
     files_max_upload: PositiveInt = 100 * 1024 * 1024

@@ -475,6 +475,18 @@ class QueryStatus(Struct, gc=False, kw_only=True):
                 setattr(self, f, _CONTROL.sub("\ufffd", text))
 
 
+class ServerStats(Struct, gc=False, kw_only=True):
+    """The last sample of a running server's resource use (memory only, never saved)."""
+
+    cpu: Annotated[float, Meta(ge=0)] = 0.0  # % of one core, summed over the process tree
+    # bytes: the tree's RSS, or a container's usage less inactive_file
+    memory: Annotated[int, Meta(ge=0)] = 0
+    disk: Annotated[int, Meta(ge=0)] | None = None  # bytes under the files directory
+    net_rx: Annotated[float, Meta(ge=0)] | None = None  # bytes/s, docker only
+    net_tx: Annotated[float, Meta(ge=0)] | None = None
+    at: float = 0.0
+
+
 class ServerStatus(Struct, gc=False, kw_only=True):
     """What a worker observes of one server."""
 
@@ -493,6 +505,7 @@ class ServerStatus(Struct, gc=False, kw_only=True):
     installed_build: ShortText | None = None
     latest_build: ShortText | None = None
     update_available: bool = False
+    stats: ServerStats | None = None
 
 
 class Server(Struct, kw_only=True):
@@ -535,6 +548,7 @@ class Server(Struct, kw_only=True):
     installed_build: str | None
     latest_build: str | None
     update_available: bool
+    stats: ServerStats | None
     generation: int
     observed_generation: int
     worker_status: WorkerStatus
@@ -666,6 +680,21 @@ class LogPage(Struct, omit_defaults=True):
     token: str | None = None
 
 
+class StatsPoint(Struct, gc=False):
+    """One minute of a server's stats: mean CPU %, peak memory, last disk size."""
+
+    at: float
+    cpu: float
+    memory: int
+    disk: int | None
+
+
+class StatsHistory(Struct):
+    id: str
+    interval: int  # seconds a point covers
+    points: list[StatsPoint]
+
+
 class WorkerRuntimeStatus(Struct):
     status: WorkerStatus
     servers: int
@@ -767,6 +796,7 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
     installed_build: ShortText | None = None
     latest_build: ShortText | None = None
     update_available: bool = False
+    stats: ServerStats | None = None
 
     @classmethod
     def of(cls, server_id: str, generation: int, status: ServerStatus) -> ObservedServer:
@@ -782,7 +812,7 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
                    updated_at=status.updated_at, query=status.query,
                    allocated_ports=status.allocated_ports,
                    installed_build=status.installed_build, latest_build=status.latest_build,
-                   update_available=status.update_available)
+                   update_available=status.update_available, stats=status.stats)
 
     def status(self) -> ServerStatus:
         return ServerStatus(state=self.state, ready=self.ready, pid=self.pid,
@@ -792,7 +822,7 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
                             query=self.query, allocated_ports=self.allocated_ports,
                             installed_build=self.installed_build,
                             latest_build=self.latest_build,
-                            update_available=self.update_available)
+                            update_available=self.update_available, stats=self.stats)
 
 
 # a report carries every field of a status (tests/test_models.py checks .of and .status keep all)

@@ -104,6 +104,9 @@ def add_client_commands(sub: argparse._SubParsersAction, common: argparse.Argume
     from manman.cli.backups import add_backup_commands
 
     add_backup_commands(sub, common, verb_common, out, _run)
+    from manman.cli.top import add_top_command
+
+    add_top_command(sub, common, out, _run)
 
     from manman.cli.automation import add_automation_commands
 
@@ -414,6 +417,10 @@ def cmd_show(args: argparse.Namespace, api: HostClient) -> int:
         seen = "ok" if query["ok"] else f"failing: {query.get('error') or '?'}"
         extra = [f"{k} {query[k]}" for k in ("map", "version") if query.get(k)]
         print(f"{'players:':22}{_players(query)} (query {', '.join([seen, *extra])})")
+    if s.get("stats"):
+        from manman.cli.top import stats_text
+
+        print(f"{'stats:':22}{stats_text(s['stats'])}")
     if s["game_id"].startswith("steamcmd:"):
         au = s.get("auto_update") or {}
         mode = au.get("mode", "off")

@@ -35,6 +35,7 @@ from manman.http.metrics import CONTENT_TYPE, host_metrics
 from manman.presets import PresetCatalog
 from manman.presets import routes as preset_routes
 from manman.worker.console.viewer import error_frame
+from manman.worker.stats.history import parse_since
 
 _WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
               ".css": "text/css; charset=utf-8"}
@@ -246,13 +247,26 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
         page.websocket_url = relay.console_url(w, s.id, {})
         return json_response(page)
 
+    @api.route("GET", "/server/{server_id}/stats", auth="console", response=models.StatsHistory,
+               query={"since": {"type": "number"}}, errors=(502, 503),
+               summary="The server's stats history, relayed from its worker")
+    async def stats_history(who: Principal, server_id: str) -> Response:
+        s = control.server(server_id)
+        since = parse_since(request.args.get("since"))
+        w = control.reachable_worker(s)
+        content = await relay.call(w, "GET", f"/server/{s.id}/stats",
+                                   params={"since": repr(since)})
+        return Response(content, content_type="application/json")
+
     @api.websocket("/server/{server_id}/log/ws", auth="console",
-                   query={"since": SINCE, "tail": TAIL, "token": "string"},
+                   query={"since": SINCE, "tail": TAIL, "token": "string", "stats": "boolean"},
                    summary="The live console, proxied from the worker")
     async def log_ws(who: Principal, server_id: str) -> None:
         s = control.server(server_id)
         w = control.reachable_worker(s)
         query = {k: _query_in(k, rng) for k, rng in (("since", SINCE), ("tail", TAIL))}
+        if websocket.args.get("stats") in ("1", "true"):  # the live stats frames too
+            query["stats"] = 1
         scopes = [auth.READ, auth.WRITE] if who.admin else sorted(who.scopes)
         # the upstream token never leaves the host: an admin's session (its token does not
         # expire) is not cut every console_token_ttl; a console token's ends with it

@@ -65,12 +65,15 @@ class ServerRec:
 
 
 def _timing_only(before: models.ObservedServer | None, after: models.ObservedServer) -> bool:
-    """The two differ in nothing but their query's checked_at and latency_ms."""
-    if before is None or before.query is None or after.query is None:
+    """The two differ in nothing but their query's checked_at and latency_ms, and their
+    stats (a live sample: memory only)."""
+    if before is None or (before.query is None) != (after.query is None):
         return False
-    same = msgspec.structs.replace(after.query, checked_at=before.query.checked_at,
-                                   latency_ms=before.query.latency_ms)
-    return msgspec.structs.replace(after, query=same) == before
+    same = after.query
+    if before.query is not None and after.query is not None:
+        same = msgspec.structs.replace(after.query, checked_at=before.query.checked_at,
+                                       latency_ms=before.query.latency_ms)
+    return msgspec.structs.replace(after, query=same, stats=before.stats) == before
 
 
 class Watcher(Protocol):
@@ -301,7 +304,8 @@ class Fleet:
             for sid in self._dirty_observed:
                 s = self.servers.get(sid)
                 if s is not None and s.observed is not None:
-                    observed.append((sid, msgspec.to_builtins(s.observed),
+                    observed.append((sid, msgspec.to_builtins(
+                        msgspec.structs.replace(s.observed, stats=None)),
                                      s.observed_generation))
             self._dirty_observed = set()
             commands, self._commands = self._commands, []

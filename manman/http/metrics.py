@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # for types only: the HTTP kit does not depend on either side at run time
     from manman.host.fleet import Fleet
-    from manman.models import ServerSpec, ServerStatus
+    from manman.models import ServerSpec, ServerStats, ServerStatus
     from manman.worker.agent import WorkerAgent
     from manman.worker.hostlink import HostLink
 
@@ -57,6 +57,24 @@ def _players_gauge() -> GaugeMetricFamily:
     # only servers whose players are known (health.query answered, or player_patterns)
     return GaugeMetricFamily("manman_server_players",
                              "Players on the server, from its query or console", labels=["server"])
+
+
+def _stats_gauges(servers: Iterable[tuple[str, ServerStats | None]]) -> Iterator[Metric]:
+    """The last live sample of each running server (docs/spec.md "Live stats")."""
+    cpu = GaugeMetricFamily("manman_server_cpu_ratio",
+                            "CPU used, in cores (1 = one core busy), over the last sample",
+                            labels=["server"])
+    mem = GaugeMetricFamily("manman_server_memory_bytes", "Memory used by the game",
+                            labels=["server"])
+    disk = GaugeMetricFamily("manman_server_disk_bytes", "Bytes under the files directory",
+                             labels=["server"])
+    for name, st in servers:
+        if st is not None:
+            cpu.add_metric([name], st.cpu / 100)
+            mem.add_metric([name], st.memory)
+            if st.disk is not None:
+                disk.add_metric([name], st.disk)
+    yield from (cpu, mem, disk)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -119,6 +137,7 @@ def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]
             players.add_metric([name], q.players)
     yield from (restarts, lines, size, gaps, viewers, players)
     yield _update_available((a.spec, a.status) for a in agent.actors.values())
+    yield from _stats_gauges((a.spec.name, a.status.stats) for a in agent.actors.values())
     if link is not None:
         yield _counter("manman_heartbeats_sent", "Heartbeats the host answered",
                        link.heartbeats_sent)
@@ -159,6 +178,8 @@ def host_metrics(fleet: Fleet) -> ApiMetrics:
             if q is not None and q.players is not None:
                 players.add_metric([s.name], q.players)
         yield players
+        yield from _stats_gauges((s.spec.name, s.observed.stats) for s in fleet.servers.values()
+                                 if s.observed is not None and not s.deleting)
         yield _counter("manman_heartbeats_received", "Heartbeats received",
                        fleet.heartbeats_received)
         yield _counter("manman_heartbeats_missed",

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import trio
-from quart import Response, websocket
+from quart import Response, request, websocket
 
 from manman import errors, models
 from manman.http import auth
@@ -38,6 +38,8 @@ from manman.worker.files.routes import add_file_routes
 from manman.worker.files.safe import FilesTree
 from manman.worker.schedules.routes import add_schedule_routes
 from manman.worker.schedules.service import WorkerSchedules
+from manman.worker.stats.history import parse_since
+from manman.worker.stats.sampler import StatsSampler
 
 
 class WorkerServerCreate(models.ServerSpec, kw_only=True):
@@ -76,7 +78,8 @@ LOG_PAGE_CHARS = 8 << 20
 def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: WorkerMetrics,
                      catalog: PresetCatalog | None = None,
                      schedules: WorkerSchedules | None = None,
-                     backups: BackupManager | None = None) -> Api:
+                     backups: BackupManager | None = None,
+                     sampler: StatsSampler | None = None) -> Api:
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         token = bearer_token()
         if same_secret(token, secrets.admin_secret):
@@ -114,8 +117,11 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
     @api.route("GET", "/status", response=models.WorkerRuntimeStatus,
                summary="The worker's status, server count and resources")
     async def status(who: Principal) -> Response:
+        resources = agent.resources()
+        if sampler is not None:
+            resources.update(sampler.totals())
         return json_response(models.WorkerRuntimeStatus(
-            status=agent.status, servers=len(agent.actors), resources=agent.resources()))
+            status=agent.status, servers=len(agent.actors), resources=resources))
 
     @api.route("GET", "/healthz", auth="none", response=dict, summary="Liveness")
     async def healthz() -> Response:
@@ -225,6 +231,16 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
     async def health(who: Principal, server_id: str) -> Response:
         return json_response(await agent.get(server_id).probe())
 
+    @api.route("GET", "/server/{server_id}/stats", auth="console", response=models.StatsHistory,
+               query={"since": {"type": "number"}},
+               summary="The server's stats, a point a minute for up to 24 h")
+    async def stats_history(who: Principal, server_id: str) -> Response:
+        actor = agent.get(server_id)
+        since = parse_since(request.args.get("since"))
+        points = sampler.points(actor.id, since) if sampler is not None else []
+        return json_response(models.StatsHistory(
+            id=actor.id, interval=60, points=points))
+
     @api.route("GET", "/server/{server_id}/log", auth="console", response=models.LogPage,
                query={"since": SINCE, "limit": LIMIT},
                summary="Stored console lines")
@@ -248,7 +264,7 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
                                             first_seq=broker.first_seq))
 
     @api.websocket("/server/{server_id}/log/ws", auth="console",
-                   query={"since": SINCE, "tail": TAIL, "token": "string"},
+                   query={"since": SINCE, "tail": TAIL, "token": "string", "stats": "boolean"},
                    summary="The live console (the console websocket protocol of docs/spec.md)")
     async def log_ws(who: Principal, server_id: str) -> None:
         actor = agent.get(server_id)
@@ -269,7 +285,9 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
                              server_id=actor.id, state=lambda: current().status.state,
                              since=since, tail=tail,
                              on_command=on_command if who.can_write() else None,
-                             expires_at=who.expires_at)
+                             expires_at=who.expires_at,
+                             stats=sampler.feed(actor.id) if sampler is not None
+                             and websocket.args.get("stats") in ("1", "true") else None)
         except Disconnect as e:
             await websocket.close(1008, str(e)[:120])
         else:

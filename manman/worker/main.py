@@ -21,6 +21,7 @@ from manman.worker.api import WorkerSecrets, build_worker_api
 from manman.worker.backups.manager import BackupManager
 from manman.worker.backups.report import BackupReporter
 from manman.worker.schedules.service import WorkerSchedules
+from manman.worker.stats.sampler import StatsSampler
 
 if TYPE_CHECKING:
     from manman.worker.hostlink import HostLink
@@ -37,6 +38,7 @@ class WorkerHandle:
     secrets: WorkerSecrets
     link: HostLink | None = None
     schedules: WorkerSchedules | None = None
+    sampler: StatsSampler | None = None
 
 
 async def run_worker(cfg: Config, *, handle_signals: bool = False,
@@ -73,6 +75,9 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 schedules = WorkerSchedules(agent, backups)
                 agent.add_observer(schedules)
                 await nursery.start(schedules.run)
+                sampler = StatsSampler(agent, wcfg.stats_interval)
+                if wcfg.stats_interval > 0:
+                    await nursery.start(sampler.run)
                 link: HostLink | None = None
                 if wcfg.standalone:
                     admin_secret = wcfg.api_token or auth.load_or_create_token(
@@ -85,7 +90,8 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     admin_secret = await link.identity()
                 metrics.watch(agent, link)
                 secrets = WorkerSecrets(admin_secret)
-                api = build_worker_api(agent, secrets, metrics, catalog, schedules, backups)
+                api = build_worker_api(agent, secrets, metrics, catalog, schedules, backups,
+                                       sampler)
                 stop_api = trio.Event()
                 url = await nursery.start(partial(serve, header_timeout=wcfg.header_timeout),
                                          api.app, wcfg.listen, stop_api)
@@ -99,7 +105,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 report_open_files()
                 settle_gc()
                 stopper.started()
-                task_status.started(WorkerHandle(agent, url, secrets, link, schedules))
+                task_status.started(WorkerHandle(agent, url, secrets, link, schedules, sampler))
         except BaseException as e:
             if not isinstance(e, trio.Cancelled):
                 await give_up_start()  # before the error is reported

@@ -73,8 +73,11 @@ class StoredServer:
     run_instance: str | None
 
     def row(self) -> tuple[object, ...]:
+        # stats are a live sample: never saved (a restart would show a stale one)
+        status = self.status if self.status.stats is None else \
+            msgspec.structs.replace(self.status, stats=None)
         return (self.id, _enc(self.spec).decode(), self.generation, self.desired_state,
-                _enc(self.status).decode(), int(self.installed), _enc(self.crash_times).decode(),
+                _enc(status).decode(), int(self.installed), _enc(self.crash_times).decode(),
                 self.run_pid, self.run_pid_start, self.run_instance)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 import trio
@@ -17,6 +18,9 @@ import trio
 from manman.errors import ManmanError
 from manman.models import Line
 from manman.worker.console.broker import LogBroker, gap_frame, iter_frames
+
+if TYPE_CHECKING:
+    from manman.worker.stats.sampler import StatsFeed
 
 MAX_CLIENT_FRAME = 32 * 1024
 REPLAY_PAGE = 2000  # lines read from the files at a time, and at most REPLAY_CHARS of text
@@ -74,8 +78,9 @@ async def run_viewer(broker: LogBroker, send: Send, receive: Receive, *, server_
                      state: Callable[[], str], since: int | None, tail: int,
                      on_command: Callable[[str], Awaitable[None]] | None,
                      limits: ViewerLimits | None = None,
-                     expires_at: float | None = None) -> None:
-    """Serve one viewer until it disconnects (or breaks the rules: Disconnect)."""
+                     expires_at: float | None = None, stats: StatsFeed | None = None) -> None:
+    """Serve one viewer until it disconnects (or breaks the rules: Disconnect); `stats`:
+    it asked for the live stats frames too (?stats=1)."""
     limits = limits or ViewerLimits()
     first = broker.first_seq
     await send(_encode({"type": "hello", "server_id": server_id, "state": state(),
@@ -91,6 +96,8 @@ async def run_viewer(broker: LogBroker, send: Send, receive: Receive, *, server_
             nursery.start_soon(_sender, broker, send, cursor, nursery.cancel_scope)
             if expires_at is not None:
                 nursery.start_soon(_expire, send, expires_at, nursery.cancel_scope)
+            if stats is not None:
+                nursery.start_soon(_stats_sender, stats, send)
             try:
                 await _receiver(send, receive, on_command, limits)
             except Disconnect as e:  # caught here: out of the nursery it would be a group
@@ -100,6 +107,18 @@ async def run_viewer(broker: LogBroker, send: Send, receive: Receive, *, server_
         broker.viewers -= 1
     if rejected is not None:
         raise rejected
+
+
+async def _stats_sender(feed: StatsFeed, send: Send) -> None:
+    """Each new sample's frame, encoded once by the sampler for every viewer."""
+    version = feed.version
+    if feed.frame is not None:
+        await send(feed.frame)
+    while True:
+        await feed.wait(version)
+        version = feed.version
+        if feed.frame is not None:
+            await send(feed.frame)
 
 
 async def _expire(send: Send, expires_at: float, scope: trio.CancelScope) -> None:
