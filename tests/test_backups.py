@@ -14,6 +14,7 @@ import pytest
 import trio
 import zstandard
 
+from manman import errors
 from tests.conftest import Client, ManmanProcess, RunningHost, fake_spec
 from tests.test_files import snapshot
 
@@ -268,6 +269,17 @@ async def test_backups_through_the_host(host: RunningHost, hosted: Any) -> None:
     b = await backup(api, "s", name="via-host")
     r = await api.request("GET", f"/server/s/backup/{b['id']}/download", 200)
     assert members(r.content) == {"level.dat": b"level"}
+    # an id no worker route can hold is 404 at the host, never a call gone wrong (503)
+    for bad in ("%01x", "a%2Fb", "%25", "%2E%2E"):
+        for method, path in (("GET", f"/server/s/backup/{bad}"),
+                             ("GET", f"/server/s/backup/{bad}/download"),
+                             ("POST", f"/server/s/schedule/{bad}/run")):
+            r = await api.request(method, path)
+            assert r.status_code == 404, (method, path, r.status_code, r.text)
+    from manman.host.relay import checked_path
+
+    with pytest.raises(errors.NotFound):  # what a raw client may send unnormalized
+        checked_path("/server/s/backup/../restore")
     assert [x["name"] for x in (await api.get("/server/s/backup"))["backups"]] == ["via-host"]
     await api.request("PUT", f"/server/s/backup/{b['id']}", 200, json={"locked": True})
     await put(api, "s", "level.dat", b"changed")

@@ -6,6 +6,7 @@ decoded, or raises the domain error the caller should see (`manman.errors`)."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -68,6 +69,19 @@ class HostSecrets:
         return auth.console_key(self.worker_token(w.id, w.token_version))
 
 
+# what a path segment the host forwards may be: ids and route words; a client's id with
+# anything else (a control character, `..`, `%`) names nothing a worker holds
+_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
+def checked_path(path: str) -> str:
+    """`path` as forwarded; NotFound for a segment no worker route or id can be."""
+    for seg in path.split("/")[1:]:
+        if not _SEGMENT.fullmatch(seg):
+            raise errors.NotFound(f"no such resource: {seg[:64]!r}")
+    return path
+
+
 class Relay:
     """Calls to workers over one shared keep-alive HTTP client (a client per worker costs
     thousands of objects each: at fleet scale they dominated the host's GC pauses); each
@@ -84,9 +98,10 @@ class Relay:
         if not w.api_url:
             raise Unreachable(f"worker {w.name} has not registered an API URL")
         token = self.secrets.worker_token(w.id, w.token_version)
+        url = w.api_url + checked_path(path)
         try:
             return await self._http.request(
-                method, w.api_url + path, json=json, params=params, timeout=timeout,
+                method, url, json=json, params=params, timeout=timeout,
                 headers={"Authorization": f"Bearer {token}"})
         except Exception as e:  # HTTPError, and httpx's InvalidURL for a URL it cannot use
             raise Unreachable(f"worker {w.name} unreachable: {type(e).__name__}") from None
@@ -112,7 +127,8 @@ class Relay:
             raise Unreachable(f"worker {w.name} has not registered an API URL")
         token = self.secrets.worker_token(w.id, w.token_version)
         req = self._http.build_request(
-            method, w.api_url + path, params=params, content=content, timeout=timeout,
+            method, w.api_url + checked_path(path), params=params, content=content,
+            timeout=timeout,
             headers={**(headers or {}), "Authorization": f"Bearer {token}"})
         try:
             r = await self._http.send(req, stream=True)
