@@ -51,6 +51,13 @@ def test_events_derived_from_two_reports() -> None:
     assert names(obs("crashed"), obs("failed", error="crash loop")) == ["server.failed"]
     assert names(obs("stopped"), obs("stopped", update_available=True)) == \
         ["server.update_available"]
+    assert names(obs("running", installed_build="7"), obs("running", installed_build="8")) == \
+        ["server.updated"]
+    assert names(obs("running"), obs("running", installed_build="8")) == []  # first install
+    got = events.backup_events({"b1": "running", "b2": "ok"}, [
+        {"id": "b1", "state": "ok", "name": "n", "bytes": 5}, {"id": "b2", "state": "ok"},
+        {"id": "b3", "state": "failed", "error": "disk full"}, {"id": "b4", "state": "running"}])
+    assert [(e, d["id"]) for e, d in got] == [("backup.ok", "b1"), ("backup.failed", "b3")]
     q = models.QueryStatus
     assert names(obs("running", query=q(ok=True, players=2)),
                  obs("running", query=q(ok=True, players=3))) == ["player.joined"]
@@ -244,6 +251,16 @@ async def test_events_from_a_worker_reach_a_hook(host: RunningHost, hosted: Any,
     assert all(r.headers["x-manman-signature"] == "sha256=" + hmac.new(
         b"k", r.body, hashlib.sha256).hexdigest() for r in rx.on("/ok"))
     assert rx.on("/other") == []
+    # a backup that ends: the worker's backup report is the event's source
+    await api.post("/webhook", {"url": rx.url("/backup"), "server_id": "ev",
+                                "events": ["backup.ok", "backup.failed"]}, expect=201)
+    b = await api.post("/server/ev/backup", {"name": "nightly"}, expect=202)
+    with trio.fail_after(15):
+        while not rx.on("/backup"):
+            await trio.sleep(0.05)
+    got = json.loads(rx.on("/backup")[0].body)
+    assert got["event"] == "backup.ok" and got["data"]["id"] == b["id"]
+    assert got["data"]["name"] == "nightly" and got["data"]["bytes"] > 0
 
 
 async def test_a_delivery_not_done_is_resumed_by_the_next_host(

@@ -35,6 +35,7 @@ INSERT INTO backups (id, server_id, record, updated_at)
 SELECT id, $1, r, $3 FROM incoming
 ON CONFLICT (id) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at
 """
+_STATES = "SELECT id, record->>'state' AS state FROM backups WHERE server_id = $1"
 _LIST = ("SELECT record FROM backups WHERE server_id = $1 "
          "ORDER BY (record->>'created_at')::double precision")
 
@@ -77,8 +78,15 @@ def add_backup_routes(api: Api, control: HostControl) -> None:
             raise errors.Forbidden("this server belongs to another worker")
         if any(b.server_id != s.id for b in body.backups):
             raise errors.Invalid("a backup of another server is in the report")
+        watcher = control.fleet.watcher
+        before: dict[str, str] = {}
+        if watcher is not None:  # what ended since the last report is an event (webhooks)
+            rows = await control.store.fetch(_STATES, s.id)
+            before = {r["id"]: r["state"] for r in rows}
         await control.store.execute(_REPLACE, s.id, body.backups, time.time(),
                                     what="the backup list")
+        if watcher is not None:
+            watcher.backups_changed(s, before, msgspec.to_builtins(body.backups))
         return json_response(Ack(True))
 
     @api.route("POST", "/server/{server_id}/backup", body=BackupCreate, response=Backup,

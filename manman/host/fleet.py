@@ -85,6 +85,9 @@ class Watcher(Protocol):
 
     def worker_changed(self, w: WorkerRec, before: str | None, now: str) -> None: ...
 
+    def backups_changed(self, s: ServerRec, before: dict[str, str],
+                        after: list[dict[str, Any]]) -> None: ...
+
 
 class Fleet:
     def __init__(self, store: HostStore, worker_timeout: float, worker_expiry: float,

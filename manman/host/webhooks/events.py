@@ -8,11 +8,12 @@ from typing import Any
 from manman import models
 
 SERVER_EVENTS = ("server.ready", "server.stopped", "server.crashed", "server.failed",
-                 "server.update_available")
+                 "server.update_available", "server.updated")
+BACKUP_EVENTS = ("backup.ok", "backup.failed")
 PLAYER_EVENTS = ("player.joined", "player.left")
 WORKER_EVENTS = ("worker.unknown", "worker.alive", "worker.expired")
 TEST_EVENT = "webhook.test"
-EVENTS = frozenset(SERVER_EVENTS + PLAYER_EVENTS + WORKER_EVENTS)
+EVENTS = frozenset(SERVER_EVENTS + BACKUP_EVENTS + PLAYER_EVENTS + WORKER_EVENTS)
 
 Derived = tuple[str, dict[str, Any]]  # (event, data)
 
@@ -54,11 +55,27 @@ def server_events(before: models.ObservedServer | None, after: models.ObservedSe
     if after.update_available and not before.update_available:
         out.append(("server.update_available", {"installed_build": after.installed_build,
                                                 "latest_build": after.latest_build}))
+    if before.installed_build and after.installed_build \
+            and after.installed_build != before.installed_build:
+        out.append(("server.updated", {"from_build": before.installed_build,
+                                       "to_build": after.installed_build}))
     was, now = _players(before), _players(after)
     if was is not None and now is not None and now != was:
         # counts, not names: what a query or the player patterns tell
         out.append(("player.joined" if now > was else "player.left",
                     {"players": now, "change": now - was}))
+    return out
+
+
+def backup_events(before: dict[str, str], after: list[dict[str, Any]]) -> list[Derived]:
+    """Backups that ended since the worker's last report: `before` is each backup's state
+    then (by id), `after` the records now."""
+    out: list[Derived] = []
+    for b in after:
+        state = b.get("state")
+        if state in ("ok", "failed") and before.get(b.get("id", "")) != state:
+            data = {k: b.get(k) for k in ("id", "name", "bytes", "sha256", "error")}
+            out.append((f"backup.{state}", data))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import Any
 
 import msgspec
 from quart import Response
@@ -113,6 +114,14 @@ class Webhooks:
         if not self.dispatcher.hooks:
             return
         for event, data in events.server_events(before, after):
+            self.dispatcher.emit(event, data, server={"id": s.id, "name": s.name,
+                                                      "worker_id": s.worker_id})
+
+    def backups_changed(self, s: ServerRec, before: dict[str, str],
+                        after: list[dict[str, Any]]) -> None:
+        if not self.dispatcher.hooks:
+            return
+        for event, data in events.backup_events(before, after):
             self.dispatcher.emit(event, data, server={"id": s.id, "name": s.name,
                                                       "worker_id": s.worker_id})
 
