@@ -25,6 +25,7 @@ from manman import ports
 from manman.backoff import Backoff
 from manman.errors import Busy, InsufficientStorage
 from manman.models import ServerSpec, ServerStatus, redact
+from manman.ports import query_port
 from manman.worker import machine, procs
 from manman.worker.console.broker import LogBroker
 from manman.worker.console.lines import LineFramer
@@ -33,7 +34,6 @@ from manman.worker.installers.steam_builds import SteamBuilds
 from manman.worker.machine import Desired, Effect, ServerMachine
 from manman.worker.query import PlayerCounter, QueryResult, query
 from manman.worker.query.result import as_status, failed
-from manman.worker.query.target import query_port
 from manman.worker.runners.base import GameProcess, LaunchContext, Runner, RunRecord, SpawnError
 from manman.worker.updater import Updater
 
