@@ -487,6 +487,15 @@ class ServerStats(Struct, gc=False, kw_only=True):
     at: float = 0.0
 
 
+class ScheduleFailure(Struct, gc=False, kw_only=True):
+    """The last run of one of the server's schedules that failed (a webhook's event)."""
+
+    schedule_id: ShortText
+    run_id: Count
+    reason: Annotated[str, Meta(max_length=1024)] | None = None
+    at: float = 0.0
+
+
 class ServerStatus(Struct, gc=False, kw_only=True):
     """What a worker observes of one server."""
 
@@ -506,6 +515,7 @@ class ServerStatus(Struct, gc=False, kw_only=True):
     latest_build: ShortText | None = None
     update_available: bool = False
     stats: ServerStats | None = None
+    schedule_failure: ScheduleFailure | None = None
 
 
 class Server(Struct, kw_only=True):
@@ -549,6 +559,7 @@ class Server(Struct, kw_only=True):
     latest_build: str | None
     update_available: bool
     stats: ServerStats | None
+    schedule_failure: ScheduleFailure | None
     generation: int
     observed_generation: int
     worker_status: WorkerStatus
@@ -797,6 +808,7 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
     latest_build: ShortText | None = None
     update_available: bool = False
     stats: ServerStats | None = None
+    schedule_failure: ScheduleFailure | None = None
 
     @classmethod
     def of(cls, server_id: str, generation: int, status: ServerStatus) -> ObservedServer:
@@ -812,7 +824,8 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
                    updated_at=status.updated_at, query=status.query,
                    allocated_ports=status.allocated_ports,
                    installed_build=status.installed_build, latest_build=status.latest_build,
-                   update_available=status.update_available, stats=status.stats)
+                   update_available=status.update_available, stats=status.stats,
+                   schedule_failure=status.schedule_failure)
 
     def status(self) -> ServerStatus:
         return ServerStatus(state=self.state, ready=self.ready, pid=self.pid,
@@ -822,7 +835,8 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
                             query=self.query, allocated_ports=self.allocated_ports,
                             installed_build=self.installed_build,
                             latest_build=self.latest_build,
-                            update_available=self.update_available, stats=self.stats)
+                            update_available=self.update_available, stats=self.stats,
+                            schedule_failure=self.schedule_failure)
 
 
 # a report carries every field of a status (tests/test_models.py checks .of and .status keep all)

@@ -494,13 +494,20 @@ def test_worker_names_hold_no_control_characters() -> None:
 
 
 def test_a_report_keeps_every_field_of_a_status() -> None:
-    from manman.models import ObservedServer, QueryStatus, ServerStats, ServerStatus
+    from manman.models import (
+        ObservedServer,
+        QueryStatus,
+        ScheduleFailure,
+        ServerStats,
+        ServerStatus,
+    )
     # a value for each field that differs from its default, so a field left out shows
     status = ServerStatus(state="running", ready=True, pid=42, exit_code=3, restarts=2,
                           error="boom", install_progress=50.0, started_at=1.5, updated_at=2.5,
                           query=QueryStatus(ok=True, players=3), allocated_ports={"game": 27000},
                           installed_build="7", latest_build="8", update_available=True,
-                          stats=ServerStats(cpu=99.5, memory=1 << 30, disk=5, at=3.0))
+                          stats=ServerStats(cpu=99.5, memory=1 << 30, disk=5, at=3.0),
+                          schedule_failure=ScheduleFailure(schedule_id="s1", run_id=1))
     for f in ServerStatus.__struct_fields__:
         assert getattr(status, f) != getattr(ServerStatus(), f), f
     observed = ObservedServer.of("s1", 7, status)

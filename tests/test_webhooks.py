@@ -58,6 +58,12 @@ def test_events_derived_from_two_reports() -> None:
         {"id": "b1", "state": "ok", "name": "n", "bytes": 5}, {"id": "b2", "state": "ok"},
         {"id": "b3", "state": "failed", "error": "disk full"}, {"id": "b4", "state": "running"}])
     assert [(e, d["id"]) for e, d in got] == [("backup.ok", "b1"), ("backup.failed", "b3")]
+    f1 = models.ScheduleFailure(schedule_id="s1", run_id=1, reason="x", at=1.0)
+    f2 = models.ScheduleFailure(schedule_id="s1", run_id=2, reason="x", at=2.0)
+    assert names(obs("running"), obs("running", schedule_failure=f1)) == ["schedule.failed"]
+    assert names(obs("running", schedule_failure=f1), obs("running", schedule_failure=f1)) == []
+    assert names(obs("running", schedule_failure=f1), obs("running", schedule_failure=f2)) == \
+        ["schedule.failed"]
     q = models.QueryStatus
     assert names(obs("running", query=q(ok=True, players=2)),
                  obs("running", query=q(ok=True, players=3))) == ["player.joined"]
@@ -261,6 +267,19 @@ async def test_events_from_a_worker_reach_a_hook(host: RunningHost, hosted: Any,
     got = json.loads(rx.on("/backup")[0].body)
     assert got["event"] == "backup.ok" and got["data"]["id"] == b["id"]
     assert got["data"]["name"] == "nightly" and got["data"]["bytes"] > 0
+    # a schedule's run that fails (a console command to a stopped server)
+    await api.post("/webhook", {"url": rx.url("/sched"), "server_id": "ev",
+                                "events": ["schedule.failed"]}, expect=201)
+    await api.post("/server/ev/schedule", {"cron": "0 4 * * *", "tasks": [
+        {"action": "command", "payload": "say nobody hears"}]}, expect=201)
+    await api.post("/server/ev/schedule/s1/run", expect=202)
+    with trio.fail_after(15):
+        while not rx.on("/sched"):
+            await trio.sleep(0.05)
+    got = json.loads(rx.on("/sched")[0].body)
+    assert got["event"] == "schedule.failed" and got["data"]["schedule_id"] == "s1"
+    assert got["data"]["run_id"] == 1 and "task 1 (command)" in got["data"]["reason"]
+    assert (await api.get("/server/ev"))["schedule_failure"]["run_id"] == 1
 
 
 async def test_a_delivery_not_done_is_resumed_by_the_next_host(

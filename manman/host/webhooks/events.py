@@ -10,10 +10,12 @@ from manman import models
 SERVER_EVENTS = ("server.ready", "server.stopped", "server.crashed", "server.failed",
                  "server.update_available", "server.updated")
 BACKUP_EVENTS = ("backup.ok", "backup.failed")
+SCHEDULE_EVENTS = ("schedule.failed",)
 PLAYER_EVENTS = ("player.joined", "player.left")
 WORKER_EVENTS = ("worker.unknown", "worker.alive", "worker.expired")
 TEST_EVENT = "webhook.test"
-EVENTS = frozenset(SERVER_EVENTS + BACKUP_EVENTS + PLAYER_EVENTS + WORKER_EVENTS)
+EVENTS = frozenset(SERVER_EVENTS + BACKUP_EVENTS + SCHEDULE_EVENTS + PLAYER_EVENTS
+                   + WORKER_EVENTS)
 
 Derived = tuple[str, dict[str, Any]]  # (event, data)
 
@@ -59,6 +61,10 @@ def server_events(before: models.ObservedServer | None, after: models.ObservedSe
             and after.installed_build != before.installed_build:
         out.append(("server.updated", {"from_build": before.installed_build,
                                        "to_build": after.installed_build}))
+    failure = after.schedule_failure
+    if failure is not None and failure != before.schedule_failure:
+        out.append(("schedule.failed", {"schedule_id": failure.schedule_id,
+                                        "run_id": failure.run_id, "reason": failure.reason}))
     was, now = _players(before), _players(after)
     if was is not None and now is not None and now != was:
         # counts, not names: what a query or the player patterns tell

@@ -23,11 +23,13 @@ MAX_SLEEP = 60.0  # the wall clock is looked at again at least this often (NTP, 
 
 class ServerSchedules:
     def __init__(self, server_id: str, target: Target, wall: Callable[[], float],
-                 save: Callable[[], Awaitable[None]] | None = None) -> None:
+                 save: Callable[[], Awaitable[None]] | None = None,
+                 failed: Callable[[ScheduleRun], None] | None = None) -> None:
         self.server_id = server_id
         self.target = target
         self.wall = wall
         self._save = save
+        self._failed = failed  # told of each run that failed (the host's schedule.failed)
         self.schedules: dict[str, Schedule] = {}
         self.source: list[Schedule] | None = None  # the spec's list, as last given
         self.next_at: dict[str, float | None] = {}
@@ -138,6 +140,11 @@ class ServerSchedules:
                 del self.running[s.id]
             if self._scopes.get(s.id) is scope:
                 del self._scopes[s.id]
+            if run.status == "failed" and self._failed is not None:
+                try:
+                    self._failed(run)
+                except Exception:  # the server was deleted meanwhile: nobody to tell
+                    log.debug("server %s: run failure not shown", self.server_id)
             self._saved()
 
     def _saved(self) -> None:

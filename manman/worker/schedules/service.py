@@ -14,7 +14,7 @@ import msgspec
 import trio
 
 from manman import errors
-from manman.models import Schedule
+from manman.models import Schedule, ScheduleFailure
 from manman.schedules.views import ScheduleRun
 from manman.worker.actor import ServerActor
 from manman.worker.agent import WorkerAgent
@@ -127,7 +127,15 @@ class WorkerSchedules:
                 await _save_runs(path, ss)
 
         target = ActorTarget(self.agent, actor.id, self.backups)
-        ss = ServerSchedules(actor.id, target, lambda: self.wall(), save)
+
+        def failed(run: ScheduleRun) -> None:
+            a = target.actor()
+            a.status.schedule_failure = ScheduleFailure(
+                schedule_id=run.schedule_id, run_id=run.id, reason=run.reason,
+                at=self.wall())
+            a.status_changed()  # reported: the host's webhooks send schedule.failed
+
+        ss = ServerSchedules(actor.id, target, lambda: self.wall(), save, failed)
         ss.load_runs(_load_runs(path))
         self.servers[actor.id] = ss
         scope = trio.CancelScope()
