@@ -403,3 +403,42 @@ async def test_worker_events_unknown_and_alive(host: RunningHost, bg: trio.Nurse
     assert texts == ["worker quiet misses its heartbeats", "worker quiet is back"]
     assert json.loads(rx.on("/ok")[0].body)["blocks"][1]["fields"][0]["text"] == \
         "*status*\nunknown"
+
+
+async def test_an_endless_answer_is_not_read(host: RunningHost, bg: trio.Nursery) -> None:
+    """A receiver answering 200 with a body that never ends: the attempt counts as
+    delivered at once, and the host reads none of the body (it would hold it all)."""
+    sent = 0
+
+    async def endless(stream: trio.SocketStream) -> None:
+        nonlocal sent
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            piece = b"%x\r\n%s\r\n" % (1 << 16, b"x" * (1 << 16))
+            try:
+                while True:
+                    await stream.send_all(piece)
+                    sent += 1 << 16
+            except trio.BrokenResourceError:
+                pass
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    bg.start_soon(trio.serve_listeners, endless, listeners)
+    hooks = host.handle.webhooks
+    hooks.dispatcher.policy = Policy(timeout=3.0)
+    hook_id = (await host.api.post("/webhook", {"url": f"http://127.0.0.1:{port}/x",
+                                                "events": ["server.crashed"]},
+                                   expect=201))["id"]
+    with trio.fail_after(10):
+        attempt, retry = await hooks.dispatcher.attempt(
+            hooks.dispatcher.hooks[hook_id], payloads.Event("e", "server.crashed", 0, {}))
+    assert attempt.ok and attempt.status == 200 and retry is None, attempt
+    assert attempt.latency_ms < 2000
+    assert sent < 64 << 20  # socket buffers at most, not what the time-out allows
