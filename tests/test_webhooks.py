@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
 from manman import models
@@ -442,3 +443,26 @@ async def test_an_endless_answer_is_not_read(host: RunningHost, bg: trio.Nursery
     assert attempt.ok and attempt.status == 200 and retry is None, attempt
     assert attempt.latency_ms < 2000
     assert sent < 64 << 20  # socket buffers at most, not what the time-out allows
+
+
+async def test_a_preset_secret_never_leaves_in_a_hook_body(host: RunningHost,
+                                                           bg: trio.Nursery) -> None:
+    """A failed server's error may quote its command line, and with it a preset's secret
+    value: the API masks it (models.server_view), and so must what a hook sends out."""
+    from manman.host.fleet import ServerRec
+
+    rx = await receiver(bg)
+    await host.api.post("/webhook", {"url": rx.url("/ok"), "events": ["server.failed",
+                                                                      "server.crashed"]},
+                        expect=201)
+    spec = msgspec.convert(fake_spec("sec"), models.ServerSpec)
+    spec = msgspec.structs.replace(spec, secret_values=["hunter2-rcon"])
+    s = ServerRec("sid", "sec", "wid", spec, 1, 0.0, 0.0)
+    error = "exec ./srv +rcon_password hunter2-rcon: exit 1"
+    host.handle.webhooks.server_changed(s, obs("running"), obs("failed", error=error))
+    host.handle.webhooks.server_changed(s, obs("running"), obs("crashed", error=error))
+    with trio.fail_after(10):
+        while len(rx.on("/ok")) < 2:
+            await trio.sleep(0.05)
+    for r in rx.on("/ok"):
+        assert b"hunter2" not in r.body and b"rcon_password" in r.body, r.body
