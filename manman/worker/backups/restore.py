@@ -27,7 +27,7 @@ import zstandard
 
 from manman import errors
 from manman.worker.backups.writer import CHUNK, BackupCancelled
-from manman.worker.files.extract import Staging, _tar_member
+from manman.worker.files.extract import BoundedTarInfo, Staging, _tar_member
 from manman.worker.files.safe import DIR_FLAGS, FilesTree
 
 MAX_BYTES = 1 << 62  # the archive is ours, its sha256 checked: the disk is the limit
@@ -111,7 +111,7 @@ def _unpack(src: _Hashing, staging: Staging, cancel: threading.Event) -> None:
     reader = zstandard.ZstdDecompressor().stream_reader(
         src, read_size=CHUNK)  # type: ignore[arg-type]  # any object with read()
     files: set[tuple[str, ...]] = set()
-    with tarfile.open(fileobj=reader, mode="r|") as tf:
+    with tarfile.open(fileobj=reader, mode="r|", tarinfo=BoundedTarInfo) as tf:
         for ti in tf:
             if cancel.is_set():
                 raise BackupCancelled

@@ -38,6 +38,23 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tgz", ".tar", ".zip")
 
 
+MAX_HEADER = 1 << 20  # bytes of a pax or GNU long-name header (tarfile reads one whole)
+_BIG_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A member header whose extension header is refused over MAX_HEADER bytes before it
+    is read: a few hundred KB of compressed zeros could declare gigabytes."""
+
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _BIG_HEADERS and self.size > MAX_HEADER:
+            # Invalid, not a HeaderError: tarfile takes that for the archive's end
+            raise errors.Invalid(f"the archive has a {self.size}-byte extension header "
+                                 f"(at most {MAX_HEADER}); nothing was extracted")
+        return super()._proc_member(tf)  # type: ignore[misc]
+
+
 @dataclass
 class Member:
     raw: str  # the name as the archive has it (for messages)
@@ -111,7 +128,8 @@ class Archive:
             source = zstandard.ZstdDecompressor().stream_reader(self.f)
         self.f.seek(0)
         try:
-            tf = tarfile.open(fileobj=source, mode="r|*")  # noqa: SIM115 (closed below)
+            tf = tarfile.open(fileobj=source, mode="r|*",  # noqa: SIM115 (closed below)
+                              tarinfo=BoundedTarInfo)
         except tarfile.ReadError:
             raise errors.Invalid("not an archive this worker reads (tar, tar.gz, tar.bz2, "
                                  "tar.xz, tar.zst, zip)") from None
