@@ -714,3 +714,32 @@ def test_an_archive_header_bomb_is_refused_in_constant_memory(tmp_path: Path,
         tracemalloc.stop()
     assert peak < 64 << 20, peak
     assert sorted(os.listdir(root)) == ["bomb.tar.gz"]
+
+
+def test_a_survey_does_not_keep_every_member_header(tmp_path: Path) -> None:
+    """tarfile read as a stream keeps each member's header (names up to 4 KiB) in a list:
+    an archive of many long names held them all, hundreds of MB before the last member
+    was even checked. Refused here at its last member, in little memory."""
+    import tarfile
+    import tracemalloc
+
+    from manman import errors
+    from manman.worker.files.extract import extract
+    from manman.worker.files.safe import FilesTree
+
+    root = tmp_path / "files"
+    root.mkdir()
+    deep = "/".join(["d" * 250] * 15)
+    with tarfile.open(root / "many.tar.gz", "w:gz", compresslevel=1,
+                      format=tarfile.PAX_FORMAT) as tf:
+        for i in range(20000):
+            tf.addfile(tarfile.TarInfo(f"{deep}/{i}"))
+        tf.addfile(tarfile.TarInfo("/etc/evil"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.Invalid, match="absolute"):
+            extract(FilesTree(root), "many.tar.gz", None, 1 << 30)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
