@@ -507,3 +507,29 @@ async def test_failed_backups_do_not_pile_up(worker: Worker) -> None:
             for _ in range(MAX_FAILED + 3)]
     left = [b["id"] for b in (await api.get("/server/pf/backup"))["backups"]]
     assert left == [locked["id"], *made[-MAX_FAILED:]], left
+
+
+async def test_a_worker_cannot_overwrite_another_servers_backup_record(
+        host: RunningHost, hosted: Any) -> None:
+    """The host keeps each server's reported backups by id: a report of one worker's
+    server naming a backup id of another worker's server changes nothing of that one."""
+    wa, wb = await hosted("ba"), await hosted("bb")
+    api = host.api
+    await api.post("/server", fake_spec("sa", worker_id=wa.handle.link.worker_id), expect=201)
+    await api.post("/server", fake_spec("sb", worker_id=wb.handle.link.worker_id), expect=201)
+    sa, sb = (await api.get("/server/sa"))["id"], (await api.get("/server/sb"))["id"]
+    await wa.api.wait_for(sa)
+    await wb.api.wait_for(sb)
+    b = await backup(api, "sa", name="real")
+    with trio.fail_after(10):
+        while not await host.control.store.fetch("SELECT 1 FROM backups WHERE id = $1",
+                                                 b["id"]):
+            await trio.sleep(0.05)
+    wid = wb.handle.link.worker_id
+    token = host.handle.secrets.worker_token(wid, 1)
+    forged = {**b, "server_id": sb, "name": "forged"}
+    await api.http.post(f"/server/{sb}/backup-report", json={"backups": [forged]},
+                        headers={"Authorization": f"Bearer {token}"})
+    rows = await host.control.store.fetch("SELECT server_id, record FROM backups "
+                                          "WHERE id = $1", b["id"])
+    assert [(r["server_id"], r["record"]["name"]) for r in rows] == [(sa, "real")], rows
