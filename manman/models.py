@@ -130,6 +130,7 @@ ScheduleAction = Literal["start", "stop", "restart", "kill", "command", "backup"
 AwaitWhat = Literal["none", "done", "ready", "stopped"]
 ScheduleId = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
 MAX_SCHEDULE_TASKS = 20
+MAX_SCHEDULES = 32
 
 
 class ScheduleTask(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
@@ -225,7 +226,7 @@ class ServerSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     # values of a preset's secret variables: in args/env for the game, never in an answer
     secret_values: Annotated[list[Annotated[str, Meta(max_length=1024)]],
                              Meta(max_length=64)] = msgspec.field(default_factory=list)
-    schedules: Annotated[list[Schedule], Meta(max_length=32)] = msgspec.field(
+    schedules: Annotated[list[Schedule], Meta(max_length=MAX_SCHEDULES)] = msgspec.field(
         default_factory=list)
     backup: BackupSpec = msgspec.field(default_factory=BackupSpec)
     file_denylist: FileDenylist = msgspec.field(default_factory=list)
@@ -307,6 +308,8 @@ def validate_spec(spec: ServerSpec) -> None:
     if spec.auto_update.mode != "off" and method != "steamcmd":
         raise ValueError("auto_update: only steamcmd servers take Steam builds")
     _check_ports(spec)
+    if len(spec.schedules) > MAX_SCHEDULES:  # the decode checks it, a route's append does not
+        raise ValueError(f"schedules: at most {MAX_SCHEDULES}")
     if spec.schedules:
         from manman.schedules.check import check_schedules
 
@@ -411,7 +414,7 @@ class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     restart_needed_patterns: Annotated[list[Pattern], Meta(max_length=16)] | \
         msgspec.UnsetType = msgspec.UNSET
     auto_update: AutoUpdateSpec | msgspec.UnsetType = msgspec.UNSET
-    schedules: Annotated[list[Schedule], Meta(max_length=32)] | \
+    schedules: Annotated[list[Schedule], Meta(max_length=MAX_SCHEDULES)] | \
         msgspec.UnsetType = msgspec.UNSET
     backup: BackupSpec | msgspec.UnsetType = msgspec.UNSET
     file_denylist: FileDenylist | msgspec.UnsetType = msgspec.UNSET

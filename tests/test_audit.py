@@ -137,3 +137,30 @@ async def test_rows_older_than_audit_days_are_pruned(host: RunningHost) -> None:
         assert await audit.prune(store, 2, now) == 1
     rows = await store.fetch("SELECT id FROM audit WHERE id LIKE 'old%'")
     assert [r["id"] for r in rows] == ["old3"]
+
+
+async def test_a_preset_secret_is_not_in_the_audit(host: RunningHost, hosted: Any) -> None:
+    """A command quoting a preset's secret value: the console shows it masked, and so does
+    the audit (from the command route and from the console proxy)."""
+    import msgspec
+
+    w = await hosted("ws")
+    api = host.api
+    s = await api.post("/server", fake_spec("sa", worker_id=w.handle.link.worker_id,
+                                            desired_state="running"), expect=201)
+    await api.wait_for("sa", state="running")
+    rec = host.control.fleet.servers[s["id"]]
+    rec.spec = msgspec.structs.replace(rec.spec, secret_values=["hunter2-rcon"])
+    await api.post("/server/sa/command", {"type": "command", "data": "say hunter2-rcon"},
+                   expect=202)
+    base = host.url.replace("http://", "ws://") + f"/server/{s['id']}/log/ws"
+    async with open_websocket_url(f"{base}?token={ADMIN}&tail=0") as ws:
+        assert json.loads(await ws.get_message())["type"] == "hello"
+        await ws.send_message(json.dumps({"type": "command", "data": "say ws hunter2-rcon"}))
+        await api.wait_line("sa", "said: ws", prefix=True)
+    with trio.fail_after(10):
+        while len(rows := (await api.get(f"/audit?server_id={s['id']}&action=server"
+                                         ))["entries"]) < 3:
+            await trio.sleep(0.1)
+    text = json.dumps(rows)
+    assert "hunter2" not in text and "say ws" in text and "say " in text, text

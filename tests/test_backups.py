@@ -356,6 +356,19 @@ def test_retention_rules() -> None:
     assert ids(BackupSpec(max_bytes=1)) == ["2", "4", "5"]  # the newest is always kept
 
 
+def test_failed_records_beyond_the_newest_few_are_forgotten() -> None:
+    from manman.worker.backups.model import Backup
+    from manman.worker.backups.retention import MAX_FAILED, failed_to_forget
+
+    def b(i: int, state: str = "failed", locked: bool = False) -> Backup:
+        return Backup(id=str(i), server_id="s", name=str(i), state=state,  # type: ignore
+                      locked=locked, created_at=float(i))
+
+    backups = [b(0, locked=True), b(1, "ok")] + [b(i) for i in range(2, MAX_FAILED + 5)]
+    assert [x.id for x in failed_to_forget(backups)] == ["2", "3", "4"]
+    assert failed_to_forget(backups[:MAX_FAILED]) == []
+
+
 async def test_cli_backup_verbs(host: RunningHost, hosted: Any, tmp_path: Path) -> None:
     import json
 
@@ -476,3 +489,47 @@ async def test_a_backup_cut_short_by_the_worker_dying_is_failed_at_the_next_star
                 p.stop()
                 if p.proc is not None:
                     await p.wait()
+
+
+async def test_failed_backups_do_not_pile_up(worker: Worker) -> None:
+    """A backup that keeps failing (a schedule every minute, a hook never answered) leaves
+    a record each time: only the newest MAX_FAILED stay (and locked ones), or the list,
+    the worker's store and every backup report grow without end."""
+    from manman.worker.backups.retention import MAX_FAILED
+
+    api = worker.api
+    await api.post("/server", fake_spec("pf", desired_state="running", backup={
+        "before": [{"command": "say x", "wait_for": "^never$", "timeout": 0.01}]}),
+        expect=201)
+    await api.wait_for("pf", state="running")
+    locked = await backup(api, "pf", expect_state="failed", locked=True)
+    made = [(await backup(api, "pf", expect_state="failed"))["id"]
+            for _ in range(MAX_FAILED + 3)]
+    left = [b["id"] for b in (await api.get("/server/pf/backup"))["backups"]]
+    assert left == [locked["id"], *made[-MAX_FAILED:]], left
+
+
+async def test_a_worker_cannot_overwrite_another_servers_backup_record(
+        host: RunningHost, hosted: Any) -> None:
+    """The host keeps each server's reported backups by id: a report of one worker's
+    server naming a backup id of another worker's server changes nothing of that one."""
+    wa, wb = await hosted("ba"), await hosted("bb")
+    api = host.api
+    await api.post("/server", fake_spec("sa", worker_id=wa.handle.link.worker_id), expect=201)
+    await api.post("/server", fake_spec("sb", worker_id=wb.handle.link.worker_id), expect=201)
+    sa, sb = (await api.get("/server/sa"))["id"], (await api.get("/server/sb"))["id"]
+    await wa.api.wait_for(sa)
+    await wb.api.wait_for(sb)
+    b = await backup(api, "sa", name="real")
+    with trio.fail_after(10):
+        while not await host.control.store.fetch("SELECT 1 FROM backups WHERE id = $1",
+                                                 b["id"]):
+            await trio.sleep(0.05)
+    wid = wb.handle.link.worker_id
+    token = host.handle.secrets.worker_token(wid, 1)
+    forged = {**b, "server_id": sb, "name": "forged"}
+    await api.http.post(f"/server/{sb}/backup-report", json={"backups": [forged]},
+                        headers={"Authorization": f"Bearer {token}"})
+    rows = await host.control.store.fetch("SELECT server_id, record FROM backups "
+                                          "WHERE id = $1", b["id"])
+    assert [(r["server_id"], r["record"]["name"]) for r in rows] == [(sa, "real")], rows

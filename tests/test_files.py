@@ -645,3 +645,101 @@ async def test_archive_refuses_what_it_must_not_read(standalone: Standalone) -> 
                    expect=422)
     assert sorted(p.name for p in files.iterdir()) == ["out", "world"]
     assert sorted(p.name for p in standalone.outside.iterdir()) == ["secret"]
+
+
+def _header_bomb(path: Path, kind: bytes, size: int) -> None:
+    """A tar.gz whose first member is a pax (`x`) or GNU long-name (`L`) header declaring
+    `size` bytes of zeros: a few hundred KB on disk."""
+    import gzip
+    import tarfile
+
+    ti = tarfile.TarInfo("bomb")
+    ti.size = size
+    head = bytearray(ti.tobuf(tarfile.USTAR_FORMAT))
+    head[156:157] = kind  # the type flag; the checksum is over the field as it is now
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\x00 " % sum(head)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(bytes(head))
+        zeros = bytes(1 << 20)
+        for _ in range(size >> 20):
+            f.write(zeros)
+        f.write(bytes(1024))
+
+
+@pytest.mark.parametrize("kind", [b"x", b"L"])
+def test_an_archive_header_bomb_is_refused_in_constant_memory(tmp_path: Path,
+                                                              kind: bytes) -> None:
+    """tarfile reads a pax or GNU long-name header whole into memory: one declaring 256 MiB
+    (of zeros, a few hundred KB compressed) is refused before it is read, in extract and in
+    restore alike."""
+    import threading
+    import tracemalloc
+
+    from manman import errors
+    from manman.worker.backups.restore import restore_backup
+    from manman.worker.files.extract import extract
+    from manman.worker.files.safe import FilesTree
+
+    root = tmp_path / "files"
+    root.mkdir()
+    _header_bomb(root / "bomb.tar.gz", kind, 256 << 20)
+    tree = FilesTree(root)
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.Invalid):
+            extract(tree, "bomb.tar.gz", None, 1 << 30)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak
+    assert sorted(os.listdir(root)) == ["bomb.tar.gz"]
+    # restore reads zstd: the same header, recompressed
+    import gzip
+
+    import zstandard
+
+    archive = tmp_path / "b.tar.zst"
+    with gzip.open(root / "bomb.tar.gz", "rb") as src, open(archive, "wb") as out, \
+            zstandard.ZstdCompressor().stream_writer(out) as z:
+        while chunk := src.read(1 << 20):
+            z.write(chunk)
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.Invalid):
+            restore_backup(archive, sha, root, False, threading.Event())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak
+    assert sorted(os.listdir(root)) == ["bomb.tar.gz"]
+
+
+def test_a_survey_does_not_keep_every_member_header(tmp_path: Path) -> None:
+    """tarfile read as a stream keeps each member's header (names up to 4 KiB) in a list:
+    an archive of many long names held them all, hundreds of MB before the last member
+    was even checked. Refused here at its last member, in little memory."""
+    import tarfile
+    import tracemalloc
+
+    from manman import errors
+    from manman.worker.files.extract import extract
+    from manman.worker.files.safe import FilesTree
+
+    root = tmp_path / "files"
+    root.mkdir()
+    deep = "/".join(["d" * 250] * 15)
+    with tarfile.open(root / "many.tar.gz", "w:gz", compresslevel=1,
+                      format=tarfile.PAX_FORMAT) as tf:
+        for i in range(20000):
+            tf.addfile(tarfile.TarInfo(f"{deep}/{i}"))
+        tf.addfile(tarfile.TarInfo("/etc/evil"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.Invalid, match="absolute"):
+            extract(FilesTree(root), "many.tar.gz", None, 1 << 30)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak

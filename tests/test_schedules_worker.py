@@ -204,3 +204,15 @@ async def test_a_backup_task_makes_a_backup_and_awaits_it(worker: RunningWorker)
     # awaited: the backup had ended ok before the next task ran
     assert [b["state"] for b in backups] == ["ok"] and backups[0]["bytes"] > 0
     assert runs[0]["tasks"][0]["ended_at"] <= runs[0]["tasks"][1]["started_at"]
+
+
+async def test_no_more_than_32_schedules_one_at_a_time(worker: RunningWorker) -> None:
+    """The spec holds at most 32 schedules: the one-at-a-time route keeps to it too (a 33rd
+    was kept, and then the spec no longer decoded at the worker's next start)."""
+    api = worker.api
+    await api.post("/server", fake_spec("alpha"), expect=201)
+    for _ in range(32):
+        await api.post("/server/alpha/schedule", RESTART_AT_FIVE, expect=201)
+    r = await api.request("POST", "/server/alpha/schedule", 422, json=RESTART_AT_FIVE)
+    assert "32" in r.json()["error"]["message"]
+    assert len((await api.get("/server/alpha/schedule"))["schedules"]) == 32

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
 from manman import models
@@ -422,3 +423,65 @@ async def test_worker_events_unknown_and_alive(host: RunningHost, bg: trio.Nurse
     assert texts == ["worker quiet misses its heartbeats", "worker quiet is back"]
     assert json.loads(rx.on("/ok")[0].body)["blocks"][1]["fields"][0]["text"] == \
         "*status*\nunknown"
+
+
+async def test_an_endless_answer_is_not_read(host: RunningHost, bg: trio.Nursery) -> None:
+    """A receiver answering 200 with a body that never ends: the attempt counts as
+    delivered at once, and the host reads none of the body (it would hold it all)."""
+    sent = 0
+
+    async def endless(stream: trio.SocketStream) -> None:
+        nonlocal sent
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            piece = b"%x\r\n%s\r\n" % (1 << 16, b"x" * (1 << 16))
+            try:
+                while True:
+                    await stream.send_all(piece)
+                    sent += 1 << 16
+            except trio.BrokenResourceError:
+                pass
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    bg.start_soon(trio.serve_listeners, endless, listeners)
+    hooks = host.handle.webhooks
+    hooks.dispatcher.policy = Policy(timeout=3.0)
+    hook_id = (await host.api.post("/webhook", {"url": f"http://127.0.0.1:{port}/x",
+                                                "events": ["server.crashed"]},
+                                   expect=201))["id"]
+    with trio.fail_after(10):
+        attempt, retry = await hooks.dispatcher.attempt(
+            hooks.dispatcher.hooks[hook_id], payloads.Event("e", "server.crashed", 0, {}))
+    assert attempt.ok and attempt.status == 200 and retry is None, attempt
+    assert attempt.latency_ms < 2000
+    assert sent < 64 << 20  # socket buffers at most, not what the time-out allows
+
+
+async def test_a_preset_secret_never_leaves_in_a_hook_body(host: RunningHost,
+                                                           bg: trio.Nursery) -> None:
+    """A failed server's error may quote its command line, and with it a preset's secret
+    value: the API masks it (models.server_view), and so must what a hook sends out."""
+    from manman.host.fleet import ServerRec
+
+    rx = await receiver(bg)
+    await host.api.post("/webhook", {"url": rx.url("/ok"), "events": ["server.failed",
+                                                                      "server.crashed"]},
+                        expect=201)
+    spec = msgspec.convert(fake_spec("sec"), models.ServerSpec)
+    spec = msgspec.structs.replace(spec, secret_values=["hunter2-rcon"])
+    s = ServerRec("sid", "sec", "wid", spec, 1, 0.0, 0.0)
+    error = "exec ./srv +rcon_password hunter2-rcon: exit 1"
+    host.handle.webhooks.server_changed(s, obs("running"), obs("failed", error=error))
+    host.handle.webhooks.server_changed(s, obs("running"), obs("crashed", error=error))
+    with trio.fail_after(10):
+        while len(rx.on("/ok")) < 2:
+            await trio.sleep(0.05)
+    for r in rx.on("/ok"):
+        assert b"hunter2" not in r.body and b"rcon_password" in r.body, r.body

@@ -217,9 +217,12 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
                summary="start | stop | restart | kill | install | health | command")
     async def command(who: Principal, server_id: str, body: models.Command) -> Response:
         s = control.server(server_id)
-        g.audit = {"action": f"server.{body.type}", "detail": body.data}
+        # a command may quote a preset's secret: the audit masks it as the console does
+        hidden = s.spec.secret_values
+        g.audit = {"action": f"server.{body.type}", "detail": models.redact(body.data, hidden)}
         done = await control.command(s, body)
-        g.audit["result"] = (msgspec.json.encode(done.result).decode() if done.result is not None
+        g.audit["result"] = (models.redact(msgspec.json.encode(done.result).decode(), hidden)
+                             if done.result is not None
                              else "delivered" if done.delivered else "pending")
         return json_response(done, 202)
 
@@ -277,7 +280,8 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
         async def receive() -> Any:
             message = await websocket.receive()
             if who.can_write():  # a read-only viewer's commands are refused by the worker
-                audit.console_input(fleet, who.label, source, s.id, w.id, message)
+                audit.console_input(fleet, who.label, source, s.id, w.id, message,
+                                    s.spec.secret_values)
             return message
 
         await websocket.accept()

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
-from manman import errors
+from manman import errors, models
 from manman.host.fleet import Fleet
 from manman.host.store import HostStore
 
@@ -221,9 +221,10 @@ _decode_frame = msgspec.json.Decoder(_Frame).decode
 
 
 def console_input(fleet: Fleet, actor: str, source: str, server_id: str, worker_id: str,
-                  message: str | bytes) -> None:
+                  message: str | bytes, secrets: list[str] | None = None) -> None:
     """A frame a viewer sends through the host's console proxy: a `command` is recorded as
-    `server.console` with its text (the worker may still refuse it: rate, state)."""
+    `server.console` with its text, `secrets` (the preset's secret values) masked (the
+    worker may still refuse it: rate, state)."""
     needle: str | bytes = '"command"' if isinstance(message, str) else b'"command"'
     if needle not in message:  # type: ignore[operator]
         return  # pings: no decode
@@ -234,7 +235,7 @@ def console_input(fleet: Fleet, actor: str, source: str, server_id: str, worker_
     if frame.type == "command":
         record(fleet, row(actor, source, "server.console", server_id=server_id,
                           worker_id=worker_id, target=f"/server/{server_id}/log/ws",
-                          detail=frame.data, result="sent"))
+                          detail=models.redact(frame.data, secrets or []), result="sent"))
 
 
 def query_time(name: str) -> float | None:

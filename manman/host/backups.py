@@ -26,7 +26,8 @@ from manman.worker.backups.model import (
 
 RESTORE_CALL = 3600.0  # the worker answers a restore once all is written
 
-# a worker's report replaces the server's list whole, in one statement
+# a worker's report replaces the server's list whole, in one statement (an id of another
+# server's backup is left alone: a worker may not rewrite another's records)
 _REPLACE = """
 WITH incoming AS (SELECT r->>'id' AS id, r FROM jsonb_array_elements($2::jsonb) AS r),
 gone AS (DELETE FROM backups WHERE server_id = $1
@@ -34,6 +35,7 @@ gone AS (DELETE FROM backups WHERE server_id = $1
 INSERT INTO backups (id, server_id, record, updated_at)
 SELECT id, $1, r, $3 FROM incoming
 ON CONFLICT (id) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at
+WHERE backups.server_id = excluded.server_id
 """
 _STATES = "SELECT id, record->>'state' AS state FROM backups WHERE server_id = $1"
 _LIST = ("SELECT record FROM backups WHERE server_id = $1 "

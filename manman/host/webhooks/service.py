@@ -114,6 +114,8 @@ class Webhooks:
         if not self.dispatcher.hooks:
             return
         for event, data in events.server_events(before, after):
+            # an error may quote the command line: a preset's secret never leaves in a body
+            data = models.redact(data, s.spec.secret_values)
             self.dispatcher.emit(event, data, server={"id": s.id, "name": s.name,
                                                       "worker_id": s.worker_id})
 
@@ -122,6 +124,7 @@ class Webhooks:
         if not self.dispatcher.hooks:
             return
         for event, data in events.backup_events(before, after):
+            data = models.redact(data, s.spec.secret_values)
             self.dispatcher.emit(event, data, server={"id": s.id, "name": s.name,
                                                       "worker_id": s.worker_id})
 

@@ -28,7 +28,7 @@ from manman.worker.actor import ServerActor
 from manman.worker.agent import Action, WorkerAgent
 from manman.worker.backups.model import Backup, BackupCreate
 from manman.worker.backups.restore import Corrupt, remove_quietly, restore_backup
-from manman.worker.backups.retention import to_prune
+from manman.worker.backups.retention import failed_to_forget, to_prune
 from manman.worker.backups.writer import Written, write_backup
 
 log = logging.getLogger("manman.worker.backups")
@@ -205,6 +205,11 @@ class BackupManager:
             await self._prune(sid)
         else:
             self._note(sid, f"backup {b.name} failed: {b.error}")
+            for old in failed_to_forget(self.of_server(sid)):
+                try:
+                    await self._remove(old)
+                except errors.ManmanError as e:
+                    log.warning("failed backup %s not forgotten: %s", old.id, e.message)
 
     def _note(self, server_id: str, text: str) -> None:
         actor = self.agent.actors.get(server_id)

@@ -27,7 +27,7 @@ import zstandard
 
 from manman import errors
 from manman.worker.backups.writer import CHUNK, BackupCancelled
-from manman.worker.files.extract import Staging, _tar_member
+from manman.worker.files.extract import BoundedTarInfo, Seen, Staging, _tar_member
 from manman.worker.files.safe import DIR_FLAGS, FilesTree
 
 MAX_BYTES = 1 << 62  # the archive is ours, its sha256 checked: the disk is the limit
@@ -110,9 +110,10 @@ def _unpack(src: _Hashing, staging: Staging, cancel: threading.Event) -> None:
     """Every member checked and written below `staging` (Invalid naming a bad one)."""
     reader = zstandard.ZstdDecompressor().stream_reader(
         src, read_size=CHUNK)  # type: ignore[arg-type]  # any object with read()
-    files: set[tuple[str, ...]] = set()
-    with tarfile.open(fileobj=reader, mode="r|") as tf:
+    files: Seen = set()
+    with tarfile.open(fileobj=reader, mode="r|", tarinfo=BoundedTarInfo) as tf:
         for ti in tf:
+            tf.members.clear()  # type: ignore[attr-defined]  # else it keeps each header
             if cancel.is_set():
                 raise BackupCancelled
             m = _tar_member(ti, files)

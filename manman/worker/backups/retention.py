@@ -39,3 +39,13 @@ def to_prune(backups: list[Backup], spec: BackupSpec, now: float) -> list[Backup
                 break
             drop(victim)
     return out
+
+
+MAX_FAILED = 10  # failed records kept per server: a backup failing every minute adds one each
+
+
+def failed_to_forget(backups: list[Backup]) -> list[Backup]:
+    """The unlocked `failed` records beyond the newest MAX_FAILED (they have no archive;
+    without a bound they grow the list, the store and every report forever)."""
+    failed = sorted((b for b in backups if b.state == "failed"), key=lambda b: b.created_at)
+    return [b for b in failed[:-MAX_FAILED] if not b.locked]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import os
 import secrets
 import shutil
@@ -38,6 +39,33 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tgz", ".tar", ".zip")
 
 
+MAX_HEADER = 1 << 20  # bytes of a pax or GNU long-name header (tarfile reads one whole)
+_BIG_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A member header whose extension header is refused over MAX_HEADER bytes before it
+    is read: a few hundred KB of compressed zeros could declare gigabytes."""
+
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _BIG_HEADERS and self.size > MAX_HEADER:
+            # Invalid, not a HeaderError: tarfile takes that for the archive's end
+            raise errors.Invalid(f"the archive has a {self.size}-byte extension header "
+                                 f"(at most {MAX_HEADER}); nothing was extracted")
+        return super()._proc_member(tf)  # type: ignore[misc]
+
+
+# the files met so far (a hard link may name only those), each as a 16-byte digest of its
+# path: 100,000 paths of up to 4 KiB would otherwise be held whole
+Seen = set[bytes]
+
+
+def _key(parts: tuple[str, ...]) -> bytes:
+    return hashlib.blake2b("/".join(parts).encode("utf-8", "surrogateescape"),
+                           digest_size=16).digest()
+
+
 @dataclass
 class Member:
     raw: str  # the name as the archive has it (for messages)
@@ -53,7 +81,7 @@ def _bad(raw: str, why: str) -> errors.Invalid:
                           "whole and nothing was extracted")
 
 
-def check(raw: str, kind: str, target: str, files: set[tuple[str, ...]]) -> tuple[str, ...]:
+def check(raw: str, kind: str, target: str, files: Seen) -> tuple[str, ...]:
     """The member's path, or Invalid naming it."""
     if raw.startswith("/") or raw.startswith("\\") or (len(raw) > 1 and raw[1] == ":"):
         raise _bad(raw, "is an absolute path")
@@ -78,7 +106,7 @@ def check(raw: str, kind: str, target: str, files: set[tuple[str, ...]]) -> tupl
             linked = parse(target)
         except errors.Invalid:
             linked = ()
-        if linked not in files:
+        if _key(linked) not in files:
             raise _bad(raw, f"is a hard link to {target[:200]!r}, not an earlier file of "
                             "the archive")
     return parts
@@ -111,7 +139,8 @@ class Archive:
             source = zstandard.ZstdDecompressor().stream_reader(self.f)
         self.f.seek(0)
         try:
-            tf = tarfile.open(fileobj=source, mode="r|*")  # noqa: SIM115 (closed below)
+            tf = tarfile.open(fileobj=source, mode="r|*",  # noqa: SIM115 (closed below)
+                              tarinfo=BoundedTarInfo)
         except tarfile.ReadError:
             raise errors.Invalid("not an archive this worker reads (tar, tar.gz, tar.bz2, "
                                  "tar.xz, tar.zst, zip)") from None
@@ -120,17 +149,18 @@ class Archive:
 
     def members(self) -> Iterator[tuple[Member, Any]]:
         """Each member, checked, with what reads its bytes (a file; a zip link's target)."""
-        files: set[tuple[str, ...]] = set()
+        files: Seen = set()
         if self.zip is not None:
             for zi in self.zip.infolist():
                 yield self._zip_member(zi, files)
             return
         with self._tar() as tf:
             for ti in tf:
+                tf.members.clear()  # type: ignore[attr-defined]  # else it keeps each header
                 m = _tar_member(ti, files)
                 yield m, (tf.extractfile(ti) if m.kind == "file" else None)
 
-    def _zip_member(self, zi: zipfile.ZipInfo, files: set[tuple[str, ...]]
+    def _zip_member(self, zi: zipfile.ZipInfo, files: Seen
                     ) -> tuple[Member, Any]:
         assert self.zip is not None
         mode = (zi.external_attr >> 16) if zi.create_system == 3 else 0
@@ -146,12 +176,12 @@ class Archive:
         if zi.is_dir():
             return Member(raw, check(raw, "dir", "", files), "dir"), None
         parts = check(raw, "file", "", files)
-        files.add(parts)
+        files.add(_key(parts))
         return (Member(raw, parts, "file", zi.file_size, (mode & 0o777) or 0o644),
                 functools.partial(self.zip.open, zi))
 
 
-def _tar_member(ti: tarfile.TarInfo, files: set[tuple[str, ...]]) -> Member:
+def _tar_member(ti: tarfile.TarInfo, files: Seen) -> Member:
     raw = ti.name
     if ti.ischr() or ti.isblk() or ti.isfifo():
         raise _bad(raw, "is a device or fifo")
@@ -166,7 +196,7 @@ def _tar_member(ti: tarfile.TarInfo, files: set[tuple[str, ...]]) -> Member:
     if not ti.isreg():
         raise _bad(raw, "is of a kind that is not extracted")
     parts = check(raw, "file", "", files)
-    files.add(parts)
+    files.add(_key(parts))
     return Member(raw, parts, "file", ti.size, ti.mode & 0o777)
 
 
