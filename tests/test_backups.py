@@ -5,6 +5,7 @@ backup_dir), and the same routes through a real host."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -203,6 +204,27 @@ async def test_retention_and_lock(worker: Worker) -> None:
     assert stored(worker, sid) == [f"{made[2]['id']}.tar.zst"]
     await api.request("DELETE", f"/server/g/backup/{locked['id']}", 404)
     await api.request("PUT", f"/server/g/backup/{made[2]['id']}", 422, json={"locked": 1})
+
+
+async def test_a_purge_takes_the_servers_backups_and_only_its(worker: Worker) -> None:
+    api = worker.api
+    gone = (await api.post("/server", fake_spec("gone"), expect=201))["id"]
+    kept = (await api.post("/server", fake_spec("kept"), expect=201))["id"]
+    for name in ("gone", "kept"):
+        await put(api, name, "a", b"a")
+    await backup(api, "gone", locked=True)
+    await backup(api, "gone")
+    mine = await backup(api, "kept")
+    await api.request("DELETE", "/server/gone?purge=true", 200)
+    # the archives (locked ones too), their directory and their rows are gone
+    assert not (worker.backups / gone).exists()
+    import sqlite3
+
+    with sqlite3.connect(worker.data / "worker.sqlite3") as db:
+        rows = [json.loads(r[0]) for r in db.execute("SELECT record FROM backups")]
+    assert [(r["server_id"], r["id"]) for r in rows] == [(kept, mine["id"])]
+    assert stored(worker, kept) == [f"{mine['id']}.tar.zst"]
+    assert [b["id"] for b in (await api.get("/server/kept/backup"))["backups"]] == [mine["id"]]
 
 
 async def test_one_at_a_time_and_a_corrupt_archive(worker: Worker) -> None:

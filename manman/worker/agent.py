@@ -11,7 +11,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -112,6 +112,8 @@ class WorkerAgent:
         self.started_at = time.time()
         # asked before each power action; one may refuse it (a restore under way)
         self.guards: list[Callable[[ServerActor, Action], None]] = []
+        # told of each server deleted with purge: what else it left goes too (its backups)
+        self.purgers: list[Callable[[str], Awaitable[None]]] = []
 
     def add_observer(self, observer: ServerObserver) -> None:
         self._observers.append(observer)
@@ -491,6 +493,8 @@ class WorkerAgent:
         actor.broker.close(("not_found", "the server was deleted"))
         if purge:
             await trio.to_thread.run_sync(shutil.rmtree, actor.server_dir, True)
+            for purger in self.purgers:
+                await purger(actor.id)
         for observer in self._observers:
             observer.server_changed(actor)
 

@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import msgspec
@@ -56,6 +57,7 @@ class BackupManager:
         self._nursery: trio.Nursery | None = None
         # told the server id of each change (the host's reports)
         self.listeners: list[Callable[[str], None]] = []
+        agent.purgers.append(self.purge)
         self._ended: dict[str, trio.Event] = {}  # backups someone waits for (schedules)
 
     # -- life --------------------------------------------------------------------------
@@ -289,6 +291,15 @@ class BackupManager:
             except errors.ManmanError as e:
                 log.warning("backup %s not pruned: %s", b.id, e.message)
 
+    async def purge(self, server_id: str) -> None:
+        """The server was deleted with purge: its backups go, locked ones too."""
+        for b in self.of_server(server_id):
+            try:
+                await self._remove(b)
+            except errors.ManmanError as e:  # a full disk: the rows stay, found at a start
+                log.warning("backup %s of a purged server not removed: %s", b.id, e.message)
+        await trio.to_thread.run_sync(_remove_empty_dir, self.dir / server_id)
+
     async def _remove(self, b: Backup) -> None:
         await trio.to_thread.run_sync(remove_quietly, self.path(b))
         assert self.agent.store is not None
@@ -350,3 +361,8 @@ class BackupManager:
         actor.broker.note(f"restored backup {b.name}" + (" (truncated first)" if truncate
                                                          else ""))
         return b
+
+
+def _remove_empty_dir(path: Path) -> None:
+    with suppress(OSError):  # gone already, or a backup still being written in it
+        path.rmdir()
