@@ -119,7 +119,8 @@ async def test_every_change_is_recorded_and_read_back(host: RunningHost, hosted:
             break
         cursor = f"&cursor={page['next_cursor']}"
     assert seen == [e["id"] for e in reversed(rows)]
-    for bad in ("limit=0", "limit=1001", "since=x", "cursor=-1", "cursor=abc"):
+    for bad in ("limit=0", "limit=1001", "since=x", "cursor=-1", "cursor=abc", "action=a%00b",
+                "server_id=0%00", "action=" + "x" * 201):
         r = await api.request("GET", f"/audit?{bad}")
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid", bad
 
