@@ -112,6 +112,13 @@ def query_bool(name: str) -> bool:
     raise Invalid(f"query parameter {name} must be true or false")
 
 
+def check_query_text() -> None:
+    """No query parameter of ours may hold a NUL (PostgreSQL text cannot, a path must not):
+    refused for every route here, as in bodies."""
+    if b"%00" in request.query_string:  # a NUL can only come percent-encoded
+        raise Invalid("NUL characters are not accepted")
+
+
 async def read_body(model: type[Any]) -> Any:
     data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     if not data.strip():
@@ -252,6 +259,7 @@ class Api:
                     if auth != "none":
                         assert self.authenticate is not None
                         params["who"] = await self.authenticate(auth, params)
+                    check_query_text()
                     if body is not None:
                         params["body"] = await read_body(body)
                     resp = await fn(**params)
