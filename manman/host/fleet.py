@@ -85,6 +85,9 @@ class Watcher(Protocol):
 
     def worker_changed(self, w: WorkerRec, before: str | None, now: str) -> None: ...
 
+    @property
+    def listening(self) -> bool: ...  # False: no event would be sent, derive none
+
     def backups_changed(self, s: ServerRec, before: dict[str, str],
                         after: list[dict[str, Any]]) -> None: ...
 

@@ -109,21 +109,24 @@ class Webhooks:
 
     # -- the fleet's Watcher: the heartbeat path, no I/O -------------------------------------
 
+    @property
+    def listening(self) -> bool:
+        """Some hook exists: deriving events is worth its cost."""
+        return bool(self.dispatcher.hooks)
+
     def server_changed(self, s: ServerRec, before: models.ObservedServer | None,
                        after: models.ObservedServer) -> None:
-        if not self.dispatcher.hooks:
-            return
-        for event, data in events.server_events(before, after):
-            # an error may quote the command line: a preset's secret never leaves in a body
-            data = models.redact(data, s.spec.secret_values)
-            self.dispatcher.emit(event, data, server={"id": s.id, "name": s.name,
-                                                      "worker_id": s.worker_id})
+        if self.listening:
+            self._emit(s, events.server_events(before, after))
 
     def backups_changed(self, s: ServerRec, before: dict[str, str],
                         after: list[dict[str, Any]]) -> None:
-        if not self.dispatcher.hooks:
-            return
-        for event, data in events.backup_events(before, after):
+        if self.listening:
+            self._emit(s, events.backup_events(before, after))
+
+    def _emit(self, s: ServerRec, derived: list[events.Derived]) -> None:
+        for event, data in derived:
+            # an error may quote the command line: a preset's secret never leaves in a body
             data = models.redact(data, s.spec.secret_values)
             self.dispatcher.emit(event, data, server={"id": s.id, "name": s.name,
                                                       "worker_id": s.worker_id})
