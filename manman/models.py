@@ -195,6 +195,20 @@ FileGlob = Annotated[str, Meta(min_length=1, max_length=256, extra_json_schema=_
 FileDenylist = Annotated[list[FileGlob], Meta(max_length=64)]
 
 
+class Limits(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """What a server may use (docs/spec.md, "Limits"); a field not given is not limited."""
+
+    memory_mb: Annotated[int, Meta(ge=4, le=2**31 - 1)] | None = None
+    cpus: Annotated[float, Meta(ge=0.01, le=4096)] | None = None  # cores (0.5: half of one)
+    pids: Annotated[int, Meta(ge=1, le=2**22)] | None = None
+    disk_mb: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return (self.memory_mb is None and self.cpus is None and self.pids is None
+                and self.disk_mb is None)
+
+
 def split_game_id(game_id: str) -> tuple[str, str]:
     method, _, ident = game_id.partition(":")
     return method, ident
@@ -230,6 +244,7 @@ class ServerSpec(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
         default_factory=list)
     backup: BackupSpec = msgspec.field(default_factory=BackupSpec)
     file_denylist: FileDenylist = msgspec.field(default_factory=list)
+    limits: Limits = msgspec.field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         validate_spec(self)
@@ -392,7 +407,7 @@ def _port_name(ref: str) -> str:
 _UPDATABLE = ("name", "executable", "args", "env", "stop_command", "stop_timeout",
               "ready_pattern", "restart", "health", "ports", "desired_state", "stop_signal",
               "player_patterns", "restart_needed_patterns", "auto_update", "schedules",
-              "backup", "file_denylist")
+              "backup", "file_denylist", "limits")
 
 
 class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -418,6 +433,7 @@ class ServerUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
         msgspec.UnsetType = msgspec.UNSET
     backup: BackupSpec | msgspec.UnsetType = msgspec.UNSET
     file_denylist: FileDenylist | msgspec.UnsetType = msgspec.UNSET
+    limits: Limits | msgspec.UnsetType = msgspec.UNSET
     restart_on_change: bool = False
 
 
@@ -547,6 +563,7 @@ class Server(Struct, kw_only=True):
     schedules: list[Schedule]
     backup: BackupSpec
     file_denylist: list[str]
+    limits: Limits
     state: ServerState
     ready: bool
     pid: int | None
