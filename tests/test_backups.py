@@ -555,3 +555,22 @@ async def test_a_worker_cannot_overwrite_another_servers_backup_record(
     rows = await host.control.store.fetch("SELECT server_id, record FROM backups "
                                           "WHERE id = $1", b["id"])
     assert [(r["server_id"], r["record"]["name"]) for r in rows] == [(sa, "real")], rows
+
+
+def test_writer_paced_then_cancelled_leaves_nothing(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from manman.worker.backups.writer import BackupCancelled, write_backup
+
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "noise").write_bytes(os.urandom(4 << 20))  # incompressible: 4 MiB to write
+    out = tmp_path / "b" / "x.tar.zst"
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    began = time.monotonic()
+    with pytest.raises(BackupCancelled):
+        write_backup(files, out, [], 1.0, cancel)  # 1 MiB/s: 4 s if not cancelled
+    assert time.monotonic() - began < 2.5
+    assert os.listdir(out.parent) == []

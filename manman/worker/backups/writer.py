@@ -16,8 +16,10 @@ Everything here blocks; the manager runs it in a thread.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import queue
 import stat
 import tarfile
 import threading
@@ -32,6 +34,7 @@ import pathspec
 import zstandard
 
 from manman import errors
+from manman.worker.backups.tarstream import TarStream
 from manman.worker.files.extract import check
 from manman.worker.files.safe import DIR_FLAGS, FilesTree, parse
 
@@ -58,6 +61,20 @@ class Written:
     skipped: int  # hard-linked files, fifos, sockets and devices left out
 
 
+SYNC_EVERY = 32 * MIB
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Asks the kernel to begin writing a range to disk without waiting (Linux
+    sync_file_range(2)): the disk works while the backup goes on."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(length),
+                         _SYNC_FILE_RANGE_WRITE)
+
+
 class Sink:
     """The archive's bytes on their way to disk: hashed, counted and paced."""
 
@@ -66,6 +83,7 @@ class Sink:
         self.out = out
         self.sha = hashlib.sha256()
         self.size = 0
+        self.synced = 0  # bytes whose writeback has begun
         self.rate = limit_mib * MIB  # bytes per second; 0: as fast as it goes
         self.cancel = cancel
         self.clock = clock
@@ -77,6 +95,10 @@ class Sink:
         self.out.write(data)
         self.sha.update(data)
         self.size += len(data)
+        if self.size - self.synced >= SYNC_EVERY:  # the final fsync finds little left to do
+            self.out.flush()
+            start_writeback(self.out.fileno(), self.synced, self.size - self.synced)
+            self.synced = self.size
         if self.rate:
             ahead = self.size / self.rate - (self.clock() - self.began)
             if ahead > 0 and self.cancel.wait(ahead):  # wakes at once on a cancel
@@ -87,21 +109,54 @@ class Sink:
         self.out.flush()
 
 
-class _Exactly:
-    """`size` bytes of a file that may change while it is read (a live game's): a file that
-    shrank is padded with zeros, one that grew is cut, so the tar stream stays whole."""
+class SinkThread:
+    """The sink in a thread of its own: hashing and writing the compressed bytes overlap
+    with reading and compressing, as `tar | zstd > file` overlaps its processes. At most
+    `depth` blocks wait: memory stays constant and a slow disk holds the reader back."""
 
-    def __init__(self, f: IO[bytes], size: int) -> None:
-        self.f = f
-        self.left = size
+    def __init__(self, sink: Sink, depth: int = 8) -> None:
+        self.sink = sink
+        self.queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="backup-sink", daemon=True)
+        self.thread.start()
 
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n) if n else b""
-        if len(data) < n:
-            data += bytes(n - len(data))
-        self.left -= len(data)
-        return data
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is None:  # after a failure, drain so that no put waits forever
+                try:
+                    self.sink.write(data)
+                except BaseException as e:  # raised again in the reading thread
+                    self.error = e
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.error is not None:
+            raise self.error
+        if self.sink.cancel.is_set():
+            raise BackupCancelled
+        self.queue.put(bytes(data))  # the compressor reuses its buffer after the call
+        return len(data)
+
+    def flush(self) -> None:
+        pass  # the file is flushed and synced once, at the end
+
+    def close(self) -> None:
+        """Waits for every block to be written; raises what the writing failed with."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        """After a failure: nothing more is written, the thread ends."""
+        self.error = self.error or BackupCancelled()
+        with suppress(queue.Empty):  # blocks not written yet are dropped
+            while True:
+                self.queue.get_nowait()
+        self.queue.put(None)
+        # a paced write in progress ends within one block's time; after that the file is
+        # unlinked and closed, so a late write can only fail, never leave bytes anywhere
+        self.thread.join(timeout=10)
 
 
 def ignore_spec(root_fd: int) -> pathspec.PathSpec | None:
@@ -118,7 +173,7 @@ def ignore_spec(root_fd: int) -> pathspec.PathSpec | None:
 
 
 class _Walk:
-    def __init__(self, tar: tarfile.TarFile, ignore: pathspec.PathSpec | None) -> None:
+    def __init__(self, tar: TarStream, ignore: pathspec.PathSpec | None) -> None:
         self.tar = tar
         self.ignore = ignore
         self.skipped = 0
@@ -131,17 +186,15 @@ class _Walk:
         is_dir = stat.S_ISDIR(st.st_mode)
         if self.ignore is not None and self.ignore.match_file(arc + ("/" if is_dir else "")):
             return
-        ti = tarfile.TarInfo(arc)
-        ti.mode, ti.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
+        mode, mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
         if stat.S_ISLNK(st.st_mode):
-            ti.type = tarfile.SYMTYPE
-            ti.linkname = os.fsdecode(os.readlink(os.fsencode(name), dir_fd=dfd))
+            target = os.fsdecode(os.readlink(os.fsencode(name), dir_fd=dfd))
             try:  # a link out of the tree would make the restore refuse the whole archive
-                check(arc, "symlink", ti.linkname, set())
+                check(arc, "symlink", target, set())
             except errors.Invalid:
                 self.skipped += 1
                 return
-            self.tar.addfile(ti)
+            self.tar.entry(arc, mode, mtime, tarfile.SYMTYPE, target)
         elif is_dir:
             try:
                 sub = os.open(name, DIR_FLAGS, dir_fd=dfd)
@@ -149,32 +202,32 @@ class _Walk:
                 self.skipped += 1
                 return
             try:
-                ti.type = tarfile.DIRTYPE
-                self.tar.addfile(ti)
+                self.tar.entry(arc, mode, mtime, tarfile.DIRTYPE)
                 for child in sorted(os.listdir(sub)):
                     if not child.startswith(_OURS):
                         self.add(sub, child, f"{arc}/{child}")
             finally:
                 os.close(sub)
         elif stat.S_ISREG(st.st_mode):
-            self._file(dfd, name, ti)
+            self._file(dfd, name, arc, mode, mtime)
         else:
             self.skipped += 1
 
-    def _file(self, dfd: int, name: str, ti: tarfile.TarInfo) -> None:
+    def _file(self, dfd: int, name: str, arc: str, mode: int, mtime: int) -> None:
         try:
             fd = os.open(name, _READ, dir_fd=dfd)
         except OSError:  # gone, or swapped for a link or a fifo: not followed
             self.skipped += 1
             return
-        with os.fdopen(fd, "rb") as f:
+        try:
             st = os.fstat(fd)  # what is read, not what the name was a moment ago
             if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
                 self.skipped += 1
                 return
             os.set_blocking(fd, True)
-            ti.size = st.st_size
-            self.tar.addfile(ti, _Exactly(f, st.st_size))
+            self.tar.file(arc, mode, mtime, fd, st.st_size)
+        finally:
+            os.close(fd)
 
 
 def write_backup(files_dir: Path, dest: Path, paths: list[str], write_limit_mib: float,
@@ -184,13 +237,13 @@ def write_backup(files_dir: Path, dest: Path, paths: list[str], write_limit_mib:
     dest.parent.mkdir(parents=True, exist_ok=True)
     temp = dest.with_name(f".{dest.name}.partial")
     out = open(temp, "wb")  # noqa: SIM115 (closed below, removed on failure)
+    behind: SinkThread | None = None
     try:
         sink = Sink(out, write_limit_mib, cancel)
+        behind = SinkThread(sink)
         zw = zstandard.ZstdCompressor(level=LEVEL, threads=THREADS).stream_writer(
-            sink, closefd=False)  # type: ignore[arg-type]  # any object with write()
-        # written straight into the compressor: no tar record buffering in between
-        tar = tarfile.TarFile(fileobj=zw, mode="w", copybufsize=CHUNK,
-                              format=tarfile.PAX_FORMAT)
+            behind, closefd=False)  # type: ignore[arg-type]  # any object with write()
+        tar = TarStream(zw, CHUNK)
         tree = FilesTree(files_dir)
         with tree.directory(()) as root:
             walk = _Walk(tar, ignore_spec(root))
@@ -208,12 +261,15 @@ def write_backup(files_dir: Path, dest: Path, paths: list[str], write_limit_mib:
                     continue
         tar.close()
         zw.close()
+        behind.close()
         out.flush()
         os.fsync(out.fileno())
         out.close()
         os.rename(temp, dest)
         return Written(sink.size, sink.sha.hexdigest(), walk.skipped)
     except BaseException:
+        if behind is not None:
+            behind.abort()
         with suppress(OSError):  # first: closing flushes, which fails again on a full disk
             os.unlink(temp)
         with suppress(OSError):
