@@ -485,3 +485,82 @@ async def test_a_preset_secret_never_leaves_in_a_hook_body(host: RunningHost,
             await trio.sleep(0.05)
     for r in rx.on("/ok"):
         assert b"hunter2" not in r.body and b"rcon_password" in r.body, r.body
+
+
+class _Rebinding(trio.abc.HostnameResolver):
+    """DNS as a rebinding attacker runs it: `rebind.test` answers 127.0.0.1 to the first
+    `honest` questions, then a link-local address; other names resolve as usual."""
+
+    def __init__(self, honest: int) -> None:
+        self.honest = honest
+        self.asked = 0
+
+    async def getaddrinfo(self, host: bytes | str | None, port: Any, family: int = 0,
+                          type: int = 0, proto: int = 0, flags: int = 0) -> Any:
+        import socket
+
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in ("rebind.test", "honest.test"):
+            return await trio.to_thread.run_sync(socket.getaddrinfo, host, port, family,
+                                                 type, proto, flags)
+        ip = "127.0.0.1"
+        if name == "rebind.test":
+            self.asked += 1
+            ip = "127.0.0.1" if self.asked <= self.honest else "169.254.169.254"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, int(port)))]
+
+    async def getnameinfo(self, sockaddr: Any, flags: int) -> Any:
+        raise OSError("not used")
+
+
+async def test_a_name_rebound_after_the_check_is_not_connected_to(
+        host: RunningHost, bg: trio.Nursery) -> None:
+    """The check at create and before the attempt see 127.0.0.1; the name then answers a
+    link-local address. The connection is refused before any socket is opened to it, and
+    an honest name is connected to at the address its check saw."""
+    import socket as stdlib_socket
+
+    from trio._socket import _SocketType
+
+    connects: list[Any] = []
+
+    class Recording(_SocketType):
+        async def connect(self, address: Any) -> None:
+            connects.append(address)
+            await super().connect(address)
+
+    class Factory(trio.abc.SocketFactory):
+        def socket(self, family: int | None = None, type: int | None = None,
+                   proto: int | None = None) -> Any:
+            return Recording(stdlib_socket.socket(family or stdlib_socket.AF_INET,
+                                                  type or stdlib_socket.SOCK_STREAM,
+                                                  proto or 0))
+
+    rx = await receiver(bg)
+    port = int(rx.url("/").rsplit(":", 1)[1].split("/")[0])
+    resolver = _Rebinding(honest=2)  # the create's check and the attempt's check
+    trio.socket.set_custom_hostname_resolver(resolver)
+    trio.socket.set_custom_socket_factory(Factory())
+    try:
+        hooks = host.handle.webhooks
+        hooks.dispatcher.policy = FAST
+        bad = (await host.api.post("/webhook", {"url": f"http://rebind.test:{port}/bad",
+                                                "events": ["server.crashed"]},
+                                   expect=201))["id"]
+        good = (await host.api.post("/webhook", {"url": f"http://honest.test:{port}/ok",
+                                                 "events": ["server.crashed"]},
+                                    expect=201))["id"]
+        ev = payloads.Event("e", "server.crashed", 0, {})
+        with trio.fail_after(10):
+            attempt, _ = await hooks.dispatcher.attempt(hooks.dispatcher.hooks[bad], ev)
+            ok, _ = await hooks.dispatcher.attempt(hooks.dispatcher.hooks[good], ev)
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+        trio.socket.set_custom_socket_factory(None)
+    assert not attempt.ok and attempt.status is None
+    assert "link-local" in (attempt.error or ""), attempt
+    assert resolver.asked == 3  # the attempt's check, then the connection's own lookup
+    assert not [a for a in connects if a[0] == "169.254.169.254"], connects
+    assert not rx.on("/bad")
+    assert ok.ok and len(rx.on("/ok")) == 1
+    assert ("127.0.0.1", port) in [tuple(a[:2]) for a in connects]

@@ -27,6 +27,7 @@ from manman.host.store import HostStore
 from manman.host.webhooks import payloads
 from manman.host.webhooks.model import HookRec, OwnApi, check_url
 from manman.host.webhooks.payloads import Event
+from manman.host.webhooks.pinned import checked_client
 
 log = logging.getLogger("manman.host.webhooks")
 
@@ -95,7 +96,7 @@ class Dispatcher:
         self.hooks: dict[str, _Hook] = {}
         self._send, self._receive = trio.open_memory_channel[Event](QUEUE)
         self._nursery: trio.Nursery | None = None
-        self._http = httpx.AsyncClient(follow_redirects=False, timeout=self.policy.timeout)
+        self._http = checked_client(lambda: self.own, self.policy.timeout)
         self.dropped = 0
         self._drop_logged = -DROP_LOG_EVERY
         self.delivered = 0

@@ -144,11 +144,19 @@ async def check_url(url: str, own: OwnApi) -> None:
     except ValueError:
         raise errors.Invalid("url: the port is not a number from 0 to 65535") from None
     for ip in await resolve(parts.hostname, port):
-        if ip.is_link_local:
-            raise errors.Invalid(f"url: {parts.hostname[:100]} is a link-local address "
-                                 f"({ip}): refused")
-        if own.is_own(ip, port):
-            raise errors.Invalid("url: that is this host's own API: refused")
+        reason = refusal(parts.hostname, ip, port, own)
+        if reason is not None:
+            raise errors.Invalid(reason)
+
+
+def refusal(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int,
+            own: OwnApi) -> str | None:
+    """Why a hook may not connect to `ip`, or None."""
+    if ip.is_link_local:
+        return f"url: {host[:100]} is a link-local address ({ip}): refused"
+    if own.is_own(ip, port):
+        return "url: that is this host's own API: refused"
+    return None
 
 
 async def resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
