@@ -331,7 +331,9 @@ async def test_presets_and_a_server_made_from_one(host: RunningHost, hosted: Any
             (["--preset", "valheim", "--var", f"password={secret} x"], "vars.password"),
             (["--preset", "valheim", "--var", f"password={secret}", "--port", "game=x"],
              "manman: --port game: a port number or auto"),
-            (["--var", "a=b"], "manman: --var and --port need --preset")):
+            (["--var", "a=b"], "manman: --var, --var-file and --port need --preset"),
+            (["--preset", "valheim", "--var-file", "password=/nonexistent/pw"],
+             "manman: --var-file password: cannot read /nonexistent/pw: No such file")):
         r = await manman(host, "server", "create", "vh2", *argv)
         lines = r.stderr.decode().strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and message in lines[0], lines
@@ -339,6 +341,19 @@ async def test_presets_and_a_server_made_from_one(host: RunningHost, hosted: Any
     r = await manman(host, "preset", "show", "nope")
     assert r.returncode == 1 and r.stderr.decode().strip() == \
         "manman: no preset named nope (404 not_found)"
+    # a password from a file and from stdin: never on the command line, final newline off
+    (tmp_path / "pw").write_text("from-a-File-1\n")
+    for name, source, stdin, want in (("vh-file", str(tmp_path / "pw"), b"", "from-a-File-1"),
+                                      ("vh-stdin", "-", b"from-Stdin-2\n", "from-Stdin-2")):
+        r = await manman(host, "server", "create", name, "--preset", "valheim", "--worker",
+                         "pre-w", "--var-file", f"password={source}", "--port",
+                         "game=auto", stdin=stdin)
+        assert r.returncode == 0, r.stderr
+        assert want not in out(r)
+        rows = await host.control.store.fetch("SELECT spec FROM servers WHERE name = $1", name)
+        spec = json.loads(rows[0]["spec"]) if isinstance(rows[0]["spec"], str) \
+            else rows[0]["spec"]
+        assert spec["secret_values"] == [want], spec["secret_values"]
 
 
 async def test_schedule_verbs(host: RunningHost, hosted: Any) -> None:

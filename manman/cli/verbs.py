@@ -23,6 +23,8 @@ import trio
 from manman.cli.client import ClientError, Follow, Frame, HostClient, discover, follow_console
 from manman.config import Config
 
+MAX_VAR_FILE = 1 << 16  # a variable is a line or a key, not a file to upload
+
 
 def add_client_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
                         verb_common: argparse.ArgumentParser) -> None:
@@ -54,6 +56,9 @@ def add_client_commands(sub: argparse._SubParsersAction, common: argparse.Argume
     c.add_argument("--preset", help="make it from this preset (`manman presets`)")
     c.add_argument("--var", action="append", dest="vars", metavar="NAME=VALUE",
                    help="a variable of the preset (repeat)")
+    c.add_argument("--var-file", action="append", dest="var_files", metavar="NAME=PATH",
+                   help="a variable read from a file, - for standard input (a password "
+                        "kept out of the command line, which any user can see in ps)")
     c.add_argument("--port", action="append", dest="ports", metavar="NAME=N|auto",
                    help="a port of the preset: a number, or auto for the worker to pick")
     _spec_flags(c)
@@ -297,14 +302,32 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
     return out
 
 
+def _read_var(name: str, path: str) -> str:
+    """A variable's value from a file or stdin, without its final line break."""
+    try:
+        if path == "-":
+            text = sys.stdin.read(MAX_VAR_FILE + 1)
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(MAX_VAR_FILE + 1)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClientError(f"--var-file {name}: cannot read {path[:200]}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+    if len(text) > MAX_VAR_FILE:
+        raise ClientError(f"--var-file {name}: over {MAX_VAR_FILE} characters")
+    return text.removesuffix("\n").removesuffix("\r")
+
+
 def _preset_request(args: argparse.Namespace, spec: dict[str, Any]) -> None:
     """--preset, --var and --port into the body of a create from a preset."""
     if args.preset is None:
-        if args.vars or args.ports:
-            raise ClientError("--var and --port need --preset")
+        if args.vars or args.ports or args.var_files:
+            raise ClientError("--var, --var-file and --port need --preset")
         return
     spec["preset"] = args.preset
     spec["vars"] = _pairs(args.vars, "--var")  # the host checks each against its type
+    for name, path in _pairs(args.var_files, "--var-file").items():
+        spec["vars"][name] = _read_var(name, path)
     ports: dict[str, int | str] = {}
     for name, value in _pairs(args.ports, "--port").items():
         if value != "auto" and not value.isdigit():
