@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
-from tests.conftest import fake_spec
+from tests.conftest import RunningHost, fake_spec, host_config, start_hosted_worker
 from tests.test_web_console import ARTIFACTS, in_browser, open_server, sign_in
 
 CSP = ("default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
@@ -105,3 +106,64 @@ async def test_stats_graphs_in_a_browser(host: Any, hosted: Any) -> None:
             r = await http.get(path)
             assert r.status_code == 200, path
             assert r.headers["content-security-policy"] == CSP, path
+
+
+# -- reconnects: console tokens that expire every 1.5 s ---------------------------------------
+
+def reconnecting(page: Any, out: dict[str, Any]) -> None:
+    frames: list[dict[str, Any]] = []
+    sockets: list[str] = []
+
+    def on_socket(ws: Any) -> None:
+        sockets.append(ws.url)
+        ws.on("framereceived", lambda p: frames.append(json.loads(p))
+              if isinstance(p, str) and '"stats"' in p else None)
+
+    page.on("websocket", on_socket)
+    sign_in(page)
+    open_server(page, "webstats2")
+    for _ in range(150):   # three reconnects, each with the latest sample resent
+        if len(sockets) >= 4:
+            break
+        page.wait_for_timeout(100)
+    page.click(".actions button[data-action='stop']")
+    page.wait_for_function("() => document.getElementById('server-state').dataset.state"
+                           " === 'stopped'")
+    page.wait_for_timeout(1000)
+    out["svg"] = page.evaluate(SVG_DATA, "cpu")
+    out["frames"] = [f for f in frames if f.get("type") == "stats"]
+    out["sockets"] = list(sockets)
+
+
+async def test_stats_graphs_across_reconnects(tmp_path: Path, database_url: str,
+                                              bg: trio.Nursery) -> None:
+    from manman.host.main import run_host
+
+    handle = await bg.start(run_host, host_config(tmp_path, database_url,
+                                                  console_token_ttl=1.5))
+    host = RunningHost(handle)
+    # a sample a second: the one resent on a reconnect (~0.1 s) is mostly one already seen
+    w = await start_hosted_worker(bg, tmp_path, host, "stats-worker", stats_interval=1.0)
+    try:
+        spec = fake_spec("webstats2", worker_id=w.handle.link.worker_id, desired_state="running")
+        await host.api.post("/server", spec, expect=201)
+        await host.api.wait_for("webstats2", state="running")
+        out: dict[str, Any] = {}
+        await trio.to_thread.run_sync(in_browser, host.url, out, reconnecting)
+    finally:
+        await w.shutdown()
+        await w.api.aclose()
+        await host.api.aclose()
+        handle.stop()
+        with trio.fail_after(20):
+            await handle.stopped.wait()
+
+    assert not out["problems"], out["problems"]
+    assert len(out["sockets"]) >= 4, out["sockets"]
+    # each connect resends the latest sample: counted once
+    ats = [f["at"] for f in out["frames"]]
+    assert len(ats) > len(set(ats)), ats
+    assert int(out["svg"]["live"]) == len(set(ats)), (out["svg"], ats)
+    # after each reconnect, the history from the last live sample on
+    refills = [u for u in out["requested"] if re.search(r"/stats\?since=[1-9]\d*$", u)]
+    assert len(refills) >= 3, out["requested"]

@@ -989,6 +989,8 @@
     const t0 = pts.length ? pts[0].at : 0;
     const t1 = pts.length ? Math.max(pts[pts.length - 1].at, t0 + 60) : 60;
     const x = (t) => ((t - t0) / (t1 - t0) * GRAPH_W).toFixed(1);
+    const n = statsLive.length;   // a long stats_interval spaces even a running server's samples
+    const gap = Math.max(GAP_S, n > 1 ? 2.5 * (statsLive[n - 1].at - statsLive[n - 2].at) : 0);
     for (const g of GRAPHS) {
       const svg = $(g.key + "-svg");
       const peak = pts.reduce((m, p) => Math.max(m, g.value(p)), 0);
@@ -1001,7 +1003,7 @@
       for (const p of pts) {
         const px = x(p.at);
         const py = y(g.value(p));
-        if (prev === null || p.at - prev.at > GAP_S) {
+        if (prev === null || p.at - prev.at > gap) {
           if (runStart !== null) area += "V" + GRAPH_H + "H" + runStart + "Z";
           line += "M" + px + " " + py;
           area += "M" + px + " " + GRAPH_H + "V" + py;
