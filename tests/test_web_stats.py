@@ -167,3 +167,94 @@ async def test_stats_graphs_across_reconnects(tmp_path: Path, database_url: str,
     # after each reconnect, the history from the last live sample on
     refills = [u for u in out["requested"] if re.search(r"/stats\?since=[1-9]\d*$", u)]
     assert len(refills) >= 3, out["requested"]
+
+
+# -- graphs.js, the pure part, in the browser: bounds, folding, scales, paths -----------------
+
+GRAPHS_JS = Path(__file__).parent.parent / "manman" / "web" / "graphs.js"
+
+PURE = """() => {
+  const S = window.manmanStats;
+  const r = {};
+  const fresh = (o) => new S.Series(o);
+
+  // a sample is finite, non-negative numbers; the latest resent is not a second point
+  let s = fresh();
+  r.bad = [null, {}, {at: 1, cpu: NaN, memory: 1}, {at: 1, cpu: -1, memory: 1},
+           {at: 1, cpu: "5", memory: 1}, {at: Infinity, cpu: 1, memory: 1},
+           {at: 1, cpu: 1, memory: -5}].map((f) => s.addLive(f));
+  r.first = s.addLive({at: 6000, cpu: 1, memory: 2});
+  r.again = s.addLive({at: 6000, cpu: 1, memory: 2});
+  r.older = s.addLive({at: 5990, cpu: 1, memory: 2});
+
+  // samples every 10 s for 5 minutes, 120 s kept live: whole minutes fold, oldest first
+  s = fresh({liveKeep: 120});
+  s.addHistory([{at: 6000, cpu: 99, memory: 5000}]);   // the minute as it was at page open
+  for (let k = 0; k < 30; k++) s.addLive({at: 6000 + 10 * k, cpu: k, memory: 1000 + k});
+  r.folded = Array.from(s.minutes.entries()).sort((a, b) => a[0] - b[0]);
+  r.live = s.live.map((p) => p.at);
+  r.order = s.points().map((p) => p.at);
+
+  // at most liveMax live samples
+  s = fresh({liveMax: 5});
+  for (let k = 0; k < 9; k++) s.addLive({at: 6000 + 20 * k, cpu: 1, memory: 1});
+  r.bounded = [s.live.length, s.minutes.size];
+
+  // a day (here 600 s) of minutes kept
+  s = fresh({span: 600});
+  const hist = [];
+  for (let m = 100; m <= 120; m++) hist.push({at: m * 60, cpu: 1, memory: 1});
+  s.addHistory(hist);
+  r.kept = Array.from(s.minutes.keys()).sort((a, b) => a - b);
+
+  // lines break at a gap, wider for a long sampling interval
+  s = fresh();
+  s.addLive({at: 1000, cpu: 0, memory: 0});
+  s.addLive({at: 1100, cpu: 0, memory: 0});
+  r.gaps = [s.gap(150), fresh().gap(150)];
+  r.paths = S.paths([{at: 0, v: 0}, {at: 60, v: 50}, {at: 400, v: 100}, {at: 460, v: 500}],
+                    (p) => p.v, 100, {w: 600, h: 100, t0: 0, t1: 600, gap: 150});
+  r.empty = S.paths([], (p) => p.v, 1, {w: 600, h: 100, t0: 0, t1: 60, gap: 150});
+
+  r.cpu = [0, 0.4, 2.2, 99, 130].map((v) => S.cpuScale(v));
+  const MiB = 1024 * 1024;
+  r.memory = [0, 82.2 * MiB, 1.5 * 1024 * MiB].map((v) => S.memoryScale(v));
+  r.text = [S.cpuText(3.14159), S.cpuText(42.6), S.bytesText(512), S.bytesText(13742080)];
+  return r;
+}"""
+
+
+def pure(page: Any, out: dict[str, Any]) -> None:
+    page.add_script_tag(path=str(GRAPHS_JS))
+    out.update(page.evaluate(PURE))
+
+
+def test_graphs_data_and_paths() -> None:
+    out: dict[str, Any] = {}
+    in_browser("data:text/html,<!doctype html><title>graphs</title>", out, pure)
+
+    assert not out["problems"], out["problems"]
+    assert out["bad"] == [False] * 7
+    assert (out["first"], out["again"], out["older"]) == (True, False, False)
+    # minutes 100..102 folded (6120 < 6290 - 120 starts minute 102): mean CPU, peak memory;
+    # minute 100 keeps its place and the history's higher peak
+    assert out["folded"] == [[100, {"at": 6000, "cpu": 2.5, "memory": 5000}],
+                             [101, {"at": 6060, "cpu": 8.5, "memory": 1011}],
+                             [102, {"at": 6120, "cpu": 14.5, "memory": 1017}]]
+    assert out["live"] == list(range(6180, 6300, 10))
+    assert out["order"] == sorted(out["order"]) and len(out["order"]) == 3 + 12
+    assert out["bounded"][0] <= 5 and out["bounded"][1] >= 1
+    assert out["kept"] == list(range(110, 121))
+    assert out["gaps"] == [250, 150]
+    p = out["paths"]
+    # two runs (60 s apart, then 340 s of nothing), the value over the top drawn at the top
+    assert p["line"] == "M0.0 100.0L60.0 51.0M400.0 2.0L460.0 2.0"
+    assert p["area"] == ("M0.0 100V100.0L60.0 51.0V100H0.0Z"
+                         "M400.0 100V2.0L460.0 2.0V100H400.0Z")
+    assert p["dot"] == "M460.0 2.0l0 0"
+    assert out["empty"] == {"line": "", "area": "", "dot": ""}
+    assert [(c["top"], c["label"]) for c in out["cpu"]] == [
+        (1, "1 %"), (1, "1 %"), (2.5, "2.5 %"), (100, "100 %"), (200, "200 %")]
+    assert [(m["top"], m["label"]) for m in out["memory"]] == [
+        (1 << 20, "1 MiB"), (100 << 20, "100 MiB"), (2 << 30, "2 GiB")]
+    assert out["text"] == ["3.1 %", "43 %", "512 B", "13.1 MiB"]

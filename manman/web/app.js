@@ -753,7 +753,8 @@
           }
           // a reconnect: the history fills the minutes the live tail missed meanwhile
           if (this.hellos++ > 0) {
-            loadStats(statsLive.length ? statsLive[statsLive.length - 1].at : 0);
+            const last = series.lastLive();
+            loadStats(last ? last.at : 0);
           }
           this.live = true;
           this.status("open", "live");
@@ -861,63 +862,33 @@
   }
 
   // -- live stats graphs ---------------------------------------------------------------------
-  // CPU and memory of the open server as hand-drawn SVG: its minute history (GET
-  // /server/{id}/stats) when the view opens, then the console websocket's stats frames as a
-  // finer live tail. Only numbers reach the SVG, as path coordinates.
+  // CPU and memory of the open server as hand-drawn SVG (graphs.js: the data and the paths):
+  // its minute history (GET /server/{id}/stats) when the view opens, then the console
+  // websocket's stats frames as a finer live tail.
 
+  const stats = window.manmanStats;
   const GRAPH_W = 600;             // the SVGs' viewBox; they stretch to their box
   const GRAPH_H = 100;
-  const DAY_S = 24 * 3600;         // the history's span: older points are dropped
-  const LIVE_KEEP_S = 900;         // the live tail's span; older samples fold into minutes
-  const LIVE_MAX = 900;            // and its most samples (a short stats_interval)
   const GAP_S = 150;               // samples further apart are not joined (not running then)
   const SAMPLED = new Set(["running", "starting", "stopping"]);
   const GRAPHS = [
-    { key: "cpu", title: "CPU", value: (p) => p.cpu, text: cpuText, max: cpuMax },
-    { key: "memory", title: "Memory", value: (p) => p.memory, text: sizeText, max: memoryMax },
+    { key: "cpu", title: "CPU", value: (p) => p.cpu, text: stats.cpuText,
+      scale: stats.cpuScale },
+    { key: "memory", title: "Memory", value: (p) => p.memory, text: stats.bytesText,
+      scale: stats.memoryScale },
   ];
 
-  let statsMinutes = new Map();    // minute number -> {at, cpu, memory}, from the history
-  let statsLive = [];              // {at, cpu, memory, minute} from stats frames, oldest first
+  let series = new stats.Series();
   let statsGen = 0;                // a history answer for a view no longer open is dropped
-
-  function niceCeil(v) {
-    const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v * (1 - 1e-9)) return m * p;
-    return 10 * p;
-  }
-
-  function cpuText(v) { return (v < 10 ? v.toFixed(1) : String(Math.round(v))) + " %"; }
-
-  function cpuMax(peak) {
-    const top = niceCeil(Math.max(peak, 1));
-    return { top, label: cpuText(top).replace(".0 ", " ") };
-  }
-
-  function memoryMax(peak) {
-    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let i = 0;
-    let v = Math.max(peak, 1024 * 1024);
-    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
-    const top = niceCeil(v);
-    return { top: top * Math.pow(1024, i), label: top + " " + units[i] };
-  }
 
   function hhmm(ts) {
     const d = new Date(ts * 1000);
     return pad(d.getHours()) + ":" + pad(d.getMinutes());
   }
 
-  function statsSample(p) {
-    return p && typeof p.at === "number" && isFinite(p.at) && typeof p.cpu === "number" &&
-      isFinite(p.cpu) && p.cpu >= 0 && typeof p.memory === "number" && isFinite(p.memory) &&
-      p.memory >= 0;
-  }
-
   function resetStats() {
     statsGen++;
-    statsMinutes = new Map();
-    statsLive = [];
+    series = new stats.Series();
     drawStats();
     if (selectedId) loadStats(0);
   }
@@ -925,111 +896,47 @@
   // the history from `since` (0: all of it): minute points, also where the live tail missed
   async function loadStats(since) {
     const gen = statsGen;
-    const id = selectedId;
     let r;
     try {
-      r = await api("GET", "/server/" + enc(id) + "/stats?since=" + Math.floor(since));
+      r = await api("GET", "/server/" + enc(selectedId) + "/stats?since=" + Math.floor(since));
     } catch (e) {
-      return;   // the graphs stay as they are; the console's reconnect asks again
+      return;   // the graphs stay as they are; the console's next reconnect asks again
     }
     if (gen !== statsGen || !r || !Array.isArray(r.points)) return;
-    for (const p of r.points) {
-      // a minute is drawn at its start: before any live sample of the same minute
-      if (statsSample(p)) {
-        statsMinutes.set(Math.floor(p.at / 60), { at: p.at, cpu: p.cpu, memory: p.memory });
-      }
-    }
-    trimStats();
+    series.addHistory(r.points);
     drawStats();
   }
 
   // a stats frame from the console websocket
   function addStats(f) {
-    if (!statsSample(f)) return;
-    const last = statsLive[statsLive.length - 1];
-    if (last && f.at <= last.at) return;   // the latest sample again, sent on each connect
-    statsLive.push({ at: f.at, cpu: f.cpu, memory: f.memory, minute: Math.floor(f.at / 60) });
-    trimStats();
-    drawStats();
-  }
-
-  // the live tail's oldest minute becomes one minute point (mean CPU, peak memory, as the
-  // worker's history keeps it), until the tail is within its bounds
-  function trimStats() {
-    while (statsLive.length && (statsLive.length > LIVE_MAX ||
-        statsLive[0].at < statsLive[statsLive.length - 1].at - LIVE_KEEP_S)) {
-      const minute = statsLive[0].minute;
-      let n = 0;
-      let cpu = 0;
-      let memory = 0;
-      while (statsLive.length && statsLive[0].minute === minute) {
-        const p = statsLive.shift();
-        n++;
-        cpu += p.cpu;
-        memory = Math.max(memory, p.memory);
-      }
-      const had = statsMinutes.get(minute);
-      statsMinutes.set(minute, { at: had ? had.at : minute * 60, cpu: cpu / n,
-        memory: had ? Math.max(had.memory, memory) : memory });
-    }
-    const newest = statsPoints().reduce((t, p) => Math.max(t, p.at), 0);
-    for (const [minute, p] of statsMinutes) {
-      if (p.at < newest - DAY_S) statsMinutes.delete(minute);
-    }
-  }
-
-  function statsPoints() {
-    const pts = Array.from(statsMinutes.values()).concat(statsLive);
-    pts.sort((a, b) => a.at - b.at);
-    return pts;
+    if (series.addLive(f)) drawStats();
   }
 
   function drawStats() {
-    const pts = statsPoints();
+    const pts = series.points();
     const t0 = pts.length ? pts[0].at : 0;
     const t1 = pts.length ? Math.max(pts[pts.length - 1].at, t0 + 60) : 60;
-    const x = (t) => ((t - t0) / (t1 - t0) * GRAPH_W).toFixed(1);
-    const n = statsLive.length;   // a long stats_interval spaces even a running server's samples
-    const gap = Math.max(GAP_S, n > 1 ? 2.5 * (statsLive[n - 1].at - statsLive[n - 2].at) : 0);
+    const box = { w: GRAPH_W, h: GRAPH_H, t0, t1, gap: series.gap(GAP_S) };
     for (const g of GRAPHS) {
       const svg = $(g.key + "-svg");
       const peak = pts.reduce((m, p) => Math.max(m, g.value(p)), 0);
-      const scale = g.max(peak);
-      const y = (v) => (GRAPH_H - Math.min(v / scale.top, 1) * (GRAPH_H - 2)).toFixed(1);
-      let line = "";
-      let area = "";
-      let runStart = null;
-      let prev = null;
-      for (const p of pts) {
-        const px = x(p.at);
-        const py = y(g.value(p));
-        if (prev === null || p.at - prev.at > gap) {
-          if (runStart !== null) area += "V" + GRAPH_H + "H" + runStart + "Z";
-          line += "M" + px + " " + py;
-          area += "M" + px + " " + GRAPH_H + "V" + py;
-          runStart = px;
-        } else {
-          line += "L" + px + " " + py;
-          area += "L" + px + " " + py;
-        }
-        prev = p;
-      }
-      if (runStart !== null) area += "V" + GRAPH_H + "H" + runStart + "Z";
-      svg.querySelector(".line").setAttribute("d", line);
-      svg.querySelector(".area").setAttribute("d", area);
-      svg.querySelector(".dot").setAttribute("d",
-        prev ? "M" + x(prev.at) + " " + y(g.value(prev)) + "l0 0" : "");
+      const scale = g.scale(peak);
+      const d = stats.paths(pts, g.value, scale.top, box);
+      svg.querySelector(".line").setAttribute("d", d.line);
+      svg.querySelector(".area").setAttribute("d", d.area);
+      svg.querySelector(".dot").setAttribute("d", d.dot);
       svg.dataset.points = String(pts.length);
-      svg.dataset.minutes = String(statsMinutes.size);
-      svg.dataset.live = String(statsLive.length);
+      svg.dataset.minutes = String(series.minutes.size);
+      svg.dataset.live = String(series.live.length);
       svg.dataset.top = String(scale.top);
+      const span = duration(t1 - t0);
       $(g.key + "-max").textContent = pts.length ? scale.label : "";
       $(g.key + "-from").textContent = pts.length ? hhmm(t0) : "";
       $(g.key + "-to").textContent = pts.length ? hhmm(t1) : "";
-      $(g.key + "-span").textContent = pts.length ? duration(t1 - t0) : "no samples yet";
+      $(g.key + "-span").textContent = pts.length ? span : "no samples yet";
       $(g.key + "-svg-title").textContent = g.title + ": " + (pts.length
-        ? "peak " + g.text(peak) + " over " + duration(t1 - t0) + " (" + hhmm(t0) + "–" +
-          hhmm(t1) + "), " + pts.length + " points"
+        ? "peak " + g.text(peak) + " over " + span + " (" + hhmm(t0) + "–" + hhmm(t1) + "), " +
+          pts.length + " points"
         : "no samples yet");
     }
     renderStatsNow();
@@ -1037,7 +944,7 @@
 
   // the current values: the last sample while the server runs
   function renderStatsNow() {
-    const last = statsLive[statsLive.length - 1] || null;
+    const last = series.lastLive();
     const running = SAMPLED.has(serverState());
     for (const g of GRAPHS) {
       const el = $(g.key + "-now");
