@@ -338,6 +338,7 @@
     resetFiles();
     resetSchedules();
     resetBackups();
+    resetStats();
     show($("no-selection"), false);
     show($("server-view"), true);
     term = new Console(selectedId);
@@ -390,6 +391,7 @@
     $("detail-build").classList.toggle("update-available", !!s.update_available);
     setMessage($("server-error"), state === "failed" || s.error ? s.error || "" : "", "error");
     document.title = "manman — " + s.name + " (" + state + ")";
+    renderStatsNow();
   }
 
   async function onAction(ev) {
@@ -644,6 +646,7 @@
       this.pingTimer = null;
       this.openedAt = 0;
       this.expired = false;
+      this.hellos = 0;           // hello frames seen: every one after the first is a reconnect
       this.onScroll = () => {
         const el = this.el;
         this.follow = el.scrollHeight - el.scrollTop - el.clientHeight < 24;
@@ -683,6 +686,7 @@
       const q = new URLSearchParams();
       if (this.lastSeq === null) q.set("tail", String(TAIL_LINES));
       else q.set("since", String(this.lastSeq + 1));
+      q.set("stats", "1");            // the live stats frames too, for the graphs
       q.set("token", consoleToken);   // the short-lived console token, never the admin token
       const proto = location.protocol === "https:" ? "wss:" : "ws:";
       const url = proto + "//" + location.host + "/server/" + enc(this.serverId) +
@@ -747,6 +751,11 @@
               this.lastSeq = f.next_seq - 1;
             }
           }
+          // a reconnect: the history fills the minutes the live tail missed meanwhile
+          if (this.hellos++ > 0) {
+            const last = series.lastLive();
+            loadStats(last ? last.at : 0);
+          }
           this.live = true;
           this.status("open", "live");
           if (typeof f.state === "string") this.liveState = { state: f.state };
@@ -771,6 +780,9 @@
           this.liveState = f;
           renderServerView();
           renderServers();
+          break;
+        case "stats":
+          addStats(f);
           break;
         case "error":
           if (f.code === "token_expired") {   // routine: reconnect at once with a fresh one
@@ -846,6 +858,98 @@
       }
       this.ws = null;
       this.status("closed", "disconnected");
+    }
+  }
+
+  // -- live stats graphs ---------------------------------------------------------------------
+  // CPU and memory of the open server as hand-drawn SVG (graphs.js: the data and the paths):
+  // its minute history (GET /server/{id}/stats) when the view opens, then the console
+  // websocket's stats frames as a finer live tail.
+
+  const stats = window.manmanStats;
+  const GRAPH_W = 600;             // the SVGs' viewBox; they stretch to their box
+  const GRAPH_H = 100;
+  const GAP_S = 150;               // samples further apart are not joined (not running then)
+  const SAMPLED = new Set(["running", "starting", "stopping"]);
+  const GRAPHS = [
+    { key: "cpu", title: "CPU", value: (p) => p.cpu, text: stats.cpuText,
+      scale: stats.cpuScale },
+    { key: "memory", title: "Memory", value: (p) => p.memory, text: stats.bytesText,
+      scale: stats.memoryScale },
+  ];
+
+  let series = new stats.Series();
+  let statsGen = 0;                // a history answer for a view no longer open is dropped
+
+  function hhmm(ts) {
+    const d = new Date(ts * 1000);
+    return pad(d.getHours()) + ":" + pad(d.getMinutes());
+  }
+
+  function resetStats() {
+    statsGen++;
+    series = new stats.Series();
+    drawStats();
+    if (selectedId) loadStats(0);
+  }
+
+  // the history from `since` (0: all of it): minute points, also where the live tail missed
+  async function loadStats(since) {
+    const gen = statsGen;
+    let r;
+    try {
+      r = await api("GET", "/server/" + enc(selectedId) + "/stats?since=" + Math.floor(since));
+    } catch (e) {
+      return;   // the graphs stay as they are; the console's next reconnect asks again
+    }
+    if (gen !== statsGen || !r || !Array.isArray(r.points)) return;
+    series.addHistory(r.points);
+    drawStats();
+  }
+
+  // a stats frame from the console websocket
+  function addStats(f) {
+    if (series.addLive(f)) drawStats();
+  }
+
+  function drawStats() {
+    const pts = series.points();
+    const t0 = pts.length ? pts[0].at : 0;
+    const t1 = pts.length ? Math.max(pts[pts.length - 1].at, t0 + 60) : 60;
+    const box = { w: GRAPH_W, h: GRAPH_H, t0, t1, gap: series.gap(GAP_S) };
+    for (const g of GRAPHS) {
+      const svg = $(g.key + "-svg");
+      const peak = pts.reduce((m, p) => Math.max(m, g.value(p)), 0);
+      const scale = g.scale(peak);
+      const d = stats.paths(pts, g.value, scale.top, box);
+      svg.querySelector(".line").setAttribute("d", d.line);
+      svg.querySelector(".area").setAttribute("d", d.area);
+      svg.querySelector(".dot").setAttribute("d", d.dot);
+      svg.dataset.points = String(pts.length);
+      svg.dataset.minutes = String(series.minutes.size);
+      svg.dataset.live = String(series.live.length);
+      svg.dataset.top = String(scale.top);
+      const span = duration(t1 - t0);
+      $(g.key + "-max").textContent = pts.length ? scale.label : "";
+      $(g.key + "-from").textContent = pts.length ? hhmm(t0) : "";
+      $(g.key + "-to").textContent = pts.length ? hhmm(t1) : "";
+      $(g.key + "-span").textContent = pts.length ? span : "no samples yet";
+      $(g.key + "-svg-title").textContent = g.title + ": " + (pts.length
+        ? "peak " + g.text(peak) + " over " + span + " (" + hhmm(t0) + "–" + hhmm(t1) + "), " +
+          pts.length + " points"
+        : "no samples yet");
+    }
+    renderStatsNow();
+  }
+
+  // the current values: the last sample while the server runs
+  function renderStatsNow() {
+    const last = series.lastLive();
+    const running = SAMPLED.has(serverState());
+    for (const g of GRAPHS) {
+      const el = $(g.key + "-now");
+      el.textContent = running && last ? g.text(g.value(last)) : "—";
+      el.title = running && last ? "sampled at " + clock(last.at) : "not sampled: not running";
     }
   }
 
