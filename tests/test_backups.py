@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -574,3 +575,57 @@ def test_writer_paced_then_cancelled_leaves_nothing(tmp_path: Path) -> None:
         write_backup(files, out, [], 1.0, cancel)  # 1 MiB/s: 4 s if not cancelled
     assert time.monotonic() - began < 2.5
     assert os.listdir(out.parent) == []
+
+
+async def test_a_start_during_a_restore_waits_for_it_or_is_refused(
+        host: RunningHost, hosted: Any, tmp_path: Path) -> None:
+    """The stored archive is swapped for a fifo the test feeds, so the restore lasts exactly
+    as long as the test wants. Meanwhile a client's start on the worker is 409 restoring,
+    and the host's start (a desired state, which the worker cannot refuse) waits, the
+    server `starting` with the reason; once the restore ends the game starts on its
+    restored files."""
+    w = await hosted("rw")
+    api = host.api
+    wid = (await api.get("/worker"))["workers"][0]["id"]
+    await api.post("/server", fake_spec("s", worker_id=wid), expect=201)
+    sid = (await api.get("/server/s"))["id"]
+    await w.api.wait_for(sid)
+    await put(api, "s", "level.dat", b"level")
+    b = await backup(api, "s")
+    await put(api, "s", "level.dat", b"changed")
+    [archive] = list(tmp_path.rglob(f"{b['id']}.tar.zst"))
+    data = archive.read_bytes()
+    archive.unlink()
+    os.mkfifo(archive)
+    restored: dict[str, Any] = {}
+
+    async def restore() -> None:
+        restored["answer"] = await api.post(f"/server/s/backup/{b['id']}/restore", {},
+                                            expect=200)
+        restored["at"] = time.time()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(restore)
+        # opening the fifo for writing waits for the restore to open it for reading
+        with trio.fail_after(10):
+            fd = await trio.to_thread.run_sync(os.open, str(archive), os.O_WRONLY)
+        try:
+            await trio.to_thread.run_sync(os.write, fd, data[:len(data) // 2])
+            r = await w.api.request("PUT", f"/server/{sid}", 409,
+                                    json={"desired_state": "running"})
+            assert r.json()["error"]["code"] == "restoring"
+            r = await w.api.request("POST", f"/server/{sid}/start", 409)
+            assert r.json()["error"]["code"] == "restoring"
+            await api.post("/server/s/command", {"type": "start"}, expect=202)
+            s = await api.wait_for("s", state="starting")
+            assert "waiting for the restore" in (s["error"] or "") and s["pid"] is None
+            await trio.sleep(0.5)
+            s = await api.get("/server/s")
+            assert s["state"] == "starting" and s["pid"] is None
+            await trio.to_thread.run_sync(os.write, fd, data[len(data) // 2:])
+        finally:
+            os.close(fd)
+    s = await api.wait_for("s", state="running")
+    assert s["error"] is None and s["started_at"] >= restored["at"] - 1
+    assert (await api.request("GET", "/server/s/files/content", 200,
+                              params={"path": "level.dat"})).content == b"level"

@@ -61,6 +61,12 @@ class Run:
     adopted: bool = False  # re-attached after a worker restart: who is on is not known
 
 
+class _Held(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 @dataclass
 class ActorHooks:
     """How an actor tells its worker that something changed."""
@@ -72,6 +78,9 @@ class ActorHooks:
     reported: Callable[[ServerActor], None] | None = None
     # at each start: the numbers of the `auto` ports (raises SpawnError when none is free)
     ports: Callable[[ServerActor], dict[str, int]] | None = None
+    # before each start: why the server may not start yet (a restore under way), or None;
+    # the start waits, `starting` with that error, until `wake_launch` or a retry finds none
+    hold: Callable[[ServerActor], str | None] | None = None
 
 
 class ServerActor:
@@ -294,6 +303,12 @@ class ServerActor:
         if changed and self.updater is not None:
             self.updater.state_seen()
 
+    def wake_launch(self) -> None:
+        """What held a start back is over: a start waiting to begin looks again now."""
+        run = self.run
+        if run is not None and run.proc is None:
+            run.wake.set()
+
     def status_changed(self) -> None:
         """A status field outside the machine's changed (the builds): stamp and report."""
         self.status.updated_at = self._now()
@@ -350,10 +365,13 @@ class ServerActor:
         waited = False
         while True:
             try:
+                held = self.hooks.hold(self) if self.hooks.hold is not None else None
+                if held is not None:
+                    raise _Held(held)
                 await self.hooks.persist_now(self)
-            except InsufficientStorage as e:
+            except (InsufficientStorage, _Held) as e:
                 if not waited:  # once: the status says it for as long as it lasts
-                    log.warning("server %s cannot start: %s; retrying until there is space",
+                    log.warning("server %s cannot start: %s; it starts when that is over",
                                 self.id, e.message)
                     waited = True
                 self._apply(self.machine.launch_blocked(run.id, e.message))

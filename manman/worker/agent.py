@@ -112,6 +112,8 @@ class WorkerAgent:
         self.started_at = time.time()
         # asked before each power action; one may refuse it (a restore under way)
         self.guards: list[Callable[[ServerActor, Action], None]] = []
+        # asked before each launch: a reason the server may not start yet, or None
+        self.holds: list[Callable[[ServerActor], str | None]] = []
         # told of each server deleted with purge: what else it left goes too (its backups)
         self.purgers: list[Callable[[str], Awaitable[None]]] = []
 
@@ -283,7 +285,12 @@ class WorkerAgent:
                      generation: int | None = None) -> None:
         """A client's change of a server's spec; `generation` from the host (a late push of
         an older one is refused), else the next one. Saved before it is applied."""
+        generation_given = generation
         spec, generation = self._updated(actor, change, generation)
+        if generation_given is None and spec.desired_state == "running" \
+                and actor.desired_state != "running":
+            for guard in self.guards:  # a client's start; the host's waits for the hold
+                guard(actor, "start")
         # a change that leaves the ports alone is never refused for them
         allocated = self._place(spec, actor.id, actor.status.allocated_ports,
                                 strict=spec.ports != actor.spec.ports)
@@ -422,10 +429,13 @@ class WorkerAgent:
                              installed=self._installs.install_finished
                              if self._installs is not None else None,
                              reported=self._reported,
-                             ports=self._launch_ports),
+                             ports=self._launch_ports, hold=self._held),
             status=stored.status, installed=stored.installed, crash_times=stored.crash_times,
             desired=stored.desired_state, builds=how.builds,
             update_min_interval=self.cfg.update_check_min_interval)
+
+    def _held(self, actor: ServerActor) -> str | None:
+        return next((why for hold in self.holds if (why := hold(actor)) is not None), None)
 
     async def _keep_running(self, actor: ServerActor,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

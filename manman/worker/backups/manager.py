@@ -77,6 +77,7 @@ class BackupManager:
                 await self._save(b)
             self.records[b.id] = b
         self.agent.guards.append(self._guard)
+        self.agent.holds.append(self._hold)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -89,6 +90,12 @@ class BackupManager:
         """The agent asks before a power action: none starts a server being restored."""
         if self.busy.get(actor.id) == "restore" and action != "stop":
             raise errors.Conflict("a restore of this server is under way", "restoring")
+
+    def _hold(self, actor: ServerActor) -> str | None:
+        """A start the host asked for (a desired state) waits for the restore to end."""
+        if self.busy.get(actor.id) == "restore":
+            return "waiting for the restore of its files to end"
+        return None
 
     # -- records -----------------------------------------------------------------------
 
@@ -358,6 +365,7 @@ class BackupManager:
             raise
         finally:
             self.busy.pop(sid, None)
+            actor.wake_launch()  # a start that waited for the restore goes on now
         actor.broker.note(f"restored backup {b.name}" + (" (truncated first)" if truncate
                                                          else ""))
         return b
