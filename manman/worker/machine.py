@@ -273,9 +273,11 @@ class ServerMachine:
             elif state in ("starting", "running", "crashed"):
                 self._stop(out)
         except Conflict as e:
-            out.append(Note(f"spec updated; not applied now: {e}"))
-            if e.code == "disk_full":  # started once the files are under the limit
-                self.disk_blocked = spec.desired_state == "running"
+            if e.code == "disk_full" and state not in LIVE:
+                self._cancel_backoff(out)
+                self._launch(out)  # held back: stopped, saying why; started once under
+            else:
+                out.append(Note(f"spec updated; not applied now: {e}"))
         self.desired = spec.desired_state
         out.append(Persist())
         return out

@@ -88,9 +88,10 @@ class DiskWatch:
                 self._ino.close()
 
     def server_changed(self, actor: ServerActor) -> None:
-        """(an agent observer) A changed limit is judged at once, not at the next check."""
+        """(an agent observer) A new server is measured, and a changed limit judged, at
+        once, not at the next check."""
         limit = actor.spec.limits.disk_mb
-        if self._limits.get(actor.id, limit) != limit:
+        if actor.id not in self.trees or self._limits.get(actor.id, limit) != limit:
             self._limits[actor.id] = limit
             self._wake.set()
 
