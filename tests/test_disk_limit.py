@@ -16,11 +16,13 @@ import pytest
 import trio
 
 from manman import errors
+from manman.host.webhooks import payloads
 from manman.models import Limits, ServerSpec
 from manman.worker import machine
 from manman.worker.machine import ServerMachine
 from tests.conftest import Client, RunningHost, RunningWorker, fake_spec, worker_config
 from tests.receiver import Receiver
+from tests.test_cli import manman
 from tests.test_files import snapshot
 
 MIB = 1024 * 1024
@@ -115,6 +117,11 @@ async def test_a_game_filling_its_disk_is_noted_sent_and_not_restarted_until_fre
     await api.post("/server/df/command", {"type": "start"}, expect=202)
     await api.wait_for("df", state="running")
     files = w.agent.actors[s["id"]].files_dir
+    # an upload through the host that would pass the limit: the worker's refusal, relayed
+    r = await api.request("PUT", "/server/df/files/content", params={"path": "up.bin"},
+                          content=os.urandom(2 * MIB))
+    await _refused(r)
+    assert not (files / "up.bin").exists()
     # the game writes 2 MiB into its files directory
     await api.post("/server/df/command", {"type": "command", "data": "fill 2097152 world.bin"},
                    expect=202)
@@ -134,6 +141,8 @@ async def test_a_game_filling_its_disk_is_noted_sent_and_not_restarted_until_fre
     body = json.loads(rx.on("/disk")[0].body)
     assert body["event"] == "server.disk_full"
     assert body["data"]["limit"] == MIB and body["data"]["used"] >= 2 * MIB
+    assert "over its disk limit" in payloads.summary(payloads.Event(
+        "e", body["event"], body["at"], body["data"], server=body["server"]))
     # it crashes: its restart policy would start it again; the limit holds it back
     await api.post("/server/df/command", {"type": "command", "data": "crash"}, expect=202)
     got = await api.wait_for("df", state="stopped", timeout=10)
@@ -146,6 +155,9 @@ async def test_a_game_filling_its_disk_is_noted_sent_and_not_restarted_until_fre
     got = await api.get("/server/df")
     assert got["state"] == "stopped" and got["error"].startswith("over its disk limit")
     # freed through the file manager: under again, and started again (it should run)
+    r = await manman(host, "server", "show", "df")  # the CLI says so
+    line = next(x for x in r.stdout.decode().splitlines() if x.startswith("disk:"))
+    assert "of 1 MiB (limits.disk_mb): over the limit" in line, line
     await api.post("/server/df/files/delete", {"path": "world.bin"}, expect=200)
     got = await api.wait_for("df", state="running", timeout=10)
     assert got["disk_full"] is None and got["error"] is None
