@@ -212,3 +212,22 @@ def test_the_files_directory_replaced_or_made_later(tmp_path: Path) -> None:
         t.check()
     finally:
         t.close()
+
+
+def test_a_hard_link_made_in_another_directory(files: Path) -> None:
+    write(files / "a" / "x" / "big.bin", 100_000)
+    (files / "b").mkdir()
+    t = Tracked(files)
+    try:
+        t.check()
+        os.link(files / "a" / "x" / "big.bin", files / "b" / "big.bin")  # a/x is not marked
+        t.check()
+        (files / "c").mkdir()
+        os.link(files / "a" / "x" / "big.bin", files / "c" / "third.bin")
+        t.check()
+        (files / "a" / "x" / "big.bin").unlink()
+        t.check()
+        write(files / "b" / "big.bin", 50_000, "ab")
+        t.check()
+    finally:
+        t.close()

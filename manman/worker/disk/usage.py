@@ -73,6 +73,9 @@ class TreeUsage:
         self._dirs: dict[str, _Dir] = {}
         self._links: dict[Key, list[int]] = {}  # key: [names seen, bytes]
         self._wds: dict[int, str] = {}  # wd: directory (relative; "" the top)
+        # during a refresh: link counts read, and inodes newly seen under a second name
+        self._nlinks: dict[Key, int] = {}
+        self._suspects: set[Key] | None = None
         self.pending = Batch(walk=True)  # filled by the event reader (trio's thread)
 
     # -- events (the trio thread) ------------------------------------------------------
@@ -116,6 +119,7 @@ class TreeUsage:
             if p:  # (the top directory's own blocks are not counted)
                 paths.add(p.rpartition("/")[0])
         gone: set[int] = set()
+        self._suspects = set()
         try:
             for path in sorted(paths, key=lambda p: (p.count("/"), p)):  # parents first
                 if path in self._dirs:
@@ -124,8 +128,16 @@ class TreeUsage:
             self._give_up_watching()
             self._walk_all()
             return
+        finally:
+            suspects, self._suspects = self._suspects, None
+            nlinks, self._nlinks = self._nlinks, {}
         for wd in gone - self._wds.keys():  # moved out of the tree, or deleted
             self._unwatch(wd)
+        # a hard link made to a file counted as singly linked: its first name is in a
+        # directory no event marked (the kernel tells only the file's own watches of its new
+        # link count), so it is counted twice. Rare (games hardly make hard links): a walk.
+        if any(self._links.get(k, (0,))[0] < nlinks.get(k, 0) for k in suspects):
+            self._walk_all()
 
     def _walk_all(self) -> None:
         self.walks += 1
@@ -146,6 +158,7 @@ class TreeUsage:
             if self.fallback:
                 self._add_tree("")
         finally:
+            self._nlinks.clear()  # (a walk sees every name: its counts are whole)
             for wd in old - self._wds.keys():
                 self._unwatch(wd)
 
@@ -179,7 +192,8 @@ class TreeUsage:
 
     def _read(self, path: str) -> tuple[_Dir, Iterable[tuple[str, Key]]] | None:
         """One directory's entries, read now: its record (no wd yet) and its subdirectories;
-        None when it is not there (or not a directory) any more."""
+        None when it is not there (or not a directory) any more. The link count of each
+        multi-linked file is left in `_nlinks` (for `_suspect`)."""
         d = _Dir()
         subdirs: list[tuple[str, Key]] = []
         try:
@@ -197,6 +211,7 @@ class TreeUsage:
                     elif st.st_nlink > 1 and not stat.S_ISLNK(st.st_mode):
                         key = (st.st_dev, st.st_ino)
                         d.linked[e.name] = key
+                        self._nlinks[key] = st.st_nlink
                         self._seen(key, size)
                     else:
                         d.own += size
@@ -241,6 +256,8 @@ class TreeUsage:
             self.total += d.own
             for key in d.linked.values():
                 self._link(key, +1)
+            if self._suspects is not None:  # (a refresh's new directory, not a walk)
+                self._suspects.update(d.linked.values())
             prefix = path + "/" if path else ""
             stack.extend(prefix + name for name, _ in subdirs)
 
@@ -271,6 +288,8 @@ class TreeUsage:
             self._link(key, +1)
         for key in old.linked.values():
             self._link(key, -1)
+        if self._suspects is not None:
+            self._suspects.update(k for n, k in new.linked.items() if old.linked.get(n) != k)
         prefix = path + "/" if path else ""
         for name, key in old.subdirs.items():
             if new.subdirs.get(name) != key:
