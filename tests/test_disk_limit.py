@@ -303,3 +303,37 @@ async def test_the_disk_check_reads_only_what_changed(worker: RunningWorker) -> 
     from manman.worker.stats.disk import tree_bytes
 
     assert disk.used(s["id"]) == tree_bytes(str(files))
+
+
+async def test_over_the_limit_across_a_worker_restart(tmp_path: Path, bg: trio.Nursery) -> None:
+    from manman.worker.main import run_worker
+
+    cfg = worker_config(tmp_path, disk_check_interval=0.2)
+    handle = await bg.start(run_worker, cfg)
+    w = RunningWorker(handle, Client(handle.url, "test-worker-token"))
+    try:
+        s = await w.api.post("/server", fake_spec("rs", limits={"disk_mb": 1},
+                                                  desired_state="running"), expect=201)
+        await w.api.wait_for("rs", state="running")
+        files = w.agent.actors[s["id"]].files_dir
+        (files / "fill.bin").write_bytes(os.urandom(2 * MIB))
+        with trio.fail_after(10):
+            while (await w.api.get("/server/rs"))["disk_full"] is None:
+                await trio.sleep(0.05)
+    finally:
+        await w.shutdown()  # the desired state is kept: it should run again
+        await w.api.aclose()
+    handle = await bg.start(run_worker, cfg)
+    w = RunningWorker(handle, Client(handle.url, "test-worker-token"))
+    try:
+        got = await w.api.wait_for("rs", state="stopped")
+        await trio.sleep(0.5)  # checks made since: still over, still not started
+        got = await w.api.get("/server/rs")
+        assert got["state"] == "stopped" and got["disk_full"] is not None
+        assert got["error"].startswith("over its disk limit")
+        await w.api.post("/server/rs/files/delete", {"path": "fill.bin"}, expect=200)
+        got = await w.api.wait_for("rs", state="running")
+        assert got["disk_full"] is None
+    finally:
+        await w.shutdown()
+        await w.api.aclose()

@@ -61,6 +61,7 @@ class DiskWatch:
         self._owner: dict[int, TreeUsage] = {}
         self._limits: dict[str, int | None] = {}  # the limit each server was last judged by
         self._wake = trio.Event()
+        self._blind = False  # the events could not be read: every check walks
 
     # -- the service ---------------------------------------------------------------------
 
@@ -96,15 +97,23 @@ class DiskWatch:
             self._wake.set()
 
     async def _reader(self, ino: inotify.Inotify) -> None:
-        while True:
+        while not self._blind:
             await trio.lowlevel.wait_readable(ino.fd)
             self._drain()
             await trio.sleep(READ_PAUSE)
 
     def _drain(self) -> None:
         """Mark what the queued events name (called in trio's thread only)."""
-        if self._ino is not None:
-            mark(self._ino.read(), self._owner, self.trees.values())
+        if self._ino is None or self._blind:
+            return
+        try:
+            events = self._ino.read()
+        except OSError:  # (never seen) events can no longer be read: walks from now on
+            log.exception("inotify events cannot be read: every disk check walks each "
+                          "files directory from now on")
+            self._blind = True
+            return
+        mark(events, self._owner, self.trees.values())
 
     def _tree(self, actor: ServerActor) -> TreeUsage:
         tree = self.trees.get(actor.id)
@@ -129,6 +138,9 @@ class DiskWatch:
         """One pass: every server's total brought up to date, then judged."""
         gone = self._sync()
         self._drain()
+        if self._blind:
+            for tree in self.trees.values():
+                tree.pending.walk = True
         batches = [(sid, tree, tree.take()) for sid, tree in self.trees.items()]
         await trio.to_thread.run_sync(self._refresh_all, batches, gone, abandon_on_cancel=True)
         self.passes += 1
@@ -164,6 +176,7 @@ class DiskWatch:
         """Bytes now: what changed since the last check is read (not the whole tree)."""
         tree = self._tree(actor)
         self._drain()
+        tree.pending.walk |= self._blind
         batch = tree.take()
         used = await trio.to_thread.run_sync(tree.refresh, batch)
         self._judge(actor, used)
