@@ -115,6 +115,9 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     header_timeout: Positive = 10.0  # as the host's
     # seconds between two passes of the live stats (docs/spec.md "Live stats"); 0: none
     stats_interval: NonNegative = 5.0
+    # seconds between two checks of every server's disk use against its limits.disk_mb
+    # (docs/spec.md "Disk limit"): each reads again only what changed
+    disk_check_interval: Positive = 60.0
     port_range: str = ports.DEFAULT_RANGE  # where `auto` ports are placed: FIRST-LAST
     # the largest file upload (PUT /server/{id}/files/content) accepted, in bytes
     files_max_upload: PositiveInt = 100 * 1024 * 1024

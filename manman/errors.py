@@ -107,6 +107,12 @@ class InsufficientStorage(ManmanError):
     code = "insufficient_storage"
 
 
+class DiskLimit(InsufficientStorage):
+    """(worker) A write the server's `limits.disk_mb` has no room for: nothing was written."""
+
+    code = "disk_limit"
+
+
 class WorkerError(ManmanError):
     """A worker answered, but with a failure the host passes on (HTTP 502)."""
 

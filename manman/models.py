@@ -506,6 +506,14 @@ class ServerStats(Struct, gc=False, kw_only=True):
     at: float = 0.0
 
 
+class DiskFull(Struct, gc=False, kw_only=True):
+    """A server's files went over its limits.disk_mb (docs/spec.md, "Disk limit")."""
+
+    used: Annotated[int, Meta(ge=0)]  # bytes, when it was found over
+    limit: Annotated[int, Meta(ge=0)]  # bytes
+    at: float = 0.0
+
+
 class ScheduleFailure(Struct, gc=False, kw_only=True):
     """The last run of one of the server's schedules that failed (a webhook's event)."""
 
@@ -535,6 +543,7 @@ class ServerStatus(Struct, gc=False, kw_only=True):
     update_available: bool = False
     stats: ServerStats | None = None
     schedule_failure: ScheduleFailure | None = None
+    disk_full: DiskFull | None = None  # over limits.disk_mb: not started until under
 
 
 class Server(Struct, kw_only=True):
@@ -580,6 +589,7 @@ class Server(Struct, kw_only=True):
     update_available: bool
     stats: ServerStats | None
     schedule_failure: ScheduleFailure | None
+    disk_full: DiskFull | None
     generation: int
     observed_generation: int
     worker_status: WorkerStatus
@@ -829,6 +839,7 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
     update_available: bool = False
     stats: ServerStats | None = None
     schedule_failure: ScheduleFailure | None = None
+    disk_full: DiskFull | None = None
 
     @classmethod
     def of(cls, server_id: str, generation: int, status: ServerStatus) -> ObservedServer:
@@ -845,7 +856,7 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
                    allocated_ports=status.allocated_ports,
                    installed_build=status.installed_build, latest_build=status.latest_build,
                    update_available=status.update_available, stats=status.stats,
-                   schedule_failure=status.schedule_failure)
+                   schedule_failure=status.schedule_failure, disk_full=status.disk_full)
 
     def status(self) -> ServerStatus:
         return ServerStatus(state=self.state, ready=self.ready, pid=self.pid,
@@ -856,7 +867,8 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
                             installed_build=self.installed_build,
                             latest_build=self.latest_build,
                             update_available=self.update_available, stats=self.stats,
-                            schedule_failure=self.schedule_failure)
+                            schedule_failure=self.schedule_failure,
+                            disk_full=self.disk_full)
 
 
 # a report carries every field of a status (tests/test_models.py checks .of and .status keep all)

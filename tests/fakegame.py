@@ -4,7 +4,8 @@
 stdin commands: `say X` → "said: X"; `echo X` → X; `err X` → X on stderr; `quit` (`stop`,
 `exit`) → exits 0 (unless --ignore-stop); `crash [N]` → exits N (3); `flood N` → N numbered
 lines at full speed; `pace N RATE` → N lines at RATE/s; `hang` → stops answering; `spawn` →
-starts a child that sleeps (tests group kill); `pid` → prints its pid and its child's.
+starts a child that sleeps (tests group kill); `pid` → prints its pid and its child's;
+`fill N NAME` → appends N bytes to the file NAME in its working directory.
 SIGTERM exits 0 unless --ignore-term; SIGINT always exits 0.
 """
 
@@ -130,6 +131,11 @@ for raw in sys.stdin:
             head = f"wide {i} "
             out.write(head + "x" * (size - len(head)) + "\n")
         out.flush()
+    elif cmd == "fill":  # fill N NAME: writes N bytes to NAME in its working directory
+        n, name = rest.split(maxsplit=1)
+        with open(name, "ab") as f:
+            f.write(os.urandom(int(n)))
+        say(f"filled {name}")
     elif cmd == "hang":
         while True:
             time.sleep(3600)

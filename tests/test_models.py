@@ -495,6 +495,7 @@ def test_worker_names_hold_no_control_characters() -> None:
 
 def test_a_report_keeps_every_field_of_a_status() -> None:
     from manman.models import (
+        DiskFull,
         ObservedServer,
         QueryStatus,
         ScheduleFailure,
@@ -507,7 +508,8 @@ def test_a_report_keeps_every_field_of_a_status() -> None:
                           query=QueryStatus(ok=True, players=3), allocated_ports={"game": 27000},
                           installed_build="7", latest_build="8", update_available=True,
                           stats=ServerStats(cpu=99.5, memory=1 << 30, disk=5, at=3.0),
-                          schedule_failure=ScheduleFailure(schedule_id="s1", run_id=1))
+                          schedule_failure=ScheduleFailure(schedule_id="s1", run_id=1),
+                          disk_full=DiskFull(used=2, limit=1, at=4.0))
     for f in ServerStatus.__struct_fields__:
         assert getattr(status, f) != getattr(ServerStatus(), f), f
     observed = ObservedServer.of("s1", 7, status)

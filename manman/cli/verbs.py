@@ -444,6 +444,9 @@ def cmd_show(args: argparse.Namespace, api: HostClient) -> int:
         from manman.cli.top import stats_text
 
         print(f"{'stats:':22}{stats_text(s['stats'])}")
+    disk_line = _disk_text(s)
+    if disk_line:
+        print(f"{'disk:':22}{disk_line}")
     if s["game_id"].startswith("steamcmd:"):
         au = s.get("auto_update") or {}
         mode = au.get("mode", "off")
@@ -453,6 +456,21 @@ def cmd_show(args: argparse.Namespace, api: HostClient) -> int:
             print(f"{'update_available:':22}yes: build {s.get('latest_build')} "
                   f"(installed: {s.get('installed_build')})")
     return 0
+
+
+def _disk_text(s: dict[str, Any]) -> str | None:
+    """Disk use against limits.disk_mb, when there is a limit (docs/spec.md "Disk limit")."""
+    from manman.cli.top import size
+
+    limit = (s.get("limits") or {}).get("disk_mb")
+    full = s.get("disk_full")
+    if limit is None and not full:
+        return None
+    used = full["used"] if full else (s.get("stats") or {}).get("disk")
+    text = f"{size(used) if used is not None else '?'} of {limit} MiB (limits.disk_mb)"
+    if full:
+        text += ": over the limit, not started until files are deleted"
+    return text
 
 
 def cmd_power(args: argparse.Namespace, api: HostClient) -> int:

@@ -137,6 +137,8 @@ def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]
             players.add_metric([name], q.players)
     yield from (restarts, lines, size, gaps, viewers, players)
     yield _update_available((a.spec, a.status) for a in agent.actors.values())
+    yield _disk_full((a.spec.name, a.spec.limits.disk_mb, a.status.disk_full is not None)
+                     for a in agent.actors.values())
     yield from _stats_gauges((a.spec.name, a.status.stats) for a in agent.actors.values())
     if link is not None:
         yield _counter("manman_heartbeats_sent", "Heartbeats the host answered",
@@ -155,6 +157,17 @@ def _update_available(servers: Iterable[tuple[ServerSpec, ServerStatus]]) -> Gau
     for spec, status in servers:
         if spec.install_method == "steamcmd":
             g.add_metric([spec.name], 1 if status.update_available else 0)
+    return g
+
+
+def _disk_full(servers: Iterable[tuple[str, int | None, bool]]) -> GaugeMetricFamily:
+    """One series per server with limits.disk_mb: (name, limit, over it)."""
+    g = GaugeMetricFamily("manman_server_disk_full",
+                          "1 while the server's files are over its limits.disk_mb",
+                          labels=["server"])
+    for name, limit, full in servers:
+        if limit is not None:
+            g.add_metric([name], 1 if full else 0)
     return g
 
 
@@ -178,6 +191,7 @@ def host_metrics(fleet: Fleet) -> ApiMetrics:
             if q is not None and q.players is not None:
                 players.add_metric([s.name], q.players)
         yield players
+        yield _disk_full((v.name, v.limits.disk_mb, v.disk_full is not None) for v in servers)
         yield from _stats_gauges((s.spec.name, s.observed.stats) for s in fleet.servers.values()
                                  if s.observed is not None and not s.deleting)
         yield _counter("manman_heartbeats_received", "Heartbeats received",

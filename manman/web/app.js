@@ -389,7 +389,12 @@
     $("detail-build").textContent = (s.installed_build || "—") + (s.update_available
       ? " — update available: build " + s.latest_build : "");
     $("detail-build").classList.toggle("update-available", !!s.update_available);
-    setMessage($("server-error"), state === "failed" || s.error ? s.error || "" : "", "error");
+    // over limits.disk_mb: said even while it still runs (it is not started again)
+    const disk = s.disk_full ? "over its disk limit: the files use " +
+      Math.round(s.disk_full.used / 1048576) + " MiB of " +
+      Math.round(s.disk_full.limit / 1048576) + " MiB; delete files to start it again" : "";
+    setMessage($("server-error"), state === "failed" || s.error || disk
+      ? s.error || disk : "", "error");
     document.title = "manman — " + s.name + " (" + state + ")";
     renderStatsNow();
   }

@@ -196,6 +196,11 @@ class ServerActor:
             raise Busy("the server is being recovered; try again")
         return self.machine
 
+    def disk_measured(self, used: int, limit: int | None) -> None:
+        """The disk check's total (manman.worker.disk): over or back under the limit."""
+        if self.started.is_set():  # (recovering: the next check judges it)
+            self._apply(self.machine.disk_measured(used, limit, self._now()))
+
     def send_console(self, line: str) -> None:
         machine.check("command", self.status.state)
         try:

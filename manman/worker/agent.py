@@ -26,6 +26,7 @@ from manman.models import ServerSpec, ServerStatus
 from manman.worker import listening, machine, procs
 from manman.worker.actor import ActorHooks, ServerActor
 from manman.worker.console.broker import LogBroker
+from manman.worker.disk.watch import DiskWatch
 from manman.worker.installers.base import Installer, NoInstall
 from manman.worker.installers.steam_builds import SteamBuilds
 from manman.worker.runners.base import Runner, RunRecord, SpawnError
@@ -116,6 +117,8 @@ class WorkerAgent:
         self.holds: list[Callable[[ServerActor], str | None]] = []
         # told of each server deleted with purge: what else it left goes too (its backups)
         self.purgers: list[Callable[[str], Awaitable[None]]] = []
+        # every server's disk use and its limit (manman.worker.disk), once started
+        self.disk: DiskWatch | None = None
 
     def add_observer(self, observer: ServerObserver) -> None:
         self._observers.append(observer)

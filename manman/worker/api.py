@@ -298,7 +298,8 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
         actor = agent.get(server_id)
         return FilesTree(actor.files_dir, Denylist(actor.spec.file_denylist))
 
-    add_file_routes(api, files_of, agent.cfg.files_max_upload, agent.cfg.files_max_extract)
+    add_file_routes(api, files_of, agent.cfg.files_max_upload, agent.cfg.files_max_extract,
+                    agent.disk)
     if schedules is not None:
         add_schedule_routes(api, agent, schedules)
     if backups is not None:

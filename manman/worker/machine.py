@@ -16,7 +16,7 @@ from typing import Literal
 
 from manman.backoff import exponential
 from manman.errors import Conflict
-from manman.models import QueryStatus, RestartSpec, ServerSpec, ServerStatus
+from manman.models import DiskFull, QueryStatus, RestartSpec, ServerSpec, ServerStatus
 
 Desired = Literal["running", "stopped"]
 
@@ -188,6 +188,10 @@ class ServerMachine:
         self.probe_failures = 0  # in a row
         self.probes_passed = 0
         self._ids = 0
+        # a start the disk limit held back: made once the files are under it again
+        self.disk_blocked = False
+        if spec.limits.disk_mb is None:  # (a limit removed while the worker was away)
+            self.status.disk_full = None
 
     @property
     def state(self) -> str:
@@ -269,7 +273,11 @@ class ServerMachine:
             elif state in ("starting", "running", "crashed"):
                 self._stop(out)
         except Conflict as e:
-            out.append(Note(f"spec updated; not applied now: {e}"))
+            if e.code == "disk_full" and state not in LIVE:
+                self._cancel_backoff(out)
+                self._launch(out)  # held back: stopped, saying why; started once under
+            else:
+                out.append(Note(f"spec updated; not applied now: {e}"))
         self.desired = spec.desired_state
         out.append(Persist())
         return out
@@ -426,6 +434,33 @@ class ServerMachine:
         self.status.query = answer
         return [Report()] if news else []
 
+    def disk_measured(self, used: int, limit: int | None, now: float) -> list[Effect]:
+        """The files use `used` bytes (`limit`: limits.disk_mb in bytes, None: no limit).
+        Over it: noted once; no start begins until they are under it again (a running game
+        is left running). Back under: a start it held back is made, if still wanted."""
+        out: list[Effect] = []
+        full = self.status.disk_full
+        if limit is not None and used > limit:
+            if full is None:
+                self._set(out, disk_full=DiskFull(used=used, limit=limit, at=now))
+                out.append(Note(f"disk limit reached: the files use {_mib(used)}, over "
+                                f"limits.disk_mb ({_mib(limit)}); the server is not started "
+                                "again until they are under it"))
+            return out
+        if full is None:
+            return out
+        blocked, self.disk_blocked = self.disk_blocked, False
+        changes: dict[str, object] = {"disk_full": None}
+        if self.status.error is not None and self.status.error.startswith(DISK_FULL_ERROR):
+            changes["error"] = None
+        self._set(out, **changes)
+        out.append(Note(f"disk back under its limit ({_mib(used)} used): the server may "
+                        "start again"))
+        if blocked and self.desired == "running" and self.state == "stopped" \
+                and self.installed and not self.closing and self.run is None:
+            self._launch(out)
+        return out
+
     def stop_write_failed(self, run_id: int, timeout: float) -> list[Effect]:
         """The stop command could not be written: terminate instead."""
         return [Terminate(run_id, timeout)] if self._current(run_id) else []
@@ -556,7 +591,15 @@ class ServerMachine:
 
     def _start(self, out: list[Effect]) -> None:
         check("start", self.state)
+        self._check_disk("start")
         self._start_fresh(out)
+
+    def _check_disk(self, action: str) -> None:
+        full = self.status.disk_full
+        if full is not None:
+            raise Conflict(f"cannot {action}: {DISK_FULL_ERROR} (the files use "
+                           f"{_mib(full.used)}, over {_mib(full.limit)}); delete files first",
+                           code="disk_full")
 
     def _start_fresh(self, out: list[Effect]) -> None:
         """A person's start: the crash count begins again; install first if needed."""
@@ -581,6 +624,7 @@ class ServerMachine:
 
     def _restart(self, out: list[Effect]) -> None:
         check("restart", self.state)
+        self._check_disk("restart")
         if self.state in LIVE:
             self.desired = "running"
             self.status.restarts = 0
@@ -608,7 +652,19 @@ class ServerMachine:
             out.append(Terminate(run.id, timeout, self.spec.stop_signal or "SIGTERM"))
 
     def _launch(self, out: list[Effect]) -> None:
-        """Enter `starting` now (so later commands see it); the actor spawns."""
+        """Enter `starting` now (so later commands see it); the actor spawns. Over the disk
+        limit it stays `stopped` instead, and starts once the files are under it."""
+        full = self.status.disk_full
+        if full is not None:
+            self.disk_blocked = True
+            self.pending_start = False
+            error = f"{DISK_FULL_ERROR}: not started until the files are under it"
+            if self.status.error != error or self.state != "stopped":
+                self._set(out, state="stopped", ready=False, pid=None, error=error,
+                          install_progress=None)
+                out.append(Note(f"not started: the files use {_mib(full.used)}, over "
+                                f"limits.disk_mb ({_mib(full.limit)})"))
+            return
         run = self._new_run()
         self.pending_start = False  # it is starting now
         self._set(out, state="starting", ready=False, pid=None, exit_code=None, error=None,
@@ -667,6 +723,13 @@ class ServerMachine:
             setattr(st, key, value)
         if not out or not isinstance(out[-1], Changed):
             out.append(Changed())
+
+
+DISK_FULL_ERROR = "over its disk limit"
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
 
 
 def ready_by_query(spec: ServerSpec) -> bool:

@@ -20,6 +20,7 @@ from manman.worker.agent import WorkerAgent
 from manman.worker.api import WorkerSecrets, build_worker_api
 from manman.worker.backups.manager import BackupManager
 from manman.worker.backups.report import BackupReporter
+from manman.worker.disk.watch import DiskWatch
 from manman.worker.schedules.service import WorkerSchedules
 from manman.worker.stats.sampler import StatsSampler
 
@@ -75,6 +76,10 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                 schedules = WorkerSchedules(agent, backups)
                 agent.add_observer(schedules)
                 await nursery.start(schedules.run)
+                disk = DiskWatch(agent, wcfg.disk_check_interval)
+                agent.disk = disk
+                agent.add_observer(disk)
+                await nursery.start(disk.run)
                 sampler = StatsSampler(agent, wcfg.stats_interval)
                 if wcfg.stats_interval > 0:
                     await nursery.start(sampler.run)

@@ -8,7 +8,7 @@ from typing import Any
 from manman import models
 
 SERVER_EVENTS = ("server.ready", "server.stopped", "server.crashed", "server.failed",
-                 "server.update_available", "server.updated")
+                 "server.update_available", "server.updated", "server.disk_full")
 BACKUP_EVENTS = ("backup.ok", "backup.failed")
 SCHEDULE_EVENTS = ("schedule.failed",)
 PLAYER_EVENTS = ("player.joined", "player.left")
@@ -61,6 +61,9 @@ def server_events(before: models.ObservedServer | None, after: models.ObservedSe
             and after.installed_build != before.installed_build:
         out.append(("server.updated", {"from_build": before.installed_build,
                                        "to_build": after.installed_build}))
+    if after.disk_full is not None and before.disk_full is None:
+        out.append(("server.disk_full", {"used": after.disk_full.used,
+                                         "limit": after.disk_full.limit}))
     failure = after.schedule_failure
     if failure is not None and failure != before.schedule_failure:
         out.append(("schedule.failed", {"schedule_id": failure.schedule_id,

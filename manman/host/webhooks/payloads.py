@@ -32,10 +32,13 @@ class Event(msgspec.Struct, omit_defaults=True):
 _encode = msgspec.json.Encoder().encode
 _COLORS = {"server.ready": 0x2ECC71, "worker.alive": 0x2ECC71, "server.stopped": 0x95A5A6,
            "server.crashed": 0xE67E22, "server.failed": 0xE74C3C, "worker.expired": 0xE74C3C,
-           "worker.unknown": 0xE67E22, "server.update_available": 0x3498DB}
+           "worker.unknown": 0xE67E22, "server.update_available": 0x3498DB,
+           "server.disk_full": 0xE74C3C}
 _TITLES = {"server.ready": "is ready", "server.stopped": "stopped",
            "server.crashed": "crashed", "server.failed": "failed and needs a person",
            "server.update_available": "has an update available",
+           "server.disk_full": "is over its disk limit: not started again until files are "
+                               "deleted",
            "player.joined": "a player joined", "player.left": "a player left",
            "worker.unknown": "misses its heartbeats", "worker.alive": "is back",
            "worker.expired": "expired: retired after no heartbeat",

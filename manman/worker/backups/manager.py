@@ -28,7 +28,7 @@ from manman.models import BackupHook
 from manman.worker.actor import ServerActor
 from manman.worker.agent import Action, WorkerAgent
 from manman.worker.backups.model import Backup, BackupCreate
-from manman.worker.backups.restore import Corrupt, remove_quietly, restore_backup
+from manman.worker.backups.restore import Corrupt, remove_quietly, restore_backup, unpacked_size
 from manman.worker.backups.retention import failed_to_forget, to_prune
 from manman.worker.backups.writer import Written, write_backup
 
@@ -355,6 +355,11 @@ class BackupManager:
                                   "it is stopped", "invalid_state")
         self.busy[sid] = "restore"
         try:
+            disk = self.agent.disk
+            if disk is not None and actor.spec.limits.disk_mb is not None:
+                size = await trio.to_thread.run_sync(unpacked_size, self.path(b))
+                await disk.check_room(actor, size, f"restoring backup {b.name!r}",
+                                      replacing=truncate)
             # not abandoned on a cancel: the files must not change under a later start
             await trio.to_thread.run_sync(restore_backup, self.path(b), b.sha256,
                                           actor.files_dir, truncate, self._cancel)
@@ -368,6 +373,8 @@ class BackupManager:
             actor.wake_launch()  # a start that waited for the restore goes on now
         actor.broker.note(f"restored backup {b.name}" + (" (truncated first)" if truncate
                                                          else ""))
+        if self.agent.disk is not None:  # a truncate may have freed room: judged now
+            await self.agent.disk.freed(sid)
         return b
 
 

@@ -72,6 +72,26 @@ def restore_backup(archive: Path, sha256: str, files_dir: Path, truncate: bool,
                       "nothing was restored") from None
 
 
+def unpacked_size(archive: Path) -> int:
+    """The bytes the archive's files declare (read through once, nothing written): what a
+    restore would add, checked against the server's disk limit before it begins."""
+    try:
+        with open(archive, "rb") as f:
+            reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=CHUNK)
+            total = 0
+            with tarfile.open(fileobj=reader, mode="r|", tarinfo=BoundedTarInfo) as tf:
+                for ti in tf:
+                    tf.members.clear()  # type: ignore[attr-defined]  # else it keeps each
+                    if ti.isreg():
+                        total += ti.size
+            return total
+    except OSError as e:
+        raise errors.Invalid(f"the backup cannot be read: {e}") from None
+    except Exception as e:  # the archive libraries' many ways of saying "damaged"
+        raise Corrupt(f"the archive cannot be read ({type(e).__name__}: {str(e)[:200]}); "
+                      "nothing was restored") from None
+
+
 def _damaged(found: str, sha256: str) -> Corrupt:
     return Corrupt(f"the archive's sha256 is {found}, not the {sha256} recorded when it was "
                    "made: it is damaged; nothing was restored")

@@ -321,9 +321,11 @@ def default_target(name: str) -> str:
     return name + ".d"
 
 
-def extract(tree: FilesTree, path: str, to: str | None, max_bytes: int) -> Entry:
+def extract(tree: FilesTree, path: str, to: str | None, max_bytes: int,
+            room: int | None = None) -> Entry:
+    """`room`: the bytes the server's disk limit leaves (None: no limit)."""
     try:
-        return _extract(tree, path, to, max_bytes)
+        return _extract(tree, path, to, max_bytes, room)
     except (errors.ManmanError, MemoryError):
         raise
     except OSError as e:
@@ -339,7 +341,8 @@ def _unreadable(e: Exception) -> errors.Invalid:
                           "nothing was extracted")
 
 
-def _extract(tree: FilesTree, path: str, to: str | None, max_bytes: int) -> Entry:
+def _extract(tree: FilesTree, path: str, to: str | None, max_bytes: int,
+             room: int | None) -> Entry:
     """Extract the archive at `path` into the new directory `to` (default: beside it, named
     after it without its suffix); 409 when `to` exists."""
     source = parse(path)
@@ -352,7 +355,11 @@ def _extract(tree: FilesTree, path: str, to: str | None, max_bytes: int) -> Entr
     fd, _ = tree.open_read(path)
     with os.fdopen(fd, "rb") as f:
         archive = Archive(f)
-        survey(archive, max_bytes)
+        _, total = survey(archive, max_bytes)
+        if room is not None and total > room:
+            raise errors.DiskLimit(f"the archive unpacks to {total} bytes; the server's disk "
+                                   f"limit (limits.disk_mb) leaves room for {max(room, 0)}: "
+                                   "refused, nothing was extracted")
         with tree.directory(parts[:-1]) as dfd:
             try:
                 os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)

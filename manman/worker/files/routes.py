@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import msgspec
 import trio
@@ -75,8 +76,18 @@ async def file_chunks(fd: int, size: int) -> AsyncIterator[bytes]:
         os.close(fd)
 
 
+class DiskRoom(Protocol):
+    """A server's disk limit, as the file manager needs it (manman.worker.disk)."""
+
+    async def room(self, server_id: str) -> int | None:
+        """Bytes the limit leaves now (None: no limit)."""
+
+    async def freed(self, server_id: str) -> None:
+        """Files were deleted: judge the limit again now."""
+
+
 def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: int,
-                    max_extract: int) -> None:
+                    max_extract: int, disk: DiskRoom | None = None) -> None:
     """`files_of(server_id)`: that server's tree (NotFound for no such server)."""
 
     async def run(fn: Callable[..., object], *args: object) -> object:
@@ -111,6 +122,10 @@ def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: 
     async def write_file(who: Principal, server_id: str) -> Response:
         tree = files_of(server_id)
         length = declared_length(max_upload)
+        room = await disk.room(server_id) if disk is not None else None
+        if room is not None and length > room:  # before a byte is read
+            raise errors.DiskLimit(f"the upload is {length} bytes; the server's disk limit "
+                                   f"(limits.disk_mb) leaves room for {max(room, 0)}")
         upload = await trio.to_thread.run_sync(tree.upload, query_path())
         try:
             received = 0
@@ -156,6 +171,8 @@ def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: 
                summary="Delete a file, a link (not its target) or a directory with all in it")
     async def delete(who: Principal, server_id: str, body: PathBody) -> Response:
         await run(files_of(server_id).delete, body.path)
+        if disk is not None:  # back under its limit: startable now, not at the next check
+            await disk.freed(server_id)
         return json_response(Ok(True))
 
     @api.route("POST", "/server/{server_id}/files/extract", body=ExtractBody, response=Entry,
@@ -164,7 +181,9 @@ def add_file_routes(api: Api, files_of: Callable[[str], FilesTree], max_upload: 
                        "all or nothing (a bad member refuses the whole archive)")
     async def extract(who: Principal, server_id: str, body: ExtractBody) -> Response:
         tree = files_of(server_id)
-        return json_response(await run(extract_archive, tree, body.path, body.to, max_extract))
+        room = await disk.room(server_id) if disk is not None else None
+        return json_response(await run(extract_archive, tree, body.path, body.to, max_extract,
+                                       room))
 
     @api.route("POST", "/server/{server_id}/files/archive", body=ArchiveBody, response=Entry,
                errors=(403, 404, 422, 507),

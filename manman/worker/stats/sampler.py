@@ -1,7 +1,7 @@
 """One pass every `stats_interval` over all running servers (not a task per server): CPU and
 memory of each process tree from one read of /proc, docker containers from their cgroup
-files (else one `docker stats` call for all), disk from a walk at most every
-`disk_interval` a server."""
+files (else one `docker stats` call for all), disk from the worker's disk check
+(manman.worker.disk; without one, a walk at most every `disk_interval` a server)."""
 
 from __future__ import annotations
 
@@ -114,8 +114,15 @@ class StatsSampler:
             if rest:  # cgroup files not readable here (another pid or cgroup namespace)
                 samples.update(await self._docker_samples(rest, mono))
         await self._machine()
-        due = [a for a in live if mono - self._disk.get(a.id, (-math.inf, 0))[0]
-               >= self.disk_interval]
+        watch = self.agent.disk
+        if watch is not None:  # kept up to date incrementally (manman.worker.disk)
+            for a in live:
+                used = watch.used(a.id)
+                if used is not None:
+                    self._disk[a.id] = (mono, used)
+        due = [] if watch is not None else [
+            a for a in live if mono - self._disk.get(a.id, (-math.inf, 0))[0]
+            >= self.disk_interval]
         if due:
             sizes = await trio.to_thread.run_sync(
                 lambda: [(a.id, disk.tree_bytes(str(a.files_dir))) for a in due])

@@ -1,0 +1,1 @@
+"""Disk use of the servers' files directories, and the disk limit."""
