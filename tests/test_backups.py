@@ -629,3 +629,73 @@ async def test_a_start_during_a_restore_waits_for_it_or_is_refused(
     assert s["error"] is None and s["started_at"] >= restored["at"] - 1
     assert (await api.request("GET", "/server/s/files/content", 200,
                               params={"path": "level.dat"})).content == b"level"
+
+
+async def on_a_terminal(argv: list[str], timeout: float = 30) -> tuple[int, str]:
+    """Runs a command with a pseudo-terminal as stdout and stderr: what it drew, and its
+    exit code."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = await trio.lowlevel.open_process(argv, stdout=follower, stderr=follower,
+                                                env={**os.environ, "COLUMNS": "120"})
+        os.close(follower)
+        follower = -1
+        out = b""
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    data = await trio.to_thread.run_sync(os.read, leader, 4096)
+                except OSError:  # the terminal closed: the command ended
+                    break
+                if not data:
+                    break
+                out += data
+            code = await proc.wait()
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    return code, out.decode(errors="replace")
+
+
+async def test_backup_progress_on_a_terminal(host: RunningHost, hosted: Any) -> None:
+    """A paced backup: its record shows the bytes read so far against the files' size, and
+    `manman backup create` on a terminal draws them as a bar; restore shows a spinner."""
+    from tests.conftest import ADMIN, PYTHON
+
+    w = await hosted("bp")
+    await host.api.post("/server", fake_spec("p", worker_id=w.handle.link.worker_id,
+                                             backup={"write_limit": 0.5}), expect=201)
+    sid = (await host.api.get("/server/p"))["id"]
+    await w.api.wait_for(sid)
+    await put(host.api, "p", "noise.bin", os.urandom(1_500_000))  # 3 s at 0.5 MiB/s
+    cli = [PYTHON, "-m", "manman", "backup", "create", "--host-url", host.url, "--token",
+           ADMIN, "p", "--name", "paced"]
+    seen: list[dict[str, Any]] = []
+
+    async def watch() -> None:
+        while True:
+            for b in (await host.api.get("/server/p/backup"))["backups"]:
+                if b["state"] == "running":
+                    seen.append(await host.api.get(f"/server/p/backup/{b['id']}"))
+            await trio.sleep(0.2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        code, drawn = await on_a_terminal(cli)
+        nursery.cancel_scope.cancel()
+    assert code == 0, drawn
+    assert "backup paced" in drawn and "MB" in drawn and "%" in drawn, drawn
+    running = [b for b in seen if b["state"] == "running"]
+    assert running and all(b["total_bytes"] and b["total_bytes"] >= 1_500_000
+                           for b in running), seen
+    assert 0 < max(b["read_bytes"] for b in running) <= 1_500_000
+    done = (await host.api.get("/server/p/backup"))["backups"][-1]
+    assert done["state"] == "ok" and done["read_bytes"] == 1_500_000
+    assert done["total_bytes"] is None
+    code, drawn = await on_a_terminal(
+        [PYTHON, "-m", "manman", "backup", "restore", "--host-url", host.url, "--token",
+         ADMIN, "p", done["id"]])
+    assert code == 0 and f"restored paced ({done['id']})" in drawn, drawn

@@ -79,11 +79,32 @@ def cmd_create(args: argparse.Namespace, client: HostClient) -> int:
     if args.name:
         body["name"] = args.name
     b = client.call("POST", base, json=body)
-    while not args.no_wait and b["state"] in ("pending", "running"):
-        time.sleep(WAIT_POLL)
-        b = client.call("GET", f"{base}/{b['id']}")
+    if not args.no_wait:
+        b = _wait(client, f"{base}/{b['id']}", b)
     _show(args, b)
     return 1 if b["state"] == "failed" else 0
+
+
+def _wait(client: HostClient, url: str, b: dict[str, Any]) -> dict[str, Any]:
+    """Polls until the backup is done; a bar of the files read on a terminal (its end is the
+    files' size on disk as the backup began: an estimate, so it may stop short or run over)."""
+    if not sys.stderr.isatty():
+        while b["state"] in ("pending", "running"):
+            time.sleep(WAIT_POLL)
+            b = client.call("GET", url)
+        return b
+    from rich.progress import DownloadColumn, Progress, TimeElapsedColumn
+
+    with Progress(*Progress.get_default_columns()[:-1], DownloadColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task(f"backup {b['name']}", total=None)
+        while b["state"] in ("pending", "running"):
+            time.sleep(WAIT_POLL)
+            b = client.call("GET", url)
+            total = b.get("total_bytes")
+            bar.update(task, completed=b.get("read_bytes", 0),
+                       total=max(total, b.get("read_bytes", 0)) if total else None)
+    return b
 
 
 def cmd_ls(args: argparse.Namespace, client: HostClient) -> int:
@@ -98,8 +119,17 @@ def cmd_ls(args: argparse.Namespace, client: HostClient) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, client: HostClient) -> int:
-    b = client.call("POST", f"{_base(client, args.server)}/{args.id}/restore",
-                    json={"truncate": args.truncate}, timeout=3600)
+    url = f"{_base(client, args.server)}/{args.id}/restore"
+    body = {"truncate": args.truncate}
+    if sys.stderr.isatty():  # one call that answers when done: a spinner and the time taken
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("restoring {task.description}"),
+                      TimeElapsedColumn(), transient=True) as bar:
+            bar.add_task(args.id, total=None)
+            b = client.call("POST", url, json=body, timeout=3600)
+    else:
+        b = client.call("POST", url, json=body, timeout=3600)
     print(json.dumps(b, indent=2) if args.json else f"restored {b['name']} ({b['id']})")
     return 0
 

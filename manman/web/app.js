@@ -1550,7 +1550,10 @@
       st.textContent = b.state + (b.error ? ": " + b.error : "");
       const size = tr.insertCell();
       size.className = "num";
-      size.textContent = b.state === "ok" ? sizeText(b.bytes) : "";
+      size.textContent = b.state === "ok" ? sizeText(b.bytes)
+        : b.state === "running" && b.read_bytes   // files read so far, of their size on disk
+          ? sizeText(b.read_bytes) + (b.total_bytes ? " of " + sizeText(b.total_bytes) : "")
+          : "";
       if (b.state === "ok") size.title = b.bytes + " bytes";
       tr.insertCell().textContent = day(b.created_at);
       const lk = tr.insertCell();

@@ -30,7 +30,7 @@ from manman.worker.agent import Action, WorkerAgent
 from manman.worker.backups.model import Backup, BackupCreate
 from manman.worker.backups.restore import Corrupt, remove_quietly, restore_backup, unpacked_size
 from manman.worker.backups.retention import failed_to_forget, to_prune
-from manman.worker.backups.writer import Written, write_backup
+from manman.worker.backups.writer import Progress, Written, write_backup
 
 log = logging.getLogger("manman.worker.backups")
 
@@ -52,6 +52,7 @@ class BackupManager:
         self.agent = agent
         self.dir = backup_dir
         self.records: dict[str, Backup] = {}
+        self._progress: dict[str, Progress] = {}  # backup id: how far its writing thread is
         self.busy: dict[str, str] = {}  # server id → "backup" | "restore" under way
         self._cancel = threading.Event()  # the worker stops: threads end their work
         self._nursery: trio.Nursery | None = None
@@ -107,14 +108,20 @@ class BackupManager:
         return p.with_name(f".{p.name}.partial")
 
     def of_server(self, server_id: str) -> list[Backup]:
-        return sorted((b for b in self.records.values() if b.server_id == server_id),
-                      key=lambda b: b.created_at)
+        return sorted((self._current(b) for b in self.records.values()
+                       if b.server_id == server_id), key=lambda b: b.created_at)
+
+    def _current(self, b: Backup) -> Backup:
+        """The record, with the bytes read so far when it is being written."""
+        if (progress := self._progress.get(b.id)) is not None:
+            b.read_bytes = progress.read
+        return b
 
     def get(self, server_id: str, backup_id: str) -> Backup:
         b = self.records.get(backup_id)
         if b is None or b.server_id != server_id:
             raise errors.NotFound(f"no backup {backup_id[:64]} of this server")
-        return b
+        return self._current(b)
 
     async def _save(self, b: Backup) -> None:
         assert self.agent.store is not None
@@ -188,7 +195,7 @@ class BackupManager:
                         await self._hooks(sid, spec.after, "after")
                     except BackupFailed as e:
                         self._note(sid, f"backup {b.name}: {e}")
-            b.bytes, b.sha256 = written.bytes, written.sha256
+            b.bytes, b.sha256, b.read_bytes = written.bytes, written.sha256, written.read
             b.state = "ok"
             if written.skipped:
                 self._note(sid, f"backup {b.name}: {written.skipped} entries left out (hard "
@@ -228,9 +235,16 @@ class BackupManager:
     async def _write(self, b: Backup) -> Written:
         actor = self._actor(b.server_id)
         spec = actor.spec.backup
-        return await trio.to_thread.run_sync(
-            write_backup, actor.files_dir, self.path(b), spec.paths, spec.write_limit,
-            self._cancel, abandon_on_cancel=True)
+        progress = self._progress[b.id] = Progress()
+        if self.agent.disk is not None:  # incremental: what changed since the last check
+            b.total_bytes = await self.agent.disk.measure(actor)
+        try:
+            return await trio.to_thread.run_sync(
+                write_backup, actor.files_dir, self.path(b), spec.paths, spec.write_limit,
+                self._cancel, progress, abandon_on_cancel=True)
+        finally:
+            del self._progress[b.id]
+            b.total_bytes = None
 
     async def _hooks(self, sid: str, hooks: list[BackupHook], kind: str) -> None:
         """Each command to the console, each waiting for its line; nothing for a server

@@ -23,6 +23,10 @@ class Backup(msgspec.Struct, kw_only=True):
     created_at: float
     finished_at: float | None = None
     error: str | None = None
+    # bytes of the files read into it so far (all of them once `ok`), and, while it runs,
+    # the files' size on disk when it began (an estimate for a progress bar), else null
+    read_bytes: int = 0
+    total_bytes: int | None = None
 
 
 class BackupList(msgspec.Struct):

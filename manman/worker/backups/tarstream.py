@@ -57,6 +57,7 @@ class TarStream:
         self.chunk = chunk
         self.buf = bytearray()
         self.offset = 0
+        self.data = 0  # bytes of files read: what a progress bar shows (another thread reads it)
 
     def _put(self, data: bytes | bytearray | memoryview) -> None:
         self.buf += data
@@ -83,6 +84,7 @@ class TarStream:
             if not data:
                 data = bytes(min(left, self.chunk))
             left -= len(data)
+            self.data += len(data)
             if len(data) >= self.chunk:  # a large file goes straight through, not copied
                 self._flush()
                 self.out.write(data)

@@ -59,6 +59,7 @@ class Written:
     bytes: int
     sha256: str
     skipped: int  # hard-linked files, fifos, sockets and devices left out
+    read: int  # bytes of the files it holds
 
 
 SYNC_EVERY = 32 * MIB
@@ -230,8 +231,19 @@ class _Walk:
             os.close(fd)
 
 
+class Progress:
+    """How far a backup is, read by the event loop while the writing thread goes on."""
+
+    def __init__(self) -> None:
+        self.stream: TarStream | None = None
+
+    @property
+    def read(self) -> int:
+        return self.stream.data if self.stream is not None else 0
+
+
 def write_backup(files_dir: Path, dest: Path, paths: list[str], write_limit_mib: float,
-                 cancel: threading.Event) -> Written:
+                 cancel: threading.Event, progress: Progress | None = None) -> Written:
     """The archive `dest` of the files directory (or of `paths` in it)."""
     wanted = [parse(p) for p in paths]
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +256,8 @@ def write_backup(files_dir: Path, dest: Path, paths: list[str], write_limit_mib:
         zw = zstandard.ZstdCompressor(level=LEVEL, threads=THREADS).stream_writer(
             behind, closefd=False)  # type: ignore[arg-type]  # any object with write()
         tar = TarStream(zw, CHUNK)
+        if progress is not None:
+            progress.stream = tar
         tree = FilesTree(files_dir)
         with tree.directory(()) as root:
             walk = _Walk(tar, ignore_spec(root))
@@ -266,7 +280,7 @@ def write_backup(files_dir: Path, dest: Path, paths: list[str], write_limit_mib:
         os.fsync(out.fileno())
         out.close()
         os.rename(temp, dest)
-        return Written(sink.size, sink.sha.hexdigest(), walk.skipped)
+        return Written(sink.size, sink.sha.hexdigest(), walk.skipped, tar.data)
     except BaseException:
         if behind is not None:
             behind.abort()
