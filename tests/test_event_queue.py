@@ -206,6 +206,24 @@ async def test_a_worker_restart_keeps_the_events_it_has_not_sent(
                 await stop(h)
 
 
+async def test_an_event_goes_out_before_the_next_heartbeat_is_due(
+        host: RunningHost, hosted: Any, bg: trio.Nursery) -> None:
+    """Events wait for no heartbeat_interval: one is sent within moments of being saved."""
+    rx: Receiver = await bg.start(Receiver().serve)
+    w = await hosted("slowbeat", heartbeat_interval=4.0)
+    api = host.api
+    s = await api.post("/server", fake_spec("f1", worker_id=w.handle.link.worker_id,
+                                            desired_state="running"), expect=201)
+    await api.wait_for("f1", state="running", ready=True, timeout=20)
+    await settled(w.handle)
+    await api.post("/webhook", {"url": rx.url("/ok"), "events": ["server.crashed"]},
+                   expect=201)
+    t0 = trio.current_time()
+    await w.api.post(f"/server/{s['id']}/command", {"data": "crash"}, expect=202)
+    await received(rx, "/ok", 1, timeout=3)
+    assert trio.current_time() - t0 < 2.0
+
+
 async def _join(api: Client, name: str) -> tuple[str, dict[str, str]]:
     creds = await api.post("/worker", {"name": name}, expect=201,
                            headers={"Authorization": f"Bearer {JOIN}"})

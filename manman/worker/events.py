@@ -19,6 +19,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import trio
 
 from manman import errors, models
@@ -34,6 +35,8 @@ log = logging.getLogger("manman.worker.events")
 
 FLUSH_DELAY = 0.2  # a burst of events (a batch of console lines) is one write
 BATCH = 500  # events a heartbeat carries
+BATCH_BYTES = 256 * 1024  # and their JSON at most (but one), well within the host's body limit
+MAX_TEXT = 4096  # a text in an event's data (an error) is cut to this
 MAX_EVENTS = 10000
 MAX_AGE = 7 * 86400.0
 RETRY = 5.0  # a write SQLite refused (a full disk) is tried again after this
@@ -104,6 +107,9 @@ class EventQueue:
                              if k in self._backup_manager.records}
 
     def record(self, server_id: str, event: str, data: dict[str, Any]) -> None:
+        # PostgreSQL's JSON holds no NUL: a game's output may have one
+        data = {k: v[:MAX_TEXT].replace("\x00", "\ufffd") if isinstance(v, str) else v
+                for k, v in data.items()}
         self.seq += 1
         self._unsaved.append(models.WorkerEvent(seq=self.seq, at=time.time(), event=event,
                                                 server_id=server_id, data=data))
@@ -168,7 +174,13 @@ class EventQueue:
 
     def batch(self) -> list[models.WorkerEvent]:
         """The oldest saved events the host has not acknowledged, for a heartbeat."""
-        out = list(itertools.islice(self._saved, BATCH))
+        out: list[models.WorkerEvent] = []
+        size = 0
+        for e in itertools.islice(self._saved, BATCH):
+            size += len(_encode(e))
+            if out and size > BATCH_BYTES:
+                break
+            out.append(e)
         self._hurry = False
         if out:
             self._sent = max(self._sent, out[-1].seq)
@@ -205,6 +217,9 @@ class EventQueue:
     def status(self) -> models.EventQueueStatus:
         return models.EventQueueStatus(queued=len(self._saved) + len(self._unsaved),
                                        dropped=self.dropped)
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 def _observed(actor: ServerActor) -> models.ObservedServer:

@@ -161,7 +161,8 @@ class HostLink:
                     # events saved since: sooner than the interval (not while the host is away)
                     await trio.sleep_until(started + EVENT_GAP)
                     await self.events.unsent()
-                await trio.sleep_forever()
+                else:
+                    await trio.sleep_forever()
 
     def heartbeat_body(self, status: models.KnownWorkerStatus | None = None) -> models.Heartbeat:
         actors = list(self.agent.actors.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -50,6 +51,8 @@ class Webhooks:
         self.fleet = fleet
         self.dispatcher = dispatcher
         self._intake: dict[str, trio.Lock] = {}  # by worker: its events in seq order
+        # workers whose last write's outcome is not known: their seq is read back first
+        self._unsure: set[str] = set()
 
     async def load(self) -> None:
         for r in await self.store.fetch("SELECT * FROM webhooks ORDER BY created_at"):
@@ -151,6 +154,15 @@ class Webhooks:
         away: nothing is taken, the worker keeps them and sends them again."""
         lock = self._intake.setdefault(w.id, trio.Lock())
         async with lock:
+            if w.id in self._unsure:
+                try:
+                    held = await self.store.fetch(
+                        "SELECT events_acked FROM workers WHERE id = $1", w.id)
+                except errors.DatabaseUnavailable:
+                    return w.events_acked or 0
+                if held and held[0]["events_acked"] is not None:
+                    w.events_acked = max(w.events_acked or 0, held[0]["events_acked"])
+                self._unsure.discard(w.id)
             acked = w.events_acked or 0
             fresh = sorted((e for e in sent if e.seq > acked), key=lambda e: e.seq)
             if not fresh and w.events_acked is not None:
@@ -176,21 +188,45 @@ class Webhooks:
                     rows.append((f"{hook.rec.id}/{ev.id}", hook.rec.id, body, since))
                     starts.append((hook, ev, since))
             if rows or w.events_acked is None:
+                self._unsure.add(w.id)  # (a COMMIT without an answer, or a cancel)
                 try:
-                    await self.store.write_batch(lambda conn: self._outbox(conn, w.id, top,
-                                                                           rows))
+                    try:
+                        await self.store.write_batch(
+                            lambda conn: self._outbox(conn, w.id, top, rows))
+                    except errors.DatabaseUnavailable:
+                        raise
+                    except Exception:  # one row PostgreSQL refuses must not hold the rest
+                        log.exception("PostgreSQL refused worker %s's events; writing them "
+                                      "one by one", w.id)
+                        refused = await self._one_by_one(w.id, top, rows)
+                        starts = [t for t in starts if f"{t[0].rec.id}/{t[1].id}" not in refused]
                 except errors.DatabaseUnavailable:
                     return acked
-                except Exception as e:  # (a hook deleted meanwhile): sent again, looked at again
-                    log.warning("events of worker %s not taken: %s: %s", w.id,
-                                type(e).__name__, e)
-                    return acked
+                self._unsure.discard(w.id)
             # without a hook that wants them, PostgreSQL keeps only the last seq written: a
             # host that restarts is sent them again and hands them to the hooks it has then
             w.events_acked = top
             for hook, ev, since in starts:
                 self.dispatcher.deliver_stored(hook, ev, since)
             return top
+
+    async def _one_by_one(self, worker_id: str, top: int,
+                          rows: list[tuple[str, str, Any, float]]) -> set[str]:
+        """Each row in its own transaction, then the seq; the ids of those refused (dropped,
+        logged: a hook deleted meanwhile, a body PostgreSQL cannot hold)."""
+        refused = set()
+        for row in rows:
+            try:
+                await self.store.write_batch(partial(self._outbox, worker_id=worker_id, top=0,
+                                                     rows=[row]))
+            except errors.DatabaseUnavailable:
+                raise
+            except Exception as e:
+                refused.add(row[0])
+                log.error("webhook delivery %s dropped: PostgreSQL refused it: %s: %s",
+                          row[0], type(e).__name__, e)
+        await self.store.write_batch(lambda conn: self._outbox(conn, worker_id, top, []))
+        return refused
 
     @staticmethod
     async def _outbox(conn: Any, worker_id: str, top: int,
