@@ -921,12 +921,12 @@ class RemoveServer(Struct, gc=False):
     purge: bool = False
 
 
-class HeartbeatReply(Struct, kw_only=True):
+class HeartbeatReply(Struct, kw_only=True, omit_defaults=True):
     status: WorkerStatus
     servers: list[DesiredServer]
     remove: list[RemoveServer]
     # the highest event seq the host has taken (its webhooks' outbox holds them): the worker
-    # forgets those; null when the heartbeat carried no `events`
+    # forgets those; absent when the heartbeat carried no `events`
     events_acked: int | None = None
 
 

@@ -31,6 +31,7 @@ from tests.conftest import (
     worker_config,
 )
 from tests.receiver import Receiver
+from tests.test_pg_outage import OwnPostgres, db, own_pg, pg  # noqa: F401 (its fixtures)
 
 PLAYERS = {"join": [r"^Player (?P<player>\w+) joined$"],
            "leave": [r"^Player (?P<player>\w+) left$"]}
@@ -116,6 +117,8 @@ async def test_events_while_the_host_is_away_arrive_once_in_order(
         with trio.fail_after(5):  # saved in SQLite within the flush delay
             while (await wapi.get("/status"))["events"]["queued"] < 4:
                 await trio.sleep(0.05)
+        text = (await wapi.request("GET", "/metrics", 200)).text
+        assert "manman_events_queued 4.0" in text and "manman_events_dropped_total 0.0" in text
         assert rx.requests == []
         again = await bg.start(run_host, cfg)
         bodies = await received(rx, "/ok", 4)
@@ -339,7 +342,8 @@ async def test_an_older_worker_still_has_its_events_derived(
         beat: dict[str, Any] = {"status": "alive", "servers": [], "generations": {}}
         if name == "new":
             beat["events"] = []
-        await api.post(f"/worker/{wid}/health", beat, expect=200, headers=auth)
+        reply = await api.post(f"/worker/{wid}/health", beat, expect=200, headers=auth)
+        assert reply.get("events_acked") == (0 if name == "new" else None)
         for state in ("running", "crashed"):
             await api.post(f"/server/{s['id']}/health", {
                 "id": s["id"], "observed_generation": 1, "state": state}, expect=200,
@@ -395,3 +399,41 @@ async def test_the_queue_keeps_its_order_and_bound_across_restarts(
     await q.load()
     assert q.dropped == 5 and q.seq == 8 and [e.seq for e in q.batch()] == [8]
     await store.close()
+
+
+# -- PostgreSQL away: the host takes nothing, the worker keeps them ------------------------
+
+
+async def test_while_postgres_is_down_the_host_takes_no_event(
+        tmp_path: Path, db: str, pg: OwnPostgres,  # noqa: F811 (the fixtures)
+        bg: trio.Nursery) -> None:
+    from manman.host.main import run_host
+
+    rx: Receiver = await bg.start(Receiver().serve)
+    handle = await bg.start(run_host, host_config(tmp_path, db))
+    api = Client(handle.url, ADMIN)
+    try:
+        wid, auth = await _join(api, "pgw")
+        s = await api.post("/server", {"name": "p1", "worker_id": wid,
+                                       "game_id": "exec:/bin/true"}, expect=201)
+        await api.post("/webhook", {"url": rx.url("/ok"), "events": ["server.crashed"]},
+                       expect=201)
+        beat = {"status": "alive", "servers": [], "generations": {},
+                "events": [_ev(1, "server.crashed", s["id"], crashes=1)]}
+        pg.stop()
+        # the heartbeat is answered (from memory), the event not taken: sent again later
+        r = await api.post(f"/worker/{wid}/health", beat, expect=200, headers=auth)
+        assert r["events_acked"] == 0
+        await trio.sleep(0.3)
+        assert rx.requests == []
+        pg.start()
+        with trio.fail_after(15):
+            while (await api.post(f"/worker/{wid}/health", beat, expect=200,
+                                  headers=auth))["events_acked"] != 1:
+                await trio.sleep(0.2)
+        bodies = await received(rx, "/ok", 1)
+        await trio.sleep(0.5)
+        assert len(rx.on("/ok")) == 1 and bodies[0]["id"] == f"{wid}-1"
+    finally:
+        await api.aclose()
+        await stop(handle)
