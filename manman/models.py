@@ -736,10 +736,18 @@ class StatsHistory(Struct):
     points: list[StatsPoint]
 
 
+class EventQueueStatus(Struct):
+    """A joined worker's webhook events (manman.worker.events)."""
+
+    queued: int  # recorded, not acknowledged by the host yet
+    dropped: int  # the oldest, dropped as the queue was over its bound (since it joined)
+
+
 class WorkerRuntimeStatus(Struct):
     status: WorkerStatus
     servers: int
     resources: dict[str, Any]
+    events: EventQueueStatus | None = None  # null: standalone (no host, no webhooks)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -875,6 +883,19 @@ class ObservedServer(Struct, gc=False, forbid_unknown_fields=True, kw_only=True)
 assert set(ServerStatus.__struct_fields__) <= set(ObservedServer.__struct_fields__)
 
 
+MAX_EVENTS_SENT = 1000  # worker events in one heartbeat (a worker sends at most 500)
+
+
+class WorkerEvent(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """A webhook event a worker recorded where it happened (manman.worker.events)."""
+
+    seq: Annotated[int, Meta(ge=1, le=2**63 - 1)]  # the worker's order, never reused
+    at: float  # when it happened, on the worker's clock
+    event: Annotated[str, Meta(max_length=64)]
+    server_id: Annotated[str, Meta(max_length=64)]
+    data: dict[Annotated[str, Meta(max_length=64)], Any]
+
+
 class Heartbeat(Struct, forbid_unknown_fields=True, kw_only=True):
     status: KnownWorkerStatus = "alive"
     servers: Annotated[list[ObservedServer], Meta(max_length=10000)] = msgspec.field(
@@ -882,6 +903,10 @@ class Heartbeat(Struct, forbid_unknown_fields=True, kw_only=True):
     # the generations the worker holds, so the host can answer with only what is missing
     generations: dict[Annotated[str, Meta(max_length=64)], Count] = msgspec.field(
         default_factory=dict)
+    # the oldest events the host has not acknowledged, by seq; a list (empty too) says the
+    # worker records its events: the host derives none from its reports. null: an older
+    # worker, whose events the host derives
+    events: Annotated[list[WorkerEvent], Meta(max_length=MAX_EVENTS_SENT)] | None = None
 
 
 class DesiredServer(Struct, gc=False, kw_only=True):
@@ -896,10 +921,13 @@ class RemoveServer(Struct, gc=False):
     purge: bool = False
 
 
-class HeartbeatReply(Struct, kw_only=True):
+class HeartbeatReply(Struct, kw_only=True, omit_defaults=True):
     status: WorkerStatus
     servers: list[DesiredServer]
     remove: list[RemoveServer]
+    # the highest event seq the host has taken (its webhooks' outbox holds them): the worker
+    # forgets those; absent when the heartbeat carried no `events`
+    events_acked: int | None = None
 
 
 def validation_message(e: msgspec.ValidationError | msgspec.DecodeError) -> str:

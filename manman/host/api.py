@@ -343,7 +343,10 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
                response=models.HeartbeatReply, errors=(410,),
                summary="Heartbeat with observed states; the reply carries missing specs")
     async def heartbeat(who: Principal, worker_id: str, body: models.Heartbeat) -> Response:
-        return json_response(control.heartbeat(worker_id, body))
+        reply = control.heartbeat(worker_id, body)
+        if body.events is not None:  # (a list, empty most of the time: no I/O then)
+            reply.events_acked = await control.take_events(worker_id, body.events)
+        return json_response(reply)
 
     # -- the audit trail ----------------------------------------------------------------
 

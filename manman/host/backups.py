@@ -81,8 +81,8 @@ def add_backup_routes(api: Api, control: HostControl) -> None:
         if any(b.server_id != s.id for b in body.backups):
             raise errors.Invalid("a backup of another server is in the report")
         watcher = control.fleet.watcher
-        if watcher is not None and not watcher.listening:
-            watcher = None  # no hook: the states before need not be read
+        if watcher is not None and not watcher.derives(s):
+            watcher = None  # no hook, or a worker that sends its events: no read
         before: dict[str, str] = {}
         if watcher is not None:  # what ended since the last report is an event (webhooks)
             rows = await control.store.fetch(_STATES, s.id)

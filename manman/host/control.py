@@ -48,6 +48,9 @@ class HostControl:
         self.store = store
         self.fleet = fleet
         self.relay = relay
+        # the webhooks' intake of the events workers send with their heartbeats
+        self.events_sink: Callable[[WorkerRec, list[models.WorkerEvent]],
+                                   Awaitable[int]] | None = None
         self._spec_locks: dict[str, trio.Lock] = {}
         # by worker id: a port check and the save it allows are one step, so two creates or
         # changes at once cannot both take one port (taken before any _spec_locks entry)
@@ -377,6 +380,16 @@ class HostControl:
         if not self.fleet.observe(w, obs):
             raise errors.Forbidden("this server belongs to another worker")
         self.fleet.touch(w)
+
+    async def take_events(self, worker_id: str, events: list[models.WorkerEvent]) -> int:
+        """A heartbeat's webhook events, handed to the webhooks (`events_sink`); the
+        highest seq taken (the worker forgets those)."""
+        w = self.worker(worker_id)
+        if not events and w.events_acked is not None:
+            return w.events_acked  # the heartbeat's usual case: nothing to do
+        if self.events_sink is None:  # no webhooks in this host: nothing to keep them for
+            return max([w.events_acked or 0, *(e.seq for e in events)])
+        return await self.events_sink(w, events)
 
     def heartbeat(self, worker_id: str, hb: models.Heartbeat) -> models.HeartbeatReply:
         """Record a heartbeat (memory only) and answer it; deletes the worker finished are

@@ -46,6 +46,10 @@ class WorkerRec:
     reported: models.KnownWorkerStatus = "alive"
     seen: float | None = None  # monotonic time of the last contact with this host process
     persisted_heartbeat: float = 0.0
+    # the highest seq of its webhook events taken (manman.host.webhooks.service); a worker
+    # that sends events (`sends_events`) has its events derived from its reports no more
+    events_acked: int | None = None
+    sends_events: bool = False
 
 
 @dataclass(eq=False)
@@ -85,8 +89,7 @@ class Watcher(Protocol):
 
     def worker_changed(self, w: WorkerRec, before: str | None, now: str) -> None: ...
 
-    @property
-    def listening(self) -> bool: ...  # False: no event would be sent, derive none
+    def derives(self, s: ServerRec) -> bool: ...  # False: derive none of its events
 
     def backups_changed(self, s: ServerRec, before: dict[str, str],
                         after: list[dict[str, Any]]) -> None: ...
@@ -135,7 +138,9 @@ class Fleet:
                           created_at=r["created_at"], api_url=r["api_url"],
                           address=r["address"], version=r["version"],
                           capacity=dict(r["capacity"] or {}), token_version=r["token_version"],
-                          registered=r["registered"], last_heartbeat=r["last_heartbeat"])
+                          registered=r["registered"], last_heartbeat=r["last_heartbeat"],
+                          events_acked=r["events_acked"],
+                          sends_events=r["events_acked"] is not None)
             if w.last_heartbeat is not None:
                 # a worker that heartbeated just before a host restart is not `unknown` now
                 w.seen = now_mono - max(0.0, now_wall - w.last_heartbeat)
@@ -246,6 +251,8 @@ class Fleet:
         self.heartbeats_received += 1
         self.touch(w)
         w.reported = hb.status
+        if hb.events is not None:  # it records its events: none is derived from now on
+            w.sends_events = True
         for obs in hb.servers:
             self.observe(w, obs)
         return self.reconcile(w, hb.generations)

@@ -93,6 +93,7 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
                 await hooks.load()
                 add_webhook_routes(api, hooks)
                 fleet.watcher = hooks
+                control.events_sink = hooks.take_events
                 await loops.start(hooks.dispatcher.run)
                 await loops.start(control.run, hcfg.flush_interval, stop)
                 loops.start_soon(audit.prune_loop, store, hcfg.audit_days)

@@ -145,6 +145,14 @@ def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]
                        link.heartbeats_sent)
         yield _counter("manman_heartbeats_failed", "Heartbeats the host did not answer",
                        link.heartbeats_failed)
+        if link.events is not None:
+            st = link.events.status()
+            queued = GaugeMetricFamily("manman_events_queued",
+                                       "Webhook events the host has not acknowledged yet")
+            queued.add_metric([], st.queued)
+            yield queued
+            yield _counter("manman_events_dropped",
+                           "Webhook events dropped: the queue was over its bound", st.dropped)
 
 
 UPDATE_AVAILABLE_DOC = "1 when Steam offers a build other than the one installed (steamcmd)"

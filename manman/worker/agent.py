@@ -119,6 +119,8 @@ class WorkerAgent:
         self.purgers: list[Callable[[str], Awaitable[None]]] = []
         # every server's disk use and its limit (manman.worker.disk), once started
         self.disk: DiskWatch | None = None
+        # save what they hold in the store before it closes (the events of the last stops)
+        self.before_close: list[Callable[[], Awaitable[object]]] = []
 
     def add_observer(self, observer: ServerObserver) -> None:
         self._observers.append(observer)
@@ -184,6 +186,8 @@ class WorkerAgent:
             with trio.CancelScope(shield=True):
                 try:
                     await self._last_save()
+                    for save in self.before_close:
+                        await save()
                 finally:
                     # even when the save failed: aiosqlite's thread would keep the process
                     for actor in self.actors.values():

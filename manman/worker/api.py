@@ -33,6 +33,7 @@ from manman.worker.agent import Action, WorkerAgent
 from manman.worker.backups.manager import BackupManager
 from manman.worker.backups.routes import add_backup_routes
 from manman.worker.console.viewer import Disconnect, run_viewer
+from manman.worker.events import EventQueue
 from manman.worker.files.denylist import Denylist
 from manman.worker.files.routes import add_file_routes
 from manman.worker.files.safe import FilesTree
@@ -79,7 +80,8 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
                      catalog: PresetCatalog | None = None,
                      schedules: WorkerSchedules | None = None,
                      backups: BackupManager | None = None,
-                     sampler: StatsSampler | None = None) -> Api:
+                     sampler: StatsSampler | None = None,
+                     events: EventQueue | None = None) -> Api:
     async def authenticate(role: str, params: dict[str, str]) -> Principal:
         token = bearer_token()
         if same_secret(token, secrets.admin_secret):
@@ -121,7 +123,8 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
         if sampler is not None:
             resources.update(sampler.totals())
         return json_response(models.WorkerRuntimeStatus(
-            status=agent.status, servers=len(agent.actors), resources=resources))
+            status=agent.status, servers=len(agent.actors), resources=resources,
+            events=events.status() if events is not None else None))
 
     @api.route("GET", "/healthz", auth="none", response=dict, summary="Liveness")
     async def healthz() -> Response:

@@ -1,5 +1,6 @@
-"""A worker's link to its host: join once, register, heartbeat, report state changes, and
-apply the desired specs the host's replies carry (the pull half of reconciliation)."""
+"""A worker's link to its host: join once, register, heartbeat, report state changes, send
+its webhook events (with the heartbeats; manman.worker.events), and apply the desired specs
+the host's replies carry (the pull half of reconciliation)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from manman.backoff import Backoff
 from manman.config import WorkerConfig
 from manman.worker.actor import ServerActor
 from manman.worker.agent import WorkerAgent
+from manman.worker.events import EventQueue
 
 log = logging.getLogger("manman.worker.hostlink")
+
+EVENT_GAP = 0.2  # new events go out with a heartbeat this soon after the last one
 
 _reply = msgspec.json.Decoder(models.HeartbeatReply).decode
 
@@ -32,9 +36,11 @@ def observed(actor: ServerActor) -> models.ObservedServer:
 class HostLink:
     """The agent's `ServerObserver`: a state change is reported to the host at once."""
 
-    def __init__(self, agent: WorkerAgent, cfg: WorkerConfig) -> None:
+    def __init__(self, agent: WorkerAgent, cfg: WorkerConfig,
+                 events: EventQueue | None = None) -> None:
         self.agent = agent
         self.cfg = cfg
+        self.events = events
         self.http = httpx.AsyncClient(base_url=cfg.host_url.rstrip("/"), timeout=10)
         self.worker_id = ""
         self.token = ""
@@ -149,8 +155,14 @@ class HostLink:
         interval = self.cfg.heartbeat_interval
         while True:
             started = trio.current_time()
-            await self.heartbeat(nursery)
-            await trio.sleep_until(started + interval)
+            answered = await self.heartbeat(nursery)
+            with trio.move_on_at(started + interval):
+                if answered and self.events is not None:
+                    # events saved since: sooner than the interval (not while the host is away)
+                    await trio.sleep_until(started + EVENT_GAP)
+                    await self.events.unsent()
+                else:
+                    await trio.sleep_forever()
 
     def heartbeat_body(self, status: models.KnownWorkerStatus | None = None) -> models.Heartbeat:
         actors = list(self.agent.actors.values())
@@ -158,9 +170,11 @@ class HostLink:
         st = status or ("frozen" if self.agent.status == "frozen" else "alive")
         return models.Heartbeat(status=st,
                                 servers=[observed(a) for a in actors],
-                                generations={a.id: a.generation for a in actors})
+                                generations={a.id: a.generation for a in actors},
+                                events=self.events.batch() if self.events is not None else None)
 
-    async def heartbeat(self, nursery: trio.Nursery) -> None:
+    async def heartbeat(self, nursery: trio.Nursery) -> bool:
+        """One heartbeat; True when the host answered it."""
         try:
             r = await self.http.post(f"/worker/{self.worker_id}/health",
                                      content=msgspec.json.encode(self.heartbeat_body()),
@@ -168,13 +182,13 @@ class HostLink:
         except httpx.HTTPError as e:
             self.heartbeats_failed += 1
             self._error(f"heartbeat: host unreachable ({type(e).__name__})")
-            return
+            return False
         if r.status_code == 410:
             raise Retired()
         if r.status_code != 200:
             self.heartbeats_failed += 1
             self._error(f"heartbeat: host answered {r.status_code} {r.text[:200]}")
-            return
+            return False
         if self.last_error:
             log.info("host reachable again")
             self.last_error = None
@@ -183,8 +197,11 @@ class HostLink:
             reply = _reply(r.content)
         except msgspec.MsgspecError as e:  # a host of another version: keep running
             self._error(f"heartbeat: cannot read the host's answer ({e})")
-            return
+            return False
+        if reply.events_acked is not None and self.events is not None:
+            await self.events.ack(reply.events_acked)
         await self.apply(reply, nursery)
+        return True
 
     async def apply(self, reply: models.HeartbeatReply, nursery: trio.Nursery) -> None:
         """Work towards the host's desired state."""
@@ -292,4 +309,6 @@ class HostLink:
     async def _forget_identity(self) -> None:
         if self.agent.store is not None:
             await self.agent.store.set_meta({"worker_id": None, "worker_token": None})
+            if self.events is not None:
+                await self.events.clear()
 

@@ -88,15 +88,24 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     admin_secret = wcfg.api_token or auth.load_or_create_token(
                         wcfg.data_dir / "api-token")
                 else:
+                    from manman.worker.events import EventQueue
                     from manman.worker.hostlink import HostLink
 
-                    link = HostLink(agent, wcfg)
+                    assert agent.store is not None
+                    # the webhook events, recorded here so that none is lost while the host
+                    # is away; saved before the store closes
+                    events = EventQueue(agent, agent.store)
+                    await events.load(backups)
+                    agent.add_observer(events)
+                    agent.before_close.append(events.flush)
+                    nursery.start_soon(events.run)
+                    link = HostLink(agent, wcfg, events)
                     agent.add_observer(link)
                     admin_secret = await link.identity()
                 metrics.watch(agent, link)
                 secrets = WorkerSecrets(admin_secret)
                 api = build_worker_api(agent, secrets, metrics, catalog, schedules, backups,
-                                       sampler)
+                                       sampler, link.events if link is not None else None)
                 stop_api = trio.Event()
                 url = await nursery.start(partial(serve, header_timeout=wcfg.header_timeout),
                                          api.app, wcfg.listen, stop_api)

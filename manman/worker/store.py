@@ -1,7 +1,8 @@
 """The worker's own state in SQLite (aiosqlite, through the asyncio bridge).
 
 Written on state changes, in batches, never per console line: its identity, the specs it
-runs, each server's last observed status, and what it needs to find a game process again.
+runs, each server's last observed status, what it needs to find a game process again, and
+(joined to a host) the webhook events the host has not acknowledged yet.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import aiosqlite
 import msgspec
 
 from manman import aio, errors
-from manman.models import ServerSpec, ServerStatus
+from manman.models import ServerSpec, ServerStatus, WorkerEvent
 
 # aiosqlite logs every statement with its parameters at DEBUG: the worker token among them
 logging.getLogger("aiosqlite").setLevel(logging.INFO)
@@ -42,6 +43,10 @@ CREATE TABLE IF NOT EXISTS servers (
 CREATE TABLE IF NOT EXISTS backups (
     id TEXT PRIMARY KEY,
     server_id TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
     record TEXT NOT NULL
 );
 """
@@ -190,3 +195,32 @@ class WorkerStore:
     async def load_backups(self) -> list[str]:
         cur = await aio.call(self._conn.execute, "SELECT record FROM backups")
         return [r[0] for r in await aio.call(cur.fetchall)]
+
+    # -- webhook events (manman.worker.events): written in batches, deleted once acknowledged
+
+    async def save_events(self, events: list[WorkerEvent], drop_upto: int,
+                          meta: dict[str, str]) -> None:
+        """New events, the oldest dropped (seq <= drop_upto, the bound) and the queue's
+        counters, in one transaction."""
+        async def statements() -> None:
+            if drop_upto:
+                await aio.call(self._conn.execute, "DELETE FROM events WHERE seq <= ?",
+                               (drop_upto,))
+            await aio.call(self._conn.executemany,
+                           "INSERT OR REPLACE INTO events (seq, record) VALUES (?, ?)",
+                           [(e.seq, _enc(e).decode()) for e in events])
+            await aio.call(self._conn.executemany,
+                           "INSERT INTO meta (key, value) VALUES (?, ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                           list(meta.items()))
+
+        await self._write(statements)
+
+    async def delete_events(self, upto: int) -> None:
+        await self._write(lambda: aio.call(self._conn.execute,
+                                           "DELETE FROM events WHERE seq <= ?", (upto,)))
+
+    async def load_events(self) -> list[WorkerEvent]:
+        cur = await aio.call(self._conn.execute, "SELECT record FROM events ORDER BY seq")
+        return [msgspec.json.decode(r[0], type=WorkerEvent)
+                for r in await aio.call(cur.fetchall)]

@@ -1,10 +1,13 @@
 """Sending events to webhooks: a time-out on each attempt, retries with backoff for up to a
 day, `Retry-After` honoured on 429, at most 5 attempts in flight per hook.
 
-Events come from the heartbeat path (`emit`, no I/O, never blocks) through a bounded queue.
-Each (hook, event) pair is written to the `webhook_outbox` table before its first attempt
-and deleted when it is done, so a host that stops or crashes resumes the deliveries it had
-not finished at its next start; while PostgreSQL is away, deliveries go on from memory.
+Events the host derives come from the heartbeat path (`emit`, no I/O, never blocks) through
+a bounded queue. Each (hook, event) pair is written to the `webhook_outbox` table before its
+first attempt and deleted when it is done, so a host that stops or crashes resumes the
+deliveries it had not finished at its next start; while PostgreSQL is away, deliveries go
+on from memory. The events workers send are written to the outbox by their intake
+(manman.host.webhooks.service) before the worker is told they were taken, then handed here
+(`deliver_stored`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ PENDING_PER_HOOK = 10000  # deliveries a hook may have waiting (a dead receiver'
 DROP_LOG_EVERY = 60.0
 LOG_WRITE_EVERY = 1.0  # the attempts' log goes to PostgreSQL in batches
 RETRIED = frozenset({408, 425, 429, 500, 502, 503, 504})
+ORDER_WAIT = 2.0  # an ordered delivery waits at most this for the one before it
 
 
 class Attempt(msgspec.Struct):
@@ -80,12 +84,42 @@ def retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+class Turns:
+    """First attempts in the order their deliveries were started: the next one's begins
+    when the one before has had its first answer (or ORDER_WAIT passed: a hung receiver
+    does not hold the rest for its whole time-out)."""
+
+    def __init__(self) -> None:
+        self._next = 0  # the ticket the next delivery gets
+        self._serving = 0  # tickets below are done
+        self._done: set[int] = set()
+        self._changed = trio.Event()
+
+    def take(self) -> int:
+        self._next += 1
+        return self._next - 1
+
+    async def wait(self, ticket: int) -> None:
+        with trio.move_on_after(ORDER_WAIT):
+            while self._serving < ticket:
+                await self._changed.wait()
+
+    def done(self, ticket: int) -> None:
+        self._done.add(ticket)
+        while self._serving in self._done:
+            self._done.discard(self._serving)
+            self._serving += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+
 class _Hook:
     def __init__(self, rec: HookRec) -> None:
         self.rec = rec
         self.limiter = trio.CapacityLimiter(IN_FLIGHT)
         self.log: deque[Attempt] = deque(maxlen=LOG_SIZE)
         self.pending = 0
+        self.turns = Turns()  # the events workers send, and those resumed, go in order
 
 
 class Dispatcher:
@@ -128,6 +162,15 @@ class Dispatcher:
         except trio.WouldBlock:
             self._dropped(1)
 
+    def wanting(self, event: str, server_id: str | None) -> list[_Hook]:
+        return [h for h in self.hooks.values() if h.rec.wants(event, server_id)]
+
+    def deliver_stored(self, hook: _Hook, ev: Event, since: float) -> None:
+        """A delivery whose outbox row is written: from now (no I/O); a host not running
+        its deliveries yet resumes it from the outbox at its next start."""
+        if self._nursery is not None and self.hooks.get(hook.rec.id) is hook:
+            self._start(self._nursery, hook, ev, since, stored=True, ordered=True)
+
     def _dropped(self, n: int) -> None:
         self.dropped += n
         now = time.monotonic()
@@ -168,7 +211,7 @@ class Dispatcher:
             hook = self.hooks.get(r["hook_id"])
             if hook is not None:
                 self._start(nursery, hook, msgspec.convert(r["event"], Event),
-                            r["created_at"], stored=True)
+                            r["created_at"], stored=True, ordered=True)
         if rows:
             log.info("resuming %d webhook deliveries from before the last stop", len(rows))
 
@@ -222,12 +265,13 @@ class Dispatcher:
             log.warning("webhook deliveries log: %s: %s", type(e).__name__, e)
 
     def _start(self, nursery: trio.Nursery, hook: _Hook, ev: Event, since: float,
-               stored: bool) -> None:
+               stored: bool, ordered: bool = False) -> None:
         if hook.pending >= PENDING_PER_HOOK:
             self._dropped(1)
             return
         hook.pending += 1
-        nursery.start_soon(self._deliver, hook, ev, since, stored)
+        nursery.start_soon(self._deliver, hook, ev, since, stored,
+                           hook.turns.take() if ordered else None)
 
     async def _quiet(self, sql: str, *args: Any) -> bool:
         try:
@@ -239,10 +283,13 @@ class Dispatcher:
             return False
         return True
 
-    async def _deliver(self, hook: _Hook, ev: Event, since: float, stored: bool) -> None:
+    async def _deliver(self, hook: _Hook, ev: Event, since: float, stored: bool,
+                       turn: int | None = None) -> None:
         key = f"{hook.rec.id}/{ev.id}"
         finished = False  # cancelled (the host stops): the outbox row stays for the next run
         try:
+            if turn is not None:
+                await hook.turns.wait(turn)
             if not stored:
                 stored = await self._quiet(
                     "INSERT INTO webhook_outbox (id, hook_id, event, created_at) VALUES "
@@ -255,6 +302,9 @@ class Dispatcher:
             while self.hooks.get(hook.rec.id) is hook and hook.rec.enabled:
                 n += 1
                 attempt, wait = await self.attempt(hook, ev, n)
+                if turn is not None:  # the next one's first attempt may go
+                    hook.turns.done(turn)
+                    turn = None
                 if attempt.ok or wait is None:
                     break
                 delay = wait if wait > 0 else backoff.next()
@@ -264,6 +314,8 @@ class Dispatcher:
                 await trio.sleep(delay)
             finished = True
         finally:
+            if turn is not None:  # no attempt made (the hook went, or the host stops)
+                hook.turns.done(turn)
             hook.pending -= 1
             if stored and finished:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):

@@ -1,13 +1,19 @@
 """The host's webhooks: kept in PostgreSQL (the `webhooks` table) and memory, told of the
-fleet's changes (as its Watcher), and their routes."""
+fleet's changes (as its Watcher), the intake of the events workers send, and their routes.
+
+A worker that sends its events (every worker of this version: manman.worker.events) has none
+derived from its reports; for an older one the host derives them (manman.events)."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
+from functools import partial
 from typing import Any
 
 import msgspec
+import trio
 from quart import Response
 
 from manman import errors, models
@@ -25,8 +31,11 @@ from manman.host.webhooks.model import (
     check_url,
     hook_of,
 )
+from manman.host.webhooks.payloads import Event
 from manman.http.app import Api, json_response
 from manman.http.auth import Principal
+
+log = logging.getLogger("manman.host.webhooks")
 
 MAX_HOOKS = 1000
 
@@ -41,6 +50,9 @@ class Webhooks:
         self.store = store
         self.fleet = fleet
         self.dispatcher = dispatcher
+        self._intake: dict[str, trio.Lock] = {}  # by worker: its events in seq order
+        # workers whose last write's outcome is not known: their seq is read back first
+        self._unsure: set[str] = set()
 
     async def load(self) -> None:
         for r in await self.store.fetch("SELECT * FROM webhooks ORDER BY created_at"):
@@ -109,19 +121,20 @@ class Webhooks:
 
     # -- the fleet's Watcher: the heartbeat path, no I/O -------------------------------------
 
-    @property
-    def listening(self) -> bool:
-        """Some hook exists: deriving events is worth its cost."""
-        return bool(self.dispatcher.hooks)
+    def derives(self, s: ServerRec) -> bool:
+        """Its events are derived from its worker's reports: some hook listens, and the
+        worker sends none itself (an older one)."""
+        w = self.fleet.workers.get(s.worker_id)
+        return bool(self.dispatcher.hooks) and not (w is not None and w.sends_events)
 
     def server_changed(self, s: ServerRec, before: models.ObservedServer | None,
                        after: models.ObservedServer) -> None:
-        if self.listening:
+        if self.derives(s):
             self._emit(s, events.server_events(before, after))
 
     def backups_changed(self, s: ServerRec, before: dict[str, str],
                         after: list[dict[str, Any]]) -> None:
-        if self.listening:
+        if self.derives(s):
             self._emit(s, events.backup_events(before, after))
 
     def _emit(self, s: ServerRec, derived: list[events.Derived]) -> None:
@@ -130,6 +143,105 @@ class Webhooks:
             data = models.redact(data, s.spec.secret_values)
             self.dispatcher.emit(event, data, server={"id": s.id, "name": s.name,
                                                       "worker_id": s.worker_id})
+
+    # -- the events workers send with their heartbeats --------------------------------------
+
+    async def take_events(self, w: WorkerRec, sent: list[models.WorkerEvent]) -> int:
+        """Write each (hook, event) a hook wants to the outbox and the worker's highest seq,
+        in one transaction; then deliver them. Returns the highest seq taken: the worker
+        forgets those. An event sent again (its seq taken already) is skipped, and its
+        outbox rows are keyed by (hook, worker, seq): none is delivered twice. PostgreSQL
+        away: nothing is taken, the worker keeps them and sends them again."""
+        lock = self._intake.setdefault(w.id, trio.Lock())
+        async with lock:
+            if w.id in self._unsure:
+                if not self.store.health.up:
+                    return w.events_acked or 0
+                try:
+                    held = await self.store.fetch(
+                        "SELECT events_acked FROM workers WHERE id = $1", w.id)
+                except errors.DatabaseUnavailable:
+                    return w.events_acked or 0
+                if held and held[0]["events_acked"] is not None:
+                    w.events_acked = max(w.events_acked or 0, held[0]["events_acked"])
+                self._unsure.discard(w.id)
+            acked = w.events_acked or 0
+            fresh = sorted((e for e in sent if e.seq > acked), key=lambda e: e.seq)
+            if not fresh and w.events_acked is not None:
+                return acked
+            top = max([acked, *(e.seq for e in fresh)])
+            now = time.time()
+            rows: list[tuple[str, str, Any, float]] = []
+            starts: list[tuple[Any, Event, float]] = []
+            for i, e in enumerate(fresh):
+                s = self.fleet.servers.get(e.server_id)
+                if s is None or s.worker_id != w.id or e.event not in events.SERVER_SIDE:
+                    continue  # a server deleted since, or an event this host does not know
+                hooks = self.dispatcher.wanting(e.event, s.id)
+                if not hooks:
+                    continue
+                # an error may quote the command line: a preset's secret never leaves
+                ev = Event(f"{w.id}-{e.seq}", e.event, e.at,
+                           models.redact(e.data, s.spec.secret_values),
+                           server={"id": s.id, "name": s.name, "worker_id": w.id})
+                since = now + i * 1e-6  # the outbox resumes them in this order
+                body = msgspec.to_builtins(ev)
+                for hook in hooks:
+                    rows.append((f"{hook.rec.id}/{ev.id}", hook.rec.id, body, since))
+                    starts.append((hook, ev, since))
+            if rows or w.events_acked is None:
+                if not self.store.health.up:
+                    return acked  # no heartbeat waits for a database known to be away
+                self._unsure.add(w.id)  # (a COMMIT without an answer, or a cancel)
+                try:
+                    try:
+                        await self.store.write_batch(
+                            lambda conn: self._outbox(conn, w.id, top, rows))
+                    except errors.DatabaseUnavailable:
+                        raise
+                    except Exception:  # one row PostgreSQL refuses must not hold the rest
+                        log.exception("PostgreSQL refused worker %s's events; writing them "
+                                      "one by one", w.id)
+                        refused = await self._one_by_one(w.id, top, rows)
+                        starts = [t for t in starts if f"{t[0].rec.id}/{t[1].id}" not in refused]
+                except errors.DatabaseUnavailable:
+                    return acked
+                self._unsure.discard(w.id)
+            # without a hook that wants them, PostgreSQL keeps only the last seq written: a
+            # host that restarts is sent them again and hands them to the hooks it has then
+            w.events_acked = top
+            for hook, ev, since in starts:
+                self.dispatcher.deliver_stored(hook, ev, since)
+            return top
+
+    async def _one_by_one(self, worker_id: str, top: int,
+                          rows: list[tuple[str, str, Any, float]]) -> set[str]:
+        """Each row in its own transaction, then the seq; the ids of those refused (dropped,
+        logged: a hook deleted meanwhile, a body PostgreSQL cannot hold)."""
+        refused = set()
+        for row in rows:
+            try:
+                await self.store.write_batch(partial(self._outbox, worker_id=worker_id, top=0,
+                                                     rows=[row]))
+            except errors.DatabaseUnavailable:
+                raise
+            except Exception as e:
+                refused.add(row[0])
+                log.error("webhook delivery %s dropped: PostgreSQL refused it: %s: %s",
+                          row[0], type(e).__name__, e)
+        await self.store.write_batch(lambda conn: self._outbox(conn, worker_id, top, []))
+        return refused
+
+    @staticmethod
+    async def _outbox(conn: Any, worker_id: str, top: int,
+                      rows: list[tuple[str, str, Any, float]]) -> None:
+        if rows:
+            await conn.executemany(
+                "INSERT INTO webhook_outbox (id, hook_id, event, created_at) VALUES "
+                "($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING", rows)
+        await conn.execute(
+            "UPDATE workers SET events_acked = GREATEST(COALESCE(events_acked, 0), $2) "
+            "WHERE id = $1", worker_id, top)
 
     def worker_changed(self, w: WorkerRec, before: str | None, now: str) -> None:
         event = events.worker_event(before, now)
