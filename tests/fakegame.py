@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A fake game server for the tests: a real process with a game-like console.
 
-stdin commands: `say X` → "said: X"; `echo X` → X; `err X` → X on stderr; `quit` (`stop`,
+stdin commands: `say X` → "said: X"; `echo X` → X; `lines A|B` → A and B in one write;
+`err X` → X on stderr; `quit` (`stop`,
 `exit`) → exits 0 (unless --ignore-stop); `crash [N]` → exits N (3); `flood N` → N numbered
 lines at full speed; `pace N RATE` → N lines at RATE/s; `hang` → stops answering; `spawn` →
 starts a child that sleeps (tests group kill); `pid` → prints its pid and its child's;
@@ -100,6 +101,8 @@ for raw in sys.stdin:
         say(f"said: {rest}")
     elif cmd == "echo":
         say(rest)
+    elif cmd == "lines":  # lines A|B|C: several lines in one write (one read for the worker)
+        say("\n".join(rest.split("|")))
     elif cmd == "err":
         say(rest, sys.stderr)
     elif cmd in ("quit", "stop", "exit"):  # the stop commands of the shipped presets

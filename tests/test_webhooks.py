@@ -95,6 +95,12 @@ def test_payloads_in_each_kind() -> None:
     s = json.loads(payloads.render("slack", ev, None)[0])
     assert s["text"] == "server mc_@everyone crashed"
     assert s["blocks"][0]["text"]["type"] == "mrkdwn"
+    joined = payloads.Event("e2", "player.joined", 0, {"player": "*alice*", "players": 3},
+                            server={"id": "s1", "name": "mc1", "worker_id": "w"})
+    assert json.loads(payloads.render("discord", joined, None)[0])["content"] == \
+        "server mc1 \\*alice\\* joined"  # a name is text, not markdown
+    assert json.loads(payloads.render("slack", joined, None)[0])["text"] == \
+        "server mc1 *alice* joined"
     assert retry_after("3", 0) == 3.0
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == 10.0
     assert retry_after("soon", 0) is None

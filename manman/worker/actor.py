@@ -81,6 +81,9 @@ class ActorHooks:
     # before each start: why the server may not start yet (a restore under way), or None;
     # the start waits, `starting` with that error, until `wake_launch` or a retry finds none
     hold: Callable[[ServerActor], str | None] | None = None
+    # players who joined or left, by name, from the player patterns (in order; how many more
+    # a flood had; the count after), before the count they changed is reported
+    players: Callable[[ServerActor, list[tuple[str, str, int]], int, int], None] | None = None
 
 
 class ServerActor:
@@ -462,6 +465,8 @@ class ServerActor:
         for text in lines:
             changed |= feed(text)
         if changed:  # one report per batch of lines, not per join
+            if self.hooks.players is not None:  # each by name (a join and leave in one batch)
+                self.hooks.players(self, *counter.take_changes(), counter.count)
             self._apply(self.machine.players_counted(run.id, counter.count, self._now()))
 
     async def _query_prober(self, run: Run, spec: ServerSpec, scope: trio.CancelScope) -> None:

@@ -436,7 +436,8 @@ class WorkerAgent:
                              installed=self._installs.install_finished
                              if self._installs is not None else None,
                              reported=self._reported,
-                             ports=self._launch_ports, hold=self._held),
+                             ports=self._launch_ports, hold=self._held,
+                             players=self._players),
             status=stored.status, installed=stored.installed, crash_times=stored.crash_times,
             desired=stored.desired_state, builds=how.builds,
             update_min_interval=self.cfg.update_check_min_interval)
@@ -558,6 +559,13 @@ class WorkerAgent:
         self._mark_dirty(actor)
         for observer in self._observers:
             observer.server_changed(actor)
+
+    def _players(self, actor: ServerActor, changes: list[tuple[str, str, int]],
+                 unnamed: int, count: int) -> None:
+        for observer in self._observers:
+            told = getattr(observer, "players_changed", None)  # only the event queue asks
+            if told is not None:
+                told(actor, changes, unnamed, count)
 
     def _reported(self, actor: ServerActor) -> None:
         """Observed data that is not saved (the query's answer): the host hears of it."""

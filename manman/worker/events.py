@@ -23,7 +23,8 @@ import msgspec
 import trio
 
 from manman import errors, models
-from manman.events import backup_events, server_events
+from manman.events import PLAYER_EVENTS, backup_events, server_events
+from manman.worker.machine import counts_players
 from manman.worker.store import WorkerStore
 
 if TYPE_CHECKING:
@@ -89,8 +90,21 @@ class EventQueue:
         now = _observed(actor)
         before = self._last.get(actor.id)
         self._last[actor.id] = now
+        named = counts_players(actor.spec)  # player events come by name (players_changed)
         for event, data in server_events(before, now):
-            self.record(actor.id, event, data)
+            if not (named and event in PLAYER_EVENTS):
+                self.record(actor.id, event, data)
+
+    def players_changed(self, actor: ServerActor, changes: list[tuple[str, str, int]],
+                        unnamed: int, count: int) -> None:
+        """Joins and leaves seen in the console, each with the player's name; a flood past
+        what is named is one event with the change of the count."""
+        for kind, name, players in changes:
+            self.record(actor.id, f"player.{kind}", {"player": name, "players": players})
+        # (unnamed ones come only after MAX_CHANGES named ones: `changes` is not empty)
+        if unnamed and changes and (change := count - changes[-1][2]):
+            self.record(actor.id, "player.joined" if change > 0 else "player.left",
+                        {"players": count, "change": change})
 
     def backups_changed(self, server_id: str) -> None:
         if self._backup_manager is None:

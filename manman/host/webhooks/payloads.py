@@ -48,6 +48,9 @@ _TITLES = {"server.ready": "is ready", "server.stopped": "stopped",
 def summary(ev: Event) -> str:
     """One line for a person: `server mc1 crashed`."""
     what = _TITLES.get(ev.event, ev.event)
+    player = ev.data.get("player")
+    if isinstance(player, str) and ev.event in ("player.joined", "player.left"):
+        what = f"{player[:64]} {ev.event.removeprefix('player.')}"  # `mc1 Alice joined`
     if ev.server is not None:
         return f"server {ev.server.get('name', ev.server.get('id'))} {what}"
     if ev.worker is not None:

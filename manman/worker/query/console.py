@@ -13,6 +13,9 @@ MAX_TRACKED = 4096
 # a longer "name" is not a player's (games cap theirs far below) but a chat line a loose
 # pattern caught: not tracked, so memory stays under MAX_TRACKED * MAX_NAME
 MAX_NAME = 256
+# joins and leaves kept by name between two `take_changes` (a batch of console lines); a
+# flood beyond is still counted, only not named one by one
+MAX_CHANGES = 100
 
 
 def _compile(patterns: Sequence[str], kind: str) -> tuple[re.Pattern[str], ...]:
@@ -34,13 +37,29 @@ class PlayerCounter:
     leave of someone never seen, changes nothing. Each pattern has a `(?P<player>…)` group.
     A new counter (one per run of the game) starts at zero."""
 
-    __slots__ = ("_join", "_leave", "_names", "changed_at")
+    __slots__ = ("_join", "_leave", "_names", "changed_at", "changes", "unnamed")
 
     def __init__(self, join: Sequence[str], leave: Sequence[str]) -> None:
         self._join = _compile(join, "join")
         self._leave = _compile(leave, "leave")
         self._names: set[str] = set()
         self.changed_at = 0.0
+        # ("joined" | "left", name, players after it), in order, since the last take
+        self.changes: list[tuple[str, str, int]] = []
+        self.unnamed = 0  # changes beyond MAX_CHANGES since the last take
+
+    def _changed(self, kind: str, name: str) -> None:
+        self.changed_at = time.time()
+        if len(self.changes) < MAX_CHANGES:
+            self.changes.append((kind, name, len(self._names)))
+        else:
+            self.unnamed += 1
+
+    def take_changes(self) -> tuple[list[tuple[str, str, int]], int]:
+        """The joins and leaves by name since the last take, and how many more there were."""
+        out, unnamed = self.changes, self.unnamed
+        self.changes, self.unnamed = [], 0
+        return out, unnamed
 
     @property
     def count(self) -> int:
@@ -56,7 +75,7 @@ class PlayerCounter:
                         or len(self._names) >= MAX_TRACKED:
                     return False
                 self._names.add(name)
-                self.changed_at = time.time()
+                self._changed("joined", name)
                 return True
         for rx in self._leave:
             m = rx.search(line)
@@ -65,7 +84,7 @@ class PlayerCounter:
                 if name not in self._names:
                     return False
                 self._names.discard(name)
-                self.changed_at = time.time()
+                self._changed("left", name)
                 return True
         return False
 
