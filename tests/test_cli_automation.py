@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import trio
 
@@ -61,3 +62,40 @@ async def test_webhook_verbs_and_the_audit_of_them(host: RunningHost, bg: trio.N
     assert entries[0]["at"] >= started and entries[0]["actor"] == "admin"
     r = await manman(host, "audit", "--since", "soon")
     assert r.returncode == 1 and b"--since soon" in r.stderr
+
+
+async def test_webhook_enable_disable_deliveries_and_a_secret_from_a_file(
+        host: RunningHost, bg: trio.Nursery, tmp_path: Path) -> None:
+    import hashlib
+    import hmac
+
+    rx: Receiver = await bg.start(Receiver().serve)
+    (tmp_path / "secret").write_text("from-a-file\n")
+    r = await manman(host, "webhook", "add", rx.url("/ok"), "--event", "server.crashed",
+                     "--secret-file", str(tmp_path / "secret"))
+    assert r.returncode == 0, r.stderr
+    hook_id = out(r).strip()
+    r = await manman(host, "webhook", "test", hook_id)
+    assert r.returncode == 0, r.stderr
+    sent = rx.on("/ok")[0]
+    assert sent.headers["x-manman-signature"] == "sha256=" + hmac.new(
+        b"from-a-file", sent.body, hashlib.sha256).hexdigest()
+    r = await manman(host, "webhook", "disable", hook_id)
+    assert r.returncode == 0 and out(r).strip() == f"webhook {hook_id} disabled", r.stderr
+    assert (await host.api.get(f"/webhook/{hook_id}"))["enabled"] is False
+    host.handle.webhooks.dispatcher.emit("server.crashed", {"n": 1},
+                                         server={"id": "s", "name": "x", "worker_id": "w"})
+    await trio.sleep(0.5)
+    assert len(rx.on("/ok")) == 1  # disabled: nothing more sent
+    r = await manman(host, "webhook", "enable", hook_id)
+    assert r.returncode == 0 and out(r).strip() == f"webhook {hook_id} enabled", r.stderr
+    r = await manman(host, "webhook", "deliveries", hook_id)
+    assert r.returncode == 0, r.stderr
+    header, *rows = out(r).splitlines()
+    assert header.split()[:4] == ["TIME", "EVENT", "ID", "TRY"]
+    assert len(rows) == 1 and "webhook.test" in rows[0] and " ok " in rows[0]
+    r = await manman(host, "webhook", "add", rx.url("/ok"), "--event", "server.crashed",
+                     "--secret", "x", "--secret-file", "-")
+    assert r.returncode == 1 and b"not both" in r.stderr
+    r = await manman(host, "webhook", "disable", "nope")
+    assert r.returncode == 1 and b"404" in r.stderr

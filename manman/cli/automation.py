@@ -1,4 +1,5 @@
-"""`manman audit` (the host's audit trail) and `manman webhook ls|add|rm|test`."""
+"""`manman audit` (the host's audit trail) and `manman webhook
+ls|add|rm|test|enable|disable|deliveries`."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def add_automation_commands(sub: argparse._SubParsersAction, common: argparse.Ar
                    help="an event (repeat): server.crashed, worker.expired, ...")
     v.add_argument("--server", help="only this server's events (id or name)")
     v.add_argument("--secret", help="signs a generic hook's bodies")
+    v.add_argument("--secret-file", metavar="PATH",
+                   help="the secret from a file, - for stdin (kept out of ps)")
     v.add_argument("--disabled", action="store_true")
     v.set_defaults(func=run(cmd_webhook_add))
     v = verbs.add_parser("rm", parents=[verb_common, out], help="delete a webhook")
@@ -55,6 +58,15 @@ def add_automation_commands(sub: argparse._SubParsersAction, common: argparse.Ar
     v = verbs.add_parser("test", parents=[verb_common, out], help="send a test event now")
     v.add_argument("id")
     v.set_defaults(func=run(cmd_webhook_test))
+    for verb, enabled in (("enable", True), ("disable", False)):
+        v = verbs.add_parser(verb, parents=[verb_common, out],
+                             help="send its events again" if enabled else "send it nothing")
+        v.add_argument("id")
+        v.set_defaults(func=run(cmd_webhook_enable), enabled=enabled)
+    v = verbs.add_parser("deliveries", parents=[verb_common, out],
+                         help="its last attempts (newest first), with status and latency")
+    v.add_argument("id")
+    v.set_defaults(func=run(cmd_webhook_deliveries))
 
 
 def _when(at: float) -> str:
@@ -111,8 +123,14 @@ def cmd_webhook_add(args: argparse.Namespace, api: HostClient) -> int:
                             "enabled": not args.disabled}
     if args.server:
         body["server_id"] = api.server(args.server)["id"]
+    if args.secret and args.secret_file:
+        raise ClientError("give --secret or --secret-file, not both")
     if args.secret:
         body["secret"] = args.secret
+    elif args.secret_file:
+        from manman.cli.verbs import read_value_file
+
+        body["secret"] = read_value_file("--secret-file", args.secret_file)
     hook = api.call("POST", "/webhook", json=body)
     print(json.dumps(hook, indent=2) if args.json else hook["id"])
     return 0
@@ -133,3 +151,25 @@ def cmd_webhook_test(args: argparse.Namespace, api: HostClient) -> int:
     status = result["status"] if result["status"] is not None else result["error"]
     print(f"{'ok' if result['ok'] else 'failed'}: {status} in {result['latency_ms']:.0f} ms")
     return 0 if result["ok"] else 1
+
+
+def cmd_webhook_enable(args: argparse.Namespace, api: HostClient) -> int:
+    hook = api.call("PUT", f"/webhook/{args.id}", json={"enabled": args.enabled})
+    print(json.dumps(hook, indent=2) if args.json else
+          f"webhook {hook['id']} {'enabled' if hook['enabled'] else 'disabled'}")
+    return 0
+
+
+def cmd_webhook_deliveries(args: argparse.Namespace, api: HostClient) -> int:
+    attempts = api.call("GET", f"/webhook/{args.id}/deliveries")["deliveries"]
+    if args.json:
+        print(json.dumps(attempts, indent=2))
+        return 0
+    _table([[_when(a["at"]), a["event"], a["event_id"], str(a["attempt"]),
+             "ok" if a["ok"] else "failed",
+             str(a["status"]) if a["status"] is not None else "-",
+             f"{a['latency_ms']:.0f} ms",
+             _when(a["next_attempt_at"]) if a["next_attempt_at"] else "-",
+             (a["error"] or "")[:60]] for a in attempts],
+           ["time", "event", "id", "try", "result", "status", "latency", "retry at", "error"])
+    return 0

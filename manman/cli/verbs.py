@@ -302,8 +302,9 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
     return out
 
 
-def _read_var(name: str, path: str) -> str:
-    """A variable's value from a file or stdin, without its final line break."""
+def read_value_file(flag: str, path: str) -> str:
+    """A value (a password) from a file or stdin, without its final line break; `flag`
+    names it in an error."""
     try:
         if path == "-":
             text = sys.stdin.read(MAX_VAR_FILE + 1)
@@ -311,10 +312,10 @@ def _read_var(name: str, path: str) -> str:
             with open(path, encoding="utf-8") as f:
                 text = f.read(MAX_VAR_FILE + 1)
     except (OSError, UnicodeDecodeError) as e:
-        raise ClientError(f"--var-file {name}: cannot read {path[:200]}: "
+        raise ClientError(f"{flag}: cannot read {path[:200]}: "
                           f"{getattr(e, 'strerror', None) or e}") from None
     if len(text) > MAX_VAR_FILE:
-        raise ClientError(f"--var-file {name}: over {MAX_VAR_FILE} characters")
+        raise ClientError(f"{flag}: over {MAX_VAR_FILE} characters")
     return text.removesuffix("\n").removesuffix("\r")
 
 
@@ -327,7 +328,7 @@ def _preset_request(args: argparse.Namespace, spec: dict[str, Any]) -> None:
     spec["preset"] = args.preset
     spec["vars"] = _pairs(args.vars, "--var")  # the host checks each against its type
     for name, path in _pairs(args.var_files, "--var-file").items():
-        spec["vars"][name] = _read_var(name, path)
+        spec["vars"][name] = read_value_file(f"--var-file {name}", path)
     ports: dict[str, int | str] = {}
     for name, value in _pairs(args.ports, "--port").items():
         if value != "auto" and not value.isdigit():
