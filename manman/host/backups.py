@@ -89,6 +89,7 @@ def add_backup_routes(api: Api, control: HostControl) -> None:
             before = {r["id"]: r["state"] for r in rows}
         await control.store.execute(_REPLACE, s.id, body.backups, time.time(),
                                     what="the backup list")
+        control.last_backups.reported(s.id, body.backups)
         if watcher is not None:
             watcher.backups_changed(s, before, msgspec.to_builtins(body.backups))
         return json_response(Ack(True))
