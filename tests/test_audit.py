@@ -165,3 +165,121 @@ async def test_a_preset_secret_is_not_in_the_audit(host: RunningHost, hosted: An
             await trio.sleep(0.1)
     text = json.dumps(rows)
     assert "hunter2" not in text and "say ws" in text and "say " in text, text
+
+
+async def test_backup_schedule_file_and_webhook_calls_name_what_they_changed(
+        host: RunningHost, hosted: Any) -> None:
+    """Each call through the host is a row with its action and a detail naming the file,
+    the new id, the hook's URL (never its secret, credentials nor a file's content); and
+    `manman audit --server S` shows only that server's rows."""
+    from tests.test_cli import manman, out
+
+    started = time.time()
+    w = await hosted("wd")
+    api = host.api
+    wid = w.handle.link.worker_id
+    s = await api.post("/server", fake_spec("fa", worker_id=wid), expect=201)
+    other = await api.post("/server", fake_spec("fb", worker_id=wid), expect=201)
+    await w.api.wait_for(s["id"])
+    await api.post("/server/fa/files/mkdir", {"path": "mods"}, expect=200)
+    await api.request("PUT", "/server/fa/files/content", 200,
+                      params={"path": "mods/level.dat?x"}, content=b"CONTENT-NOT-LOGGED")
+    await api.post("/server/fa/files/rename", {"from": "mods/level.dat?x", "to": "lvl.dat"},
+                   expect=200)
+    await api.post("/server/fa/files/delete", {"path": "../../etc/passwd"}, expect=422)
+    await api.post("/server/fa/files/archive", {"to": "a.zip", "paths": [
+        "lvl.dat", "mods", "lvl.dat", "mods", "x" * 500]}, expect=None)
+    await api.post("/server/fa/files/delete", {"path": "lvl.dat"}, expect=200)
+    b = await api.post("/server/fa/backup", {"name": "nightly"}, expect=202)
+    with trio.fail_after(15):
+        while (await api.get(f"/server/fa/backup/{b['id']}"))["state"] != "ok":
+            await trio.sleep(0.05)
+    await api.request("PUT", f"/server/fa/backup/{b['id']}", 200, json={"locked": True})
+    await api.post(f"/server/fa/backup/{b['id']}/restore", {"truncate": True}, expect=200)
+    await api.request("DELETE", f"/server/fa/backup/{b['id']}", 409)  # locked
+    sch = await api.post("/server/fa/schedule", {"cron": "0 4 * * *", "tasks": [
+        {"action": "notify", "payload": "hi"}]}, expect=201)
+    run = await api.post(f"/server/fa/schedule/{sch['id']}/run", expect=202)
+    await api.request("DELETE", f"/server/fa/schedule/{sch['id']}", 200)
+    await api.post("/server/fb/files/mkdir", {"path": "elsewhere"}, expect=200)
+    hook = await api.post("/webhook", {
+        "url": "http://user:pw@127.0.0.1:9/hook/path?token=QUERY-SECRET#frag",
+        "events": ["server.ready"], "secret": "SIGNING-SECRET"}, expect=201)
+    await api.request("PUT", f"/webhook/{hook['id']}", 200, json={
+        "url": "http://127.0.0.1:9/api/webhooks/1/DISCORD-TOKEN", "kind": "discord"})
+    await api.request("DELETE", f"/webhook/{hook['id']}", 200)
+
+    rows = list(reversed((await api.get(f"/audit?since={started}&limit=1000"))["entries"]))
+    got = [(e["action"], e["status"], json.loads(e["detail"]) if e["detail"] else None)
+           for e in rows if e["action"] not in ("worker.join", "worker.register",
+                                                 "server.create")]
+    assert got == [
+        ("server.files.mkdir", 200, {"path": "mods"}),
+        ("server.files.content.update", 200, {"path": "mods/level.dat?x", "bytes": 18}),
+        ("server.files.rename", 200, {"from": "mods/level.dat?x", "to": "lvl.dat"}),
+        ("server.files.delete", 422, {"path": "../../etc/passwd"}),
+        ("server.files.archive", got[4][1], {"to": "a.zip", "paths": [
+            "lvl.dat", "mods", "lvl.dat", "\u2026 2 more"]}),
+        ("server.files.delete", 200, {"path": "lvl.dat"}),
+        ("server.backup.create", 202, {"backup": b["id"], "name": "nightly", "locked": False}),
+        ("server.backup.update", 200, {"backup": b["id"], "locked": True}),
+        ("server.backup.restore", 200, {"backup": b["id"], "truncate": True}),
+        ("server.backup.delete", 409, {"backup": b["id"]}),
+        ("server.schedule.create", 201, {"schedule": sch["id"], "cron": "0 4 * * *"}),
+        ("server.schedule.run", 202, {"schedule": sch["id"], "run": run["id"]}),
+        ("server.schedule.delete", 200, {"schedule": sch["id"]}),
+        ("server.files.mkdir", 200, {"path": "elsewhere"}),
+        ("webhook.create", 201, {"webhook": hook["id"], "url": "http://127.0.0.1:9/hook/path",
+                                 "kind": "generic"}),
+        ("webhook.update", 200, {"webhook": hook["id"], "fields": ["url", "kind"],
+                                 "url": "http://127.0.0.1:9/\u2026"}),
+        ("webhook.delete", 200, None)], got
+    text = json.dumps(rows)
+    for secret in ("CONTENT-NOT-LOGGED", "QUERY-SECRET", "SIGNING-SECRET", "DISCORD-TOKEN",
+                   "pw@", "frag"):
+        assert secret not in text, secret
+    assert all(len(e["detail"] or "") <= audit.MAX_TEXT for e in rows)
+    by_server = {e["action"]: e["server_id"] for e in rows if e["action"].startswith("server.")}
+    assert by_server["server.backup.create"] == s["id"]
+
+    # the CLI: --server, by name, only its rows
+    r = await manman(host, "audit", "--server", "fb", "--json")
+    assert r.returncode == 0, r.stderr
+    mine = json.loads(out(r))
+    assert [(e["action"], e["server_id"]) for e in mine] == [
+        ("server.files.mkdir", other["id"]), ("server.create", other["id"])]
+    r = await manman(host, "audit", "--server", "fa")
+    lines = out(r).splitlines()
+    assert len(lines) == 1 + 14 and "server.files.mkdir" in lines[-2]
+    assert '"path":"mods"' in lines[-2] and "elsewhere" not in out(r)
+
+
+async def test_the_prune_loop_prunes_at_its_start_and_then_again(host: RunningHost) -> None:
+    store = host.control.store
+    now = time.time()
+
+    async def old(name: str) -> None:
+        await store.execute("INSERT INTO audit (id, at, actor, action) VALUES ($1, $2, "
+                            "'admin', 'server.create')", name, now - 10 * 86400)
+
+    async def left() -> list[str]:
+        return [r["id"] for r in await store.fetch(
+            "SELECT id FROM audit WHERE id LIKE 'loop%' ORDER BY id")]
+
+    await old("loop-a")
+    await store.execute("INSERT INTO audit (id, at, actor, action) VALUES ('loop-new', $1, "
+                        "'admin', 'server.create')", now)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(audit.prune_loop, store, 5, 0.2)
+        with trio.fail_after(5):
+            while "loop-a" in await left():
+                await trio.sleep(0.02)
+        await old("loop-b")  # after the first round: the next one takes it
+        with trio.fail_after(5):
+            while "loop-b" in await left():
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    assert await left() == ["loop-new"]
+    # 0 days: kept forever, the loop returns at once
+    with trio.fail_after(1):
+        await audit.prune_loop(store, 0, 0.01)

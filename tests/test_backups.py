@@ -699,3 +699,24 @@ async def test_backup_progress_on_a_terminal(host: RunningHost, hosted: Any) -> 
         [PYTHON, "-m", "manman", "backup", "restore", "--host-url", host.url, "--token",
          ADMIN, "p", done["id"]])
     assert code == 0 and f"restored paced ({done['id']})" in drawn, drawn
+
+
+async def test_stop_during_leaves_a_server_that_was_not_running_stopped(worker: Worker
+                                                                        ) -> None:
+    api = worker.api
+    await api.post("/server", fake_spec("g", backup={"stop_during": True}), expect=201)
+    await put(api, "g", "world.dat", b"w" * 1000)
+    before = await api.get("/server/g")
+    assert before["state"] in ("created", "stopped") and before["pid"] is None
+    b = await backup(api, "g")
+    assert b["bytes"] > 0
+    await trio.sleep(0.5)  # a start after the backup would have begun by now
+    after = await api.get("/server/g")
+    assert after["state"] == before["state"] and after["pid"] is None, after
+    assert after["started_at"] == before["started_at"]
+    # and one that is running is started again (the other half, for contrast)
+    await api.post("/server/g/start", expect=202)
+    running = await api.wait_for("g", state="running")
+    await backup(api, "g")
+    again = await api.wait_for("g", state="running")
+    assert again["pid"] != running["pid"]

@@ -743,3 +743,41 @@ def test_a_survey_does_not_keep_every_member_header(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 32 << 20, peak
+
+
+def many_members_tar(path: Path, count: int) -> None:
+    """A plain tar of `count` empty files (f0000000, f0000001, ...), its headers made from
+    one template: a few MB written in a fraction of a second."""
+    import tarfile
+
+    template = bytearray(tarfile.TarInfo("f0000000").tobuf(format=tarfile.USTAR_FORMAT))
+    template[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    base = sum(template) - sum(b"0000000")
+    with path.open("wb") as f:
+        for i in range(count):
+            digits = b"%07d" % i
+            header = bytearray(template)
+            header[1:8] = digits
+            header[148:156] = b"%06o\0 " % (base + sum(digits))
+            f.write(header)
+        f.write(b"\0" * 1024)
+
+
+async def test_an_archive_over_the_member_cap_is_refused_whole(standalone: Standalone,
+                                                               tmp_path: Path) -> None:
+    import tarfile
+
+    from manman.worker.files.extract import MAX_MEMBERS
+
+    api, files = standalone.api, standalone.files
+    many_members_tar(files / "few.tar", 3)  # the generator makes real tars
+    with tarfile.open(files / "few.tar") as tf:
+        assert tf.getnames() == ["f0000000", "f0000001", "f0000002"]
+    (files / "few.tar").unlink()
+    many_members_tar(files / "many.tar", MAX_MEMBERS + 1)
+    before = snapshot(files), snapshot(tmp_path / "outside")
+    r = await extract(api, "many.tar", 422)
+    assert code(r) == "invalid" and f"more than {MAX_MEMBERS} members" in \
+        r["error"]["message"] and "nothing was extracted" in r["error"]["message"], r
+    assert (snapshot(files), snapshot(tmp_path / "outside")) == before
+    assert sorted(p.name for p in files.iterdir()) == ["many.tar"]

@@ -18,6 +18,7 @@ from manman.host.files import add_file_routes
 from manman.host.fleet import Fleet
 from manman.host.relay import HostSecrets, Relay, Unreachable
 from manman.host.schedules import add_schedule_routes
+from manman.host.webhooks.delivery import Dispatcher
 from manman.http import auth
 from manman.http.app import (
     LIMIT,
@@ -86,10 +87,11 @@ def _not_allowed() -> errors.Forbidden:
 
 
 def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: float,
-                   catalog: PresetCatalog | None = None) -> Api:
+                   catalog: PresetCatalog | None = None,
+                   dispatcher: Dispatcher | None = None) -> Api:
     api = Api("manman.host", "manman host API", "1")
     fleet: Fleet = control.fleet
-    metrics = host_metrics(fleet)
+    metrics = host_metrics(fleet, control.last_backups, dispatcher)
     # the metrics, and the audit (a POST to a path that also answers GET creates)
     api.requests = audit.AuditingObserver(metrics, fleet, lambda: frozenset(
         d.path for d in api.docs if d.method == "GET"))

@@ -68,6 +68,40 @@ def row(actor: str, source: str, action: str, *, server_id: str | None = None,
             worker_id, _text(target), status, _text(detail), _text(result))
 
 
+DETAIL_TEXT = 200  # characters of one value in a detail (a path, a name, a URL)
+DETAIL_ITEMS = 3  # items of a list in a detail (an archive's paths)
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= DETAIL_TEXT else value[:DETAIL_TEXT - 1] + "\u2026"
+    if isinstance(value, list):
+        head = [_bounded(v) for v in value[:DETAIL_ITEMS]]
+        return head + ([f"\u2026 {len(value) - DETAIL_ITEMS} more"]
+                       if len(value) > DETAIL_ITEMS else [])
+    if isinstance(value, dict):
+        return {k: _bounded(v) for k, v in value.items()}
+    return value
+
+
+def detail_of(fields: dict[str, Any] | msgspec.Struct) -> str:
+    """A detail: compact JSON of `fields` (a request body's, new ids), each text cut to
+    DETAIL_TEXT characters and each list to DETAIL_ITEMS items, so it stays whole within
+    MAX_TEXT. Only for what may be shown: paths, names, ids, never a secret nor content."""
+    given: dict[str, Any] = msgspec.to_builtins(fields) if isinstance(
+        fields, msgspec.Struct) else fields
+    return msgspec.json.encode({k: _bounded(v) for k, v in given.items()
+                                if v is not None}).decode()
+
+
+def note(**fields: Any) -> None:
+    """In a route: set fields of this request's audit row (`detail`, `result`, `action`,
+    `server_id`); recorded whatever the answer, a refusal too."""
+    from quart import g
+
+    g.audit = {**(g.get("audit") or {}), **fields}
+
+
 def error_result() -> str | None:
     """`code: message` of the domain error the request is answering with, if any (called
     while that error propagates)."""
@@ -138,8 +172,8 @@ async def prune(store: HostStore, days: float, now: float | None = None) -> int:
     return int(status.split()[-1]) if status.startswith("DELETE") else 0
 
 
-async def prune_loop(store: HostStore, days: float) -> None:
-    """Keep `days` of audit (0: forever): at the start, then every hour."""
+async def prune_loop(store: HostStore, days: float, every: float = PRUNE_EVERY) -> None:
+    """Keep `days` of audit (0: forever): at the start, then `every` seconds (an hour)."""
     if days <= 0:
         return
     while True:
@@ -149,7 +183,7 @@ async def prune_loop(store: HostStore, days: float) -> None:
                 log.info("audit: %d rows older than %g days pruned", gone, days)
         except errors.DatabaseUnavailable:
             pass  # the outage log says it; the next round prunes
-        await trio.sleep(PRUNE_EVERY)
+        await trio.sleep(every)
 
 
 def record(fleet: Fleet, entry: AuditRow) -> None:

@@ -10,6 +10,7 @@ import msgspec
 from quart import Response
 
 from manman import errors
+from manman.host import audit
 from manman.host.control import HostControl
 from manman.host.files import _json, _relay_body
 from manman.host.relay import Unreachable
@@ -40,6 +41,14 @@ WHERE backups.server_id = excluded.server_id
 _STATES = "SELECT id, record->>'state' AS state FROM backups WHERE server_id = $1"
 _LIST = ("SELECT record FROM backups WHERE server_id = $1 "
          "ORDER BY (record->>'created_at')::double precision")
+
+
+def _decode_backup(content: bytes) -> Backup:
+    try:
+        return msgspec.json.decode(content, type=Backup)
+    except msgspec.MsgspecError:
+        raise errors.WorkerError("the worker answered something that is not a backup"
+                                 ) from None
 
 
 class Ack(msgspec.Struct):
@@ -89,6 +98,7 @@ def add_backup_routes(api: Api, control: HostControl) -> None:
             before = {r["id"]: r["state"] for r in rows}
         await control.store.execute(_REPLACE, s.id, body.backups, time.time(),
                                     what="the backup list")
+        control.last_backups.reported(s.id, body.backups)
         if watcher is not None:
             watcher.backups_changed(s, before, msgspec.to_builtins(body.backups))
         return json_response(Ack(True))
@@ -97,7 +107,12 @@ def add_backup_routes(api: Api, control: HostControl) -> None:
                status=202, errors=(404, 409, 502, 503, 507),
                summary="Make a backup of the server's files, in the background")
     async def create_backup(who: Principal, server_id: str, body: BackupCreate) -> Response:
-        resp = _json(await call("POST", server_id, body=body))
+        audit.note(detail=audit.detail_of(body))
+        content = await call("POST", server_id, body=body)
+        made = _decode_backup(content)
+        audit.note(detail=audit.detail_of({"backup": made.id, "name": made.name,
+                                           "locked": made.locked}))
+        resp = _json(content)
         resp.status_code = 202
         return resp
 
@@ -111,11 +126,13 @@ def add_backup_routes(api: Api, control: HostControl) -> None:
                summary="Lock a backup (never pruned nor deleted) or unlock it")
     async def lock_backup(who: Principal, server_id: str, backup_id: str,
                           body: BackupLock) -> Response:
+        audit.note(detail=audit.detail_of({"backup": backup_id, "locked": body.locked}))
         return _json(await call("PUT", server_id, f"/{backup_id}", body))
 
     @api.route("DELETE", "/server/{server_id}/backup/{backup_id}", response=Deleted,
                errors=(404, 409, 502, 503, 507), summary="Delete an unlocked backup")
     async def delete_backup(who: Principal, server_id: str, backup_id: str) -> Response:
+        audit.note(detail=audit.detail_of({"backup": backup_id}))
         return _json(await call("DELETE", server_id, f"/{backup_id}"))
 
     @api.route("POST", "/server/{server_id}/backup/{backup_id}/restore", body=RestoreBody,
@@ -123,6 +140,7 @@ def add_backup_routes(api: Api, control: HostControl) -> None:
                summary="Restore a backup into the stopped server's files")
     async def restore_backup(who: Principal, server_id: str, backup_id: str,
                              body: RestoreBody) -> Response:
+        audit.note(detail=audit.detail_of({"backup": backup_id, "truncate": body.truncate}))
         return _json(await call("POST", server_id, f"/{backup_id}/restore", body,
                                 RESTORE_CALL))
 

@@ -20,6 +20,7 @@ import trio
 
 from manman import errors, models, ports
 from manman.host.fleet import Fleet, ServerRec, WorkerRec
+from manman.host.lastbackup import LastBackups
 from manman.host.relay import Relay, Unreachable
 from manman.host.store import CommitUnknown, HostStore
 
@@ -64,6 +65,7 @@ class HostControl:
         # other write, applied when it happened
         self._unsettled: list[tuple[CommitUnknown, Callable[[], None]]] = []
         self._settle_lock = trio.Lock()
+        self.last_backups = LastBackups()  # from the workers' backup reports (/metrics)
 
     # -- the database first, then memory ----------------------------------------------------------
 

@@ -11,6 +11,7 @@ import trio
 from quart import Response, request
 
 from manman import errors
+from manman.host import audit
 from manman.host.control import HostControl
 from manman.host.fleet import WorkerRec
 from manman.http.app import Api
@@ -86,8 +87,9 @@ def add_file_routes(api: Api, control: HostControl) -> None:
                summary="Write a file: the raw body, streamed to the worker (which checks "
                        "the size against its files_max_upload before writing)")
     async def write_file(who: Principal, server_id: str) -> Response:
-        w, sid = target(server_id)
         length = request.content_length
+        audit.note(detail=audit.detail_of({"path": request.args.get("path"), "bytes": length}))
+        w, sid = target(server_id)
         if length is None:
             raise errors.LengthRequired("an upload must declare its size (Content-Length)")
         r = await relay.open_stream(w, "PUT", f"/server/{sid}/files/content",
@@ -100,6 +102,7 @@ def add_file_routes(api: Api, control: HostControl) -> None:
 
     async def post(server_id: str, verb: str, body: msgspec.Struct,
                    timeout: float = SLOW_CALL) -> Response:
+        audit.note(detail=audit.detail_of(body))  # its paths: what the call changes
         w, sid = target(server_id)
         return _json(await relay.call(w, "POST", f"/server/{sid}/files/{verb}",
                                       json=msgspec.to_builtins(body), timeout=timeout))

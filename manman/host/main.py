@@ -87,9 +87,11 @@ async def run_host(cfg: Config, *, handle_signals: bool = False,
                 await fleet.load()
                 control = HostControl(store, fleet, relay)
                 await control.forget_deleted_on_retired()
-                api = build_host_api(control, secrets, hcfg.console_token_ttl, catalog)
+                await control.last_backups.load(store)
                 hooks = Webhooks(store, fleet, Dispatcher(store, Policy(
                     timeout=hcfg.webhook_timeout, retry_initial=hcfg.webhook_retry_initial)))
+                api = build_host_api(control, secrets, hcfg.console_token_ttl, catalog,
+                                     hooks.dispatcher)
                 await hooks.load()
                 add_webhook_routes(api, hooks)
                 fleet.watcher = hooks

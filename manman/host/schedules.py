@@ -10,6 +10,7 @@ import msgspec
 from quart import Response
 
 from manman import errors, models
+from manman.host import audit
 from manman.host.control import HostControl
 from manman.http.app import Api, json_response
 from manman.http.auth import Principal
@@ -43,9 +44,12 @@ def add_schedule_routes(api: Api, control: HostControl) -> None:
                errors=(409,), summary="Add a schedule (its id given, or the next `sN`)")
     async def add_schedule(who: Principal, server_id: str, body: models.Schedule
                            ) -> Response:
+        audit.note(detail=audit.detail_of({"schedule": body.id, "cron": body.cron}))
         s = await control.change_schedules(control.server(server_id),
                                            lambda cur: edit.added(cur, body))
-        return json_response(view(s.spec.schedules[-1], time.time()), 201)
+        made = s.spec.schedules[-1]
+        audit.note(detail=audit.detail_of({"schedule": made.id, "cron": made.cron}))
+        return json_response(view(made, time.time()), 201)
 
     @api.route("GET", base + "/{sid}", response=ScheduleView, summary="One schedule")
     async def get_schedule(who: Principal, server_id: str, sid: str) -> Response:
@@ -56,6 +60,7 @@ def add_schedule_routes(api: Api, control: HostControl) -> None:
                errors=(409,), summary="Replace a schedule")
     async def put_schedule(who: Principal, server_id: str, sid: str, body: models.Schedule
                            ) -> Response:
+        audit.note(detail=audit.detail_of({"schedule": sid, "cron": body.cron}))
         s = await control.change_schedules(control.server(server_id),
                                            lambda cur: edit.replaced(cur, sid, body))
         return json_response(view(edit.find(s.spec.schedules, sid), time.time()))
@@ -63,6 +68,7 @@ def add_schedule_routes(api: Api, control: HostControl) -> None:
     @api.route("DELETE", base + "/{sid}", response=ScheduleDeleted, errors=(409,),
                summary="Remove a schedule (a run of it still going is cancelled)")
     async def delete_schedule(who: Principal, server_id: str, sid: str) -> Response:
+        audit.note(detail=audit.detail_of({"schedule": sid}))
         await control.change_schedules(control.server(server_id),
                                        lambda cur: edit.removed(cur, sid))
         return json_response(ScheduleDeleted(sid, True))
@@ -74,8 +80,12 @@ def add_schedule_routes(api: Api, control: HostControl) -> None:
         s = control.server(server_id)
         edit.find(s.spec.schedules, sid)
         w = control.reachable_worker(s)
+        audit.note(detail=audit.detail_of({"schedule": sid}))
         content = await control.relay.call(w, "POST", f"/server/{s.id}/schedule/{sid}/run")
-        return json_response(_decode(content, ScheduleRun), 202)
+        run = _decode(content, ScheduleRun)
+        assert isinstance(run, ScheduleRun)
+        audit.note(detail=audit.detail_of({"schedule": sid, "run": run.id}))
+        return json_response(run, 202)
 
     @api.route("GET", base + "/{sid}/runs", response=RunList, errors=(503,),
                summary="A schedule's last 50 runs, newest first, from its worker")

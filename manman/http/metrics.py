@@ -19,9 +19,13 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # for types only: the HTTP kit does not depend on either side at run time
     from manman.host.fleet import Fleet
+    from manman.host.lastbackup import LastBackups
+    from manman.host.webhooks.delivery import Dispatcher
     from manman.models import ServerSpec, ServerStats, ServerStatus
     from manman.worker.agent import WorkerAgent
+    from manman.worker.backups.manager import BackupManager
     from manman.worker.hostlink import HostLink
+    from manman.worker.schedules.service import WorkerSchedules
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -77,6 +81,29 @@ def _stats_gauges(servers: Iterable[tuple[str, ServerStats | None]]) -> Iterator
     yield from (cpu, mem, disk)
 
 
+def _last_backup_gauges(servers: Iterable[tuple[str, int, float]]) -> Iterator[Metric]:
+    """(server name, bytes, finished at) of each server's newest good backup."""
+    size = GaugeMetricFamily("manman_backup_last_ok_bytes",
+                             "Size of the server's newest good backup", labels=["server"])
+    at = GaugeMetricFamily("manman_backup_last_ok_timestamp_seconds",
+                           "When the server's newest good backup ended (unix seconds)",
+                           labels=["server"])
+    for name, n, t in servers:
+        size.add_metric([name], n)
+        at.add_metric([name], t)
+    yield from (size, at)
+
+
+def _by_result(name: str, doc: str, tallies: Iterable[tuple[str, Tally[str]]],
+               results: tuple[str, ...]) -> CounterMetricFamily:
+    """A counter by server and result, every result shown (0 before the first)."""
+    c = CounterMetricFamily(name, doc, labels=["server", "result"])
+    for server, tally in tallies:
+        for result in results:
+            c.add_metric([server, result], tally.get(result, 0))
+    return c
+
+
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     c = CounterMetricFamily(name, doc)
     c.add_metric([], value)
@@ -105,9 +132,34 @@ class WorkerMetrics(ApiMetrics):
     def install_finished(self, method: str, ok: bool, seconds: float) -> None:
         self.installs.labels(method, "ok" if ok else "failed").observe(seconds)
 
-    def watch(self, agent: WorkerAgent, link: HostLink | None) -> None:
-        """Read the servers (and the host link's heartbeats) at each scrape."""
+    def watch(self, agent: WorkerAgent, link: HostLink | None,
+              backups: BackupManager | None = None,
+              schedules: WorkerSchedules | None = None) -> None:
+        """Read the servers (and the host link's heartbeats, the backups, the schedules' runs)
+        at each scrape."""
         self.registry.register(LiveCollector(partial(_worker_state, agent, link)))
+        if backups is not None:
+            self.registry.register(LiveCollector(partial(_backups, agent, backups)))
+        if schedules is not None:
+            self.registry.register(LiveCollector(partial(_schedule_runs, agent, schedules)))
+
+
+def _backups(agent: WorkerAgent, backups: BackupManager) -> Iterator[Metric]:
+    actors = list(agent.actors.values())
+    yield _by_result("manman_backups", "Backups ended since the worker started, by result",
+                     ((a.spec.name, backups.outcomes.get(a.id, Tally())) for a in actors),
+                     ("ok", "failed"))
+    last = ((a.spec.name, b.bytes, b.finished_at or 0.0) for a in actors
+            if (b := backups.last_ok(a.id)) is not None)
+    yield from _last_backup_gauges(last)
+
+
+def _schedule_runs(agent: WorkerAgent, schedules: WorkerSchedules) -> Iterator[Metric]:
+    # only servers with schedules (their runner exists)
+    yield _by_result("manman_schedule_runs", "Schedule runs ended since the worker started, "
+                     "by result", ((a.spec.name, ss.results) for a in agent.actors.values()
+                                   if (ss := schedules.servers.get(a.id)) is not None),
+                     ("ok", "failed", "skipped"))
 
 
 def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]:
@@ -179,7 +231,8 @@ def _disk_full(servers: Iterable[tuple[str, int | None, bool]]) -> GaugeMetricFa
     return g
 
 
-def host_metrics(fleet: Fleet) -> ApiMetrics:
+def host_metrics(fleet: Fleet, last_backups: LastBackups | None = None,
+                 dispatcher: Dispatcher | None = None) -> ApiMetrics:
     m = ApiMetrics()
 
     def collect() -> Iterator[Metric]:
@@ -220,6 +273,25 @@ def host_metrics(fleet: Fleet) -> ApiMetrics:
                                "1 when PostgreSQL answered the last call, else 0")
         up.add_metric([], 1 if fleet.store.health.up else 0)
         yield up
+        if last_backups is not None:
+            yield from _last_backup_gauges(
+                (rec.name, n, at) for sid, (n, at) in sorted(last_backups.by_server.items())
+                if (rec := fleet.servers.get(sid)) is not None and not rec.deleting)
+        if dispatcher is not None:
+            attempts = CounterMetricFamily("manman_webhook_attempts",
+                                           "Webhook delivery attempts, by outcome",
+                                           labels=["outcome"])
+            for outcome in ("ok", "failed", "error"):
+                attempts.add_metric([outcome], dispatcher.attempts.get(outcome, 0))
+            yield attempts
+            pending = GaugeMetricFamily("manman_webhook_deliveries_pending",
+                                        "Webhook deliveries under way (in flight or waiting "
+                                        "for a retry)")
+            pending.add_metric([], dispatcher.pending())
+            yield pending
+            yield _counter("manman_webhook_events_dropped",
+                           "Webhook events dropped because a queue was full",
+                           dispatcher.dropped)
 
     m.registry.register(LiveCollector(collect))
     return m

@@ -102,7 +102,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     link = HostLink(agent, wcfg, events)
                     agent.add_observer(link)
                     admin_secret = await link.identity()
-                metrics.watch(agent, link)
+                metrics.watch(agent, link, backups, schedules)
                 secrets = WorkerSecrets(admin_secret)
                 api = build_worker_api(agent, secrets, metrics, catalog, schedules, backups,
                                        sampler, link.events if link is not None else None)

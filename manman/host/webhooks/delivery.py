@@ -16,7 +16,7 @@ import email.utils
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +134,7 @@ class Dispatcher:
         self.dropped = 0
         self._drop_logged = -DROP_LOG_EVERY
         self.delivered = 0
+        self.attempts: Counter[str] = Counter()  # by outcome: ok, failed (an answer), error
         self._unwritten: list[tuple[str, Attempt]] = []  # (hook id, attempt) for the log
 
     # -- the hooks, as the API changes them ------------------------------------------------
@@ -350,6 +351,7 @@ class Dispatcher:
             attempt = Attempt(ev.id, ev.event, started, n, ok, status,
                               round((time.perf_counter() - t0) * 1000, 3), error)
             hook.log.append(attempt)
+            self.attempts["ok" if ok else "failed" if status is not None else "error"] += 1
             # the same object: a retry's next_attempt_at set meanwhile is written with it
             self._unwritten.append((rec.id, attempt))
         if ok:
@@ -369,6 +371,10 @@ class Dispatcher:
                    {"message": "a test of this webhook from manman"})
         attempt, _ = await self.attempt(hook, ev)
         return attempt
+
+    def pending(self) -> int:
+        """Deliveries under way: an attempt in flight or a retry waited for."""
+        return sum(h.pending for h in self.hooks.values())
 
     def deliveries(self, hook_id: str) -> list[Attempt]:
         """The last attempts, newest first."""

@@ -22,6 +22,21 @@ Secret = Annotated[str, Meta(min_length=1, max_length=256)]
 RESOLVE_TIMEOUT = 5.0
 
 
+def shown_url(url: str, kind: str) -> str:
+    """A hook's URL as the audit shows it: no user or password, no query string or
+    fragment; for discord and slack hooks, whose path is the credential, no path either."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(not a URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    origin = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+    return origin + ("/\u2026" if kind != "generic" else parts.path)
+
+
 class WebhookIn(Struct, forbid_unknown_fields=True):
     url: Url
     events: Events

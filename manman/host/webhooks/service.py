@@ -17,6 +17,7 @@ import trio
 from quart import Response
 
 from manman import errors, models
+from manman.host import audit
 from manman.host.fleet import Fleet, ServerRec, WorkerRec
 from manman.host.store import HostStore
 from manman.host.webhooks import events
@@ -30,6 +31,7 @@ from manman.host.webhooks.model import (
     check_fields,
     check_url,
     hook_of,
+    shown_url,
 )
 from manman.host.webhooks.payloads import Event
 from manman.http.app import Api, json_response
@@ -249,6 +251,19 @@ class Webhooks:
             self.dispatcher.emit(event, {"status": now}, worker={"id": w.id, "name": w.name})
 
 
+def _changed(body: WebhookUpdate, hooks: Webhooks, hook_id: str) -> dict[str, Any]:
+    """What a PUT changes, for the audit: the fields given; the URL as shown_url shows it
+    (a hook not found: as a discord one, path hidden)."""
+    given = [f for f in body.__struct_fields__ if getattr(body, f) is not msgspec.UNSET]
+    out: dict[str, Any] = {"fields": given}
+    if isinstance(body.url, str):
+        hook = hooks.dispatcher.hooks.get(hook_id)
+        kind = body.kind if isinstance(body.kind, str) else \
+            hook.rec.kind if hook is not None else "discord"
+        out["url"] = shown_url(body.url, kind)
+    return out
+
+
 def add_webhook_routes(api: Api, hooks: Webhooks) -> None:
     def view(rec: HookRec) -> Webhook:
         return rec.view()
@@ -261,7 +276,11 @@ def add_webhook_routes(api: Api, hooks: Webhooks) -> None:
     @api.route("POST", "/webhook", body=WebhookIn, response=Webhook, status=201,
                summary="Add a webhook (422: an unknown event, a URL it may not call)")
     async def create_hook(who: Principal, body: WebhookIn) -> Response:
-        return json_response(view(await hooks.create(body)), 201)
+        shown = {"url": shown_url(body.url, body.kind), "kind": body.kind}
+        audit.note(detail=audit.detail_of(shown))
+        rec = await hooks.create(body)
+        audit.note(detail=audit.detail_of({"webhook": rec.id, **shown}))
+        return json_response(view(rec), 201)
 
     @api.route("GET", "/webhook/{hook_id}", response=Webhook, summary="One webhook")
     async def get_hook(who: Principal, hook_id: str) -> Response:
@@ -270,6 +289,8 @@ def add_webhook_routes(api: Api, hooks: Webhooks) -> None:
     @api.route("PUT", "/webhook/{hook_id}", body=WebhookUpdate, response=Webhook,
                summary="Change the fields given")
     async def update_hook(who: Principal, hook_id: str, body: WebhookUpdate) -> Response:
+        audit.note(detail=audit.detail_of({"webhook": hook_id,
+                                           **_changed(body, hooks, hook_id)}))
         return json_response(view(await hooks.update(hook_id, body)))
 
     @api.route("DELETE", "/webhook/{hook_id}", response=DeleteResult,

@@ -16,6 +16,7 @@ import re
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -60,6 +61,7 @@ class BackupManager:
         self.listeners: list[Callable[[str], None]] = []
         agent.purgers.append(self.purge)
         self._ended: dict[str, trio.Event] = {}  # backups someone waits for (schedules)
+        self.outcomes: dict[str, Counter[str]] = {}  # server id → backups ended, by state
 
     # -- life --------------------------------------------------------------------------
 
@@ -116,6 +118,12 @@ class BackupManager:
         if (progress := self._progress.get(b.id)) is not None:
             b.read_bytes = progress.read
         return b
+
+    def last_ok(self, server_id: str) -> Backup | None:
+        """The server's newest good backup (/metrics)."""
+        good = [b for b in self.records.values() if b.server_id == server_id
+                and b.state == "ok" and b.finished_at is not None]
+        return max(good, key=lambda b: b.finished_at or 0.0, default=None)
 
     def get(self, server_id: str, backup_id: str) -> Backup:
         b = self.records.get(backup_id)
@@ -214,6 +222,7 @@ class BackupManager:
             raise
         b.finished_at = time.time()
         self.busy.pop(sid, None)
+        self.outcomes.setdefault(sid, Counter())[b.state] += 1
         if (ended := self._ended.pop(b.id, None)) is not None:
             ended.set()
         await self._save_quietly(b)
@@ -314,6 +323,7 @@ class BackupManager:
 
     async def purge(self, server_id: str) -> None:
         """The server was deleted with purge: its backups go, locked ones too."""
+        self.outcomes.pop(server_id, None)
         for b in self.of_server(server_id):
             try:
                 await self._remove(b)

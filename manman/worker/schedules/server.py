@@ -4,7 +4,7 @@ recording, a fire while the schedule's previous run still goes), and its last ru
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -35,6 +35,7 @@ class ServerSchedules:
         self.next_at: dict[str, float | None] = {}
         self.running: dict[str, ScheduleRun] = {}
         self.runs: dict[str, deque[ScheduleRun]] = {}
+        self.results: Counter[str] = Counter()  # runs ended, by status (/metrics)
         self._scopes: dict[str, trio.CancelScope] = {}
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -117,6 +118,7 @@ class ServerSchedules:
             run.status, run.ended_at = "skipped", run.started_at
             run.reason = f"run {going.id} was still going"
             history.append(run)
+            self.results["skipped"] += 1
             self._saved()
             return run
         history.append(run)
@@ -136,6 +138,7 @@ class ServerSchedules:
             log.exception("server %s: schedule %s run %d", self.server_id, s.id, run.id)
             run.status, run.reason = "failed", "manman internal error"
         finally:
+            self.results[run.status] += 1
             if self.running.get(s.id) is run:
                 del self.running[s.id]
             if self._scopes.get(s.id) is scope:
