@@ -210,6 +210,8 @@ class EventQueue:
         while self._saved and self._saved[0].seq <= acked:
             self._saved.popleft()
         async with self._lock:
+            if self.store.closed:  # the worker stopped: sent again at its next start, skipped
+                return
             try:
                 await self.store.delete_events(acked)
             except (errors.InsufficientStorage, sqlite3.Error, OSError) as e:

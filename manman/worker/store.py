@@ -106,6 +106,7 @@ def disk_full(e: BaseException) -> bool:
 class WorkerStore:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
+        self.closed = False
 
     @classmethod
     async def open(cls, path: Path) -> WorkerStore:
@@ -118,6 +119,7 @@ class WorkerStore:
         return cls(conn)
 
     async def close(self) -> None:
+        self.closed = True  # (the host link's last heartbeat may answer after this)
         await aio.call(self._conn.close)
 
     async def get_meta(self, key: str) -> str | None:
