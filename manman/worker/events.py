@@ -214,6 +214,8 @@ class EventQueue:
                 return
             try:
                 await self.store.delete_events(acked)
+            except ValueError:  # aiosqlite: the store closed while this waited
+                return
             except (errors.InsufficientStorage, sqlite3.Error, OSError) as e:
                 # sent again after a restart; the host skips what it acknowledged
                 log.warning("cannot delete acknowledged webhook events: %s", e)
