@@ -148,6 +148,7 @@
     refreshGen++;
     clearTimeout(refreshTimer);
     closeConsole();
+    closeAdmin();
     servers = new Map();
     workers = new Map();
     listLoaded = false;
@@ -207,6 +208,7 @@
       renderWorkers();
       renderServers();
       renderServerView();
+      if (adminView) adminServers();
       setMessage($("list-message"), "");
       $("refresh-status").textContent = "updated " + clock(Date.now() / 1000).slice(0, 8);
     } catch (e) {
@@ -315,13 +317,18 @@
       openNewServer();
       return;
     }
+    if (location.hash === "#/webhooks" || location.hash === "#/audit") {
+      openAdmin(location.hash.slice(2));
+      return;
+    }
     const m = /^#\/server\/([^/]+)$/.exec(location.hash);
     const key = m ? decodeURIComponent(m[1]) : null;
-    if (key === selectedId && $("new-server-view").hidden) return;
+    if (key === selectedId && $("new-server-view").hidden && adminView === null) return;
     openServer(key);
   }
 
   function openServer(key) {
+    closeAdmin();
     closeConsole();
     show($("new-server-view"), false);
     selectedId = key;
@@ -429,6 +436,7 @@
   let presets = new Map();   // name -> summary (GET /preset)
 
   function openNewServer() {
+    closeAdmin();
     closeConsole();
     selectedId = null;
     show($("server-view"), false);
@@ -1649,6 +1657,376 @@
     setInterval(() => { if (selectedId && $("backups-panel").open) renderBackups(); }, 1000);
   }
 
+  // -- host views: webhooks and the audit trail ------------------------------------------------
+  // Admin routes of the host (the web console signs in with the admin token; a token the host
+  // answers 403 on these routes shows why instead of the view). API strings reach the page as
+  // textContent only, as console text does.
+
+  // The events a webhook can subscribe to. No API lists them: this mirrors the events table
+  // of docs/spec.md ("Webhooks"; webhook.test is sent by a test only), and
+  // tests/test_web_admin.py checks it against manman/events.py.
+  const HOOK_EVENTS = ["server.ready", "server.stopped", "server.crashed", "server.failed",
+    "server.update_available", "server.updated", "server.disk_full", "schedule.failed",
+    "backup.ok", "backup.failed", "player.joined", "player.left", "worker.unknown",
+    "worker.alive", "worker.expired"];
+  // suggestions for the audit's action filter (any action or dotted prefix works)
+  const AUDIT_ACTIONS = ["server", "server.create", "server.update", "server.delete",
+    "server.start", "server.stop", "server.restart", "server.kill", "server.command",
+    "server.console", "server.files", "server.schedule", "server.backup", "worker",
+    "worker.join", "worker.update", "worker.retire", "webhook", "webhook.create",
+    "webhook.update", "webhook.delete", "webhook.test"];
+  const HOOKS_MS = 5000;        // the list (and deliveries shown) refresh while the view is open
+  const AUDIT_PAGE = 50;        // rows per page; "Older entries" fetches the next
+  let adminView = null;         // "webhooks" or "audit" while one is shown
+  let hooks = [];
+  let hooksTimer = null;
+  let hooksShown = "";          // what the table shows: a refresh that changes nothing is no redraw
+  let deliveriesFor = null;     // the hook whose deliveries are shown
+  let hookArmed = null;         // the hook whose Delete was clicked once
+  let auditCursor = null;       // the next (older) page's cursor
+  let auditGen = 0;             // a newer load makes an older answer moot
+
+  function stamp(ts) { return day(ts) + ":" + pad(new Date(ts * 1000).getSeconds()); }
+
+  // a 403: this token may not use the view; said in place of the view, not as a broken panel
+  function denied(view, e) {
+    if (!(e instanceof ApiError) || e.status !== 403) return false;
+    const what = view === "webhooks" ? "Webhooks are" : "The audit trail is";
+    setMessage($(view + "-denied"), what + " only for the host's admin token, and the " +
+      "token this tab signed in with was refused here (" + e.message + "). Sign out and " +
+      "sign in with the admin token.", "error");
+    show($(view + "-body"), false);
+    return true;
+  }
+
+  function openAdmin(view) {
+    closeConsole();
+    selectedId = null;
+    adminView = view;
+    show($("server-view"), false);
+    show($("new-server-view"), false);
+    show($("no-selection"), false);
+    renderServers();
+    for (const v of ["webhooks", "audit"]) {
+      show($(v + "-view"), v === view);
+      if (v === view) $("nav-" + v).setAttribute("aria-current", "page");
+      else $("nav-" + v).removeAttribute("aria-current");
+      setMessage($(v + "-denied"), "");
+      show($(v + "-body"), true);
+    }
+    document.title = "manman — " + (view === "webhooks" ? "webhooks" : "audit trail");
+    adminServers();
+    if (view === "webhooks") {
+      hooksShown = "";
+      setMessage($("webhook-form-message"), "");
+      loadHooks();
+    } else {
+      loadAudit(false);
+    }
+  }
+
+  function closeAdmin() {
+    if (adminView === null) return;
+    adminView = null;
+    clearTimeout(hooksTimer);
+    auditGen++;
+    show($("webhooks-view"), false);
+    show($("audit-view"), false);
+    for (const v of ["webhooks", "audit"]) $("nav-" + v).removeAttribute("aria-current");
+  }
+
+  // a select of the servers (by name), the first option "" for none
+  function serverOptions(select, none) {
+    const chosen = select.value;
+    select.replaceChildren(new Option(none, ""), ...[...servers.values()]
+      .sort((a, b) => a.name.localeCompare(b.name)).map((s) => new Option(s.name, s.id)));
+    if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
+  }
+
+  function adminServers() {
+    serverOptions($("webhook-server"), "every server, and the workers");
+    serverOptions($("audit-server"), "every server");
+  }
+
+  function serverLabel(id) {
+    if (!id) return "all";
+    const s = servers.get(id);
+    return s ? s.name : id;
+  }
+
+  // -- webhooks
+
+  function hooksMessage(text, kind) { setMessage($("webhooks-message"), text, kind); }
+
+  async function loadHooks() {
+    clearTimeout(hooksTimer);
+    if (adminView !== "webhooks") return;
+    try {
+      hooks = (await api("GET", "/webhook")).webhooks || [];
+      if (adminView !== "webhooks") return;
+      if (deliveriesFor && !hooks.some((h) => h.id === deliveriesFor)) {
+        deliveriesFor = null;
+        show($("hook-deliveries"), false);
+      }
+      renderHooks();
+      if (deliveriesFor) await loadDeliveries(deliveriesFor);
+    } catch (e) {
+      if (e instanceof AuthError || adminView !== "webhooks" || denied("webhooks", e)) return;
+      hooksMessage(e.message, "error");
+    }
+    if (adminView === "webhooks") hooksTimer = setTimeout(loadHooks, HOOKS_MS);
+  }
+
+  function renderHooks() {
+    const key = JSON.stringify([hooks, deliveriesFor, hookArmed,
+      hooks.map((h) => serverLabel(h.server_id))]);
+    if (key === hooksShown) return;
+    hooksShown = key;
+    const body = $("webhooks").tBodies[0];
+    body.replaceChildren();
+    show($("webhooks-empty"), hooks.length === 0);
+    for (const h of hooks) {
+      const tr = body.insertRow();
+      tr.dataset.hookId = h.id;
+      tr.classList.toggle("disabled", !h.enabled);
+      tr.classList.toggle("shown", h.id === deliveriesFor);
+      const url = tr.insertCell();
+      url.className = "url";
+      url.textContent = h.url;
+      url.title = h.url + "\n" + h.id;
+      tr.insertCell().textContent = h.kind;
+      const ev = tr.insertCell();
+      ev.className = "events";
+      ev.textContent = h.events.join(", ");
+      const sv = tr.insertCell();
+      sv.className = "server";
+      sv.textContent = serverLabel(h.server_id);
+      const en = tr.insertCell();
+      en.className = "enabled";
+      en.textContent = h.enabled ? "yes" : "no";
+      const sec = tr.insertCell();
+      sec.className = "secret";
+      sec.textContent = h.has_secret ? "yes" : "no";
+      const acts = tr.insertCell();
+      acts.className = "acts";
+      acts.append(
+        button("Deliveries", "deliveries", () => {
+          deliveriesFor = h.id;
+          renderHooks();
+          loadDeliveries(h.id);
+        }),
+        button("Test", "test", () => testHook(h)),
+        button(h.enabled ? "Disable" : "Enable", "toggle", () => hookChange("PUT",
+          h.id, { enabled: !h.enabled }, h.url + (h.enabled ? " disabled" : " enabled"))),
+        button(hookArmed === h.id ? "Delete this hook?" : "Delete", "delete", () => {
+          if (hookArmed !== h.id) {   // a second click confirms
+            hookArmed = h.id;
+            renderHooks();
+            return;
+          }
+          hookArmed = null;
+          hookChange("DELETE", h.id, undefined, h.url + " deleted");
+        }, "danger"));
+    }
+  }
+
+  async function hookChange(method, hid, body, done) {
+    try {
+      await api(method, "/webhook/" + enc(hid), body);
+      if (adminView === "webhooks") hooksMessage(done, "ok");
+    } catch (e) {
+      if (!(e instanceof AuthError) && adminView === "webhooks" && !denied("webhooks", e)) {
+        hooksMessage(e.message, "error");
+      }
+    }
+    loadHooks();
+  }
+
+  async function testHook(h) {
+    hooksMessage("sending a test to " + h.url + "…");
+    deliveriesFor = h.id;
+    try {
+      const a = await api("POST", "/webhook/" + enc(h.id) + "/test");
+      if (adminView !== "webhooks") return;
+      hooksMessage(a.ok ? "test delivered: " + a.status + " in " + Math.round(a.latency_ms) +
+        " ms" : "test failed: " + (a.status != null ? "HTTP " + a.status : "no answer") +
+        (a.error ? " — " + a.error : ""), a.ok ? "ok" : "error");
+    } catch (e) {
+      if (!(e instanceof AuthError) && adminView === "webhooks" && !denied("webhooks", e)) {
+        hooksMessage(e.message, "error");
+      }
+    }
+    loadHooks();
+  }
+
+  async function loadDeliveries(hid) {
+    let list;
+    try {
+      list = (await api("GET", "/webhook/" + enc(hid) + "/deliveries")).deliveries || [];
+    } catch (e) {
+      if (!(e instanceof AuthError) && adminView === "webhooks" && !denied("webhooks", e)) {
+        hooksMessage(e.message, "error");
+      }
+      return;
+    }
+    if (adminView !== "webhooks" || hid !== deliveriesFor) return;
+    const h = hooks.find((x) => x.id === hid);
+    $("hook-deliveries-title").textContent = "Last deliveries to " + (h ? h.url : hid);
+    const body = $("deliveries").tBodies[0];
+    body.replaceChildren();
+    for (const a of list) {
+      const tr = body.insertRow();
+      tr.dataset.eventId = a.event_id;
+      tr.dataset.ok = a.ok ? "1" : "0";
+      tr.className = a.ok ? "ok" : "fail";
+      tr.insertCell().textContent = stamp(a.at);
+      const ev = tr.insertCell();
+      ev.className = "event";
+      ev.textContent = a.event;
+      const n = tr.insertCell();
+      n.className = "num";
+      n.textContent = String(a.attempt);
+      const st = tr.insertCell();
+      st.className = "status";
+      st.textContent = (a.ok ? "ok " : "failed ") + (a.status != null ? a.status : "—");
+      const lat = tr.insertCell();
+      lat.className = "num latency";
+      lat.textContent = Math.round(a.latency_ms) + " ms";
+      const err = tr.insertCell();
+      err.className = "error";
+      err.textContent = a.error || "";
+      tr.insertCell().textContent = a.next_attempt_at ? stamp(a.next_attempt_at) : "—";
+    }
+    if (!list.length) {
+      const td = body.insertRow().insertCell();
+      td.colSpan = 7;
+      td.className = "muted";
+      td.textContent = "no deliveries yet";
+    }
+    show($("hook-deliveries"), true);
+  }
+
+  function renderEventBoxes() {
+    const set = $("webhook-events");
+    set.replaceChildren(set.querySelector("legend"));
+    for (const name of HOOK_EVENTS) {
+      const label = document.createElement("label");
+      label.className = "inline";
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.value = name;
+      box.dataset.event = name;
+      label.append(box, document.createTextNode(" " + name));
+      set.append(label);
+    }
+  }
+
+  function onHookKind() {
+    const generic = $("webhook-kind").value === "generic";
+    $("webhook-secret").disabled = !generic;   // only a generic hook's bodies are signed
+    if (!generic) $("webhook-secret").value = "";
+  }
+
+  async function onAddHook(ev) {
+    ev.preventDefault();
+    const msg = $("webhook-form-message");
+    const events = [...$("webhook-events").querySelectorAll("input:checked")].map((b) => b.value);
+    if (!events.length) {
+      setMessage(msg, "Choose at least one event.", "error");
+      return;
+    }
+    const body = { url: $("webhook-url").value.trim(), kind: $("webhook-kind").value, events,
+      enabled: $("webhook-enabled").checked };
+    if ($("webhook-server").value) body.server_id = $("webhook-server").value;
+    const secret = $("webhook-secret").value;
+    if (secret && body.kind === "generic") body.secret = secret;
+    const submit = $("webhook-submit");
+    submit.disabled = true;
+    setMessage(msg, "adding…");
+    try {
+      const h = await api("POST", "/webhook", body);
+      setMessage(msg, "");
+      hooksMessage(h.url + " added", "ok");
+      $("webhook-url").value = "";
+      $("webhook-secret").value = "";
+      for (const b of $("webhook-events").querySelectorAll("input")) b.checked = false;
+      loadHooks();
+    } catch (e) {   // the API's reason, next to the form
+      if (!(e instanceof AuthError) && !denied("webhooks", e)) setMessage(msg, e.message, "error");
+    } finally {
+      $("webhook-secret").value = "";   // a secret typed is not kept in the page
+      submit.disabled = false;
+    }
+  }
+
+  // -- the audit trail
+
+  async function loadAudit(older) {
+    if (adminView !== "audit") return;
+    const gen = ++auditGen;
+    const q = new URLSearchParams({ limit: String(AUDIT_PAGE) });
+    if ($("audit-server").value) q.set("server_id", $("audit-server").value);
+    const action = $("audit-action").value.trim();
+    if (action) q.set("action", action);
+    const since = Number($("audit-since").value);
+    if (since) q.set("since", String(Math.floor(Date.now() / 1000) - since));
+    if (older && auditCursor) q.set("cursor", auditCursor);
+    let page;
+    try {
+      page = await api("GET", "/audit?" + q.toString());
+    } catch (e) {
+      if (e instanceof AuthError || gen !== auditGen || denied("audit", e)) return;
+      setMessage($("audit-message"), e.message, "error");
+      return;
+    }
+    if (gen !== auditGen) return;
+    setMessage($("audit-message"), "");
+    const body = $("audit").tBodies[0];
+    if (!older) body.replaceChildren();
+    for (const a of page.entries || []) {
+      const tr = body.insertRow();
+      tr.dataset.auditId = String(a.id);
+      tr.dataset.action = a.action;
+      tr.classList.toggle("refused", a.status != null && a.status >= 400);
+      const t = tr.insertCell();
+      t.textContent = stamp(a.at);
+      const who = tr.insertCell();
+      who.className = "actor";
+      who.textContent = a.actor;
+      who.title = "from " + a.source;
+      const act = tr.insertCell();
+      act.className = "action";
+      act.textContent = a.action;
+      const target = tr.insertCell();
+      target.className = "target";
+      target.textContent = a.target;
+      target.title = a.target;
+      const st = tr.insertCell();
+      st.className = "num status";
+      st.textContent = a.status == null ? "—" : String(a.status);
+      const res = tr.insertCell();
+      res.className = "result";
+      res.textContent = [a.result, a.detail].filter((x) => x).join(" · ");
+    }
+    auditCursor = page.next_cursor || null;
+    show($("audit-more"), Boolean(auditCursor));
+    show($("audit-empty"), body.rows.length === 0);
+  }
+
+  function initAdmin() {
+    renderEventBoxes();
+    $("audit-actions").replaceChildren(...AUDIT_ACTIONS.map((a) => new Option(a)));
+    $("webhook-kind").addEventListener("change", onHookKind);
+    $("webhook-form").addEventListener("submit", onAddHook);
+    $("webhooks-refresh").addEventListener("click", () => { hooksShown = ""; loadHooks(); });
+    $("audit-filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadAudit(false); });
+    for (const id of ["audit-server", "audit-since"]) {
+      $(id).addEventListener("change", () => loadAudit(false));
+    }
+    $("audit-refresh").addEventListener("click", () => loadAudit(false));
+    $("audit-more").addEventListener("click", () => loadAudit(true));
+  }
+
   // -- wiring --------------------------------------------------------------------------------
 
   function init() {
@@ -1695,6 +2073,7 @@
     $("schedule-add-task").addEventListener("click", () => addTaskRow());
     $("schedule-form").addEventListener("submit", onAddSchedule);
     initBackups();
+    initAdmin();
     resetScheduleForm();
     window.addEventListener("hashchange", route);
     setInterval(() => { if (token && selectedId) renderServerView(); }, 1000);   // uptime
