@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -437,3 +438,33 @@ def tiny_disk(tmp_path: Path) -> Iterator[TinyDisk]:
         yield TinyDisk(mnt)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def on_a_terminal(argv: list[str], timeout: float = 30, columns: int = 120
+                        ) -> tuple[int, str]:
+    """Runs a command with a pseudo-terminal as stdout and stderr: its exit code and what it
+    drew."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = await trio.lowlevel.open_process(argv, stdout=follower, stderr=follower,
+                                                env={**os.environ, "COLUMNS": str(columns)})
+        os.close(follower)
+        follower = -1
+        out = b""
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    data = await trio.to_thread.run_sync(os.read, leader, 4096)
+                except OSError:  # the terminal closed: the command ended
+                    break
+                if not data:
+                    break
+                out += data
+            code = await proc.wait()
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    return code, out.decode(errors="replace")

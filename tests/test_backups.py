@@ -631,39 +631,10 @@ async def test_a_start_during_a_restore_waits_for_it_or_is_refused(
                               params={"path": "level.dat"})).content == b"level"
 
 
-async def on_a_terminal(argv: list[str], timeout: float = 30) -> tuple[int, str]:
-    """Runs a command with a pseudo-terminal as stdout and stderr: what it drew, and its
-    exit code."""
-    import pty
-
-    leader, follower = pty.openpty()
-    try:
-        proc = await trio.lowlevel.open_process(argv, stdout=follower, stderr=follower,
-                                                env={**os.environ, "COLUMNS": "120"})
-        os.close(follower)
-        follower = -1
-        out = b""
-        with trio.fail_after(timeout):
-            while True:
-                try:
-                    data = await trio.to_thread.run_sync(os.read, leader, 4096)
-                except OSError:  # the terminal closed: the command ended
-                    break
-                if not data:
-                    break
-                out += data
-            code = await proc.wait()
-    finally:
-        os.close(leader)
-        if follower >= 0:
-            os.close(follower)
-    return code, out.decode(errors="replace")
-
-
 async def test_backup_progress_on_a_terminal(host: RunningHost, hosted: Any) -> None:
     """A paced backup: its record shows the bytes read so far against the files' size, and
     `manman backup create` on a terminal draws them as a bar; restore shows a spinner."""
-    from tests.conftest import ADMIN, PYTHON
+    from tests.conftest import ADMIN, PYTHON, on_a_terminal
 
     w = await hosted("bp")
     await host.api.post("/server", fake_spec("p", worker_id=w.handle.link.worker_id,

@@ -16,6 +16,7 @@ from tests.conftest import (
     PYTHON,
     RunningHost,
     fake_spec,
+    on_a_terminal,
     steamcmd_emulator,
     write_config,
 )
@@ -227,34 +228,12 @@ async def test_logs_follow_resumes_after_cuts_without_loss_or_duplicates(
 
 async def test_install_progress_bar_on_a_terminal(host: RunningHost, hosted: Any,
                                                   tmp_path: Path, monkeypatch: Any) -> None:
-    import pty
-
     steamcmd = steamcmd_emulator(tmp_path, monkeypatch)
     w = await hosted("tty", steamcmd=str(steamcmd))
-    leader, follower = pty.openpty()  # stdout is a terminal: the bar is drawn
-    try:
-        proc = await trio.lowlevel.open_process(
-            [PYTHON, "-m", "manman", "server", "create", "--host-url", host.url, "--token",
-             ADMIN, "slow", "steamcmd:1020", "--worker", w.handle.link.worker_id],
-            stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": "100"})
-        os.close(follower)
-        follower = -1
-        out = b""
-        with trio.fail_after(30):
-            while True:
-                try:
-                    data = await trio.to_thread.run_sync(os.read, leader, 4096)
-                except OSError:  # the terminal closed: the command ended
-                    break
-                if not data:
-                    break
-                out += data
-            assert await proc.wait() == 0
-    finally:
-        os.close(leader)
-        if follower >= 0:
-            os.close(follower)
-    text = out.decode(errors="replace")
+    code, text = await on_a_terminal(  # stdout is a terminal: the bar is drawn
+        [PYTHON, "-m", "manman", "server", "create", "--host-url", host.url, "--token",
+         ADMIN, "slow", "steamcmd:1020", "--worker", w.handle.link.worker_id], columns=100)
+    assert code == 0, text
     assert "installing slow" in text and "%" in text  # the bar, with its percentage
     assert "slow created: stopped" in text
 
