@@ -3,11 +3,14 @@
 
 A simulated worker (no processes) reports 100 servers; each heartbeat flips all of them
 between running (ready) and stopped, so each one makes 100 events (`server.ready` or
-`server.stopped`) for one generic hook with a secret. Prints the host's CPU seconds while
-idle and while delivering, the heartbeat latency in both, and the events' latency from the
-host deriving them (`at`) to the receiver reading them.
+`server.stopped`) for one generic hook with a secret. As a worker of this version does, the
+heartbeat carries the 100 events it recorded (`events`, taken into the outbox in one
+transaction); `--derived` measures an older worker's heartbeat instead, whose events the host
+derives from the status. Prints the host's CPU seconds while idle and while delivering, the
+heartbeat latency in both, and the events' latency from `at` (when they happened) to the
+receiver reading them.
 
-    .venv/bin/python bench/webhooks.py [--events 1000]
+    .venv/bin/python bench/webhooks.py [--events 1000] [--derived]
 """
 
 from __future__ import annotations
@@ -35,20 +38,30 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
-def heartbeat(servers: list[str], running: bool) -> bytes:
+def heartbeat(servers: list[str], running: bool, seq: int | None, changed: bool) -> bytes:
+    """A heartbeat; with `seq` (the last event sent before), a worker of this version's:
+    the events of the flip when `changed`, else an empty list (nothing new)."""
     now = time.time()
-    return msgspec.json.encode({"status": "alive", "generations": {s: 1 for s in servers},
-                                "servers": [{"id": s, "observed_generation": 1,
-                                             "state": "running" if running else "stopped",
-                                             "ready": running, "restarts": 0,
-                                             "updated_at": now} for s in servers]})
+    body: dict[str, object] = {
+        "status": "alive", "generations": {s: 1 for s in servers},
+        "servers": [{"id": s, "observed_generation": 1,
+                     "state": "running" if running else "stopped", "ready": running,
+                     "restarts": 0, "updated_at": now} for s in servers]}
+    if seq is not None:
+        event = "server.ready" if running else "server.stopped"
+        body["events"] = [{"seq": seq + i + 1, "at": now, "event": event, "server_id": s,
+                           "data": {}} for i, s in enumerate(servers)] if changed else []
+    return msgspec.json.encode(body)
 
 
 async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--events", type=int, default=1000)
     p.add_argument("--idle-seconds", type=float, default=5)
+    p.add_argument("--derived", action="store_true",
+                   help="an older worker: no `events`, the host derives them")
     args = p.parse_args()
+    seq: int | None = None if args.derived else 0
     beats = max(1, args.events // SERVERS)
     d = Path(tempfile.mkdtemp(prefix="manman-bench-webhooks-"))
     cfg = d / "host.toml"
@@ -74,25 +87,29 @@ async def main() -> None:
                         "name": f"s{i}", "worker_id": wid, "game_id": "exec:/bin/true"})
                     servers.append(r.json()["id"])
                 r = await http.post(f"/worker/{wid}/health", headers=auth,
-                                    content=heartbeat(servers, False))
+                                    content=heartbeat(servers, False, seq, False))
                 assert r.status_code == 200, r.text
                 r = await http.post("/webhook", headers=admin, json={
                     "url": rx.url("/ok"), "secret": "bench",
                     "events": ["server.ready", "server.stopped"]})
                 assert r.status_code == 201, r.text
 
-                async def beat(running: bool) -> float:
+                async def beat(running: bool, changed: bool) -> float:
+                    nonlocal seq
                     t = time.perf_counter()
                     r = await http.post(f"/worker/{wid}/health", headers=auth,
-                                        content=heartbeat(servers, running))
+                                        content=heartbeat(servers, running, seq, changed))
                     assert r.status_code == 200, r.text
+                    if seq is not None and changed:
+                        seq += len(servers)
+                        assert r.json()["events_acked"] == seq, r.text
                     return time.perf_counter() - t
 
                 # idle: the same heartbeats, nothing changes
                 idle_lat: list[float] = []
                 cpu0, t0 = proc_cpu_seconds(host.pid), time.perf_counter()
                 while time.perf_counter() - t0 < args.idle_seconds:
-                    idle_lat.append(await beat(False))
+                    idle_lat.append(await beat(False, False))
                     await trio.sleep(0.1)
                 idle_cpu = proc_cpu_seconds(host.pid) - cpu0
                 idle_s = time.perf_counter() - t0
@@ -100,7 +117,7 @@ async def main() -> None:
                 busy_lat: list[float] = []
                 cpu0, t0 = proc_cpu_seconds(host.pid), time.perf_counter()
                 for n in range(beats):
-                    busy_lat.append(await beat(n % 2 == 0))
+                    busy_lat.append(await beat(n % 2 == 0, True))
                     await trio.sleep(0.1)
                 with trio.fail_after(120):
                     while len(rx.on("/ok")) < beats * SERVERS:
@@ -115,6 +132,8 @@ async def main() -> None:
     lat = [r.at + wall_at - json.loads(r.body)["at"] for r in got]
     print(json.dumps({
         "servers": SERVERS, "events": len(got),
+        "path": "derived from the status (older worker)" if args.derived
+        else "sent by the worker (events in the heartbeat)",
         "idle": {"seconds": round(idle_s, 2), "host_cpu_seconds": round(idle_cpu, 3),
                  "host_cpu_percent": round(100 * idle_cpu / idle_s, 1),
                  "heartbeat_p50_ms": round(pct(idle_lat, 0.5), 2),
