@@ -195,7 +195,6 @@ class WorkerAgent:
                 task_status.started(self)
                 await self.shutdown_requested.wait()
                 await self._stop_all()
-                await trio.to_thread.run_sync(self.limits.close, set(self.actors))
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -208,6 +207,9 @@ class WorkerAgent:
                     for actor in self.actors.values():
                         actor.broker.close()
                     await self.store.close()
+                    # exec games are gone (stopped, or killed when abandoned): their cgroups
+                    # go too; a worker killed outright finds them at its next start
+                    await trio.to_thread.run_sync(self.limits.close, set(self.actors))
             self.stopped.set()
 
     def docker_runner(self) -> DockerRunner:

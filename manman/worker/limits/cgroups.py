@@ -185,16 +185,8 @@ def _detect_v1(root: str, own: dict[str, str], mounted: dict[str, str]) -> Hiera
             found[ctrl] = d
         elif ctrl != "cpuacct":  # cpuacct only feeds the stats (they fall back to /proc)
             return Hierarchy("none", reason=problem)
-    bases: dict[str, str] = {}
-    for ctrl, d in found.items():  # all there: now the directory beneath each
-        try:
-            os.makedirs(f"{d}/manman", exist_ok=True)
-        except OSError as e:
-            if ctrl != "cpuacct":
-                return Hierarchy("none", reason=f"cgroup v1: {d}: {e.strerror or e}")
-            continue
-        bases[ctrl] = f"{d}/manman"
-    return Hierarchy("cgroup1", bases)
+    # manman/ beneath each is made with the first server's cgroup, removed with the last
+    return Hierarchy("cgroup1", {c: f"{d}/manman" for c, d in found.items()})
 
 
 # -- one server's cgroup ---------------------------------------------------------------------
