@@ -430,3 +430,26 @@ async def test_docker_limits_and_oom(docker_worker: RunningWorker,  # noqa: F811
     assert m[("manman_server_oom_kills_total", (("server", "dmem"),))] == 1
     await api.post("/server/dmem/kill", expect=202)
     await api.wait_for("dmem", state="stopped", timeout=30)
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+async def test_cli_sets_and_shows_limits(host: RunningHost, hosted: Any) -> None:
+    from tests.test_cli import manman, out
+
+    await hosted("cli-lim")
+    r = await manman(host, "server", "create", "lim", f"exec:{PYTHON}", "--worker", "cli-lim",
+                     "--memory-mb", "256", "--cpus", "1.5", "--pids", "100")
+    assert r.returncode == 0, r.stderr
+    s = await host.api.get("/server/lim")
+    assert s["limits"] == {"memory_mb": 256, "cpus": 1.5, "pids": 100, "disk_mb": None}
+    r = await manman(host, "server", "show", "lim")
+    assert "limits:               memory 256 MiB, cpus 1.5, pids 100" in out(r), out(r)
+    # an update changes the one given and keeps the others; none removes one
+    r = await manman(host, "server", "update", "lim", "--cpus", "none", "--pids", "50")
+    assert r.returncode == 0, r.stderr
+    s = await host.api.get("/server/lim")
+    assert s["limits"] == {"memory_mb": 256, "cpus": None, "pids": 50, "disk_mb": None}
+    r = await manman(host, "server", "update", "lim", "--pids", "many")
+    assert r.returncode == 2 and "invalid int value" in r.stderr.decode()
