@@ -453,3 +453,43 @@ async def test_cli_sets_and_shows_limits(host: RunningHost, hosted: Any) -> None
     assert s["limits"] == {"memory_mb": 256, "cpus": None, "pids": 50, "disk_mb": None}
     r = await manman(host, "server", "update", "lim", "--pids", "many")
     assert r.returncode == 2 and "invalid int value" in r.stderr.decode()
+
+
+# -- the web console -------------------------------------------------------------------------------
+
+
+def web_new_server_with_limits(page: Any, out: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    from tests.test_preset_api import SECRET
+    from tests.test_web_console import sign_in
+
+    sign_in(page)
+    page.click("#new-server-button")
+    expect(page.locator("#new-preset option[value='fakegame']")).to_have_count(1)
+    page.select_option("#new-preset", "fakegame")
+    page.fill("#new-name", "weblim")
+    page.fill("#port-game", str(out["port"]))
+    page.fill("#var-password", SECRET)
+    page.fill("#new-memory-mb", "256")
+    page.fill("#new-pids", "64")
+    page.click("#new-submit")
+    expect(page.locator("#server-name")).to_have_text("weblim")
+    expect(page.locator("#detail-limits-row")).to_be_visible()
+    out["limits"] = page.locator("#detail-limits").text_content()
+
+
+async def test_web_new_server_with_limits_and_its_page(tmp_path: Path, database_url: str,
+                                                       bg: trio.Nursery) -> None:
+    from tests.test_preset_api import free_port, host_with_presets
+    from tests.test_web_console import CHROMIUM, in_browser
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no browser at {CHROMIUM}")
+    async with host_with_presets(tmp_path, database_url, bg) as (host, _):
+        out: dict[str, Any] = {"port": free_port()}
+        await trio.to_thread.run_sync(in_browser, host.url, out, web_new_server_with_limits)
+        s = await host.api.get("/server/weblim")
+        assert s["limits"] == {"memory_mb": 256, "cpus": None, "pids": 64, "disk_mb": None}
+        assert out["limits"] == "memory 256 MiB, pids 64"
+        assert not out["problems"], out["problems"]
