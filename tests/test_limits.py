@@ -398,7 +398,13 @@ async def test_host_refuses_limits_its_worker_cannot_enforce(
     s = await api.post("/server", fake_spec("hl", worker_id=wid), expect=201)
     r = await api.request("PUT", f"/server/{s['id']}", json={"limits": {"pids": 5}})
     assert r.status_code == 422, r.text
-    assert w.agent.limits.mode == "none"
+    # a spec that reaches the worker anyway (the host did not know): it fails to start,
+    # saying why, never runs unlimited
+    await w.api.post("/server", {**fake_spec("direct", limits={"pids": 5}), "id": "direct1"},
+                     expect=201)
+    await w.api.post("/server/direct1/start", expect=202)
+    got = await w.api.wait_for("direct1", state="failed")
+    assert "limits cannot be enforced on this worker: no writable cgroup" in got["error"], got
 
 
 # -- docker --------------------------------------------------------------------------------------
