@@ -499,3 +499,27 @@ async def test_web_new_server_with_limits_and_its_page(tmp_path: Path, database_
         assert s["limits"] == {"memory_mb": 256, "cpus": None, "pids": 64, "disk_mb": None}
         assert out["limits"] == "memory 256 MiB, pids 64"
         assert not out["problems"], out["problems"]
+
+
+async def test_monitor_mode_with_cgroups_accounts_but_does_not_limit(
+        limits_worker: Any) -> None:
+    needs_cgroup()
+    w = await limits_worker(limits="monitor")
+    api = w.api
+    s = await api.post("/server", py_spec("mong", HOG, "40", limits={"memory_mb": 8},
+                                          desired_state="running"), expect=201)
+    await api.wait_line("mong", "limits memory_mb 8 not enforced (worker.limits = monitor); "
+                        "use over them is warned of")
+    await api.wait_line("mong", "got it all")  # 40 MiB with a limit of 8: not killed
+    group = group_of(w, s["id"])
+    assert (await api.get("/server/mong"))["pid"] in group.pids()  # in its cgroup: measured
+    mem = Path(group.dirs["" if group.v2 else "memory"],
+               "memory.max" if group.v2 else "memory.limit_in_bytes").read_text().strip()
+    assert mem == "max" or int(mem) > 1 << 40  # unlimited
+    with trio.fail_after(10):
+        while True:
+            page = await api.get("/server/mong/log?since=0&limit=1000")
+            if any(ln["text"].startswith("warning: memory ") for ln in page["lines"]):
+                break
+            await trio.sleep(0.1)
+    assert (await api.get("/server/mong"))["state"] == "running"
