@@ -111,29 +111,27 @@ class ExecRunner:
     def __init__(self, limits: WorkerLimits | None = None) -> None:
         self.limits = limits or WorkerLimits()
 
-    def _prepare(self, ctx: LaunchContext) -> ServerCgroup | None:
-        """The server's cgroup with the spec's limits written (blocking I/O); None without a
-        writable cgroup, where limits are refused unless only watched (monitor)."""
+    def _prepare(self, ctx: LaunchContext) -> tuple[ServerCgroup | None, str | None]:
+        """The server's cgroup with the spec's limits written (blocking I/O, in a thread);
+        None without a writable cgroup, where limits are refused unless only watched
+        (monitor). And the console note to write (from trio, not from the thread)."""
         lim, spec = self.limits, ctx.spec
         wanted = cgroup_limited(spec)
+        named = ", ".join(cgroups.enforced(spec.limits))
         group = lim.group(ctx.server_id)
         if group is None:
             if wanted and lim.enforcing:
                 raise SpawnError(f"limits cannot be enforced on this worker: no writable "
                                  f"cgroup ({lim.hierarchy.reason})")
-            if wanted:
-                ctx.note(f"limits {', '.join(cgroups.enforced(spec.limits))} not enforced: "
-                         "no writable cgroup on this worker (worker.limits = monitor); "
-                         "use over them is warned of")
-            return None
+            return None, (f"limits {named} not enforced: no writable cgroup on this worker "
+                          "(worker.limits = monitor); use over them is warned of"
+                          if wanted else None)
         try:
             group.create(lim.applied(spec))
         except OSError as e:
             raise SpawnError(f"cannot set up the server's cgroup: {e.strerror or e}") from None
-        if wanted and not lim.enforcing:
-            ctx.note(f"limits {', '.join(cgroups.enforced(spec.limits))} not enforced "
-                     "(worker.limits = monitor); use over them is warned of")
-        return group
+        return group, (f"limits {named} not enforced (worker.limits = monitor); use over "
+                       "them is warned of" if wanted and not lim.enforcing else None)
 
     async def spawn(self, ctx: LaunchContext) -> GameProcess:
         env = base_env(ctx.spec.env)
@@ -142,7 +140,9 @@ class ExecRunner:
         env["MANMAN_SERVER_ID"] = ctx.server_id
         exe = resolve_executable(ctx.spec, ctx.files_dir, env.get("PATH"))
         ctx.files_dir.mkdir(parents=True, exist_ok=True)
-        group = await trio.to_thread.run_sync(self._prepare, ctx)
+        group, note = await trio.to_thread.run_sync(self._prepare, ctx)
+        if note is not None:
+            ctx.note(note)
         argv = [exe, *ctx.spec.args]
         oom_before = None
         if group is not None:
