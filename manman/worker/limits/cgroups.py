@@ -204,6 +204,10 @@ class ServerCgroup:
 
     def create(self, limits: Limits | None) -> None:
         """Make the cgroup if needed and write its limits (None: unlimited). Raises OSError."""
+        if self.v2:  # v2 hands controllers down one level at a time: the owner's too
+            owner = os.path.dirname(self.dirs[""])
+            os.makedirs(owner, exist_ok=True)
+            _write(f"{owner}/cgroup.subtree_control", " ".join(f"+{c}" for c in NEEDED))
         for d in self.unique:
             os.makedirs(d, exist_ok=True)
         for ctrl, name, value in (v2_files if self.v2 else v1_files)(limits):
