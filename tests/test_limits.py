@@ -444,7 +444,10 @@ async def test_docker_limits_and_oom(docker_worker: RunningWorker,  # noqa: F811
 async def test_cli_sets_and_shows_limits(host: RunningHost, hosted: Any) -> None:
     from tests.test_cli import manman, out
 
-    await hosted("cli-lim")
+    w = await hosted("cli-lim")
+    r = await manman(host, "workers")
+    header, row = out(r).splitlines()
+    assert row[header.index("LIMITS"):].split()[0] == w.agent.limits.mode
     r = await manman(host, "server", "create", "lim", f"exec:{PYTHON}", "--worker", "cli-lim",
                      "--memory-mb", "256", "--cpus", "1.5", "--pids", "100")
     assert r.returncode == 0, r.stderr

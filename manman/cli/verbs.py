@@ -210,9 +210,19 @@ def cmd_workers(args: argparse.Namespace, api: HostClient) -> int:
         return 0
     now = time.time()
     _table([[w["name"], w["id"], w["status"], str(w["servers"]),
-             _age(now - w["last_heartbeat"]) if w["last_heartbeat"] else "-", w["api_url"]]
-            for w in workers], ["name", "id", "status", "servers", "heartbeat", "api"])
+             _age(now - w["last_heartbeat"]) if w["last_heartbeat"] else "-",
+             _worker_limits(w.get("capacity") or {}), w["api_url"]]
+            for w in workers], ["name", "id", "status", "servers", "heartbeat", "limits",
+                                "api"])
     return 0
+
+
+def _worker_limits(capacity: dict[str, Any]) -> str:
+    """How the worker enforces exec servers' limits: `cgroup2`, `none (monitor)`, `-`."""
+    mode = capacity.get("limits")
+    if not isinstance(mode, str):
+        return "-"  # a worker that did not say
+    return mode if capacity.get("limits_setting") != "monitor" else f"{mode} (monitor)"
 
 
 def _worker_id(api: HostClient, key: str) -> str:
