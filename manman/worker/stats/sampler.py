@@ -184,6 +184,7 @@ class StatsSampler:
         self._cpu.pop(actor.id, None)
         self._cg_cpu.pop(actor.id, None)
         self._counts.pop(actor.id, None)
+        self._warned.pop(actor.id, None)
         self._net.pop(actor.id, None)
         self._disk.pop(actor.id, None)
 
