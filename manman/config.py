@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -125,6 +125,10 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     files_max_extract: PositiveInt = 4 * 1024 * 1024 * 1024
     # where backups are kept (any mounted path, e.g. NFS); empty: <data_dir>/backups
     backup_dir: str = ""
+    # limits of exec/steamcmd servers (docs/spec.md "Limits"): enforced by cgroups, or
+    # "monitor": not enforced, use over them warned of on the console
+    limits: Literal["enforce", "monitor"] = "enforce"
+    cgroup_root: str = "/sys/fs/cgroup"  # where the cgroup hierarchies are mounted
 
     def __post_init__(self) -> None:
         _check_listen("listen", self.listen)

@@ -748,6 +748,9 @@ class WorkerRuntimeStatus(Struct):
     servers: int
     resources: dict[str, Any]
     events: EventQueueStatus | None = None  # null: standalone (no host, no webhooks)
+    # how exec servers' limits are enforced (docs/spec.md "Limits"), and worker.limits
+    limits: Literal["cgroup2", "cgroup1", "none"] = "none"
+    limits_setting: Literal["enforce", "monitor"] = "enforce"
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

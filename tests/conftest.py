@@ -222,9 +222,32 @@ class ManmanProcess:
             return await self.proc.wait()
 
     def stop(self) -> None:
-        """Last resort for a test that failed half-way: nothing may outlive the test."""
+        """Last resort for a test that failed half-way: nothing may outlive the test (nor
+        what its worker left in cgroups: no later worker starts on its data_dir)."""
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
+        data_dir = (self.env or {}).get("MANMAN_WORKER_DATA_DIR")
+        if data_dir:
+            remove_worker_cgroups(Path(data_dir))
+
+
+def remove_worker_cgroups(data_dir: Path) -> None:
+    """What a worker killed for good left in its servers' cgroups (docs/spec.md "Limits"):
+    their processes killed, the cgroups removed."""
+    import contextlib
+    import sqlite3
+
+    from manman.worker.limits.manager import WorkerLimits
+
+    db = data_dir / "worker.sqlite3"
+    if not db.exists():
+        return
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
+    if row:
+        limits = WorkerLimits()
+        limits.start(row[0])
+        limits.close(set())
 
 
 def pids_with(marker: str) -> list[int]:

@@ -71,6 +71,9 @@ class FakeGame:
         assert self.code is not None
         return self.code
 
+    async def exit_reason(self) -> str | None:
+        return None
+
     async def cleanup(self) -> None:
         return None
 

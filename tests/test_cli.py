@@ -44,8 +44,9 @@ async def test_verbs_tables_json_and_errors(host: RunningHost, hosted: Any) -> N
     r = await manman(host, "workers")
     assert r.returncode == 0, r.stderr
     lines = out(r).splitlines()
-    assert lines[0].split() == ["NAME", "ID", "STATUS", "SERVERS", "HEARTBEAT", "API"]
+    assert lines[0].split() == ["NAME", "ID", "STATUS", "SERVERS", "HEARTBEAT", "LIMITS", "API"]
     assert lines[1].split()[:3] == ["cli-w", w.handle.link.worker_id, "alive"]
+    assert lines[1].split()[5] == w.agent.limits.mode  # cgroup2, cgroup1 or none
     r = await manman(host, "server", "create", "alpha", f"exec:{PYTHON}", "--worker", "cli-w",
                      "--arg=-u", f"--arg={FAKEGAME}", "--stop-command", "quit",
                      "--ready-pattern", "^Server ready$", "--start")

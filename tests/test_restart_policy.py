@@ -125,6 +125,7 @@ class FlakyRunner(ExecRunner):
     """A runner with a bug: its first spawn raises something nobody expects."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
 
     async def spawn(self, ctx: LaunchContext) -> GameProcess:

@@ -132,6 +132,22 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="FIELD=JSON",
                    help="any spec field, its value as JSON: --set 'ports=[{\"port\": 27015}]'")
     p.add_argument("--start", action="store_true", help="desired_state running")
+    for flag, kind, what in (("--memory-mb", int, "MiB of memory"),
+                             ("--cpus", float, "cores (0.5: half of one)"),
+                             ("--pids", int, "processes and threads")):
+        p.add_argument(flag, type=_limit(kind), metavar="N|none",
+                       help=f"limit: {what} at most (none: no limit); see `server show`")
+
+
+_NO_LIMIT = object()  # --memory-mb none: the limit goes
+
+
+def _limit(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return _NO_LIMIT if text == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error
+    return parse
 
 
 def _run(fn: Any) -> Any:
@@ -194,9 +210,19 @@ def cmd_workers(args: argparse.Namespace, api: HostClient) -> int:
         return 0
     now = time.time()
     _table([[w["name"], w["id"], w["status"], str(w["servers"]),
-             _age(now - w["last_heartbeat"]) if w["last_heartbeat"] else "-", w["api_url"]]
-            for w in workers], ["name", "id", "status", "servers", "heartbeat", "api"])
+             _age(now - w["last_heartbeat"]) if w["last_heartbeat"] else "-",
+             _worker_limits(w.get("capacity") or {}), w["api_url"]]
+            for w in workers], ["name", "id", "status", "servers", "heartbeat", "limits",
+                                "api"])
     return 0
+
+
+def _worker_limits(capacity: dict[str, Any]) -> str:
+    """How the worker enforces exec servers' limits: `cgroup2`, `none (monitor)`, `-`."""
+    mode = capacity.get("limits")
+    if not isinstance(mode, str):
+        return "-"  # a worker that did not say
+    return mode if capacity.get("limits_setting") != "monitor" else f"{mode} (monitor)"
 
 
 def _worker_id(api: HostClient, key: str) -> str:
@@ -280,6 +306,13 @@ def _spec_from_args(args: argparse.Namespace, api: HostClient) -> dict[str, Any]
             spec[key] = value  # a plain string needs no quotes
     if args.start:
         spec["desired_state"] = "running"
+    for field in ("memory_mb", "cpus", "pids"):
+        value = getattr(args, field)
+        if value is not None:
+            limits = spec.setdefault("limits", {})
+            if not isinstance(limits, dict):
+                raise ClientError("limits: expected an object")
+            limits[field] = None if value is _NO_LIMIT else value
     return spec
 
 
@@ -441,6 +474,9 @@ def cmd_show(args: argparse.Namespace, api: HostClient) -> int:
         seen = "ok" if query["ok"] else f"failing: {query.get('error') or '?'}"
         extra = [f"{k} {query[k]}" for k in ("map", "version") if query.get(k)]
         print(f"{'players:':22}{_players(query)} (query {', '.join([seen, *extra])})")
+    limits = _limits_text(s.get("limits") or {})
+    if limits:
+        print(f"{'limits:':22}{limits}")
     if s.get("stats"):
         from manman.cli.top import stats_text
 
@@ -474,6 +510,14 @@ def _disk_text(s: dict[str, Any]) -> str | None:
     return text
 
 
+def _limits_text(limits: dict[str, Any]) -> str:
+    """`memory 512 MiB, cpus 1.5, pids 200`: the limits set, in the spec's order
+    (disk_mb has its own line: `disk:`)."""
+    units = {"memory_mb": ("memory", " MiB"), "cpus": ("cpus", ""), "pids": ("pids", "")}
+    return ", ".join(f"{units[k][0]} {v:g}{units[k][1]}" for k, v in limits.items()
+                     if v is not None and k in units)
+
+
 def cmd_power(args: argparse.Namespace, api: HostClient) -> int:
     s = api.server(args.server)
     r = api.call("POST", f"/server/{s['id']}/command", json={"type": args.action})
@@ -503,6 +547,8 @@ def cmd_update(args: argparse.Namespace, api: HostClient) -> int:
     spec = _spec_from_args(args, api)
     if spec.get("worker_id") == s["worker_id"]:
         del spec["worker_id"]  # naming its own worker is no change
+    if isinstance(spec.get("limits"), dict):  # a PUT replaces them: the others are kept
+        spec["limits"] = {**(s.get("limits") or {}), **spec["limits"]}
     if args.restart:
         spec["restart_on_change"] = True
     if not spec:

@@ -23,6 +23,7 @@ from manman.host.fleet import Fleet, ServerRec, WorkerRec
 from manman.host.lastbackup import LastBackups
 from manman.host.relay import Relay, Unreachable
 from manman.host.store import CommitUnknown, HostStore
+from manman.worker.limits.manager import refusal as limits_refusal
 
 log = logging.getLogger("manman.host")
 
@@ -164,6 +165,7 @@ class HostControl:
         self._writable(w)
         if self.fleet.name_taken(spec.name):
             raise errors.Exists.server(spec.name)
+        self._check_limits(w, spec)
         async with self._ports_locked(w, bool(spec.ports)):
             self._check_ports(w, spec)
             now = time.time()
@@ -183,6 +185,12 @@ class HostControl:
             return
         async with self._port_locks.setdefault(w.id, trio.Lock()):
             yield
+
+    def _check_limits(self, w: WorkerRec, spec: models.ServerSpec) -> None:
+        """Refuse (422) limits the worker said it cannot enforce (docs/spec.md "Limits")."""
+        reason = limits_refusal(w.capacity, spec)
+        if reason is not None:
+            raise errors.Invalid(reason)
 
     def _check_ports(self, w: WorkerRec, spec: models.ServerSpec,
                      current: ServerRec | None = None) -> None:
@@ -224,6 +232,8 @@ class HostControl:
                 raise errors.Exists.server(new.name)
             if new.ports != spec.ports:  # a change that leaves them is never refused for them
                 self._check_ports(w, new, s)
+            if new.limits != spec.limits:
+                self._check_limits(w, new)
             return new
 
         async with self._ports_locked(w, update.ports is not msgspec.UNSET):

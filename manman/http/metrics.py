@@ -177,9 +177,13 @@ def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]
     viewers = GaugeMetricFamily("manman_console_viewers", "Live console viewers",
                                 labels=["server"])
     players = _players_gauge()
+    ooms = CounterMetricFamily("manman_server_oom_kills",
+                               "Runs ended by an OOM kill under the server's memory limit",
+                               labels=["server"])
     for a in agent.actors.values():
         name = a.spec.name
         restarts.add_metric([name], a.status.restarts)
+        ooms.add_metric([name], agent.oom_kills.get(a.id, 0))
         lines.add_metric([name], a.broker.lines_total)
         size.add_metric([name], a.broker.bytes_total)
         gaps.add_metric([name], a.broker.gaps)
@@ -187,7 +191,7 @@ def _worker_state(agent: WorkerAgent, link: HostLink | None) -> Iterator[Metric]
         q = a.status.query
         if q is not None and q.players is not None:
             players.add_metric([name], q.players)
-    yield from (restarts, lines, size, gaps, viewers, players)
+    yield from (restarts, lines, size, gaps, viewers, players, ooms)
     yield _update_available((a.spec, a.status) for a in agent.actors.values())
     yield _disk_full((a.spec.name, a.spec.limits.disk_mb, a.status.disk_full is not None)
                      for a in agent.actors.values())

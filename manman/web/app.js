@@ -396,6 +396,9 @@
     $("detail-build").textContent = (s.installed_build || "—") + (s.update_available
       ? " — update available: build " + s.latest_build : "");
     $("detail-build").classList.toggle("update-available", !!s.update_available);
+    const limits = limitsText(s.limits);
+    show($("detail-limits-row"), limits !== "");
+    $("detail-limits").textContent = limits;
     // over limits.disk_mb: said even while it still runs (it is not started again)
     const disk = s.disk_full ? "over its disk limit: the files use " +
       Math.round(s.disk_full.used / 1048576) + " MiB of " +
@@ -404,6 +407,17 @@
       ? s.error || disk : "", "error");
     document.title = "manman — " + s.name + " (" + state + ")";
     renderStatsNow();
+  }
+
+  // "memory 512 MiB, cpus 1.5, pids 200": the limits the spec sets (docs/spec.md "Limits")
+  function limitsText(limits) {
+    if (!limits) return "";
+    const parts = [];
+    if (limits.memory_mb != null) parts.push("memory " + limits.memory_mb + " MiB");
+    if (limits.cpus != null) parts.push("cpus " + limits.cpus);
+    if (limits.pids != null) parts.push("pids " + limits.pids);
+    if (limits.disk_mb != null) parts.push("disk " + limits.disk_mb + " MiB");
+    return parts.join(", ");
   }
 
   async function onAction(ev) {
@@ -551,6 +565,13 @@
       if (value) ports[input.dataset.port] = value === "auto" ? "auto" : Number(value);
     }
     if (Object.keys(ports).length) body.ports = ports;
+    const limits = {};
+    for (const [id, field] of [["new-memory-mb", "memory_mb"], ["new-cpus", "cpus"],
+                               ["new-pids", "pids"]]) {
+      const value = $(id).value.trim();
+      if (value) limits[field] = Number(value);
+    }
+    if (Object.keys(limits).length) body.limits = limits;
     if ($("new-start").checked) body.desired_state = "running";
     const button = $("new-submit");
     button.disabled = true;

@@ -84,6 +84,8 @@ class ActorHooks:
     # players who joined or left, by name, from the player patterns (in order; how many more
     # a flood had; the count after), before the count they changed is reported
     players: Callable[[ServerActor, list[tuple[str, str, int]], int, int], None] | None = None
+    # a run ended for a reason its exit code does not say (an OOM kill): the metrics
+    exit_reason: Callable[[ServerActor, str], None] | None = None
 
 
 class ServerActor:
@@ -335,7 +337,8 @@ class ServerActor:
 
     async def _launch(self, run: Run) -> None:
         try:
-            ctx = LaunchContext(self.id, self._launch_spec(), self.files_dir, run.instance)
+            ctx = LaunchContext(self.id, self._launch_spec(), self.files_dir, run.instance,
+                                note=self.broker.note)
             if not await self._record(run):
                 return
             proc = await self.runner.spawn(ctx)
@@ -401,6 +404,7 @@ class ServerActor:
 
     async def _supervise(self, run: Run, proc: GameProcess) -> None:
         code: int | None = None
+        reason: str | None = None
         spec = self.spec
         # a re-attached game's players stay unknown: counting from 0, a join and a leave
         # would read as empty with everyone from before still on
@@ -417,6 +421,9 @@ class ServerActor:
                     nursery.start_soon(self._query_prober, run, spec, prober)
                 code = await proc.wait()
                 prober.cancel()
+                reason = await proc.exit_reason()  # before cleanup: docker's goes with rm
+                if reason is not None and self.hooks.exit_reason is not None:
+                    self.hooks.exit_reason(self, reason)
                 await proc.cleanup()
                 # what the pipes still hold is read; a grandchild holding them open is not
                 # waited for
@@ -429,7 +436,7 @@ class ServerActor:
         if self.run is run:
             self.run = None
         run.ready_re = None
-        self._apply(self.machine.exited(run.id, code, self._now()))
+        self._apply(self.machine.exited(run.id, code, self._now(), reason))
 
     async def _read(self, run: Run, stream: trio.abc.ReceiveStream, name: str) -> None:
         framer = LineFramer()

@@ -29,9 +29,10 @@ from manman.worker.console.broker import LogBroker
 from manman.worker.disk.watch import DiskWatch
 from manman.worker.installers.base import Installer, NoInstall
 from manman.worker.installers.steam_builds import SteamBuilds
+from manman.worker.limits.manager import WorkerLimits
 from manman.worker.runners.base import Runner, RunRecord, SpawnError
 from manman.worker.runners.docker import DockerRunner
-from manman.worker.runners.exec import ExecRunner
+from manman.worker.runners.exec import ExecProcess, ExecRunner
 from manman.worker.store import StoredServer, WorkerStore
 
 log = logging.getLogger("manman.worker")
@@ -94,7 +95,10 @@ class WorkerAgent:
         self.shutdown_requested = trio.Event()  # graceful: stop every server, then exit
         self._keep_desired = True
         self.stopped = trio.Event()
-        self.exec_runner = ExecRunner()
+        # exec servers' cgroups: the hierarchy is detected at start (run)
+        self.limits = WorkerLimits(cfg.limits, cfg.cgroup_root)
+        self.exec_runner = ExecRunner(self.limits)
+        self.oom_kills: dict[str, int] = {}  # by server id, since the worker started
         self.steamcmd_lock = trio.Lock()  # steamcmd runs one at a time on a worker
         self.owner = ""  # labels this worker's containers (SQLite meta, made once)
         self._docker: DockerRunner | None = None
@@ -167,10 +171,20 @@ class WorkerAgent:
                 await self.store.set_meta({"owner": self.owner})
             for pid in await trio.to_thread.run_sync(procs.kill_helpers, self.owner):
                 log.info("ended helper process %d left by the previous run", pid)
+            await trio.to_thread.run_sync(self.limits.start, self.owner)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._persister)
                 loaded = await self.store.load()
+                # before any server starts: what an earlier worker left in its servers'
+                # cgroups is killed (an exec game is never re-attached), and the cgroups
+                # of servers deleted while it was down go
+                killed, removed = await trio.to_thread.run_sync(
+                    self.limits.recover, {s.id for s in loaded})
+                for pid in killed:
+                    log.info("killed process %d left in a server's cgroup", pid)
+                for sid in removed:
+                    log.info("removed the cgroup of unknown server %s", sid)
                 # a server placed again at its start must avoid those not loaded yet
                 self._placing.update({s.id: (s.spec.name, s.spec, s.status.allocated_ports)
                                       for s in loaded})
@@ -193,6 +207,9 @@ class WorkerAgent:
                     for actor in self.actors.values():
                         actor.broker.close()
                     await self.store.close()
+                    # exec games are gone (stopped, or killed when abandoned): their cgroups
+                    # go too; a worker killed outright finds them at its next start
+                    await trio.to_thread.run_sync(self.limits.close, set(self.actors))
             self.stopped.set()
 
     def docker_runner(self) -> DockerRunner:
@@ -260,6 +277,8 @@ class WorkerAgent:
         if spec.name in self._creating or self.name_taken(spec.name):
             raise errors.Exists.server(spec.name)
         self.runner_and_installer(spec)  # refuse an install method this worker cannot run
+        if self.cfg.standalone:  # nor limits it cannot enforce (a host checked them: a
+            self.limits.check(spec)  # spec it sends anyway fails to start, saying why)
         new_id = server_id or new_server_id()
         allocated = self._place(spec, new_id, {})
         stored = StoredServer(
@@ -308,10 +327,29 @@ class WorkerAgent:
                     status=msgspec.structs.replace(actor.status, allocated_ports=allocated)):
                 # checked again: a heartbeat may have changed the server while it was saved
                 spec, generation = self._updated(actor, change, generation)
+                limits_before = actor.spec.limits
                 actor.update_spec(spec, generation, change.restart_on_change)
                 actor.status.allocated_ports = allocated
         finally:
             self._placing.pop(actor.id, None)
+        if spec.limits != limits_before:
+            await self._limits_now(actor)
+
+    async def _limits_now(self, actor: ServerActor) -> None:
+        """Changed limits of a running exec server are written to its cgroup at once (else
+        they apply at its next start, as for docker)."""
+        run = actor.run
+        proc = run.proc if run is not None else None
+        if not isinstance(proc, ExecProcess) or proc.group is None or not self.limits.enforcing:
+            return
+        try:
+            await trio.to_thread.run_sync(proc.group.create, actor.spec.limits)
+        except OSError as e:
+            actor.broker.note(f"new limits not applied to the running game ({e.strerror or e});"
+                              " they apply at the next start")
+            return
+        proc.memory_mb = actor.spec.limits.memory_mb
+        actor.broker.note("new limits applied to the running game")
 
     # -- ports ---------------------------------------------------------------------------
 
@@ -361,6 +399,8 @@ class WorkerAgent:
             raise errors.Exists.server(change.name)
         with invalid_values():
             spec = models.apply_update(actor.spec, change)
+        if spec.limits != actor.spec.limits and self.cfg.standalone:  # (as at create)
+            self.limits.check(spec)
         if generation is None:
             generation = actor.generation + 1
         if generation < actor.generation:  # a late push: a newer spec is already here
@@ -437,7 +477,7 @@ class WorkerAgent:
                              if self._installs is not None else None,
                              reported=self._reported,
                              ports=self._launch_ports, hold=self._held,
-                             players=self._players),
+                             players=self._players, exit_reason=self._exit_reason),
             status=stored.status, installed=stored.installed, crash_times=stored.crash_times,
             desired=stored.desired_state, builds=how.builds,
             update_min_interval=self.cfg.update_check_min_interval)
@@ -466,6 +506,10 @@ class WorkerAgent:
                                           "restarts")
                     await trio.sleep(backoff.next())
                     actor = self._rebuild(actor, record)
+
+    def _exit_reason(self, actor: ServerActor, reason: str) -> None:
+        if reason.startswith("out of memory"):
+            self.oom_kills[actor.id] = self.oom_kills.get(actor.id, 0) + 1
 
     def _rebuild(self, old: ServerActor, record: RunRecord) -> ServerActor:
         stored = self._stored(old)
@@ -509,6 +553,9 @@ class WorkerAgent:
             actor.reopen()
             raise
         actor.broker.close(("not_found", "the server was deleted"))
+        self.oom_kills.pop(actor.id, None)
+        if actor.spec.install_method != "docker":
+            await trio.to_thread.run_sync(self.limits.remove, actor.id)
         if purge:
             await trio.to_thread.run_sync(shutil.rmtree, actor.server_dir, True)
             for purger in self.purgers:

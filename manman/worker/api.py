@@ -124,7 +124,8 @@ def build_worker_api(agent: WorkerAgent, secrets: WorkerSecrets, metrics: Worker
             resources.update(sampler.totals())
         return json_response(models.WorkerRuntimeStatus(
             status=agent.status, servers=len(agent.actors), resources=resources,
-            events=events.status() if events is not None else None))
+            events=events.status() if events is not None else None,
+            limits=agent.limits.mode, limits_setting=agent.limits.setting))
 
     @api.route("GET", "/healthz", auth="none", response=dict, summary="Liveness")
     async def healthz() -> Response:

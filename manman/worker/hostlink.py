@@ -121,7 +121,8 @@ class HostLink:
             address=api_url.split("//", 1)[-1].rsplit(":", 1)[0], version=__version__,
             capacity={**{k: v for k, v in self.agent.resources().items()
                          if k in ("cpus", "memory_total")},
-                      "port_range": self.cfg.port_range})  # the host refuses a full range
+                      "port_range": self.cfg.port_range,
+                      **self.agent.limits.capacity()})  # the host refuses a full range
         backoff = Backoff(0.5, 15)
         while True:
             try:

@@ -493,8 +493,10 @@ class ServerMachine:
                             f"not accepting connections ({health.failures} probes)")
         return [Note(run.crash_reason), Kill(run.id)]
 
-    def exited(self, run_id: int, code: int | None, now: float) -> list[Effect]:
-        """The run's process is gone with this exit code (None: unknown)."""
+    def exited(self, run_id: int, code: int | None, now: float, reason: str | None = None
+               ) -> list[Effect]:
+        """The run's process is gone with this exit code (None: unknown); `reason`: why,
+        when the code does not say (an OOM kill under the memory limit)."""
         run = self._current(run_id)
         if run is None:
             return []
@@ -505,7 +507,8 @@ class ServerMachine:
         if run.stop_requested or run.kill_requested:
             self._ended_as_asked(out, run, code, f"stopped ({how})")
             return out
-        decision = after_exit(self.spec.restart, self.crash_times, now, code, run.crash_reason)
+        decision = after_exit(self.spec.restart, self.crash_times, now, code,
+                              run.crash_reason or reason)
         self.crash_times = decision.crash_times
         if decision.state == "stopped":
             self.desired = "stopped"

@@ -7,6 +7,7 @@ one left by an earlier worker (docker) or remove it (exec).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +29,7 @@ class LaunchContext:
     files_dir: Path  # the server's own directory for game files (cwd of the process)
     instance: str  # a token unique to this run, in the process's environment
     extra_env: dict[str, str] = field(default_factory=dict)
+    note: Callable[[str], None] = lambda text: None  # a line of manman's on the console
 
 
 @dataclass
@@ -58,6 +60,10 @@ class GameProcess(Protocol):
 
     async def wait(self) -> int:
         """The exit code (negative: killed by that signal)."""
+
+    async def exit_reason(self) -> str | None:
+        """After exit, before cleanup: why it ended when the exit code does not say (an
+        OOM kill under the server's memory limit), else None."""
 
     async def cleanup(self) -> None:
         """After exit: remove whatever the game left (its group, its container)."""

@@ -19,13 +19,26 @@ from pathlib import Path
 
 import trio
 
-from manman.models import ServerSpec
+from manman.models import Limits, ServerSpec
+from manman.worker.limits.cgroups import oom_reason
 from manman.worker.runners.base import GameProcess, LaunchContext, RunRecord, SpawnError, helper_env
 
 log = logging.getLogger("manman.docker")
 
 def container_name(server_id: str) -> str:
     return f"manman-{server_id}"
+
+
+def limit_args(limits: Limits) -> list[str]:
+    """`docker run` flags of a spec's limits; swap equal to the memory: none on top of it."""
+    out: list[str] = []
+    if limits.memory_mb is not None:
+        out += [f"--memory={limits.memory_mb}m", f"--memory-swap={limits.memory_mb}m"]
+    if limits.cpus is not None:
+        out.append(f"--cpus={limits.cpus:g}")
+    if limits.pids is not None:
+        out.append(f"--pids-limit={limits.pids}")
+    return out
 
 
 class DockerCLI:
@@ -67,8 +80,10 @@ class DockerProcess:
     """A running container, seen through its CLI helpers."""
 
     def __init__(self, cli: DockerCLI, name: str, pid: int | None, logs: trio.Process,
-                 attach: trio.Process, waiter: trio.Process) -> None:
+                 attach: trio.Process, waiter: trio.Process, memory_mb: int | None = None
+                 ) -> None:
         self.cli = cli
+        self.memory_mb = memory_mb  # the container's memory limit, for the crash reason
         self.name = name
         self.pid = pid
         assert logs.stdout is not None and attach.stdin is not None
@@ -116,6 +131,10 @@ class DockerProcess:
                 continue
             return int(exit_code) if code == 0 and exit_code.isdigit() else -1
 
+    async def exit_reason(self) -> str | None:
+        code, out, _ = await self.cli.run("inspect", "-f", "{{.State.OOMKilled}}", self.name)
+        return oom_reason(self.memory_mb) if code == 0 and out.strip() == "true" else None
+
     async def cleanup(self) -> None:
         for p in (self._attach, self._waiter):
             if p.returncode is None:
@@ -159,7 +178,7 @@ class DockerRunner:
                 "--label", f"manman.server={ctx.server_id}",
                 "--label", f"manman.owner={self.owner}",
                 "--label", f"manman.instance={ctx.instance}",
-                "-v", f"{ctx.files_dir}:/data"]
+                "-v", f"{ctx.files_dir}:/data", *limit_args(spec.limits)]
         if self.network:
             argv += ["--network", self.network]
         if self.network not in ("none", "host"):
@@ -188,12 +207,13 @@ class DockerRunner:
             await self.cli.run("rm", "-f", name)  # a timed-out run may still have made it
             raise SpawnError(_error(err))
         try:
-            return await self._attach(name, since=None)
+            return await self._attach(name, since=None, memory_mb=spec.limits.memory_mb)
         except OSError as e:  # no container may run that nobody watches
             await self.cli.run("rm", "-f", name)
             raise SpawnError(f"cannot attach to {name}: {e.strerror or e}") from None
 
-    async def _attach(self, name: str, since: float | None) -> DockerProcess:
+    async def _attach(self, name: str, since: float | None, memory_mb: int | None = None
+                      ) -> DockerProcess:
         code, out, _ = await self.cli.run("inspect", "-f", "{{.State.Pid}}", name)
         pid = int(out.strip()) if code == 0 and out.strip().isdigit() else None
         logs_args = ["logs", "-f"] + (["--since", f"{since:.6f}"] if since else []) + [name]
@@ -207,7 +227,8 @@ class DockerRunner:
             for p in helpers:
                 p.kill()
             raise
-        return DockerProcess(self.cli, name, pid or None, *helpers)
+        logs, attach, waiter = helpers
+        return DockerProcess(self.cli, name, pid or None, logs, attach, waiter, memory_mb)
 
     async def adopt(self, record: RunRecord, spec: ServerSpec, since: float | None = None
                     ) -> GameProcess | None:
@@ -216,7 +237,10 @@ class DockerRunner:
         if code != 0 or out.strip() != "true":
             return None
         log.info("re-attaching to running container %s", name)
-        return await self._attach(name, since=since)
+        # the limit it was started with (a PUT since applies at the next start)
+        code, out, _ = await self.cli.run("inspect", "-f", "{{.HostConfig.Memory}}", name)
+        memory = int(out.strip()) if code == 0 and out.strip().isdigit() else 0
+        return await self._attach(name, since=since, memory_mb=(memory >> 20) or None)
 
     async def remove_leftover(self, record: RunRecord) -> list[int]:
         name = container_name(record.server_id)

@@ -1,7 +1,9 @@
-"""One pass every `stats_interval` over all running servers (not a task per server): CPU and
-memory of each process tree from one read of /proc, docker containers from their cgroup
-files (else one `docker stats` call for all), disk from the worker's disk check
-(manman.worker.disk; without one, a walk at most every `disk_interval` a server)."""
+"""One pass every `stats_interval` over all running servers (not a task per server): exec
+servers from their own cgroup's files where the worker made one, else their process tree
+from one read of /proc, docker containers from their cgroup files (else one `docker stats`
+call for all), disk from the worker's disk check (manman.worker.disk; without one, a walk
+at most every `disk_interval` a server). In monitor mode (worker.limits) a run's use over
+a limit is warned of once on its console."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import trio
 
 from manman.models import ServerStats, StatsPoint
 from manman.worker import machine
+from manman.worker.limits.manager import cgroup_limited
 from manman.worker.runners.docker import container_name
 from manman.worker.stats import cgroup, disk, docker_stats, procfs
 from manman.worker.stats.history import History
@@ -62,6 +65,9 @@ class StatsSampler:
         self.history: dict[str, History] = {}
         self.feeds: dict[str, StatsFeed] = {}
         self._cpu: dict[str, tuple[float, int]] = {}  # id: (monotonic, ticks) of the last pass
+        self._cg_cpu: dict[str, tuple[float, int]] = {}  # id: (monotonic, ns): exec cgroups
+        self._warned: dict[str, tuple[int | None, set[str]]] = {}  # monitor: id: (pid, kinds)
+        self._counts: dict[str, int] = {}  # monitor with a pids limit: processes last pass
         self._net: dict[str, tuple[float, int, int]] = {}
         self._disk: dict[str, tuple[float, int]] = {}  # id: (monotonic measured, bytes)
         self._machine_cpu: tuple[int, int] | None = None
@@ -104,10 +110,14 @@ class StatsSampler:
             else:
                 self._forget(actor)
         execs = [a for a in live if a.spec.install_method != "docker"]
+        # monitor mode: limits not enforced, their use watched
+        watched = set() if self.agent.limits.enforcing else \
+            {a.id for a in execs if cgroup_limited(a.spec)}
         dockers = [a for a in live if a.spec.install_method == "docker"]
         samples: dict[str, tuple[float, int, float | None, float | None]] = {}
         if execs:
-            samples.update(await trio.to_thread.run_sync(self._exec_samples, execs, mono))
+            samples.update(await trio.to_thread.run_sync(self._exec_samples, execs, mono,
+                                                         watched))
         if dockers:
             direct, rest = await trio.to_thread.run_sync(self._cgroup_samples, dockers, mono)
             samples.update(direct)
@@ -133,6 +143,8 @@ class StatsSampler:
             if got is None:
                 continue
             cpu, memory, rx, tx = got
+            if actor.id in watched:
+                self._watch(actor, cpu, memory)
             d = self._disk.get(actor.id)
             stats = ServerStats(cpu=round(cpu, 2), memory=memory,
                                 disk=d[1] if d else None, net_rx=rx, net_tx=tx, at=now)
@@ -146,22 +158,69 @@ class StatsSampler:
             del self.history[sid]
             self.feeds.pop(sid, None)
 
+    def _watch(self, actor: ServerActor, cpu: float, memory: int) -> None:
+        """Monitor mode: once a run, a console warning for each limit its use went over."""
+        lim = actor.spec.limits
+        pid, kinds = self._warned.get(actor.id, (None, set()))
+        if pid != actor.status.pid:
+            pid, kinds = actor.status.pid, set()
+        over = []
+        if lim.memory_mb is not None and memory > lim.memory_mb << 20:
+            over.append(("memory_mb", f"memory {memory >> 20} MiB over memory_mb "
+                                      f"{lim.memory_mb}"))
+        if lim.cpus is not None and cpu > lim.cpus * 100:
+            over.append(("cpus", f"CPU {cpu:.0f}% over cpus {lim.cpus:g}"))
+        count = self._counts.get(actor.id)
+        if lim.pids is not None and count is not None and count > lim.pids:
+            over.append(("pids", f"{count} processes over pids {lim.pids}"))
+        for kind, text in over:
+            if kind not in kinds:
+                kinds.add(kind)
+                actor.broker.note(f"warning: {text} (not enforced: worker.limits = monitor)")
+        self._warned[actor.id] = (pid, kinds)
+
     def _forget(self, actor: ServerActor) -> None:
         actor.status.stats = None
         self._cpu.pop(actor.id, None)
+        self._cg_cpu.pop(actor.id, None)
+        self._counts.pop(actor.id, None)
+        self._warned.pop(actor.id, None)
         self._net.pop(actor.id, None)
         self._disk.pop(actor.id, None)
 
-    def _exec_samples(self, actors: list[ServerActor], mono: float
+    def _exec_samples(self, actors: list[ServerActor], mono: float,
+                      watched: frozenset[str] | set[str] = frozenset()
                       ) -> dict[str, tuple[float, int, float | None, float | None]]:
-        """In a thread: one read of /proc for every exec server."""
+        """In a thread: the server's cgroup (a few small files: it holds every descendant),
+        else one read of /proc for all the exec servers without one."""
+        out: dict[str, tuple[float, int, float | None, float | None]] = {}
+        rest = []
+        limits = self.agent.limits
+        for a in actors:
+            group = limits.group(a.id)
+            got = group.sample() if group is not None else None
+            if group is None or got is None:
+                rest.append(a)
+                continue
+            cpu_ns, memory = got
+            before = self._cg_cpu.get(a.id)
+            self._cg_cpu[a.id] = (mono, cpu_ns)
+            cpu = 0.0
+            if before is not None and mono > before[0]:
+                cpu = max(0, cpu_ns - before[1]) / 1e9 / (mono - before[0]) * 100
+            if a.id in watched and a.spec.limits.pids is not None:
+                self._counts[a.id] = len(group.pids())
+            out[a.id] = (cpu, memory, None, None)
+        if not rest:
+            return out
         procs = procfs.read_all()
         kids = procfs.children_index(procs)
         groups = procfs.groups_index(procs)
-        out: dict[str, tuple[float, int, float | None, float | None]] = {}
-        for a in actors:
+        for a in rest:
             assert a.status.pid is not None
             members = procfs.tree(procs, kids, groups, a.status.pid)
+            if a.id in watched:
+                self._counts[a.id] = len(members)
             ticks = sum(p.ticks for p in members)
             rss = sum(p.rss for p in members)
             before = self._cpu.get(a.id)

@@ -1,0 +1,1 @@
+"""Resource limits of exec servers (docs/spec.md, "Limits"): cgroups made by the worker."""
