@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from manman.schedules.runs import REPORT_BATCH, ReportedRun
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # a docker reference as `docker pull` takes it; never starts with '-' (it goes into argv)
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
@@ -899,7 +901,7 @@ class WorkerEvent(Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
     data: dict[Annotated[str, Meta(max_length=64)], Any]
 
 
-class Heartbeat(Struct, forbid_unknown_fields=True, kw_only=True):
+class Heartbeat(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     status: KnownWorkerStatus = "alive"
     servers: Annotated[list[ObservedServer], Meta(max_length=10000)] = msgspec.field(
         default_factory=list)
@@ -931,6 +933,7 @@ class HeartbeatReply(Struct, kw_only=True, omit_defaults=True):
     # the highest event seq the host has taken (its webhooks' outbox holds them): the worker
     # forgets those; absent when the heartbeat carried no `events`
     events_acked: int | None = None
+    runs_taken: int = 0  # the heartbeat's schedule_runs the host holds now: the worker forgets them
 
 
 def validation_message(e: msgspec.ValidationError | msgspec.DecodeError) -> str:

@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
+from manman import models
+from manman.schedules.runs import ReportedRun, ScheduleRun
 from tests.conftest import Client, RunningWorker, fake_spec, worker_config
 
 RESTART_AT_FIVE = {"cron": "0 5 * * *", "timezone": "Europe/Berlin", "tasks": [
@@ -122,7 +125,23 @@ async def test_a_schedule_fires_in_real_time_and_runs_now(worker: RunningWorker,
         await again.aclose()
 
 
-async def test_host_schedules_travel_with_the_spec_and_runs_come_from_the_worker(
+async def _host_runs(api: Client, server: str, sid: str, want: int,
+                     timeout: float = 10) -> list[dict[str, Any]]:
+    with trio.fail_after(timeout):
+        while len(runs := (await api.get(f"/server/{server}/schedule/{sid}/runs"))["runs"]) \
+                < want:
+            await trio.sleep(0.05)
+    return runs
+
+
+async def _db_runs(host: Any, server_id: str) -> list[tuple[str, int]]:
+    rows = await host.control.store.fetch(
+        "SELECT schedule_id, run_id FROM schedule_runs WHERE server_id = $1 "
+        "ORDER BY schedule_id, run_id", server_id)
+    return [(r["schedule_id"], r["run_id"]) for r in rows]
+
+
+async def test_host_schedules_travel_with_the_spec_and_runs_are_reported_to_the_host(
         host: Any, hosted: Any) -> None:
     w = await hosted("ws")
     api = host.api
@@ -141,27 +160,66 @@ async def test_host_schedules_travel_with_the_spec_and_runs_come_from_the_worker
     r = await api.request("POST", "/server/hs/schedule", json={
         "cron": "0 5 * * *", "tasks": [{"action": "update"}]})
     assert r.status_code == 422 and "not available" in r.json()["error"]["message"]
+    assert await api.get("/server/hs/schedule/s1/runs") == {"runs": []}
     run = await api.post("/server/hs/schedule/s1/run", expect=202)
     assert run["trigger"] == "manual"
     await api.wait_line("hs", "said: from host")
-    with trio.fail_after(10):
-        while (runs := (await api.get("/server/hs/schedule/s1/runs"))["runs"])[0][
-                "status"] == "running":
+    # the run, once ended, comes to the host with a heartbeat: the host answers from its store
+    (stored,) = await _host_runs(api, "hs", "s1", 1)
+    on_worker = (await w.api.get(f"/server/{s['id']}/schedule/s1/runs"))["runs"]
+    assert stored == on_worker[0] and stored["status"] == "ok"
+    # taken: the next heartbeats carry no run (nothing at all on the wire)
+    link = w.handle.link
+    with trio.fail_after(5):
+        while link.heartbeat_body().schedule_runs:
             await trio.sleep(0.05)
-    assert runs[0]["status"] == "ok"
+    assert b"schedule_runs" not in msgspec.json.encode(link.heartbeat_body())
+    # a run sent again (its answer lost) is kept once
+    again = models.Heartbeat(schedule_runs=[ReportedRun(s["id"], msgspec.convert(
+        stored, ScheduleRun))] * 2)
+    for _ in range(2):
+        r = await link.http.post(f"/worker/{link.worker_id}/health",
+                                 content=msgspec.json.encode(again), headers=link._auth())
+        assert r.status_code == 200 and r.json()["runs_taken"] == 2, r.text
+    assert await _db_runs(host, s["id"]) == [("s1", 1)]
+    assert len((await api.get("/server/hs/schedule/s1/runs"))["runs"]) == 1
     await api.request("PUT", "/server/hs/schedule/s1", 200, json={
         "cron": "30 4 * * 1", "timezone": "Asia/Tokyo",
         "tasks": [{"action": "notify", "payload": "hi"}]})
     assert w.agent.get("hs").spec.schedules[0].timezone == "Asia/Tokyo"
     assert (await api.get("/server/hs"))["state"] == "running"  # nothing stopped it
-    # the worker away: runs are 503, the schedules still answer from the host
+    assert len(await _host_runs(api, "hs", "s1", 1)) == 1  # a changed schedule keeps its runs
+    # the worker away: the runs still answer, from the host's store
     await w.shutdown()
     with trio.fail_after(20):
-        while (await api.request("GET", "/server/hs/schedule/s1/runs")).status_code != 503:
+        while (await api.get("/server/hs"))["state"] != "unknown":
             await trio.sleep(0.1)
+    assert (await api.get("/server/hs/schedule/s1/runs"))["runs"] == [stored]
     assert (await api.get("/server/hs/schedule"))["schedules"][0]["id"] == "s1"
+    # a schedule removed takes its runs with it (one added again under its id has none)
     await api.request("DELETE", "/server/hs/schedule/s1", 200)
     assert (await api.get("/server/hs"))["schedules"] == []
+    assert await _db_runs(host, s["id"]) == []
+    await api.post("/server/hs/schedule", {"id": "s1", "cron": "0 5 * * *",
+                                           "tasks": [{"action": "stop"}]}, expect=201)
+    assert await api.get("/server/hs/schedule/s1/runs") == {"runs": []}
+
+
+async def test_runs_of_a_deleted_server_go_with_it(host: Any, hosted: Any) -> None:
+    w = await hosted("wd")
+    api = host.api
+    s = await api.post("/server", fake_spec("gone", worker_id=w.handle.link.worker_id),
+                       expect=201)
+    await api.post("/server/gone/schedule", {
+        "cron": "0 5 * * *", "tasks": [{"action": "notify", "payload": "x"}]}, expect=201)
+    await api.post("/server/gone/schedule/s1/run", expect=202)
+    await _host_runs(api, "gone", "s1", 1)
+    assert await _db_runs(host, s["id"]) == [("s1", 1)]
+    await api.request("DELETE", "/server/gone")
+    with trio.fail_after(20):
+        while (await api.request("GET", "/server/gone")).status_code != 404:
+            await trio.sleep(0.1)
+    assert await _db_runs(host, s["id"]) == []
 
 
 async def test_a_schedule_fires_while_its_host_is_down(host: Any, hosted: Any) -> None:

@@ -348,6 +348,8 @@ def build_host_api(control: HostControl, secrets: HostSecrets, console_ttl: floa
         reply = control.heartbeat(worker_id, body)
         if body.events is not None:  # (a list, empty most of the time: no I/O then)
             reply.events_acked = await control.take_events(worker_id, body.events)
+        if body.schedule_runs:  # runs that ended: the one database write a heartbeat may make
+            reply.runs_taken = await control.take_runs(worker_id, body.schedule_runs)
         return json_response(reply)
 
     # -- the audit trail ----------------------------------------------------------------

@@ -13,6 +13,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -23,6 +24,7 @@ from manman.host.fleet import Fleet, ServerRec, WorkerRec
 from manman.host.lastbackup import LastBackups
 from manman.host.relay import Relay, Unreachable
 from manman.host.store import CommitUnknown, HostStore
+from manman.schedules.runs import KEEP_RUNS, ReportedRun, ScheduleRun
 from manman.worker.limits.manager import refusal as limits_refusal
 
 log = logging.getLogger("manman.host")
@@ -33,6 +35,18 @@ T = TypeVar("T")
 # names the same servers again (a deleting server the worker no longer holds)
 FINISHED_DELETES_QUEUE = 1000
 LIVENESS_INTERVAL = 0.5
+
+
+def _epoch(iso: str) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _jsonb(run: ScheduleRun) -> Any:
+    """A run as PostgreSQL's jsonb takes it: no NUL (an error may quote a game's output)."""
+    return msgspec.json.decode(msgspec.json.encode(run).replace(b"\\u0000", b"\\ufffd"))
 
 
 def _spec_body(s: ServerRec) -> dict[str, Any]:
@@ -414,6 +428,33 @@ class HostControl:
             except trio.WouldBlock:
                 break  # the next heartbeat names them again
         return reply
+
+    async def take_runs(self, worker_id: str, runs: list[ReportedRun]) -> int:
+        """A heartbeat's schedule runs into PostgreSQL (one transaction, only when it carries
+        some): how many the worker may forget, all or none. Runs of another worker's server,
+        of a server being deleted or of a schedule no longer in the spec are dropped."""
+        w = self.worker(worker_id)
+        rows = []
+        for r in runs:
+            s = self.fleet.servers.get(r.server_id)
+            if s is None or s.worker_id != w.id or s.deleting or r.run.status == "running" \
+                    or not any(sc.id == r.run.schedule_id for sc in s.spec.schedules):
+                continue
+            rows.append((s.id, r.run.schedule_id, r.run.id, _epoch(r.run.started_at),
+                         _jsonb(r.run)))
+        if not rows:
+            return len(runs)
+        if not self.store.health.up:
+            return 0  # kept by the worker, sent again: the heartbeat does not wait for it
+        try:
+            await self.store.put_schedule_runs(rows, KEEP_RUNS)
+        except errors.DatabaseUnavailable:
+            return 0
+        except Exception:  # a batch PostgreSQL refuses must not come back at every heartbeat
+            log.exception("PostgreSQL refused %d schedule runs of worker %s; dropped",
+                          len(rows), w.id)
+            self.fleet.records_dropped += len(rows)
+        return len(runs)
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Schedule routes of the host (docs/spec.md, "Schedules"): views over the spec's
-`schedules`, changed through the spec update path; runs and run-now relayed to the worker
-(away: 503), which holds and fires them."""
+`schedules`, changed through the spec update path; run-now relayed to the worker (away:
+503), which holds and fires them; runs from PostgreSQL, where the workers' heartbeats put
+them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from manman.host.control import HostControl
 from manman.http.app import Api, json_response
 from manman.http.auth import Principal
 from manman.schedules import edit
-from manman.schedules.views import RunList, ScheduleList, ScheduleRun, ScheduleView, view
+from manman.schedules.views import (
+    KEEP_RUNS,
+    RunList,
+    ScheduleList,
+    ScheduleRun,
+    ScheduleView,
+    view,
+)
 
 
 class ScheduleDeleted(msgspec.Struct):
@@ -88,10 +96,10 @@ def add_schedule_routes(api: Api, control: HostControl) -> None:
         return json_response(run, 202)
 
     @api.route("GET", base + "/{sid}/runs", response=RunList, errors=(503,),
-               summary="A schedule's last 50 runs, newest first, from its worker")
+               summary="A schedule's last 50 runs that ended, newest first, as its worker "
+                       "reported them")
     async def schedule_runs(who: Principal, server_id: str, sid: str) -> Response:
         s = control.server(server_id)
         edit.find(s.spec.schedules, sid)
-        w = control.reachable_worker(s)
-        content = await control.relay.call(w, "GET", f"/server/{s.id}/schedule/{sid}/runs")
-        return json_response(_decode(content, RunList))
+        records = await control.store.schedule_runs(s.id, sid, KEEP_RUNS)
+        return json_response(RunList([msgspec.convert(r, ScheduleRun) for r in records]))

@@ -323,12 +323,19 @@ class HostStore:
 
     async def update_server_spec(self, server_id: str, name: str, spec: Any, generation: int,
                                  now: float, restart_generation: int) -> None:
-        try:
-            await self.execute(
+        """The new spec; the runs of a schedule it no longer holds go with it."""
+        schedule_ids = [sc.id for sc in getattr(spec, "schedules", ()) if sc.id is not None]
+
+        async def body(conn: asyncpg.Connection) -> None:
+            await conn.execute(
                 "UPDATE servers SET name = $2, spec = $3, generation = $4, updated_at = $5, "
                 "restart_generation = $6 WHERE id = $1", server_id, name,
-                msgspec.to_builtins(spec), generation, now, restart_generation,
-                what=f"update of server {name}")
+                msgspec.to_builtins(spec), generation, now, restart_generation)
+            await conn.execute("DELETE FROM schedule_runs WHERE server_id = $1 AND NOT "
+                               "schedule_id = ANY($2::text[])", server_id, schedule_ids)
+
+        try:
+            await self._call(body, write=True, what=f"update of server {name}")
         except asyncpg.UniqueViolationError:
             raise errors.Exists.server(name) from None  # a concurrent create or rename won
 
@@ -342,6 +349,39 @@ class HostStore:
 
     async def load_servers(self) -> list[asyncpg.Record]:
         return await self.fetch("SELECT * FROM servers ORDER BY created_at")
+
+    # -- schedule runs --------------------------------------------------------------------------
+
+    async def put_schedule_runs(self, rows: list[tuple[str, str, int, float, Any]],
+                                keep: int) -> None:
+        """(server_id, schedule_id, run_id, started_at, record) in one transaction, each run
+        once whatever how often it is sent; then only the `keep` newest of each schedule."""
+
+        async def body(conn: asyncpg.Connection) -> None:
+            await conn.executemany(
+                "INSERT INTO schedule_runs (server_id, schedule_id, run_id, started_at, record) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (server_id, schedule_id, run_id) "
+                "DO UPDATE SET started_at = excluded.started_at, record = excluded.record",
+                rows)
+            pairs = sorted({(r[0], r[1]) for r in rows})
+            await conn.execute(
+                "DELETE FROM schedule_runs r USING (SELECT server_id, schedule_id, run_id, "
+                "row_number() OVER (PARTITION BY server_id, schedule_id "
+                "ORDER BY started_at DESC, run_id DESC) AS n FROM schedule_runs "
+                "WHERE (server_id, schedule_id) IN "
+                "(SELECT * FROM unnest($1::text[], $2::text[]))) old "
+                "WHERE old.n > $3 AND r.server_id = old.server_id "
+                "AND r.schedule_id = old.schedule_id AND r.run_id = old.run_id",
+                [p[0] for p in pairs], [p[1] for p in pairs], keep)
+
+        if rows:
+            await self._call(body, write=True)
+
+    async def schedule_runs(self, server_id: str, schedule_id: str, limit: int) -> list[Any]:
+        rows = await self.fetch("SELECT record FROM schedule_runs WHERE server_id = $1 AND "
+                                "schedule_id = $2 ORDER BY started_at DESC, run_id DESC "
+                                "LIMIT $3", server_id, schedule_id, limit)
+        return [r["record"] for r in rows]
 
     # -- batches from the hot paths ------------------------------------------------------------
 

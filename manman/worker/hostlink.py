@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Protocol
 
 import httpx
 import msgspec
@@ -14,6 +15,7 @@ import trio
 from manman import __version__, errors, models
 from manman.backoff import Backoff
 from manman.config import WorkerConfig
+from manman.schedules.runs import ReportedRun
 from manman.worker.actor import ServerActor
 from manman.worker.agent import WorkerAgent
 from manman.worker.events import EventQueue
@@ -31,6 +33,14 @@ class Retired(Exception):
 
 def observed(actor: ServerActor) -> models.ObservedServer:
     return models.ObservedServer.of(actor.id, actor.generation, actor.status)
+
+
+class RunOutbox(Protocol):
+    """Schedule runs that ended and the host has not taken (manman.worker.schedules)."""
+
+    def unreported(self) -> list[ReportedRun]: ...
+
+    def taken(self, runs: list[ReportedRun]) -> None: ...
 
 
 class HostLink:
@@ -54,6 +64,7 @@ class HostLink:
         # why a server of the host's answers could not be applied, as last logged: every
         # heartbeat repeats the answer, the log says it once
         self._refused: dict[str, str] = {}
+        self.runs: RunOutbox | None = None  # sent with the heartbeats until the host has them
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -172,13 +183,15 @@ class HostLink:
         return models.Heartbeat(status=st,
                                 servers=[observed(a) for a in actors],
                                 generations={a.id: a.generation for a in actors},
-                                events=self.events.batch() if self.events is not None else None)
+                                events=self.events.batch() if self.events is not None else None,
+                                schedule_runs=self.runs.unreported() if self.runs else [])
 
     async def heartbeat(self, nursery: trio.Nursery) -> bool:
         """One heartbeat; True when the host answered it."""
+        body = self.heartbeat_body()
         try:
             r = await self.http.post(f"/worker/{self.worker_id}/health",
-                                     content=msgspec.json.encode(self.heartbeat_body()),
+                                     content=msgspec.json.encode(body),
                                      headers=self._auth())
         except httpx.HTTPError as e:
             self.heartbeats_failed += 1
@@ -201,6 +214,8 @@ class HostLink:
             return False
         if reply.events_acked is not None and self.events is not None:
             await self.events.ack(reply.events_acked)
+        if self.runs is not None and reply.runs_taken:
+            self.runs.taken(body.schedule_runs[:reply.runs_taken])
         await self.apply(reply, nursery)
         return True
 

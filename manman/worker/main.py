@@ -100,6 +100,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     agent.before_close.append(events.flush)
                     nursery.start_soon(events.run)
                     link = HostLink(agent, wcfg, events)
+                    link.runs = schedules
                     agent.add_observer(link)
                     admin_secret = await link.identity()
                 metrics.watch(agent, link, backups, schedules)

@@ -36,6 +36,8 @@ class ServerSchedules:
         self.running: dict[str, ScheduleRun] = {}
         self.runs: dict[str, deque[ScheduleRun]] = {}
         self.results: Counter[str] = Counter()  # runs ended, by status (/metrics)
+        # runs that ended and the host has not taken yet, in the order they ended
+        self.unreported: dict[tuple[str, int], ScheduleRun] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -68,18 +70,39 @@ class ServerSchedules:
         self.schedules.pop(sid, None)
         self.next_at.pop(sid, None)
         self.runs.pop(sid, None)
+        for key in [k for k in self.unreported if k[0] == sid]:
+            del self.unreported[key]  # the host forgets the schedule's runs too
         scope = self._scopes.pop(sid, None)
         if scope is not None:
             scope.cancel()
 
-    def load_runs(self, runs: dict[str, list[ScheduleRun]]) -> None:
-        """Runs saved by an earlier worker (newest first); one it left going ended with it."""
+    def load_runs(self, runs: dict[str, list[ScheduleRun]],
+                  unreported: dict[str, list[int]] | None = None) -> None:
+        """Runs saved by an earlier worker (newest first); one it left going ended with it.
+        unreported: the ids the host had not taken (None: a file from before the host kept
+        runs, all of them)."""
         for sid, items in runs.items():
             kept = self.runs.setdefault(sid, deque(maxlen=KEEP_RUNS))
+            owed = set((unreported or {}).get(sid, ()))
             for r in reversed(items[:KEEP_RUNS]):
                 if r.status == "running":
                     r.status, r.reason = "failed", "the worker stopped during the run"
+                    owed.add(r.id)
                 kept.append(r)
+                if unreported is None or r.id in owed:
+                    self.unreported[(sid, r.id)] = r
+
+    def unreported_ids(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for sid, rid in self.unreported:
+            out.setdefault(sid, []).append(rid)
+        return out
+
+    def reported(self, run: ScheduleRun) -> None:
+        """The host holds `run`: not sent again."""
+        key = (run.schedule_id, run.id)
+        if self.unreported.get(key) is run:
+            del self.unreported[key]
 
     # -- firing -----------------------------------------------------------------------------
 
@@ -119,6 +142,7 @@ class ServerSchedules:
             run.reason = f"run {going.id} was still going"
             history.append(run)
             self.results["skipped"] += 1
+            self.unreported[(s.id, run.id)] = run
             self._saved()
             return run
         history.append(run)
@@ -143,6 +167,8 @@ class ServerSchedules:
                 del self.running[s.id]
             if self._scopes.get(s.id) is scope:
                 del self._scopes[s.id]
+            if s.id in self.runs:  # not removed meanwhile
+                self.unreported[(s.id, run.id)] = run
             if run.status == "failed" and self._failed is not None:
                 try:
                     self._failed(run)

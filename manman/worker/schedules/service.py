@@ -1,6 +1,7 @@
 """The worker's schedules: a ServerSchedules per server, kept in step with the specs (the
 schedules travel in the spec, so they converge by heartbeat like the rest of it), acting on
-the actors, their runs saved per server (servers/<id>/schedule-runs.json) after each one."""
+the actors, their runs saved per server (servers/<id>/schedule-runs.json) after each one,
+and each ended run reported to the host with a heartbeat until the host holds it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import trio
 
 from manman import errors
 from manman.models import Schedule, ScheduleFailure
+from manman.schedules.runs import REPORT_BATCH, ReportedRun
 from manman.schedules.views import ScheduleRun
 from manman.worker.actor import ServerActor
 from manman.worker.agent import WorkerAgent
@@ -28,6 +30,11 @@ log = logging.getLogger("manman.worker.schedules")
 
 RUNS_FILE = "schedule-runs.json"
 _runs_type = dict[str, list[ScheduleRun]]
+
+
+class RunsFile(msgspec.Struct):
+    runs: _runs_type  # by schedule, newest first
+    unreported: dict[str, list[int]]  # the run ids the host had not taken, by schedule
 
 
 class ActorTarget:
@@ -136,7 +143,7 @@ class WorkerSchedules:
             a.status_changed()  # reported: the host's webhooks send schedule.failed
 
         ss = ServerSchedules(actor.id, target, lambda: self.wall(), save, failed)
-        ss.load_runs(_load_runs(path))
+        ss.load_runs(*_load_runs(path))
         self.servers[actor.id] = ss
         scope = trio.CancelScope()
         self._scopes[actor.id] = scope
@@ -153,6 +160,25 @@ class WorkerSchedules:
     async def _serve(ss: ServerSchedules, scope: trio.CancelScope) -> None:
         with scope:
             await ss.serve()
+
+    # -- the runs the host has not taken (the heartbeat's outbox) -----------------------------
+
+    def unreported(self, limit: int = REPORT_BATCH) -> list[ReportedRun]:
+        """The oldest runs the host has not taken, at most `limit`; none when none ended."""
+        out: list[ReportedRun] = []
+        for sid, ss in self.servers.items():
+            for run in ss.unreported.values():
+                if len(out) >= limit:
+                    return out
+                out.append(ReportedRun(sid, run))
+        return out
+
+    def taken(self, runs: list[ReportedRun]) -> None:
+        """The host holds these: not sent again (saved with the next run's end)."""
+        for r in runs:
+            ss = self.servers.get(r.server_id)
+            if ss is not None:
+                ss.reported(r.run)
 
     # -- for the API -------------------------------------------------------------------------
 
@@ -171,18 +197,31 @@ class WorkerSchedules:
         return ss.fire(s, "manual", None)
 
 
-def _load_runs(path: Path) -> _runs_type:
+def _load_runs(path: Path) -> tuple[_runs_type, dict[str, list[int]] | None]:
+    """The runs, and the ids of those the host had not taken (None: a file written before
+    the host kept runs: all of them)."""
     try:
-        return msgspec.json.decode(path.read_bytes(), type=_runs_type)
+        data = path.read_bytes()
     except FileNotFoundError:
-        return {}
-    except (OSError, msgspec.MsgspecError) as e:
+        return {}, {}
+    except OSError as e:
         log.warning("cannot read %s: %s", path, e)
-        return {}
+        return {}, {}
+    try:
+        f = msgspec.json.decode(data, type=RunsFile)
+        return f.runs, f.unreported
+    except msgspec.MsgspecError:
+        pass
+    try:
+        return msgspec.json.decode(data, type=_runs_type), None
+    except msgspec.MsgspecError as e:
+        log.warning("cannot read %s: %s", path, e)
+        return {}, {}
 
 
 async def _save_runs(path: Path, ss: ServerSchedules) -> None:
-    data = msgspec.json.encode({sid: ss.history(sid) for sid in ss.runs})
+    data = msgspec.json.encode(RunsFile({sid: ss.history(sid) for sid in ss.runs},
+                                        ss.unreported_ids()))
 
     def write() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,10 @@
+-- manman host schema, version 6: each schedule's last runs, as its worker reported them with
+-- its heartbeats (GET /server/{id}/schedule/{sid}/runs answers from here, worker away or not)
+CREATE TABLE schedule_runs (
+    server_id   text NOT NULL REFERENCES servers (id) ON DELETE CASCADE,
+    schedule_id text NOT NULL,
+    run_id      integer NOT NULL,                      -- counts up per schedule on the worker
+    started_at  double precision NOT NULL,
+    record      jsonb NOT NULL,
+    PRIMARY KEY (server_id, schedule_id, run_id)       -- a run sent twice: one row
+);
