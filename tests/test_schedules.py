@@ -5,7 +5,9 @@ simulation (the protocol the worker's actor target implements)."""
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
+import random
+import re
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -14,7 +16,7 @@ import trio
 import trio.testing
 
 from manman import errors, models
-from manman.schedules import check, cron, edit
+from manman.schedules import backup_gaps, check, cron, edit
 from manman.schedules.views import KEEP_RUNS, view
 from manman.worker.schedules.run import holds
 from manman.worker.schedules.server import ServerSchedules
@@ -129,11 +131,14 @@ def test_refusals_have_reasons() -> None:
     assert ok.schedules[0].tasks[0].await_ == "done"
 
 
-def test_backups_at_most_every_15_minutes_per_server() -> None:
-    def sched(expr: str, enabled: bool = True) -> models.Schedule:
-        return models.Schedule(cron=expr, enabled=enabled,
-                               tasks=[models.ScheduleTask(action="backup")])
+def _backup(expr: str, tz: str = "UTC", sid: str | None = None, enabled: bool = True,
+            tasks: list[dict] | None = None) -> models.Schedule:
+    return msgspec.convert({"id": sid, "cron": expr, "timezone": tz, "enabled": enabled,
+                            "tasks": tasks or [{"action": "backup"}]}, models.Schedule)
 
+
+def test_backups_at_most_every_15_minutes_per_server() -> None:
+    sched = _backup
     now = _ts(2024, 6, 1, 0, 0)
     check.check_backup_interval([sched("*/15 * * * *")], now)
     check.check_backup_interval([sched("0 */6 * * *"), sched("30 */6 * * *")], now)
@@ -142,6 +147,146 @@ def test_backups_at_most_every_15_minutes_per_server() -> None:
     with pytest.raises(ValueError, match="0 s apart"):  # two schedules at the same time
         check.check_backup_interval([sched("0 3 * * *"), sched("0 3 * * *")], now)
     check.check_backup_interval([sched("0 3 * * *"), sched("0 3 * * *", enabled=False)], now)
+    # days apart: Monday 03:00 and Tuesday 03:05 never meet
+    check.check_backup_interval([sched("0 3 * * 1"), sched("5 3 * * 2")], now)
+    # the last backup of a day and the first of the next
+    with pytest.raises(ValueError, match="600 s apart"):
+        check.check_backup_interval([sched("55 23 * * *"), sched("5 0 * * *")], now)
+
+
+def _why(schedules: list[models.Schedule], now: float = _ts(2026, 12, 2, 7, 0)) -> str:
+    with pytest.raises(ValueError) as e:
+        check.check_backup_interval(schedules, now)
+    return str(e.value)
+
+
+def test_two_backups_of_one_run_count_with_their_waits_and_delays() -> None:
+    why = _why([_backup("0 4 * * *", sid="s1", tasks=[
+        {"action": "backup"}, {"action": "wait", "payload": "60"}, {"action": "backup"}])])
+    assert why == ("schedule s1: the backup of tasks[2] would start 60 s after the one of "
+                   "tasks[0]; at most one every 15 minutes per server")
+    why = _why([_backup("0 4 * * *", sid="s1", tasks=[
+        {"action": "backup"}, {"action": "stop"}, {"action": "backup", "delay": 899}])])
+    assert "899 s after" in why
+    # 15 minutes of waits and delays between them: allowed
+    check.check_backup_interval([_backup("0 4 * * *", tasks=[
+        {"action": "backup"}, {"action": "wait", "payload": "600"},
+        {"action": "backup", "delay": 300}])], _ts(2026, 12, 2, 7, 0))
+    # a run's later backup against another schedule's: 03:00 + 1 h of waits = 04:00
+    why = _why([_backup("0 3 * * *", sid="a", tasks=[
+        {"action": "stop"}, {"action": "wait", "payload": "3600"}, {"action": "backup"}]),
+        _backup("5 4 * * *", sid="b")])
+    assert "300 s apart (a at 2026-12-02T04:00:00Z, b at 2026-12-02T04:05:00Z)" in why
+
+
+def test_backups_that_meet_once_a_year_or_once_in_28_years_are_refused() -> None:
+    # every 20 minutes, and 03:05 on 1 January: 5 minutes apart once a year
+    why = _why([_backup("*/20 * * * *", sid="s1"), _backup("5 3 1 1 *", sid="s2")])
+    assert why.startswith("schedules: backups would run 300 s apart (s1 at "
+                          "2027-01-01T03:00:00Z, s2 at 2027-01-01T03:05:00Z)"), why
+    # the fifth Monday of February is a 29 February: in 2044 (28 years after 2016)
+    why = _why([_backup("0 3 * 2 1#5"), _backup("5 3 29 2 *")])
+    assert "2044-02-29T03:00:00Z" in why
+    check.check_backup_interval([_backup("0 3 * 2 1#5"), _backup("5 3 28 2 *")],
+                                _ts(2026, 12, 2, 7, 0))
+    # spring forward: 02:30 runs at the jump, 03:00, as the 03:00 schedule does
+    why = _why([_backup("30 2 * * *", "Europe/Berlin"), _backup("0 3 * * *", "Europe/Berlin")])
+    assert "0 s apart" in why and "2027-03-28T01:00:00Z" in why
+    # fall back: 01:00 and 02:00 (first pass) stay an hour apart
+    check.check_backup_interval([_backup("0 1 * * *", "Europe/Berlin"),
+                                 _backup("0 2 * * *", "Europe/Berlin")], _ts(2026, 12, 2, 7, 0))
+    # two zones: Santiago's 19:15 meets Berlin's 01:15 the day Chile's summer time ends
+    why = _why([_backup("15 1 * * *", "Europe/Berlin"),
+                _backup("15 19 * * *", "America/Santiago")])
+    assert "0 s apart" in why and "2027-04-04T23:15:00Z" in why
+
+
+DAY_FIELDS = ["* * *", "1 * *", "L * *", "LW * *", "31 * *", "29 2 *", "* * 1", "* * 0",
+              "* * 7", "* * 5L", "* * 1#5", "* * MON#1", "1,15 * 5", "13 * 5", "*/2 * 3",
+              "1-7 * */2", "* 2 1-5", "L 2 SUN", "15 6-8 SAT,SUN", "*/10 * 2#2", "LW 12 *",
+              "1 1 0L", "?" if False else "28-31 * FRI"]
+
+
+def test_day_masks_are_the_days_cronsim_fires_on() -> None:
+    from cronsim import CronSim
+
+    day0 = date(2026, 12, 1).toordinal()
+    cal = backup_gaps.calendar_masks(day0)
+    for fields in DAY_FIELDS:
+        cs = CronSim(f"0 0 {fields}", datetime(2000, 1, 1))
+        mask = backup_gaps.day_mask(cs, cal)
+        for i in range(0, backup_gaps.DAYS, 7):  # a day of each week, shifted across them
+            d = date.fromordinal(day0 + i + (i // 7) % 7)
+            j = d.toordinal() - day0
+            if j >= backup_gaps.DAYS:
+                break
+            want = d.month in cs.months and cs.match_day(d)
+            assert bool(mask >> j & 1) == want, (fields, d)
+
+
+def _starts(s: models.Schedule, start: float, end: float) -> list[tuple[float, str]]:
+    offsets = backup_gaps.backup_offsets(s)
+    out = []
+    for t in cron.iter_fires(s.cron, s.timezone, start - 2 * 86400):
+        if t > end:
+            break
+        out += [(t + o, s.id or "") for o, _ in offsets if start <= t + o <= end]
+    return out
+
+
+def test_the_check_agrees_with_the_fires_one_by_one() -> None:
+    """Random pairs of schedules (time zones with daylight saving among them): every two
+    backups less than 15 minutes apart found fire by fire over 14 months is refused, and a
+    refusal's example is two real backup starts."""
+    rng = random.Random(14)
+    zones = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Sydney", "Asia/Kolkata"]
+    now = _ts(2026, 12, 2, 7, 0)
+    end = now + 425 * 86400
+    refused = accepted = 0
+    for _ in range(40):
+        pair = []
+        for sid in ("a", "b"):
+            minute = rng.choice(["0", "5", "10", "30", "45", "0,30", "*/20"])
+            hour = rng.choice(["1", "2", "3", "23", "*/6", "0-3", "2,14"])
+            days = rng.choice(["* * *", "* * 1", "1 * *", "L * *", "* * 0", "15 3 *"])
+            tasks = rng.choice([[{"action": "backup"}],
+                                [{"action": "wait", "payload": "300"}, {"action": "backup"}],
+                                [{"action": "backup", "delay": 3600}]])
+            pair.append(_backup(f"{minute} {hour} {days}", rng.choice(zones), sid,
+                                tasks=tasks))
+        starts = sorted(_starts(pair[0], now, end) + _starts(pair[1], now, end))
+        close = [(a, b) for a, b in itertools.pairwise(starts) if b[0] - a[0] < 900]
+        try:
+            check.check_backup_interval(pair, now)
+        except ValueError as e:
+            refused += 1
+            text = str(e)
+            if "tasks[" in text:
+                continue
+            times = re.findall(r"(\w) at (\S+?)[,)]", text)
+            assert len(times) == 2, text
+            for sid, at in times:  # a real start of that schedule
+                ts = datetime.fromisoformat(at).timestamp()
+                s = pair[0] if sid == "a" else pair[1]
+                assert any(abs(x - ts) < 1 for x, _ in _starts(s, ts - 86400 * 170, ts + 1)), \
+                    (text, pair)
+        else:
+            accepted += 1
+            assert not close, (pair, close[:2])
+    assert refused and accepted  # both kinds were tried
+
+
+def test_a_put_with_16_schedules_checks_in_milliseconds() -> None:
+    zones = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Sydney"]
+    schedules = [_backup(f"{(i % 4) * 15} {(i // 4) * 6 + (i % 4) % 2} * * *",
+                         zones[0], f"s{i}", tasks=[
+                             {"action": "stop"}, {"action": "backup"},
+                             {"action": "wait", "payload": "60"}, {"action": "start"}])
+                 for i in range(16)]
+    schedules += [_backup("0 12 * * 3", z, f"z{i}") for i, z in enumerate(zones[1:])]
+    now = _ts(2026, 12, 2, 7, 0)
+    check.check_backup_interval(schedules, now)  # once a day: the calendar and zone masks
+    assert backup_gaps.measure(schedules, now) < 0.1
 
 
 def test_view_carries_next_run_at_in_utc_and_edits() -> None:
@@ -229,6 +374,11 @@ class SimServer:
 
     def note(self, text: str) -> None:
         self.log.append((trio.current_time(), f"note {text}"))
+
+    async def backup(self, wait: bool) -> None:
+        self.log.append((trio.current_time(), "backup"))
+        if wait:
+            await trio.sleep(2)
 
 
 def _schedule(expr: str, *tasks: dict, **fields: object) -> models.Schedule:
@@ -387,6 +537,58 @@ async def test_history_keeps_the_last_50_and_changes_apply(
         assert ss.history("s1")[0].id == 60 and ss.next_at["s1"] is None
         ss.set_schedules([])  # removed
         assert ss.history("s1") == [] and not ss.schedules
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_task_waits_its_delay(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        sim = SimServer(nursery)
+        ss = await _loop(nursery, sim)
+        ss.set_schedules([_schedule("0 5 * * *", {"action": "command", "payload": "a"},
+                                    {"action": "command", "payload": "b", "delay": 42.5},
+                                    {"action": "stop", "delay": 7},
+                                    {"action": "command", "payload": "c", "delay": 0})])
+        await trio.sleep(700)
+        # the delay counts from the end of the task before (the stop took its second)
+        assert sim.log == [(600.0, "command a"), (642.5, "command b"), (649.5, "stop"),
+                           (650.5, "command c")]
+        (run,) = ss.history("s1")
+        assert [t.started_at for t in run.tasks] == [
+            "2024-06-01T05:00:00Z", "2024-06-01T05:00:42Z", "2024-06-01T05:00:49Z",
+            "2024-06-01T05:00:50Z"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_backup_too_soon_after_the_last_is_skipped_and_recorded(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        sim = SimServer(nursery)
+        ss = await _loop(nursery, sim)
+        backup = _schedule("0 5 * * *", {"action": "backup"}, {"action": "notify",
+                                                                "payload": "after"})
+        ss.set_schedules([backup])
+        await trio.sleep(601)  # 05:00: backed up
+        # the cron changed between two fires (each check alone passes): 05:10 is too soon
+        ss.set_schedules([msgspec.structs.replace(backup, cron="10 5 * * *")])
+        await trio.sleep(600)
+        assert [e for _, e in sim.log if not e.startswith("note schedule")] == [
+            "backup", "note after", "note after"]
+        ok, skipped = reversed(ss.history("s1"))
+        assert ok.tasks[0].skipped is None and ok.tasks[0].ok
+        assert skipped.status == "ok" and skipped.tasks[0].ok  # the run went on
+        assert skipped.tasks[0].skipped == ("the server's last scheduled backup started 600 s "
+                                            "before; at most one every 15 minutes")
+        assert (1200.0, "note schedule s1: backup skipped: " + skipped.tasks[0].skipped) \
+            in sim.log
+        # by hand, 15 minutes after the last that ran: it runs
+        await trio.sleep(299)
+        ss.fire(ss.schedules["s1"], "manual", None)
+        await trio.sleep(5)
+        assert [t for t, e in sim.log if e == "backup"] == [600.0, 1500.0]
+        # a worker started again on these runs still knows the last backup
+        again = ServerSchedules("srv", sim, lambda: EPOCH + trio.current_time())
+        again.load_runs({"s1": ss.history("s1")}, {})
+        assert again.spacing.take() is not None
         nursery.cancel_scope.cancel()
 
 

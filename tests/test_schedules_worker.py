@@ -54,12 +54,25 @@ async def test_schedule_routes_and_refusals(worker: RunningWorker) -> None:
                      ({**RESTART_AT_FIVE, "timezone": "Nowhere/Land"}, "IANA"),
                      ({**RESTART_AT_FIVE, "cron": "* * * * *", "tasks": [
                          {"action": "backup"}]}, "every 15 minutes"),
+                     ({**RESTART_AT_FIVE, "tasks": [
+                         {"action": "backup"}, {"action": "wait", "payload": "60"},
+                         {"action": "backup"}]},
+                      "the backup of tasks[2] would start 60 s after the one of tasks[0]"),
                      ({**RESTART_AT_FIVE, "tasks": [{"action": "update"}]},
                       "update: not available"),
                      ({**RESTART_AT_FIVE, "tasks": [{"action": "restart"}] * 21}, "")]:
         r = await api.request("POST", "/server/alpha/schedule", json=bad)
         assert r.status_code == 422, r.text
         assert why in r.json()["error"]["message"]
+    # a backup every 20 minutes, and one 5 minutes after 03:00 on 1 January
+    await api.post("/server/alpha/schedule", {"id": "b1", "cron": "*/20 * * * *",
+                                              "tasks": [{"action": "backup"}]}, expect=201)
+    r = await api.request("POST", "/server/alpha/schedule", json={
+        "cron": "5 3 1 1 *", "tasks": [{"action": "backup"}]})
+    assert r.status_code == 422, r.text
+    assert "300 s apart (b1 at " in r.json()["error"]["message"]
+    assert "-01-01T03:05:00Z)" in r.json()["error"]["message"]
+    await api.request("DELETE", "/server/alpha/schedule/b1", 200)
     for method, path in [("GET", "/server/alpha/schedule/nope"),
                          ("DELETE", "/server/alpha/schedule/nope"),
                          ("POST", "/server/alpha/schedule/nope/run"),
@@ -139,6 +152,24 @@ async def _db_runs(host: Any, server_id: str) -> list[tuple[str, int]]:
         "SELECT schedule_id, run_id FROM schedule_runs WHERE server_id = $1 "
         "ORDER BY schedule_id, run_id", server_id)
     return [(r["schedule_id"], r["run_id"]) for r in rows]
+
+
+async def test_a_task_delay_is_waited_in_real_time(worker: RunningWorker) -> None:
+    api = worker.api
+    await api.post("/server", fake_spec("alpha"), expect=201)
+    await api.post("/server/alpha/start", expect=202)
+    await api.wait_for("alpha", state="running")
+    await api.post("/server/alpha/schedule", {"cron": "0 5 * * *", "tasks": [
+        {"action": "command", "payload": "say first"},
+        {"action": "command", "payload": "say second", "delay": 0.7}]}, expect=201)
+    started = time.monotonic()
+    await api.post("/server/alpha/schedule/s1/run", expect=202)
+    first = await api.wait_line("alpha", "said: first")
+    second = await api.wait_line("alpha", "said: second")
+    assert 0.7 <= second["ts"] - first["ts"] < 0.7 + 1.0
+    assert time.monotonic() - started >= 0.7
+    (run,) = await _runs(worker, "s1", 1)
+    assert run["status"] == "ok"
 
 
 async def test_host_schedules_travel_with_the_spec_and_runs_are_reported_to_the_host(

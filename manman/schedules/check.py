@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from typing import TYPE_CHECKING
 
-from manman.schedules import cron
+from manman.schedules import backup_gaps, cron
 
 if TYPE_CHECKING:
     from manman.models import Schedule, ScheduleTask, ServerSpec
@@ -15,8 +14,7 @@ if TYPE_CHECKING:
 POWER = frozenset({"start", "stop", "restart", "kill"})
 # the tasks that wait for their action to finish unless told otherwise
 AWAIT_DONE = POWER | {"backup", "update"}
-BACKUP_MIN_INTERVAL = 15 * 60  # per server, over all its schedules
-BACKUP_LOOKAHEAD = 1000  # fire times looked at per schedule for the backup interval
+BACKUP_MIN_INTERVAL = backup_gaps.MIN_GAP  # per server, over all its schedules
 MAX_WAIT = 86400.0
 
 
@@ -101,15 +99,5 @@ def check_schedules(spec: ServerSpec, now: float | None = None) -> None:
 
 def check_backup_interval(schedules: list[Schedule], now: float) -> None:
     """Backup tasks at most every BACKUP_MIN_INTERVAL per server, over all its enabled
-    schedules, looked at over each one's next BACKUP_LOOKAHEAD fire times."""
-    times: list[float] = []
-    for s in schedules:
-        if s.enabled and any(t.action == "backup" for t in s.tasks):
-            times += cron.fires(s.cron, s.timezone, now, BACKUP_LOOKAHEAD)
-    times.sort()
-    for a, b in itertools.pairwise(times):
-        if b - a < BACKUP_MIN_INTERVAL:
-            raise ValueError(
-                f"schedules: backups would run {b - a:.0f} s apart (at {cron.iso(a)} and "
-                f"{cron.iso(b)}); at most one every {BACKUP_MIN_INTERVAL // 60} minutes per "
-                "server")
+    schedules and every fire to come (manman.schedules.backup_gaps)."""
+    backup_gaps.check(schedules, now)

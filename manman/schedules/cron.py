@@ -8,6 +8,8 @@ Daylight saving, as cronsim does it (Debian cron's rules):
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -48,20 +50,20 @@ def next_fire(expr: str, tz: str, after: float) -> float | None:
 
 def fires(expr: str, tz: str, after: float, count: int) -> list[float]:
     """The next `count` fire times (fewer when the cron stops firing)."""
+    return list(itertools.islice(iter_fires(expr, tz, after), count))
+
+
+def iter_fires(expr: str, tz: str, after: float) -> Iterator[float]:
+    """The fire times strictly after `after`, in order, for as long as the cron fires."""
     start = datetime.fromtimestamp(after, zone(tz))
-    out: list[float] = []
     try:
         for when in CronSim(expr, start):
             ts = when.timestamp()
             # started in the second pass of a repeated hour, cronsim can answer the first
-            if ts <= after:
-                continue
-            out.append(ts)
-            if len(out) >= count:
-                break
-    except CronSimError:
-        pass
-    return out
+            if ts > after:
+                yield ts
+    except (CronSimError, OverflowError):  # no more (cronsim gives up after 50 years)
+        return
 
 
 def iso(ts: float | None) -> str | None:

@@ -3,6 +3,7 @@ awaiting what it asks before the next begins. Records into a ScheduleRun as it g
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -20,6 +21,31 @@ SETTLING = frozenset({"installing", "stopping", "starting"})
 
 class TaskFailed(Exception):
     pass
+
+
+class BackupSpacing:
+    """When the server's last backup by a schedule started (wall clock), so that a backup
+    task starting less than 15 minutes after it is skipped: the crons are checked when they
+    are saved, this holds behind that check (a cron or time zone changed between two fires,
+    a run by hand, the wall clock set)."""
+
+    def __init__(self, wall: Callable[[], float]) -> None:
+        self.wall = wall
+        self.last: float | None = None
+
+    def seen(self, at: float) -> None:
+        if self.last is None or at > self.last:
+            self.last = at
+
+    def take(self) -> str | None:
+        """None: the backup may start (and counts from now); else why it is skipped."""
+        now = self.wall()
+        # either way: a wall clock set back must not let two backups through
+        if self.last is not None and abs(now - self.last) < check.BACKUP_MIN_INTERVAL:
+            return (f"the server's last scheduled backup started {now - self.last:.0f} s "
+                    f"before; at most one every {check.BACKUP_MIN_INTERVAL // 60} minutes")
+        self.last = now
+        return None
 
 
 def holds(only_when: OnlyWhen | None, s: Snapshot) -> bool:
@@ -114,8 +140,10 @@ async def do_task(target: Target, task: ScheduleTask) -> None:
 
 
 async def execute(target: Target, schedule: Schedule, run: ScheduleRun,
-                  wall: Callable[[], float], *, check_only_when: bool) -> None:
-    """Run `schedule` into `run` (ended, with a status, when this returns or is cancelled)."""
+                  wall: Callable[[], float], *, check_only_when: bool,
+                  spacing: BackupSpacing | None = None) -> None:
+    """Run `schedule` into `run` (ended, with a status, when this returns or is cancelled).
+    spacing: the server's, so a backup task too soon after its last is skipped."""
     try:
         if check_only_when and schedule.only_when is not None \
                 and not await _only_when(target, schedule):
@@ -129,6 +157,12 @@ async def execute(target: Target, schedule: Schedule, run: ScheduleRun,
             result = TaskResult(action=task.action, ok=False, started_at=iso(wall()),
                                 ended_at=None)
             run.tasks.append(result)
+            why = spacing.take() if task.action == "backup" and spacing is not None else None
+            if why is not None:  # the run goes on: the tasks after it do not depend on it
+                result.ok, result.skipped, result.ended_at = True, why, result.started_at
+                with contextlib.suppress(ManmanError):
+                    target.note(f"schedule {schedule.id}: backup skipped: {why}")
+                continue
             try:
                 if task.action == "wait":
                     await do_task(target, task)

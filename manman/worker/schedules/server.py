@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import trio
 
@@ -13,7 +14,7 @@ from manman import errors
 from manman.models import Schedule
 from manman.schedules import cron
 from manman.schedules.views import KEEP_RUNS, ScheduleRun
-from manman.worker.schedules.run import execute
+from manman.worker.schedules.run import BackupSpacing, execute
 from manman.worker.schedules.target import Target
 
 log = logging.getLogger("manman.worker.schedules")
@@ -42,6 +43,7 @@ class ServerSchedules:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.started = trio.Event()
+        self.spacing = BackupSpacing(wall)  # backups by any of the server's schedules
 
     # -- the schedules, as the spec gives them ----------------------------------------------
 
@@ -89,6 +91,9 @@ class ServerSchedules:
                     r.status, r.reason = "failed", "the worker stopped during the run"
                     owed.add(r.id)
                 kept.append(r)
+                for t in r.tasks:  # the last backup started still counts after a restart
+                    if t.action == "backup" and t.ok and not t.skipped and t.started_at:
+                        self.spacing.seen(datetime.fromisoformat(t.started_at).timestamp())
                 if unreported is None or r.id in owed:
                     self.unreported[(sid, r.id)] = r
 
@@ -157,7 +162,8 @@ class ServerSchedules:
         assert s.id is not None
         try:
             with scope:
-                await execute(self.target, s, run, self.wall, check_only_when=check_only_when)
+                await execute(self.target, s, run, self.wall, check_only_when=check_only_when,
+                              spacing=self.spacing)
         except Exception:  # a bug in a run must not end the server's schedules
             log.exception("server %s: schedule %s run %d", self.server_id, s.id, run.id)
             run.status, run.reason = "failed", "manman internal error"
