@@ -8,6 +8,7 @@ import itertools
 import random
 import re
 from datetime import UTC, date, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -589,6 +590,48 @@ async def test_a_backup_too_soon_after_the_last_is_skipped_and_recorded(
         again = ServerSchedules("srv", sim, lambda: EPOCH + trio.current_time())
         again.load_runs({"s1": ss.history("s1")}, {})
         assert again.spacing.take() is not None
+        nursery.cancel_scope.cancel()
+
+
+async def test_ended_runs_wait_for_the_host_in_order_and_in_batches(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    from manman.worker.schedules import service
+
+    async with trio.open_nursery() as nursery:
+        sim = SimServer(nursery)
+        ss = await _loop(nursery, sim)
+        ss.set_schedules([_schedule("* * * * *", {"action": "command", "payload": "tick"}),
+                          _schedule("*/2 * * * *", {"action": "wait", "payload": "30"}, id="w")])
+        await trio.sleep(60 * 6 + 1)
+        outbox = service.WorkerSchedules(None)  # type: ignore[arg-type]  # the outbox only
+        outbox.servers["srv"] = ss
+        # ended runs only (one of `w` still goes), in the order they ended, at most `limit`
+        ended = [(r.run.schedule_id, r.run.id) for r in outbox.unreported(100)]
+        assert len(ended) == 6 + 2 and all(
+            r.status != "running" for r in ss.unreported.values())
+        batch = outbox.unreported(4)
+        assert [(r.run.schedule_id, r.run.id) for r in batch] == ended[:4]
+        outbox.taken(batch)
+        assert [(r.run.schedule_id, r.run.id) for r in outbox.unreported(100)] == ended[4:]
+        # saved with the runs: a worker started again sends only what the host had not taken
+        path = tmp_path / service.RUNS_FILE
+        path.write_bytes(service.runs_file(ss))  # as _save_runs writes it (in a thread)
+        runs, unreported = service._load_runs(path)
+        again = ServerSchedules("srv", sim, lambda: EPOCH + trio.current_time())
+        again.load_runs(runs, unreported)
+        # (and the run that was going ended with the worker: the host is told)
+        assert sorted(again.unreported) == sorted([*ended[4:], ("w", 3)])
+        assert again.unreported[("w", 3)].reason == "the worker stopped during the run"
+        # a file from before the host kept runs: all of them are sent once
+        path.write_bytes(msgspec.json.encode({sid: ss.history(sid) for sid in ss.runs}))
+        runs, unreported = service._load_runs(path)
+        assert unreported is None
+        old = ServerSchedules("srv", sim, lambda: EPOCH + trio.current_time())
+        old.load_runs(runs, unreported)
+        assert len(old.unreported) == 6 + 3
+        # a schedule removed: its runs are not sent (the host drops them too)
+        ss.set_schedules([ss.schedules["w"]])
+        assert {k[0] for k in ss.unreported} == {"w"}
         nursery.cancel_scope.cancel()
 
 

@@ -133,5 +133,9 @@ def cmd_runs(args: argparse.Namespace, client: HostClient) -> int:
             line += f"  ({r['reason']})"
         print(line)
         for t in r["tasks"]:
-            print(f"    {t['action']:<8} {'ok' if t['ok'] else 'failed: ' + (t['error'] or '')}")
+            if t.get("skipped"):
+                print(f"    {t['action']:<8} skipped: {t['skipped']}")
+            else:
+                print(f"    {t['action']:<8} "
+                      f"{'ok' if t['ok'] else 'failed: ' + (t['error'] or '')}")
     return 0

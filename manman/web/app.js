@@ -1222,7 +1222,8 @@
 
   // -- schedules -----------------------------------------------------------------------------
   // A server's schedules through the host (each change is a spec update the worker converges
-  // to); runs are relayed from the worker. Times come in UTC and are shown local (UTC).
+  // to); runs are the host's copy: each run once it ended, reported by the worker with its
+  // heartbeats (shown while the worker is away too). Times come in UTC and are shown local.
 
   const ACTIONS = ["command", "notify", "wait", "start", "stop", "restart", "kill", "update",
     "backup"];
@@ -1410,8 +1411,9 @@
       tasks.className = "tasks";
       for (const t of run.tasks || []) {
         const span = document.createElement("span");
-        span.className = "task " + (t.ok ? "ok" : "fail");
-        span.textContent = t.action + (t.error ? " — " + t.error : "");
+        span.className = "task " + (t.skipped ? "skipped" : t.ok ? "ok" : "fail");
+        span.textContent = t.action + (t.skipped ? " — skipped: " + t.skipped
+          : t.error ? " — " + t.error : "");
         tasks.append(span);
       }
     }

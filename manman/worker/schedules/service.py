@@ -219,9 +219,13 @@ def _load_runs(path: Path) -> tuple[_runs_type, dict[str, list[int]] | None]:
         return {}, {}
 
 
-async def _save_runs(path: Path, ss: ServerSchedules) -> None:
-    data = msgspec.json.encode(RunsFile({sid: ss.history(sid) for sid in ss.runs},
+def runs_file(ss: ServerSchedules) -> bytes:
+    return msgspec.json.encode(RunsFile({sid: ss.history(sid) for sid in ss.runs},
                                         ss.unreported_ids()))
+
+
+async def _save_runs(path: Path, ss: ServerSchedules) -> None:
+    data = runs_file(ss)
 
     def write() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
