@@ -4,6 +4,7 @@ before a minute begins)."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,8 @@ async def test_host_schedules_travel_with_the_spec_and_runs_are_reported_to_the_
         assert r.status_code == 200 and r.json()["runs_taken"] == 2, r.text
     assert await _db_runs(host, s["id"]) == [("s1", 1)]
     assert len((await api.get("/server/hs/schedule/s1/runs"))["runs"]) == 1
+    metrics = (await api.request("GET", "/metrics", 200)).text
+    assert re.search(r"^manman_host_schedule_runs_stored_total 5\.0$", metrics, re.M), metrics
     await api.request("PUT", "/server/hs/schedule/s1", 200, json={
         "cron": "30 4 * * 1", "timezone": "Asia/Tokyo",
         "tasks": [{"action": "notify", "payload": "hi"}]})

@@ -453,7 +453,8 @@ class HostControl:
         except Exception:  # a batch PostgreSQL refuses must not come back at every heartbeat
             log.exception("PostgreSQL refused %d schedule runs of worker %s; dropped",
                           len(rows), w.id)
-            self.fleet.records_dropped += len(rows)
+        else:
+            self.fleet.schedule_runs_stored += len(rows)
         return len(runs)
 
     # -- workers ---------------------------------------------------------------------------

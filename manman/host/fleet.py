@@ -117,6 +117,7 @@ class Fleet:
         store.health.waiting = lambda: sum(self.pending_records().values())
         self.heartbeats_received = 0
         self.heartbeats_missed = 0
+        self.schedule_runs_stored = 0  # runs the heartbeats carried, written to PostgreSQL
         self._last_status: dict[str, str] = {}
         self.watcher: Watcher | None = None
 

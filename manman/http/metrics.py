@@ -270,6 +270,9 @@ def host_metrics(fleet: Fleet, last_backups: LastBackups | None = None,
         for kind, n in sorted(fleet.pending_records().items()):
             pending.add_metric([kind], n)
         yield pending
+        yield _counter("manman_host_schedule_runs_stored",
+                       "Schedule runs the workers reported with their heartbeats, written to "
+                       "PostgreSQL", fleet.schedule_runs_stored)
         yield _counter("manman_host_records_dropped",
                        "Audit records dropped because the spool was full",
                        fleet.records_dropped)
