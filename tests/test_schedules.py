@@ -202,6 +202,17 @@ def test_backups_that_meet_once_a_year_or_once_in_28_years_are_refused() -> None
     assert "0 s apart" in why and "2027-04-04T23:15:00Z" in why
 
 
+def test_saved_specs_are_read_whatever_the_backup_limit_says_now() -> None:
+    """A spec saved before the check was made stricter still loads (host and worker stores,
+    the host's heartbeat answer); a new or changed one is refused."""
+    schedules = [{"cron": "*/20 * * * *", "tasks": [{"action": "backup"}]},
+                 {"cron": "5 3 1 1 *", "tasks": [{"action": "backup"}]}]
+    assert "300 s apart" in _refused(schedules)
+    with check.stored_specs():
+        assert len(_spec(schedules).schedules) == 2
+    assert "300 s apart" in _refused(schedules)
+
+
 DAY_FIELDS = ["* * *", "1 * *", "L * *", "LW * *", "31 * *", "29 2 *", "* * 1", "* * 0",
               "* * 7", "* * 5L", "* * 1#5", "* * MON#1", "1,15 * 5", "13 * 5", "*/2 * 3",
               "1-7 * */2", "* 2 1-5", "L 2 SUN", "15 6-8 SAT,SUN", "*/10 * 2#2", "LW 12 *",
@@ -240,7 +251,9 @@ def test_the_check_agrees_with_the_fires_one_by_one() -> None:
     backups less than 15 minutes apart found fire by fire over 14 months is refused, and a
     refusal's example is two real backup starts."""
     rng = random.Random(14)
-    zones = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Sydney", "Asia/Kolkata"]
+    # Santiago and Havana change their clocks at midnight, Lord Howe by half an hour
+    zones = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Sydney", "Asia/Kolkata",
+             "America/Santiago", "America/Havana", "Australia/Lord_Howe"]
     now = _ts(2026, 12, 2, 7, 0)
     end = now + 425 * 86400
     refused = accepted = 0
@@ -288,6 +301,12 @@ def test_a_put_with_16_schedules_checks_in_milliseconds() -> None:
     now = _ts(2026, 12, 2, 7, 0)
     check.check_backup_interval(schedules, now)  # once a day: the calendar and zone masks
     assert backup_gaps.measure(schedules, now) < 0.1
+    # the most a server holds: 32 schedules of 20 backup tasks each, a week apart
+    most = [_backup(f"{(i // 24) * 30} {i % 24} 1 1 *", "Europe/Berlin", f"y{i}", tasks=[
+        {"action": "backup", "delay": 604800 if j else 0} for j in range(20)])
+        for i in range(32)]
+    check.check_backup_interval(most, now)
+    assert backup_gaps.measure(most, now) < 0.1
 
 
 def test_view_carries_next_run_at_in_utc_and_edits() -> None:

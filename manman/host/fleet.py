@@ -21,6 +21,7 @@ import trio
 from manman import errors, models
 from manman.host.spool import CommandRow, ObservedRow, Spool
 from manman.host.store import HostStore
+from manman.schedules.check import stored_specs
 
 log = logging.getLogger("manman.host.fleet")
 
@@ -148,8 +149,9 @@ class Fleet:
                 w.persisted_heartbeat = w.last_heartbeat
             self.workers[w.id] = w
         for r in await self.store.load_servers():
-            s = ServerRec(id=r["id"], name=r["name"], worker_id=r["worker_id"],
-                          spec=msgspec.convert(r["spec"], models.ServerSpec),
+            with stored_specs():  # as saved: a check made stricter since does not refuse it
+                spec = msgspec.convert(r["spec"], models.ServerSpec)
+            s = ServerRec(id=r["id"], name=r["name"], worker_id=r["worker_id"], spec=spec,
                           generation=r["generation"], created_at=r["created_at"],
                           updated_at=r["updated_at"],
                           observed=msgspec.convert(r["observed"], models.ObservedServer)

@@ -36,7 +36,7 @@ MIN_GAP = 15 * 60  # seconds between two backup starts of one server, at least
 DAY = 86400
 CYCLE_DAYS = 10227  # 28 Gregorian years: the same dates on the same weekdays
 # tasks shift a backup by at most 20 x (a 7-day delay + a 1-day wait): covered past the cycle
-SPAN_DAYS = 20 * 8 + 3
+SPAN_DAYS = 20 * 8 + 5
 DAYS = CYCLE_DAYS + SPAN_DAYS
 _EPOCH = date(1970, 1, 1).toordinal()
 
@@ -301,11 +301,13 @@ def _check_groups(groups: list[_Group], schedules: list[Schedule], day0: int) ->
         for a, b in itertools.pairwise(g.starts):
             if b[0] - a[0] < MIN_GAP:
                 raise _refuse(schedules, day0, g.days, a, b)
-    for gi, g in enumerate(groups):
+    ordered = sorted(groups, key=lambda g: g.starts[0][0])
+    for gi, g in enumerate(ordered):  # two groups on one day: only those whose starts overlap
         g_lo, g_hi = g.starts[0][0], g.starts[-1][0]
-        for h in groups[gi + 1:]:  # two groups on one day
-            h_lo, h_hi = h.starts[0][0], h.starts[-1][0]
-            if g_hi + MIN_GAP <= h_lo or h_hi + MIN_GAP <= g_lo:
+        for h in ordered[gi + 1:]:
+            if h.starts[0][0] >= g_hi + MIN_GAP:
+                break  # and every later one starts later still
+            if h.starts[-1][0] + MIN_GAP <= g_lo:
                 continue
             both = g.days & h.days
             if not both:
@@ -314,8 +316,12 @@ def _check_groups(groups: list[_Group], schedules: list[Schedule], day0: int) ->
             for a, b in itertools.pairwise(merged):
                 if b[0] - a[0] < MIN_GAP:
                     raise _refuse(schedules, day0, both, a, b)
-        for h in groups:  # g's last start of a day, h's first of the next (h may be g)
-            if DAY + h.starts[0][0] - g_hi < MIN_GAP:
+    # a group's last start of a day and another's (or its own) first of the next day
+    late = [g for g in groups if g.starts[-1][0] > DAY - MIN_GAP]
+    early = [h for h in groups if h.starts[0][0] < MIN_GAP]
+    for g in late:
+        for h in early:
+            if DAY + h.starts[0][0] - g.starts[-1][0] < MIN_GAP:
                 both = (h.days >> 1) & g.days
                 if both:
                     raise _refuse(schedules, day0, both, g.starts[-1], h.starts[0], 1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from manman.schedules import backup_gaps, cron
@@ -16,6 +19,21 @@ POWER = frozenset({"start", "stop", "restart", "kill"})
 AWAIT_DONE = POWER | {"backup", "update"}
 BACKUP_MIN_INTERVAL = backup_gaps.MIN_GAP  # per server, over all its schedules
 MAX_WAIT = 86400.0
+
+# reading specs saved before (a host's or worker's store, the host's heartbeat answer): the
+# backup limit is not checked again, so a check made stricter since cannot stop a host or
+# worker from starting; the worker's guard skips a backup too soon all the same
+_stored = contextvars.ContextVar("manman_stored_specs", default=False)
+
+
+@contextlib.contextmanager
+def stored_specs() -> Iterator[None]:
+    """Around a synchronous decode of saved specs (no await inside)."""
+    token = _stored.set(True)
+    try:
+        yield
+    finally:
+        _stored.reset(token)
 
 
 def task_unavailable(action: str, spec: ServerSpec) -> str | None:
@@ -94,7 +112,8 @@ def check_schedules(spec: ServerSpec, now: float | None = None) -> None:
             raise ValueError(f"{where}.name must be one line")
         for j, task in enumerate(s.tasks):
             _check_task(task, f"{where}.tasks[{j}]", spec)
-    check_backup_interval(spec.schedules, time.time() if now is None else now)
+    if not _stored.get():
+        check_backup_interval(spec.schedules, time.time() if now is None else now)
 
 
 def check_backup_interval(schedules: list[Schedule], now: float) -> None:

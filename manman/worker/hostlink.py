@@ -15,6 +15,7 @@ import trio
 from manman import __version__, errors, models
 from manman.backoff import Backoff
 from manman.config import WorkerConfig
+from manman.schedules.check import stored_specs
 from manman.schedules.runs import ReportedRun
 from manman.worker.actor import ServerActor
 from manman.worker.agent import WorkerAgent
@@ -208,7 +209,8 @@ class HostLink:
             self.last_error = None
         self.heartbeats_sent += 1
         try:
-            reply = _reply(r.content)
+            with stored_specs():  # the host checked them: saved specs, as far as this goes
+                reply = _reply(r.content)
         except msgspec.MsgspecError as e:  # a host of another version: keep running
             self._error(f"heartbeat: cannot read the host's answer ({e})")
             return False

@@ -21,6 +21,7 @@ import msgspec
 
 from manman import aio, errors
 from manman.models import ServerSpec, ServerStatus, WorkerEvent
+from manman.schedules.check import stored_specs
 
 # aiosqlite logs every statement with its parameters at DEBUG: the worker token among them
 logging.getLogger("aiosqlite").setLevel(logging.INFO)
@@ -173,8 +174,10 @@ class WorkerStore:
         rows = await aio.call(cur.fetchall)
         out = []
         for r in rows:
+            with stored_specs():  # as saved: a check made stricter since does not refuse it
+                spec = msgspec.json.decode(r[1], type=ServerSpec)
             out.append(StoredServer(
-                id=r[0], spec=msgspec.json.decode(r[1], type=ServerSpec), generation=r[2],
+                id=r[0], spec=spec, generation=r[2],
                 desired_state=r[3], status=msgspec.json.decode(r[4], type=ServerStatus),
                 installed=bool(r[5]),
                 crash_times=tuple(msgspec.json.decode(r[6], type=list[float])),
