@@ -1,4 +1,4 @@
--- manman host schema, version 6: each schedule's last runs, as its worker reported them with
+-- manman host schema, version 7: each schedule's last runs, as its worker reported them with
 -- its heartbeats (GET /server/{id}/schedule/{sid}/runs answers from here, worker away or not)
 CREATE TABLE schedule_runs (
     server_id   text NOT NULL REFERENCES servers (id) ON DELETE CASCADE,
