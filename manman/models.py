@@ -912,6 +912,9 @@ class Heartbeat(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=
     # worker records its events: the host derives none from its reports. null: an older
     # worker, whose events the host derives
     events: Annotated[list[WorkerEvent], Meta(max_length=MAX_EVENTS_SENT)] | None = None
+    # schedule runs that ended since the host last took them (none: not sent at all)
+    schedule_runs: Annotated[list[ReportedRun], Meta(max_length=REPORT_BATCH)] = \
+        msgspec.field(default_factory=list)
 
 
 class DesiredServer(Struct, gc=False, kw_only=True):
