@@ -325,8 +325,16 @@ class HostLink:
             await self.http.aclose()
 
     async def _forget_identity(self) -> None:
-        if self.agent.store is not None:
-            await self.agent.store.set_meta({"worker_id": None, "worker_token": None})
-            if self.events is not None:
-                await self.events.clear()
+        store = self.agent.store
+        try:
+            if store is not None and not store.closed:
+                await store.set_meta({"worker_id": None, "worker_token": None})
+                if self.events is not None:
+                    await self.events.clear()
+                return
+        except ValueError:  # aiosqlite: the store closed meanwhile (the worker is stopping)
+            pass
+        # the retired token stays: the next start meets 410 again and forgets it then
+        log.warning("the retired identity could not be forgotten now (the worker is "
+                    "stopping); the next start does it")
 
