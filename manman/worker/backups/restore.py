@@ -20,14 +20,17 @@ import shutil
 import stat
 import tarfile
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
 from manman import errors
+from manman.worker.backups.tarread import Ahead, TarReader, TooBig
 from manman.worker.backups.writer import CHUNK, BackupCancelled
-from manman.worker.files.extract import BoundedTarInfo, Seen, Staging, _tar_member
+from manman.worker.files.extract import MAX_HEADER, Seen, Staging, _tar_member
 from manman.worker.files.safe import DIR_FLAGS, FilesTree
 
 MAX_BYTES = 1 << 62  # the archive is ours, its sha256 checked: the disk is the limit
@@ -79,11 +82,9 @@ def unpacked_size(archive: Path) -> int:
         with open(archive, "rb") as f:
             reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=CHUNK)
             total = 0
-            with tarfile.open(fileobj=reader, mode="r|", tarinfo=BoundedTarInfo) as tf:
-                for ti in tf:
-                    tf.members.clear()  # type: ignore[attr-defined]  # else it keeps each
-                    if ti.isreg():
-                        total += ti.size
+            for ti, _ in _members(lambda: reader.read(CHUNK)):
+                if ti.isreg():
+                    total += ti.size
             return total
     except OSError as e:
         raise errors.Invalid(f"the backup cannot be read: {e}") from None
@@ -130,21 +131,31 @@ def _unpack(src: _Hashing, staging: Staging, cancel: threading.Event) -> None:
     """Every member checked and written below `staging` (Invalid naming a bad one)."""
     reader = zstandard.ZstdDecompressor().stream_reader(
         src, read_size=CHUNK)  # type: ignore[arg-type]  # any object with read()
-    files: Seen = set()
-    with tarfile.open(fileobj=reader, mode="r|", tarinfo=BoundedTarInfo) as tf:
-        for ti in tf:
-            tf.members.clear()  # type: ignore[attr-defined]  # else it keeps each header
+    ahead = Ahead(reader.read, CHUNK)
+    try:
+        files: Seen = set()
+        for ti, data in _members(ahead.next_chunk):
             if cancel.is_set():
                 raise BackupCancelled
             m = _tar_member(ti, files)
             try:
-                staging.write(m, tf.extractfile(ti) if m.kind == "file" else None)
+                staging.write(m, data if m.kind == "file" else None)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT) or e.errno is None:
                     raise
                 raise errors.Invalid(f"the archive's member {m.raw[:200]!r} cannot be "
                                      f"written ({os.strerror(e.errno)}); nothing was "
                                      "restored") from None
+    finally:
+        ahead.close()  # before the rest of the archive is hashed: one reader of the file
+
+
+def _members(next_chunk: Callable[[], bytes]) -> Iterator[tuple[tarfile.TarInfo, Any]]:
+    try:
+        yield from TarReader(next_chunk, MAX_HEADER).members()
+    except TooBig as e:
+        raise errors.Invalid(f"the archive has a {e.args[0]}-byte extension header (at most "
+                             f"{MAX_HEADER}); nothing was extracted") from None
 
 
 def _remove(dfd: int, name: str) -> None:
