@@ -59,7 +59,7 @@ async def measure(nursery: trio.Nursery, servers: int, interval: float, window: 
         listed = (await api.get("/server")).json()["servers"]
         assert sum(s["state"] == "running" for s in listed) == servers
         if interval > 0:
-            sampled = [s for s in listed if s["stats"] and s["stats"]["disk"]]
+            sampled = [s for s in listed if s["stats"] and s["stats"]["disk"] is not None]
             assert len(sampled) == servers, f"{len(sampled)} of {servers} sampled"
         return {"cpu_percent_of_one_core": cpu, "rss_mb": proc_rss_mb(worker.pid)}
     finally:
