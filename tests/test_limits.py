@@ -291,6 +291,20 @@ async def test_limits_change_live(limits_worker: Any) -> None:
                       expect=200)
     assert Path(pids_dir, "pids.max").read_text().strip() == "30"
     await api.wait_line("live", "new limits applied to the running game")
+    mem_dir = group.dirs["" if group.v2 else "memory"]
+    limit_file = "memory.max" if group.v2 else "memory.limit_in_bytes"
+    assert int(Path(mem_dir, limit_file).read_text()) == 300 << 20
+    if not group.v2:  # swap never unlimited on the way, and equal to the limit after
+        assert int(Path(mem_dir, "memory.memsw.limit_in_bytes").read_text()) == 300 << 20
+    # a memory limit under what the game uses now: not applied (v2 would kill it), and said
+    await api.request("PUT", "/server/live", json={"limits": {"pids": 30, "memory_mb": 4}},
+                      expect=200)
+    with trio.fail_after(10):
+        while not any("over the new memory limit; they apply at the next start" in line["text"]
+                      for line in (await api.get("/server/live/log?limit=1000"))["lines"]):
+            await trio.sleep(0.05)
+    assert int(Path(mem_dir, limit_file).read_text()) == 300 << 20
+    assert (await api.get("/server/live"))["state"] == "running"
 
 
 async def test_restart_keeps_known_cgroups_and_removes_others(tmp_path: Path,

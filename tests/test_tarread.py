@@ -10,6 +10,7 @@ import subprocess
 import tarfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,23 @@ def chunks(data: bytes, size: int = 1000) -> object:
     parts = [data[i:i + size] for i in range(0, len(data), size)]
     it = iter(parts)
     return lambda: next(it, b"")
+
+
+def bounded(fn: Any, *args: Any) -> BaseException | None:
+    """What `fn` raised, within 5 s: a reader that loops forever fails the test, not CI."""
+    raised: list[BaseException | None] = [None]
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # handed to the test
+            raised[0] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "the reader did not end"
+    return raised[0]
 
 
 def ours(data: bytes) -> list[tuple[object, ...]]:
@@ -122,6 +140,19 @@ def test_damage_is_refused() -> None:
     ti.size = 2 << 20
     with pytest.raises(TooBig):  # refused from its header, before its bytes are read
         ours(ti.tobuf(tarfile.USTAR_FORMAT))
+    # many small extension headers in a row add up to the same bound
+    one = b"1010 path=" + b"p" * 999 + b"\n"
+    ti.size = len(one)
+    run = (ti.tobuf(tarfile.USTAR_FORMAT) + one + bytes(-len(one) % 512)) * 1100
+    with pytest.raises(TooBig):
+        ours(run + bytes(1024))
+    # a negative size (a sign in the octal field, or base-256) would make the reader go back
+    for size_field in (b"-0000001000\x00", b"\xff" * 12):
+        block = bytearray(made_by_tarfile(tarfile.PAX_FORMAT)[:512])
+        block[124:136] = size_field
+        block[148:156] = b" " * 8
+        block[148:156] = b"%06o\x00 " % sum(block)
+        assert isinstance(bounded(ours, bytes(block) + bytes(4096)), Damaged)
 
 
 def test_read_ahead_passes_errors_on_and_stops() -> None:

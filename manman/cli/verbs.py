@@ -360,7 +360,10 @@ def _preset_request(args: argparse.Namespace, spec: dict[str, Any]) -> None:
         return
     spec["preset"] = args.preset
     spec["vars"] = _pairs(args.vars, "--var")  # the host checks each against its type
-    for name, path in _pairs(args.var_files, "--var-file").items():
+    from_files = _pairs(args.var_files, "--var-file")
+    if list(from_files.values()).count("-") > 1:
+        raise ClientError("--var-file: only one variable can be read from standard input")
+    for name, path in from_files.items():
         spec["vars"][name] = read_value_file(f"--var-file {name}", path)
     ports: dict[str, int | str] = {}
     for name, value in _pairs(args.ports, "--port").items():

@@ -421,7 +421,9 @@ class ServerActor:
                     nursery.start_soon(self._query_prober, run, spec, prober)
                 code = await proc.wait()
                 prober.cancel()
-                reason = await proc.exit_reason()  # before cleanup: docker's goes with rm
+                # before cleanup: docker's goes with rm. A clean exit is not an OOM crash,
+                # even when a helper of the game was killed for memory earlier
+                reason = await proc.exit_reason() if code != 0 else None
                 if reason is not None and self.hooks.exit_reason is not None:
                     self.hooks.exit_reason(self, reason)
                 await proc.cleanup()

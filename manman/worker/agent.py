@@ -29,6 +29,7 @@ from manman.worker.console.broker import LogBroker
 from manman.worker.disk.watch import DiskWatch
 from manman.worker.installers.base import Installer, NoInstall
 from manman.worker.installers.steam_builds import SteamBuilds
+from manman.worker.limits.cgroups import BelowUse
 from manman.worker.limits.manager import WorkerLimits
 from manman.worker.runners.base import Runner, RunRecord, SpawnError
 from manman.worker.runners.docker import DockerRunner
@@ -343,7 +344,12 @@ class WorkerAgent:
         if not isinstance(proc, ExecProcess) or proc.group is None or not self.limits.enforcing:
             return
         try:
-            await trio.to_thread.run_sync(proc.group.create, actor.spec.limits)
+            await trio.to_thread.run_sync(proc.group.change, actor.spec.limits)
+        except BelowUse as e:
+            actor.broker.note(f"new limits not applied to the running game: it uses "
+                              f"{e.used >> 20} MiB, over the new memory limit; they apply at "
+                              "the next start")
+            return
         except OSError as e:
             actor.broker.note(f"new limits not applied to the running game ({e.strerror or e});"
                               " they apply at the next start")

@@ -148,6 +148,8 @@ class EventQueue:
         """One transaction: the new events, and the oldest dropped beyond the bound. False
         when SQLite refused it (they stay in memory and are tried again)."""
         async with self._lock:
+            if self.store.closed:  # the worker is stopping: kept in memory, lost with it
+                return True
             batch = list(self._unsaved)
             cutoff = time.time() - MAX_AGE
             over = len(self._saved) + len(batch) - MAX_EVENTS
@@ -163,6 +165,8 @@ class EventQueue:
                     "events_dropped": str(self.dropped + n)}
             try:
                 await self.store.save_events(batch, drop_upto, meta)
+            except ValueError:  # aiosqlite: the store closed while this waited
+                return True
             except (errors.InsufficientStorage, sqlite3.Error, OSError) as e:
                 if str(e) != self._failing:
                     log.error("cannot save webhook events (kept in memory, tried again): %s",

@@ -33,6 +33,7 @@ from manman.worker.backups.writer import CHUNK, BackupCancelled
 from manman.worker.files.extract import MAX_HEADER, Seen, Staging, _tar_member
 from manman.worker.files.safe import DIR_FLAGS, FilesTree
 
+BLOCK = 4096  # a file's size on disk is whole blocks of this (ext4, xfs)
 MAX_BYTES = 1 << 62  # the archive is ours, its sha256 checked: the disk is the limit
 
 
@@ -76,15 +77,15 @@ def restore_backup(archive: Path, sha256: str, files_dir: Path, truncate: bool,
 
 
 def unpacked_size(archive: Path) -> int:
-    """The bytes the archive's files declare (read through once, nothing written): what a
-    restore would add, checked against the server's disk limit before it begins."""
+    """The bytes the archive's members would take on disk (read through once, nothing
+    written): what a restore would add, checked against the server's disk limit first."""
     try:
         with open(archive, "rb") as f:
             reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=CHUNK)
             total = 0
             for ti, _ in _members(lambda: reader.read(CHUNK)):
-                if ti.isreg():
-                    total += ti.size
+                # as the disk check counts: whole blocks, a block a directory
+                total += -(-ti.size // BLOCK) * BLOCK if ti.isreg() else BLOCK
             return total
     except OSError as e:
         raise errors.Invalid(f"the backup cannot be read: {e}") from None

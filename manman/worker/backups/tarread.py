@@ -34,7 +34,10 @@ class TooBig(Exception):
 
 
 def _octal(field: bytes) -> int:
-    return int(field.rstrip(b"\x00 ").lstrip(b" ") or b"0", 8)
+    digits = field.rstrip(b"\x00 ").lstrip(b" ") or b"0"
+    if not digits.isdigit():  # int() would take a sign, an underscore or "0o"
+        raise ValueError(digits)
+    return int(digits, 8)
 
 
 def header(block: bytes) -> tarfile.TarInfo:
@@ -188,15 +191,19 @@ class TarReader:
     def members(self) -> Iterator[tuple[tarfile.TarInfo, MemberData | None]]:
         pax: dict[str, str] = {}
         long_name = long_link = None
+        extensions = 0  # bytes of the extension headers before the member they describe
         while True:
             block = self._take(BLOCK)
             if block == _ZERO:
                 return  # the end (what follows is padding)
             ti = header(block)
+            if ti.size < 0:  # (base-256 numbers may be negative) it would read backwards
+                raise Damaged("a bad tar header (a negative size)")
             padded = -ti.size % BLOCK
             if ti.type in _EXTENSIONS:
-                if ti.size > self.max_extension:
-                    raise TooBig(ti.size)
+                extensions += ti.size
+                if extensions > self.max_extension:  # one, or a run of them, over the bound
+                    raise TooBig(extensions)
                 data = self._take(ti.size)
                 self._skip(padded)
                 if ti.type == tarfile.GNUTYPE_LONGNAME:
@@ -211,7 +218,7 @@ class TarReader:
             if long_link is not None:
                 ti.linkname = long_link.decode(tarfile.ENCODING, "surrogateescape")
             _apply_pax(ti, pax)
-            pax, long_name, long_link = {}, None, None
+            pax, long_name, long_link, extensions = {}, None, None, 0
             if ti.type == tarfile.DIRTYPE:
                 ti.name = ti.name.rstrip("/")
             data_size = ti.size if ti.type in tarfile.REGULAR_TYPES else 0

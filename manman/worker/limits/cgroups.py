@@ -191,6 +191,14 @@ def _detect_v1(root: str, own: dict[str, str], mounted: dict[str, str]) -> Hiera
 
 # -- one server's cgroup ---------------------------------------------------------------------
 
+class BelowUse(Exception):
+    """A memory limit under what the game uses now: not applied to the running game."""
+
+    def __init__(self, used: int) -> None:
+        super().__init__(used)
+        self.used = used
+
+
 class ServerCgroup:
     """The cgroup (v2) or cgroups (v1, one per controller) of one server."""
 
@@ -211,6 +219,34 @@ class ServerCgroup:
         for d in self.unique:
             os.makedirs(d, exist_ok=True)
         for ctrl, name, value in (v2_files if self.v2 else v1_files)(limits):
+            try:
+                _write(f"{self._dir(ctrl)}/{name}", value)
+            except FileNotFoundError:
+                if name not in OPTIONAL_FILES:
+                    raise
+
+    def change(self, limits: Limits) -> None:
+        """New limits for the game running in it. A memory limit below what it uses now is
+        refused (BelowUse): v2 would OOM-kill the game, v1 refuse or reclaim. On v1 the swap
+        limit never stays unlimited: it moves first when the limit rises, after when it
+        falls. Raises OSError."""
+        mem_dir = self._dir("memory")
+        new = limits.memory_mb << 20 if limits.memory_mb is not None else None
+        if new is not None:
+            used = int(_read(f"{mem_dir}/memory.current" if self.v2
+                             else f"{mem_dir}/memory.usage_in_bytes"))
+            if new < used:
+                raise BelowUse(used)
+        files = (v2_files if self.v2 else v1_files)(limits)
+        if not self.v2:
+            value = str(new) if new is not None else "-1"
+            current = int(_read(f"{mem_dir}/memory.limit_in_bytes"))
+            memory = [("memory", "memory.memsw.limit_in_bytes", value),
+                      ("memory", "memory.limit_in_bytes", value)]
+            if new is not None and new < current:
+                memory.reverse()
+            files = memory + [f for f in files if f[0] != "memory"]
+        for ctrl, name, value in files:
             try:
                 _write(f"{self._dir(ctrl)}/{name}", value)
             except FileNotFoundError:
