@@ -443,3 +443,31 @@ async def test_while_postgres_is_down_the_host_takes_no_event(
     finally:
         await api.aclose()
         await stop(handle)
+
+
+async def test_events_over_a_hooks_backlog_leave_no_outbox_rows(
+        host: RunningHost, bg: trio.Nursery, monkeypatch: Any) -> None:
+    """A hook whose backlog is full (a receiver dead for long): events beyond it are dropped
+    and counted, and their outbox rows go too, so the table stays bounded."""
+    from manman.host.webhooks import delivery
+
+    monkeypatch.setattr(delivery, "PENDING_PER_HOOK", 0)  # the backlog is full from the start
+    rx: Receiver = await bg.start(Receiver().serve)
+    api = host.api
+    wid, auth = await _join(api, "full")
+    s = await api.post("/server", {"name": "f1", "worker_id": wid,
+                                   "game_id": "exec:/bin/true"}, expect=201)
+    await api.post("/webhook", {"url": rx.url("/ok"), "events": ["server.crashed"]},
+                   expect=201)
+    dropped = host.handle.webhooks.dispatcher.dropped
+    r = await api.post(f"/worker/{wid}/health", {
+        "status": "alive", "servers": [], "generations": {},
+        "events": [_ev(n, "server.crashed", s["id"], crashes=1) for n in (1, 2, 3)]},
+        expect=200, headers=auth)
+    assert r["events_acked"] == 3
+    assert host.handle.webhooks.dispatcher.dropped == dropped + 3
+    with trio.fail_after(5):
+        while (await host.control.store.fetch("SELECT count(*) AS n FROM webhook_outbox")
+               )[0]["n"]:
+            await trio.sleep(0.05)
+    assert rx.on("/ok") == []

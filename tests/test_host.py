@@ -167,6 +167,13 @@ async def test_auth_on_the_host(host: RunningHost, hosted: Any) -> None:
     assert r.status_code == 201 and r.json()["token"].startswith("mmw_")
 
 
+def test_each_migration_has_a_version_of_its_own() -> None:
+    from manman.host.store import migrations
+
+    versions = [v for v, _, _ in migrations()]
+    assert versions == list(range(1, len(versions) + 1)), [n for _, n, _ in migrations()]
+
+
 async def test_two_hosts_migrate_one_database_at_once(tmp_path: Path, database_url: str,
                                                       bg: trio.Nursery) -> None:
     from manman.host.main import run_host

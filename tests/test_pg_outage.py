@@ -9,6 +9,7 @@ started again before the next test."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -470,3 +471,67 @@ def test_an_outage_logs_a_start_a_reminder_a_minute_and_its_end(
     assert "still unavailable after 61 s" in lines[1][1]
     assert "still unavailable after 122 s" in lines[2][1]
     assert "back after 130.0 s" in lines[3][1]
+
+
+SLOW_OUTBOX = SLOW_COMMIT.replace("AFTER INSERT ON servers", "AFTER INSERT ON webhook_outbox")
+
+
+async def test_events_whose_commit_went_unanswered_are_delivered_without_a_restart(
+        tmp_path: Path, db: str, pg: OwnPostgres, bg: trio.Nursery) -> None:
+    """A heartbeat's events reach the outbox by a COMMIT whose answer never comes: the
+    worker keeps them (not acknowledged). When PostgreSQL is back and the worker sends
+    them again, the host reads that it took them after all, and delivers those rows now,
+    once, not at its next start."""
+    from tests.receiver import Receiver
+    from tests.test_event_queue import _ev, _join
+
+    rx: Receiver = await bg.start(Receiver().serve)
+    handle, api = await start_host(bg, tmp_path, db)
+    try:
+        wid, auth = await _join(api, "unsure-w")
+        s = await api.post("/server", {"name": "u1", "worker_id": wid,
+                                       "game_id": "exec:/bin/true"}, expect=201)
+        await api.post("/webhook", {"url": rx.url("/ok"), "events": ["server.crashed"]},
+                       expect=201)
+        await script(db, SLOW_OUTBOX)
+        await sql(db, "INSERT INTO slow_commit VALUES (3)")
+        beat = {"status": "alive", "servers": [], "generations": {},
+                "events": [_ev(1, "server.crashed", s["id"], crashes=1)]}
+        async with trio.open_nursery() as n:
+            answer: list[Any] = []
+
+            async def heartbeat() -> None:
+                answer.append(await api.request("POST", f"/worker/{wid}/health", json=beat,
+                                                headers=auth, timeout=20))
+
+            n.start_soon(heartbeat)
+            await trio.sleep(0.5)  # COMMIT is sent: its backend sleeps in the trigger
+            pg.freeze()
+            with trio.fail_after(15):
+                while not answer:
+                    await trio.sleep(0.1)
+            pg.thaw()
+        assert answer[0].status_code == 200 and answer[0].json()["events_acked"] == 0
+        await sql(db, "DELETE FROM slow_commit")
+        with trio.fail_after(15):  # the commit went through once PostgreSQL was thawed
+            while (await sql(db, "SELECT events_acked FROM workers WHERE id = $1",
+                             wid))[0]["events_acked"] != 1:
+                await trio.sleep(0.1)
+        assert rx.on("/ok") == []  # nothing delivered it yet
+        with trio.fail_after(20):
+            while True:  # the worker sends them again until acknowledged
+                r = await api.request("POST", f"/worker/{wid}/health", json=beat,
+                                      headers=auth)
+                if r.status_code == 200 and r.json()["events_acked"] == 1:
+                    break
+                await trio.sleep(0.2)
+            while not rx.on("/ok"):
+                await trio.sleep(0.05)
+        await trio.sleep(0.5)
+        assert [json.loads(x.body)["id"] for x in rx.on("/ok")] == [f"{wid}-1"]
+        with trio.fail_after(10):  # delivered: its outbox row is gone
+            while await sql(db, "SELECT id FROM webhook_outbox"):
+                await trio.sleep(0.1)
+    finally:
+        pg.thaw()
+        await stop_host(handle, api)

@@ -95,11 +95,16 @@ def add_schedule_routes(api: Api, control: HostControl) -> None:
         audit.note(detail=audit.detail_of({"schedule": sid, "run": run.id}))
         return json_response(run, 202)
 
-    @api.route("GET", base + "/{sid}/runs", response=RunList, errors=(503,),
+    @api.route("GET", base + "/{sid}/runs", response=RunList, errors=(502, 503),
                summary="A schedule's last 50 runs that ended, newest first, as its worker "
                        "reported them")
     async def schedule_runs(who: Principal, server_id: str, sid: str) -> Response:
         s = control.server(server_id)
         edit.find(s.spec.schedules, sid)
+        if not control.worker(s.worker_id).sends_events:
+            # a worker older than the reports of runs (it sends no events either): asked
+            content = await control.relay.call(control.reachable_worker(s), "GET",
+                                               f"/server/{s.id}/schedule/{sid}/runs")
+            return json_response(_decode(content, RunList))
         records = await control.store.schedule_runs(s.id, sid, KEEP_RUNS)
         return json_response(RunList([msgspec.convert(r, ScheduleRun) for r in records]))

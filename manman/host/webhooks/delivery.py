@@ -93,24 +93,32 @@ class Turns:
         self._next = 0  # the ticket the next delivery gets
         self._serving = 0  # tickets below are done
         self._done: set[int] = set()
-        self._changed = trio.Event()
+        # the tickets waiting, each woken alone when its turn comes (waking every waiter at
+        # each answer cost time in the square of the deliveries waiting)
+        self._waiting: dict[int, trio.Event] = {}
 
     def take(self) -> int:
         self._next += 1
         return self._next - 1
 
     async def wait(self, ticket: int) -> None:
-        with trio.move_on_after(ORDER_WAIT):
-            while self._serving < ticket:
-                await self._changed.wait()
+        if self._serving >= ticket:
+            return
+        event = self._waiting.setdefault(ticket, trio.Event())
+        try:
+            with trio.move_on_after(ORDER_WAIT):
+                await event.wait()
+        finally:
+            self._waiting.pop(ticket, None)
 
     def done(self, ticket: int) -> None:
         self._done.add(ticket)
         while self._serving in self._done:
             self._done.discard(self._serving)
             self._serving += 1
-        self._changed.set()
-        self._changed = trio.Event()
+        event = self._waiting.get(self._serving)
+        if event is not None:
+            event.set()
 
 
 class _Hook:
@@ -165,6 +173,25 @@ class Dispatcher:
 
     def wanting(self, event: str, server_id: str | None) -> list[_Hook]:
         return [h for h in self.hooks.values() if h.rec.wants(event, server_id)]
+
+    async def resume_worker(self, worker_id: str, after: int, upto: int) -> int:
+        """The outbox rows of a worker's events `after` < seq <= `upto`, written by a commit
+        whose answer was lost: delivered now, not at the next start. Their number."""
+        rows = await self.store.fetch(
+            "SELECT hook_id, event, created_at FROM webhook_outbox WHERE id LIKE $1 "
+            "ORDER BY created_at", f"%/{worker_id}-%")
+        n = 0
+        for r in rows:
+            event_id = str(r["event"]["id"])
+            if not event_id.startswith(f"{worker_id}-"):  # (LIKE's _ matches any character)
+                continue
+            seq = int(event_id.rsplit("-", 1)[1])
+            hook = self.hooks.get(r["hook_id"])
+            if after < seq <= upto and hook is not None and self._nursery is not None:
+                self._start(self._nursery, hook, msgspec.convert(r["event"], Event),
+                            r["created_at"], stored=True, ordered=True)
+                n += 1
+        return n
 
     def deliver_stored(self, hook: _Hook, ev: Event, since: float) -> None:
         """A delivery whose outbox row is written: from now (no I/O); a host not running
@@ -269,6 +296,9 @@ class Dispatcher:
                stored: bool, ordered: bool = False) -> None:
         if hook.pending >= PENDING_PER_HOOK:
             self._dropped(1)
+            if stored:  # its outbox row goes too: a dead receiver's backlog stays bounded
+                nursery.start_soon(self._quiet, "DELETE FROM webhook_outbox WHERE id = $1",
+                                   f"{hook.rec.id}/{ev.id}")
             return
         hook.pending += 1
         nursery.start_soon(self._deliver, hook, ev, since, stored,

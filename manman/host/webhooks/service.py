@@ -164,8 +164,15 @@ class Webhooks:
                         "SELECT events_acked FROM workers WHERE id = $1", w.id)
                 except errors.DatabaseUnavailable:
                     return w.events_acked or 0
+                before = w.events_acked or 0
                 if held and held[0]["events_acked"] is not None:
-                    w.events_acked = max(w.events_acked or 0, held[0]["events_acked"])
+                    w.events_acked = max(before, held[0]["events_acked"])
+                if (w.events_acked or 0) > before:  # the commit went through unanswered:
+                    try:  # its rows are in the outbox, and nothing delivers them yet
+                        await self.dispatcher.resume_worker(w.id, before, w.events_acked or 0)
+                    except errors.DatabaseUnavailable:
+                        w.events_acked = before  # (read again at the next heartbeat)
+                        return before
                 self._unsure.discard(w.id)
             acked = w.events_acked or 0
             fresh = sorted((e for e in sent if e.seq > acked), key=lambda e: e.seq)
