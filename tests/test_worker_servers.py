@@ -39,6 +39,11 @@ async def test_create_start_ready_command_stop(worker: RunningWorker) -> None:
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert page["next_seq"] == seqs[-1] + 1
     pid = s["pid"]
+    # a change of other fields keeps what POST /start asked: the server runs on
+    s = await api.request("PUT", "/server/alpha", json={"stop_timeout": 7}, expect=200)
+    await trio.sleep(0.5)
+    s = await api.get("/server/alpha")
+    assert s["state"] == "running" and s["pid"] == pid and s["desired_state"] == "running"
     await api.post("/server/alpha/shutdown", expect=202)
     s = await api.wait_for("alpha", state="stopped")
     assert s["exit_code"] == 0 and s["pid"] is None

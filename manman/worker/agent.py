@@ -405,6 +405,10 @@ class WorkerAgent:
             raise errors.Exists.server(change.name)
         with invalid_values():
             spec = models.apply_update(actor.spec, change)
+        if change.desired_state is msgspec.UNSET and spec.desired_state != actor.desired_state:
+            # a power action (POST /start) changed what the server should do since its spec
+            # was written: a change of other fields keeps that, it must not stop the server
+            spec = msgspec.structs.replace(spec, desired_state=actor.desired_state)
         if spec.limits != actor.spec.limits and self.cfg.standalone:  # (as at create)
             self.limits.check(spec)
         if generation is None:
