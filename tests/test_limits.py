@@ -442,8 +442,16 @@ async def test_docker_limits_and_oom(docker_worker: RunningWorker,  # noqa: F811
                  "{{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}",
                  f"manman-{s['id']}")
     assert got.stdout.split() == [str(20 << 20), str(20 << 20), "500000000", "30"], got
+    # a PUT changes the running container's limits (docker update)
+    await api.request("PUT", "/server/dmem", json={"limits": {
+        "memory_mb": 24, "cpus": 0.25, "pids": 40}}, expect=200)
+    await api.wait_line("dmem", "new limits applied to the running container")
+    got = docker(docker_host, "inspect", "-f", "{{.HostConfig.Memory}} "
+                 "{{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}",
+                 f"manman-{s['id']}")
+    assert got.stdout.split() == [str(24 << 20), str(24 << 20), "250000000", "40"], got
     await api.post("/server/dmem/command", {"data": "go"}, expect=202)
-    await api.wait_line("dmem", "crashed (out of memory (limit 20 MiB)); restarting in 0.5s",
+    await api.wait_line("dmem", "crashed (out of memory (limit 24 MiB)); restarting in 0.5s",
                         timeout=30)
     await api.wait_for("dmem", state="running", restarts=1, timeout=30)
     m = await scrape(docker_worker.url)

@@ -32,7 +32,7 @@ from manman.worker.installers.steam_builds import SteamBuilds
 from manman.worker.limits.cgroups import BelowUse
 from manman.worker.limits.manager import WorkerLimits
 from manman.worker.runners.base import Runner, RunRecord, SpawnError
-from manman.worker.runners.docker import DockerRunner
+from manman.worker.runners.docker import DockerProcess, DockerRunner
 from manman.worker.runners.exec import ExecProcess, ExecRunner
 from manman.worker.store import StoredServer, WorkerStore
 
@@ -341,6 +341,12 @@ class WorkerAgent:
         they apply at its next start, as for docker)."""
         run = actor.run
         proc = run.proc if run is not None else None
+        if isinstance(proc, DockerProcess):
+            refused = await proc.update_limits(actor.spec.limits)
+            actor.broker.note("new limits applied to the running container" if refused is None
+                              else f"new limits not applied to the running container "
+                                   f"({refused}); they apply at the next start")
+            return
         if not isinstance(proc, ExecProcess) or proc.group is None or not self.limits.enforcing:
             return
         try:

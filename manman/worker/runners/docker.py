@@ -131,6 +131,19 @@ class DockerProcess:
                 continue
             return int(exit_code) if code == 0 and exit_code.isdigit() else -1
 
+    async def update_limits(self, limits: Limits) -> str | None:
+        """`docker update` of the running container's limits: None, or why docker refused.
+        A limit removed from the spec stays until the next start (docker cannot lift one
+        from a running container)."""
+        flags = limit_args(limits)
+        if not flags:
+            return None
+        code, _, err = await self.cli.run("update", *flags, self.name)
+        if code != 0:
+            return _error(err)
+        self.memory_mb = limits.memory_mb or self.memory_mb
+        return None
+
     async def exit_reason(self) -> str | None:
         code, out, _ = await self.cli.run("inspect", "-f", "{{.State.OOMKilled}}", self.name)
         return oom_reason(self.memory_mb) if code == 0 and out.strip() == "true" else None
