@@ -373,6 +373,13 @@ class HostStore:
                 "WHERE old.n > $3 AND r.server_id = old.server_id "
                 "AND r.schedule_id = old.schedule_id AND r.run_id = old.run_id",
                 [p[0] for p in pairs], [p[1] for p in pairs], keep)
+            # a schedule removed while these were on their way (its runs went with it):
+            # none of its runs stays behind, to show under a schedule made again with its id
+            await conn.execute(
+                "DELETE FROM schedule_runs r USING servers s WHERE r.server_id = s.id AND "
+                "r.server_id = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM "
+                "jsonb_array_elements(s.spec->'schedules') e WHERE e->>'id' = r.schedule_id)",
+                sorted({p[0] for p in pairs}))
 
         if rows:
             await self._call(body, write=True)
