@@ -68,7 +68,7 @@ def new_server_id() -> str:
 
 @contextlib.contextmanager
 def invalid_values() -> Iterator[None]:
-    """The one place a ValueError (a value models.py refuses) becomes `errors.Invalid`."""
+    """The one place a ValueError (a value manman.models refuses) becomes `errors.Invalid`."""
     try:
         yield
     except ValueError as e:
