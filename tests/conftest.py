@@ -245,8 +245,14 @@ def remove_worker_cgroups(data_dir: Path) -> None:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
     if row:
+        from manman.worker.limits import cgroups
+
         limits = WorkerLimits()
         limits.start(row[0])
+        for sid in cgroups.server_ids(limits.hierarchy, row[0]):
+            group = limits.group(sid)
+            if group is not None:  # a game of the killed worker may still be in it: rmdir waits
+                group.kill_all()
         limits.close(set())
 
 
