@@ -63,6 +63,7 @@ class Written:
 
 
 SYNC_EVERY = 32 * MIB
+PACE_SLICE = 128 * 1024  # a paced backup writes this much, then waits its turn
 _libc = ctypes.CDLL(None, use_errno=True)
 _sync_file_range = getattr(_libc, "sync_file_range", None)
 _SYNC_FILE_RANGE_WRITE = 2
@@ -91,6 +92,14 @@ class Sink:
         self.began = clock()
 
     def write(self, data: bytes | memoryview) -> int:
+        if self.rate and len(data) > PACE_SLICE:  # paced in small steps, not 1 MiB bursts
+            view = memoryview(data)
+            for i in range(0, len(view), PACE_SLICE):
+                self._write(view[i:i + PACE_SLICE])
+            return len(data)
+        return self._write(data)
+
+    def _write(self, data: bytes | memoryview) -> int:
         if self.cancel.is_set():
             raise BackupCancelled
         self.out.write(data)
