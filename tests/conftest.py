@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -226,6 +227,8 @@ class ManmanProcess:
         what its worker left in cgroups: no later worker starts on its data_dir)."""
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
+            with contextlib.suppress(ChildProcessError, OSError):  # dead, not reaped (trio does)
+                os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
         data_dir = (self.env or {}).get("MANMAN_WORKER_DATA_DIR")
         if data_dir:
             remove_worker_cgroups(Path(data_dir))
