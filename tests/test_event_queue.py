@@ -80,6 +80,21 @@ async def wait_players(actor: Any, n: int) -> None:
             await trio.sleep(0.05)
 
 
+async def stop_worker(worker: Any) -> None:
+    """A worker run in this process, stopped gracefully (its games' stops are events)."""
+    if not worker.agent.stopped.is_set():
+        worker.agent.request_shutdown()
+        with trio.fail_after(30):
+            await worker.agent.stopped.wait()
+
+
+async def stop_all(worker: Any, *hosts: Any) -> None:
+    await stop_worker(worker)
+    for h in hosts:
+        if h is not None and not h.stopped.is_set():
+            await stop(h)
+
+
 async def test_events_while_the_host_is_away_arrive_once_in_order(
         tmp_path: Path, database_url: str, bg: trio.Nursery) -> None:
     """The host stops; the game crashes and the worker restarts it; a player joins and
@@ -146,12 +161,7 @@ async def test_events_while_the_host_is_away_arrive_once_in_order(
         assert row[0]["events_acked"] >= seqs[-1]
     finally:
         await wapi.aclose()
-        worker.agent.request_shutdown()
-        with trio.fail_after(30):
-            await worker.agent.stopped.wait()
-        for h in (host, again):
-            if h is not None and not h.stopped.is_set():
-                await stop(h)
+        await stop_all(worker, host, again)
 
 
 async def test_a_worker_restart_keeps_the_events_it_has_not_sent(
@@ -183,9 +193,7 @@ async def test_a_worker_restart_keeps_the_events_it_has_not_sent(
             assert r.status_code == 202, r.text
         await wait_status(worker.agent.actors[s["id"]], restarts=1, state="running",
                           ready=True)
-        worker.agent.request_shutdown()  # stops the game: `server.stopped`
-        with trio.fail_after(30):
-            await worker.agent.stopped.wait()
+        await stop_worker(worker)  # stops the game: `server.stopped`
         # in the worker's SQLite, as its next run finds them
         store = await WorkerStore.open(wcfg.worker.data_dir / "worker.sqlite3")
         try:
@@ -206,13 +214,7 @@ async def test_a_worker_restart_keeps_the_events_it_has_not_sent(
         assert len({b["id"] for b in (json.loads(r.body) for r in rx.on("/ok"))}) == \
             len(rx.on("/ok")) == 4
     finally:
-        if not worker.agent.stopped.is_set():
-            worker.agent.request_shutdown()
-            with trio.fail_after(30):
-                await worker.agent.stopped.wait()
-        for h in (host, again):
-            if h is not None and not h.stopped.is_set():
-                await stop(h)
+        await stop_all(worker, host, again)
 
 
 async def test_an_event_goes_out_before_the_next_heartbeat_is_due(

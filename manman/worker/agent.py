@@ -120,6 +120,9 @@ class WorkerAgent:
         self.guards: list[Callable[[ServerActor, Action], None]] = []
         # asked before each launch: a reason the server may not start yet, or None
         self.holds: list[Callable[[ServerActor], str | None]] = []
+        # told of players who joined or left by name (the webhook event queue)
+        self.player_listeners: list[
+            Callable[[ServerActor, list[tuple[str, str, int]], int, int], None]] = []
         # told of each server deleted with purge: what else it left goes too (its backups)
         self.purgers: list[Callable[[str], Awaitable[None]]] = []
         # every server's disk use and its limit (manman.worker.disk), once started
@@ -625,10 +628,8 @@ class WorkerAgent:
 
     def _players(self, actor: ServerActor, changes: list[tuple[str, str, int]],
                  unnamed: int, count: int) -> None:
-        for observer in self._observers:
-            told = getattr(observer, "players_changed", None)  # only the event queue asks
-            if told is not None:
-                told(actor, changes, unnamed, count)
+        for listener in self.player_listeners:
+            listener(actor, changes, unnamed, count)
 
     def _reported(self, actor: ServerActor) -> None:
         """Observed data that is not saved (the query's answer): the host hears of it."""

@@ -25,7 +25,7 @@ import trio
 from manman import errors, models
 from manman.events import PLAYER_EVENTS, backup_events, server_events
 from manman.worker.machine import counts_players
-from manman.worker.store import WorkerStore
+from manman.worker.store import StoreClosed, WorkerStore
 
 if TYPE_CHECKING:
     from manman.worker.actor import ServerActor
@@ -148,8 +148,6 @@ class EventQueue:
         """One transaction: the new events, and the oldest dropped beyond the bound. False
         when SQLite refused it (they stay in memory and are tried again)."""
         async with self._lock:
-            if self.store.closed:  # the worker is stopping: kept in memory, lost with it
-                return True
             batch = list(self._unsaved)
             cutoff = time.time() - MAX_AGE
             over = len(self._saved) + len(batch) - MAX_EVENTS
@@ -165,7 +163,7 @@ class EventQueue:
                     "events_dropped": str(self.dropped + n)}
             try:
                 await self.store.save_events(batch, drop_upto, meta)
-            except ValueError:  # aiosqlite: the store closed while this waited
+            except StoreClosed:  # the worker is stopping: kept in memory, lost with it
                 return True
             except (errors.InsufficientStorage, sqlite3.Error, OSError) as e:
                 if str(e) != self._failing:
@@ -214,11 +212,9 @@ class EventQueue:
         while self._saved and self._saved[0].seq <= acked:
             self._saved.popleft()
         async with self._lock:
-            if self.store.closed:  # the worker stopped: sent again at its next start, skipped
-                return
             try:
                 await self.store.delete_events(acked)
-            except ValueError:  # aiosqlite: the store closed while this waited
+            except StoreClosed:  # sent again at the next start, and skipped
                 return
             except (errors.InsufficientStorage, sqlite3.Error, OSError) as e:
                 # sent again after a restart; the host skips what it acknowledged

@@ -20,6 +20,7 @@ from manman.schedules.runs import ReportedRun
 from manman.worker.actor import ServerActor
 from manman.worker.agent import WorkerAgent
 from manman.worker.events import EventQueue
+from manman.worker.store import StoreClosed
 
 log = logging.getLogger("manman.worker.hostlink")
 
@@ -327,12 +328,12 @@ class HostLink:
     async def _forget_identity(self) -> None:
         store = self.agent.store
         try:
-            if store is not None and not store.closed:
+            if store is not None:
                 await store.set_meta({"worker_id": None, "worker_token": None})
                 if self.events is not None:
                     await self.events.clear()
                 return
-        except ValueError:  # aiosqlite: the store closed meanwhile (the worker is stopping)
+        except StoreClosed:  # (closed meanwhile: the worker is stopping)
             pass
         # the retired token stays: the next start meets 410 again and forgets it then
         log.warning("the retired identity could not be forgotten now (the worker is "

@@ -97,6 +97,7 @@ async def run_worker(cfg: Config, *, handle_signals: bool = False,
                     events = EventQueue(agent, agent.store)
                     await events.load(backups)
                     agent.add_observer(events)
+                    agent.player_listeners.append(events.players_changed)
                     agent.before_close.append(events.flush)
                     nursery.start_soon(events.run)
                     link = HostLink(agent, wcfg, events)

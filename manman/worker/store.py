@@ -104,6 +104,10 @@ def disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+class StoreClosed(Exception):
+    """A write to the worker's store after it closed (the worker is stopping): not made."""
+
+
 class WorkerStore:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
@@ -130,12 +134,19 @@ class WorkerStore:
 
     async def _write(self, statements: Callable[[], Awaitable[object]]) -> None:
         """One transaction: committed whole, or rolled back (a later commit must not carry
-        a change that was refused). A full disk raises `errors.InsufficientStorage`."""
+        a change that was refused). A full disk raises `errors.InsufficientStorage`; a store
+        closed before or during it (the worker stopping) `StoreClosed`."""
+        if self.closed:
+            raise StoreClosed
         try:
             await statements()
             await aio.call(self._conn.commit)
+        except ValueError:  # aiosqlite's "no active connection": closed while this waited
+            raise StoreClosed from None
         except (sqlite3.Error, OSError) as e:
-            with contextlib.suppress(sqlite3.Error, OSError):
+            if self.closed:
+                raise StoreClosed from None
+            with contextlib.suppress(sqlite3.Error, OSError, ValueError):
                 await aio.call(self._conn.rollback)
             if disk_full(e):
                 raise errors.InsufficientStorage(
